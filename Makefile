@@ -1,0 +1,40 @@
+# Set-up is idempotent: .venv is created once, torch 2.13.0 (CPU build when no CUDA
+# is present) is installed before the project so pip never pulls a CUDA wheel.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARGS ?= --sites 6 --order random
+
+.PHONY: setup run test lint smoke bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip setuptools wheel
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
+		$(BIN)/pip install "torch==2.13.0"; \
+	else \
+		$(BIN)/pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu \
+		|| $(BIN)/pip install "torch==2.13.0"; \
+	fi
+	$(BIN)/pip install -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/smg-sim run $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check simulator sites server tests
+
+smoke: $(STAMP)
+	$(BIN)/smg-sim run --profile smoke $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,33 @@
+"""The method registry: every method is registered here by name, explicitly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from server.methods.finetune import Finetune
+from simulator.method import Method
+
+METHODS: dict[str, type[Method]] = {
+    Finetune.name: Finetune,
+}
+
+
+class UnknownMethodError(ValueError):
+    """A method name that is not in the registry."""
+
+
+def method_class(name: str) -> type[Method]:
+    """The class registered under ``name``; an unknown name lists the known ones."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise UnknownMethodError(
+            f"unknown method {name!r}; known methods: {', '.join(sorted(METHODS))}"
+        ) from None
+
+
+def build_method(name: str, model: nn.Module, hparams: dict[str, Any]) -> Method:
+    """Instantiate a registered method around ``model`` (called inside the visited site)."""
+    return method_class(name)(model, hparams)

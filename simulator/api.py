@@ -1,0 +1,151 @@
+"""The programmatic entry points that the CLI, tests and notebooks all call."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from server.methods import method_class
+from simulator.config import Config, ConfigError
+from simulator.ledger import Ledger
+from simulator.metrics import all_metrics, gen_per_stage, mem_per_stage
+from simulator.order import SITE_NAMES, resolve_order, resolve_sites
+from simulator.plots import plot_mem_gen, plot_R
+from simulator.progress import Progress
+from simulator.runfolder import RunFolder, check_new, r_frame
+
+
+@dataclass
+class RunPlan:
+    """A validated run: its config, sites, visiting order and folder; nothing written yet."""
+
+    config: Config
+    sites: list[str]
+    order: list[str]
+    out: Path
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced."""
+
+    out: Path
+    order: list[str]
+    R: np.ndarray
+    metrics: dict[str, float]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def default_out(cfg: Config) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stamp}-{cfg.run.method}-{cfg.run.profile}-s{cfg.run.seed}"
+
+
+def plan_run(cfg: Config) -> RunPlan:
+    """Validate everything that can be checked before work starts (no side effects)."""
+    cls = method_class(cfg.run.method)  # unknown names list the known ones
+    if not cls.private:
+        raise ConfigError(f"method {cls.name!r} moves real data between sites; it is not available here")
+    sites = resolve_sites(cfg.run.order, cfg.run.sites, SITE_NAMES)
+    order = resolve_order(cfg.run.order, sites, cfg.run.seed)
+    out = Path(cfg.run.out) if cfg.run.out else default_out(cfg)
+    check_new(out)
+    return RunPlan(cfg, sites, order, out)
+
+
+def summary_table(R: np.ndarray, order: list[str], metrics: dict[str, float]) -> str:
+    """The table printed at the end of a run."""
+    df = r_frame(R, order)
+    lines = ["Dice R[stage][site] (sites in visiting order):",
+             df.to_string(index=False, float_format=lambda v: f"{v:.3f}"), ""]
+    lines.append("  ".join(f"{k} {v:+.3f}" if k in ("BWT", "FWT") else f"{k} {v:.3f}"
+                           for k, v in metrics.items()))
+    return "\n".join(lines)
+
+
+def run(cfg: Config, stream: TextIO | None = None, progress: bool = True) -> RunResult:
+    """Run one sequential-learning simulation and write its run folder."""
+    from simulator import engine  # Ray is imported only when a run starts
+
+    stream = stream or sys.stderr
+    plan = plan_run(cfg)
+    folder = RunFolder(plan.out)
+    cfg.write(folder.file("config.json"))
+    t_start = time.perf_counter()
+    ledger = Ledger(folder.file("ledger.jsonl"))
+    eng = None
+    try:
+        url = engine.start_ray(cfg.runtime.num_cpus, cfg.runtime.dashboard)
+        t_ray = time.perf_counter()
+        stream.write(f"smg-sim: run folder {plan.out}\n")
+        stream.write(f"smg-sim: Ray dashboard {url}\n" if url else "smg-sim: Ray dashboard off\n")
+        stream.write(f"smg-sim: method {cfg.run.method}, profile {cfg.run.profile}, "
+                     f"order {' -> '.join(plan.order)}\n")
+        T = len(plan.order)
+        prog = Progress(total_units=(T + 1) + 3 * T, stream=stream, enabled=progress)
+        indices = {name: SITE_NAMES.index(name) for name in plan.order}
+        eng = engine.Engine(cfg, plan.order, indices, ledger, prog, namespace=f"smg-sim-{plan.out.name}")
+        facts = eng.describe_sites()
+        channels = {int(f["channels"]) for f in facts.values()}
+        if len(channels) != 1:
+            raise ConfigError(f"sites disagree on image channels: {sorted(channels)}")
+        eng.start_learner(channels.pop())
+        from simulator.runfolder import write_json
+
+        write_json(folder.file("sites.json"), {"sites": plan.sites, "order": plan.order, "facts": facts})
+
+        def on_stage(stage: int, info: dict, row: np.ndarray) -> None:
+            folder.append_stage({"stage": stage, **info,
+                                 "dice": {s: float(v) for s, v in zip(plan.order, row, strict=True)}})
+            if stage > 0:
+                seen = row[:stage]
+                prog.message(f"stage {stage}/{T} {info['site']}: Dice on visited sites "
+                             f"{seen.mean():.3f}" + (f", on unseen {row[stage:].mean():.3f}" if stage < T else ""))
+
+        R = eng.run(on_stage)
+        t_end = time.perf_counter()
+        m = all_metrics(R)
+        timings = {"after_ray_start_seconds": t_end - t_ray, "total_seconds": t_end - t_start,
+                   "ray_start_seconds": t_ray - t_start}
+        guard = eng.guard_totals()
+        folder.write_R(R, plan.order)
+        folder.write_weights(eng.final_weights())
+        write_json(folder.file("metrics.json"), {
+            "metrics": m, "order": plan.order, "mem_per_stage": mem_per_stage(R),
+            "gen_per_stage": gen_per_stage(R), "timings": timings,
+            "ledger": {"messages": ledger.count, "bytes": ledger.bytes}, "egress_guard": guard,
+        })
+        title = f"{cfg.run.method} ({cfg.run.profile}, seed {cfg.run.seed})"
+        plot_R(R, plan.order, folder.file("R.png"), title=f"Dice R: {title}")
+        plot_mem_gen(R, folder.file("mem_gen.png"), title=f"Mem/Gen: {title}")
+        folder.mark_complete()
+        stream.write(summary_table(R, plan.order, m) + "\n")
+        stream.write(f"smg-sim: done in {timings['total_seconds']:.1f} s "
+                     f"({timings['after_ray_start_seconds']:.1f} s after Ray start); results in {plan.out}\n")
+        return RunResult(plan.out, plan.order, R, m, timings)
+    except BaseException as exc:
+        folder.mark_failed(f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        ledger.close()
+        if eng is not None:
+            eng.shutdown()
+
+
+def load_run(path: Path) -> RunResult:
+    """Load a finished run folder (read-only)."""
+    from simulator.runfolder import is_complete, read_R
+
+    path = Path(path)
+    if not is_complete(path):
+        raise FileNotFoundError(f"{path} holds no finished run (no COMPLETE marker)")
+    R, order = read_R(path / "R.csv")
+    data = json.loads((path / "metrics.json").read_text())
+    return RunResult(path, order, R, data["metrics"], data.get("timings", {}))

@@ -1,0 +1,117 @@
+"""``smg-sim``: a thin command line over :mod:`simulator.api`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from simulator.config import PROFILES, ConfigError, build_config, merge, parse_set
+from simulator.order import ORDER_KEYWORDS
+
+EXIT_USAGE = 2
+EXIT_PRIVACY = 3
+EXIT_FAILED = 1
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sites", type=int, default=None,
+                   help="number of hospital sites to simulate (1-26; default 6, or the length of --order's list)")
+    p.add_argument("--order", default="fixed",
+                   help=f"visiting order: {', '.join(ORDER_KEYWORDS)} (random is drawn from --seed), "
+                        "or a comma list of site names such as charlie,alpha,bravo (default fixed)")
+    p.add_argument("--method", default=None,
+                   help="continual-learning method, by registry name (default finetune); "
+                        "an unknown name lists the known ones")
+    p.add_argument("--profile", default="quick", choices=PROFILES,
+                   help="size and schedule: smoke (tests, seconds), quick (default, minutes on a CPU), "
+                        "paper (GPU)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="run seed; data, order, initial weights and sampling seeds derive from it (default 0)")
+    p.add_argument("--out", default=None,
+                   help="run folder to create (must not exist or be empty; default runs/<time>-<method>-...)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set train.steps_per_stage=50 (repeatable); "
+                        "sections: run, data, model, train, runtime")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs Ray may use (default from the profile: 2)")
+    p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="smg-sim",
+        description="Simulate cross-site continual segmentation: one Ray actor per hospital site, "
+                    "a central sequential learner, results tables and plots.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run one sequential-learning simulation",
+                         description="Visit the sites in order, train at each site, evaluate every "
+                                     "site after every stage, and write a run folder.")
+    _add_run_options(run)
+    methods = sub.add_parser("methods", help="list the registered methods")
+    methods.set_defaults()
+    return parser
+
+
+def config_from_args(args: argparse.Namespace):
+    """The resolved config for ``smg-sim run``."""
+    cli: dict[str, dict] = {"run": {"order": args.order}}
+    if args.sites is not None:
+        cli["run"]["sites"] = args.sites
+    elif args.order not in ORDER_KEYWORDS:
+        cli["run"]["sites"] = len([n for n in args.order.split(",") if n.strip()])
+    for key in ("method", "seed", "out"):
+        if getattr(args, key) is not None:
+            cli["run"][key] = getattr(args, key)
+    if args.num_cpus is not None:
+        cli.setdefault("runtime", {})["num_cpus"] = args.num_cpus
+    if args.no_dashboard:
+        cli.setdefault("runtime", {})["dashboard"] = False
+    return build_config(args.profile, merge(cli, parse_set(args.overrides)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``smg-sim`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from server.methods import METHODS, UnknownMethodError
+    from simulator.runfolder import RunFolderError
+
+    if args.command == "methods":
+        for name, cls in sorted(METHODS.items()):
+            doc = (cls.__doc__ or "").strip().splitlines()[0]
+            print(f"{name:12s} {'private' if cls.private else 'NON-PRIVATE'}  {doc}")
+        return 0
+    try:
+        if args.command == "run":
+            if args.sites is not None and args.sites < 1:
+                raise ConfigError(f"--sites must be >= 1, got {args.sites}")
+            cfg = config_from_args(args)
+            from simulator import api
+
+            api.plan_run(cfg)  # validate before anything is written
+            api.run(cfg, progress=not args.quiet)
+            return 0
+    except (ConfigError, UnknownMethodError, RunFolderError) as exc:
+        print(f"smg-sim: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("smg-sim: interrupted; the run folder is marked FAILED", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a failure inside an actor: one line, the folder says FAILED
+        from sites.egress import EgressViolation
+
+        cause = exc
+        text = str(exc)
+        if isinstance(exc, EgressViolation) or "EgressViolation" in text:
+            line = next((ln for ln in text.splitlines() if "privacy guard" in ln), text.splitlines()[-1])
+            print(f"smg-sim: stopped: {line.strip()}", file=sys.stderr)
+            return EXIT_PRIVACY
+        last = text.strip().splitlines()[-1] if text.strip() else type(cause).__name__
+        print(f"smg-sim: error: {type(cause).__name__}: {last}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Typed, frozen run configuration: profiles in TOML, ``--set`` overrides, validation.
+
+A configuration is a :class:`Config` of frozen dataclass sections. It is built
+from a profile file (``simulator/profiles/<name>.toml``), then command-line
+options, then ``--set section.key=value`` overrides, and validated once. Every
+error names the key and what is allowed. The resolved config is written to the
+run folder before any work starts, so a run can be reproduced from its folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+PROFILES = ("smoke", "quick", "paper")
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown or out of its allowed range."""
+
+
+def _rng(lo: float | None = None, hi: float | None = None, choices: tuple = ()) -> dict:
+    return {"lo": lo, "hi": hi, "choices": choices}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What each site holds; built inside the site actor from these values."""
+
+    benchmark: str = field(default="phantom", metadata=_rng(choices=("phantom",)))
+    image_size: int = field(default=64, metadata=_rng(16, 512))
+    n_train: int = field(default=96, metadata=_rng(4, 100000))
+    n_test: int = field(default=32, metadata=_rng(2, 100000))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The segmentation U-Net."""
+
+    width: int = field(default=16, metadata=_rng(4, 256))
+    depth: int = field(default=3, metadata=_rng(1, 6))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local training during a visit, and evaluation."""
+
+    steps_per_stage: int = field(default=200, metadata=_rng(1, 1000000))
+    batch_size: int = field(default=16, metadata=_rng(1, 4096))
+    lr: float = field(default=1e-3, metadata=_rng(1e-7, 1.0))
+    eval_batch_size: int = field(default=64, metadata=_rng(1, 4096))
+    progress_every: int = field(default=25, metadata=_rng(1, 1000000))
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Processes and threads."""
+
+    num_cpus: int = field(default=2, metadata=_rng(1, 1024))
+    torch_threads: int = field(default=2, metadata=_rng(1, 1024))
+    dashboard: bool = field(default=True, metadata=_rng())
+    device: str = field(default="auto", metadata=_rng(choices=("auto", "cpu", "cuda")))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What to run: sites, order, method, seed, output folder."""
+
+    profile: str = field(default="quick", metadata=_rng(choices=PROFILES))
+    sites: int = field(default=6, metadata=_rng(1, 26))
+    order: str = field(default="fixed", metadata=_rng())
+    method: str = field(default="finetune", metadata=_rng())
+    seed: int = field(default=0, metadata=_rng(0, 2**31 - 1))
+    out: str = field(default="", metadata=_rng())
+
+
+SECTIONS: dict[str, type] = {
+    "run": RunConfig,
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "runtime": RuntimeConfig,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole resolved configuration of one run."""
+
+    run: RunConfig = RunConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, dict[str, Any]], source: str = "config") -> Config:
+        """Rebuild (and validate) a config, for example from a run folder's config.json."""
+        return build_config(None, data, source=source)
+
+
+def _coerce(section: str, f: dataclasses.Field, value: Any) -> Any:
+    key = f"{section}.{f.name}"
+    typ = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str, "bool": bool}[f.type]
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        try:
+            return int(str(value), 10)
+        except ValueError:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        try:
+            return float(str(value))
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    return str(value)
+
+
+def _validate_value(section: str, f: dataclasses.Field, value: Any) -> None:
+    key = f"{section}.{f.name}"
+    meta = f.metadata
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(f"{key}: {value!r} is not allowed; expected one of {', '.join(meta['choices'])}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and value < lo or hi is not None and value > hi:
+        raise ConfigError(f"{key}: {value!r} is out of range; expected {lo} <= value <= {hi}")
+
+
+def load_profile(name: str) -> dict[str, dict[str, Any]]:
+    """The raw sections of a named profile."""
+    if name not in PROFILES:
+        raise ConfigError(f"unknown profile {name!r}; expected one of {', '.join(PROFILES)}")
+    text = resources.files("simulator.profiles").joinpath(f"{name}.toml").read_text()
+    return tomllib.loads(text)
+
+
+def parse_set(items: list[str]) -> dict[str, dict[str, str]]:
+    """Parse ``section.key=value`` strings into nested overrides."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"--set {item!r}: expected section.key=value, for example train.lr=0.001")
+        lhs, value = item.split("=", 1)
+        section, key = lhs.strip().split(".", 1)
+        out.setdefault(section, {})[key.strip()] = value.strip()
+    return out
+
+
+def merge(*layers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Merge section dictionaries; later layers win."""
+    out: dict[str, dict[str, Any]] = {}
+    for layer in layers:
+        for section, values in layer.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"{section}: expected a table of keys, got {values!r}")
+            out.setdefault(section, {}).update(values)
+    return out
+
+
+def build_config(profile: str | None, overrides: dict[str, dict[str, Any]] | None = None,
+                 source: str = "--set") -> Config:
+    """Profile values, then overrides; every key and value is validated."""
+    raw = merge(load_profile(profile) if profile else {}, overrides or {})
+    if profile:
+        raw.setdefault("run", {})["profile"] = profile
+    sections = {}
+    for section, values in raw.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown config section {section!r} (from {source}); "
+                              f"expected one of {', '.join(SECTIONS)}")
+    for section, cls in SECTIONS.items():
+        known = {f.name: f for f in fields(cls)}
+        kwargs = {}
+        for key, value in raw.get(section, {}).items():
+            if key not in known:
+                raise ConfigError(f"unknown key {section}.{key} (from {source}); "
+                                  f"expected one of {', '.join(section + '.' + k for k in known)}")
+            f = known[key]
+            kwargs[key] = _coerce(section, f, value)
+            _validate_value(section, f, kwargs[key])
+        sections[section] = cls(**kwargs)
+    return Config(**sections)

@@ -1,0 +1,187 @@
+"""The engine: the one module that imports Ray and wires sites to the learner.
+
+It starts (or joins) Ray with the dashboard on 127.0.0.1, creates one named
+actor per site and one learner actor, routes every message between them, writes
+each crossing to the ledger, and drives the sequential loop of DESIGN section 3.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ray
+from flwr.app import RecordDict
+
+from server.learner import Learner
+from server.methods import build_method
+from simulator.config import Config
+from simulator.ledger import Ledger
+from simulator.messages import metrics
+from simulator.progress import Progress
+from simulator.seeding import derive_seed
+from sites.site import Site
+
+
+def start_ray(num_cpus: int, dashboard: bool) -> str | None:
+    """Start Ray on this machine (or reuse the running instance); returns the dashboard URL."""
+    # keep Ray from rewriting CUDA_VISIBLE_DEVICES for CPU-only actors (and its warning)
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    if ray.is_initialized():
+        ctx = ray.get_runtime_context()
+        return getattr(ctx, "dashboard_url", None) or None
+    info = ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=dashboard,
+        dashboard_host="127.0.0.1",
+        logging_level="ERROR",
+        log_to_driver=True,
+        configure_logging=True,
+    )
+    url = getattr(info, "dashboard_url", None)
+    if url and not url.startswith("http"):
+        url = f"http://{url}"
+    return url if dashboard else None
+
+
+def site_spec(cfg: Config, name: str, index: int) -> dict[str, Any]:
+    """The spec from which a site builds its own data (strings and numbers only)."""
+    d = cfg.data
+    return {
+        "benchmark": d.benchmark,
+        "site": name,
+        "site_index": index,
+        "seed": derive_seed(cfg.run.seed, "data", d.benchmark, name),
+        "image_size": d.image_size,
+        "n_train": d.n_train,
+        "n_test": d.n_test,
+    }
+
+
+@dataclass
+class Actors:
+    """Handles of one run's actors."""
+
+    sites: dict[str, Any]
+    learner: Any | None = None
+
+    def kill(self) -> None:
+        for handle in [*self.sites.values(), self.learner]:
+            if handle is not None:
+                ray.kill(handle)
+
+
+def create_sites(cfg: Config, names: list[str], indices: dict[str, int], namespace: str) -> Actors:
+    """One named Ray actor per site (visible by name in the dashboard)."""
+    remote_site = ray.remote(Site)
+    sites = {}
+    for name in names:
+        sites[name] = remote_site.options(
+            name=f"site-{name}", namespace=namespace, num_cpus=0, max_restarts=0,
+        ).remote(name, site_spec(cfg, name, indices[name]), build_method,
+                 cfg.runtime.torch_threads, cfg.runtime.device)
+    return Actors(sites)
+
+
+class Engine:
+    """Runs one sequential-learning run over site actors."""
+
+    def __init__(self, cfg: Config, order: list[str], indices: dict[str, int], ledger: Ledger,
+                 progress: Progress, namespace: str) -> None:
+        self.cfg = cfg
+        self.order = order
+        self.ledger = ledger
+        self.progress = progress
+        self.actors = create_sites(cfg, order, indices, namespace)
+        self.namespace = namespace
+
+    def _call(self, site: str, method: str, msg: RecordDict | None = None, *args: Any) -> RecordDict:
+        """Call a site method, recording the message in and the reply out."""
+        handle = self.actors.sites[site]
+        if msg is not None:
+            self.ledger.record(msg, dst=f"site:{site}")
+            reply = ray.get(getattr(handle, method).remote(msg, *args))
+        else:
+            reply = ray.get(getattr(handle, method).remote(*args))
+        self.ledger.record(reply)
+        return reply
+
+    def describe_sites(self) -> dict[str, dict[str, float]]:
+        refs = {s: h.describe.remote() for s, h in self.actors.sites.items()}
+        out = {}
+        for s, ref in refs.items():
+            reply = ray.get(ref)
+            self.ledger.record(reply)
+            out[s] = metrics(reply)
+        return out
+
+    def start_learner(self, in_channels: int) -> None:
+        self.actors.learner = ray.remote(Learner).options(
+            name="learner", namespace=self.namespace, num_cpus=0, max_restarts=0,
+        ).remote(self.cfg.to_dict(), in_channels)
+
+    def evaluate_all(self) -> np.ndarray:
+        """Dice of the learner's current weights on every site, evaluated in parallel."""
+        msg = ray.get(self.actors.learner.evaluate_message.remote())
+        ref = ray.put(msg)
+        refs = []
+        for site in self.order:
+            self.ledger.record(msg, dst=f"site:{site}")
+            refs.append(self.actors.sites[site].evaluate.remote(ref))
+        row = []
+        for reply in ray.get(refs):
+            self.ledger.record(reply)
+            row.append(metrics(reply)["dice"])
+        return np.array(row)
+
+    def run(self, on_stage: Callable[[int, dict[str, Any], np.ndarray], None]) -> np.ndarray:
+        """The loop of DESIGN section 3; ``on_stage`` receives each stage's row as it completes."""
+        T = len(self.order)
+        steps = self.cfg.train.steps_per_stage
+        every = self.cfg.train.progress_every
+        R = np.zeros((T + 1, T))
+        t0 = time.perf_counter()
+        R[0] = self.evaluate_all()
+        self.progress.advance(1)
+        on_stage(0, {"site": None, "eval_seconds": time.perf_counter() - t0}, R[0])
+        learner = self.actors.learner
+        for stage, site in enumerate(self.order, 1):
+            t_stage = time.perf_counter()
+            msg = ray.get(learner.visit_message.remote(site, stage))
+            self._call(site, "start_visit", msg)
+            done = 0
+            logs: dict[str, float] = {}
+            while done < steps:
+                chunk = min(every, steps - done)
+                logs = metrics(self._call(site, "train", None, chunk))
+                done = int(logs["step"])
+                self.progress.advance(chunk / steps * 3)
+                self.progress.line(f"stage {stage}/{T} site {site} step {done}/{steps} "
+                                   f"loss {logs.get('loss', float('nan')):.3f}")
+            reply = self._call(site, "finish_visit")
+            visit_logs = ray.get(learner.absorb.remote(reply, site, stage))
+            t_eval = time.perf_counter()
+            R[stage] = self.evaluate_all()
+            self.progress.advance(1)
+            info = {"site": site, **visit_logs, "eval_seconds": time.perf_counter() - t_eval,
+                    "stage_seconds": time.perf_counter() - t_stage}
+            on_stage(stage, info, R[stage])
+        return R
+
+    def final_weights(self) -> dict[str, np.ndarray]:
+        return ray.get(self.actors.learner.weights_checkpoint.remote())
+
+    def guard_totals(self) -> dict[str, float]:
+        totals = {"checked_messages": 0.0, "checked_bytes": 0.0}
+        for site in self.order:
+            m = metrics(ray.get(self.actors.sites[site].guard_stats.remote()))
+            for k in totals:
+                totals[k] += m[k]
+        return totals
+
+    def shutdown(self) -> None:
+        self.actors.kill()

@@ -1,0 +1,55 @@
+"""Progress lines for long runs: stage, site, step, elapsed time and ETA."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+def _fmt(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60:d}:{seconds % 60:02d}"
+
+
+class Progress:
+    """Prints progress to a stream; the ETA is extrapolated from completed work units."""
+
+    def __init__(self, total_units: float, stream: TextIO | None = None, enabled: bool = True) -> None:
+        self.total = max(float(total_units), 1e-9)
+        self.done = 0.0
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.t0 = time.perf_counter()
+        self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def advance(self, units: float) -> None:
+        self.done = min(self.total, self.done + units)
+
+    def eta(self) -> float | None:
+        elapsed = time.perf_counter() - self.t0
+        if self.done <= 0:
+            return None
+        return elapsed / self.done * (self.total - self.done)
+
+    def line(self, text: str, final: bool = False) -> None:
+        """Print ``text`` with elapsed time and ETA appended."""
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self.t0
+        eta = self.eta()
+        pct = 100.0 * self.done / self.total
+        tail = f"{pct:5.1f}% elapsed {_fmt(elapsed)} ETA {_fmt(eta) if eta is not None else '?'}"
+        msg = f"{text} | {tail}"
+        if self._tty and not final:
+            self.stream.write("\r\033[K" + msg)
+        else:
+            self.stream.write(("\r\033[K" if self._tty else "") + msg + "\n")
+        self.stream.flush()
+
+    def message(self, text: str) -> None:
+        """A plain line (ends any in-place progress line)."""
+        if not self.enabled:
+            return
+        self.stream.write(("\r\033[K" if self._tty else "") + text + "\n")
+        self.stream.flush()

@@ -1,0 +1,188 @@
+"""A hospital site: private data, local training, local evaluation.
+
+``Site`` is a plain class; the engine wraps it as a Ray actor (one process per
+site), and the same class can serve a Flower ``ClientApp``. Its data is built
+inside the instance from a spec, and every public method returns a Flower
+``RecordDict`` that has passed the egress guard: model weights after a visit,
+or scalar metrics. No public method returns pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import RecordDict
+
+from simulator.messages import arrays, config, expect, make_message
+from simulator.method import Batch, Method, StageContext
+from simulator.segmentation import UNet, dice_per_image, predict
+from sites.datasets import build_site_data
+from sites.egress import EgressGuard
+
+MethodFactory = Callable[[str, torch.nn.Module, dict[str, Any]], Method]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def model_from_message(msg: RecordDict, device: torch.device) -> UNet:
+    """Rebuild the segmentation network described and weighted by a message."""
+    cfg = config(msg)
+    model = UNet(int(cfg["in_channels"]), int(cfg["width"]), int(cfg["depth"]))
+    state = {k: torch.from_numpy(v.copy()) for k, v in arrays(msg, "weights").items()}
+    model.load_state_dict(state)
+    return model.to(device)
+
+
+@dataclass
+class _Visit:
+    model: UNet
+    method: Method
+    ctx: StageContext
+    replay: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    batch_size: int
+    step: int = 0
+    seconds: float = 0.0
+    loss_sum: float = 0.0
+
+
+class Site:
+    """One hospital site holding its private train/test split."""
+
+    def __init__(self, name: str, spec: dict[str, Any], method_factory: MethodFactory,
+                 torch_threads: int = 1, device: str = "auto") -> None:
+        torch.set_num_threads(max(1, int(torch_threads)))
+        self.name = name
+        self.device = resolve_device(device)
+        self._data = build_site_data(spec)
+        self._method_factory = method_factory
+        self._guard = EgressGuard(name, self._data.image_shape)
+        self._visit: _Visit | None = None
+        self._train_x = torch.from_numpy(self._data.train_x).to(self.device)
+        self._train_y = torch.from_numpy(self._data.train_y.astype(np.float32)).to(self.device)
+        self._test_x = torch.from_numpy(self._data.test_x).to(self.device)
+        self._test_y = torch.from_numpy(self._data.test_y.astype(np.float32)).to(self.device)
+
+    # -- what leaves goes through here -------------------------------------------------
+    def _send(self, kind: str, metrics: dict | None = None, array_groups: dict | None = None,
+              config_values: dict | None = None) -> RecordDict:
+        rd = make_message(kind, src=f"site:{self.name}", dst="learner", arrays=array_groups,
+                          metrics=metrics, config=config_values)
+        return self._guard.check(rd)
+
+    def describe(self) -> RecordDict:
+        """Scalar facts about the site's data (counts, size, foreground fraction)."""
+        d = self._data
+        stats = {
+            "n_train": len(d.train_x),
+            "n_test": len(d.test_x),
+            "height": d.image_shape[0],
+            "width": d.image_shape[1],
+            "channels": d.channels,
+            "foreground_fraction": float(d.train_y.mean()),
+            "intensity_mean": float(d.train_x.mean()),
+            "intensity_std": float(d.train_x.std()),
+            "data_bytes": int(d.train_x.nbytes + d.train_y.nbytes + d.test_x.nbytes + d.test_y.nbytes),
+        }
+        stats.update({f"acq_{k}": v for k, v in d.description.items()})
+        return self._send("metrics", metrics=stats)
+
+    # -- a visit: start, train in chunks (for progress), finish ---------------------------
+    def start_visit(self, msg: RecordDict) -> RecordDict:
+        """Receive the learner's weights, method and replay; prepare local training."""
+        expect(msg, "visit")
+        cfg = config(msg)
+        model = model_from_message(msg, self.device)
+        hparams = json.loads(cfg["hparams"])
+        method = self._method_factory(str(cfg["method"]), model, hparams)
+        method.load_state(arrays(msg, "state"))
+        replay_raw = arrays(msg, "replay")
+        replay = {}
+        for key in replay_raw:
+            if key.endswith("/x"):
+                site = key[:-2]
+                x = torch.from_numpy(replay_raw[key].copy()).float().to(self.device)
+                y = torch.from_numpy(replay_raw[f"{site}/y"].copy()).float().to(self.device)
+                replay[site] = (x, y)
+        gen = torch.Generator(device="cpu").manual_seed(int(cfg["seed"]))
+        ctx = StageContext(site=self.name, stage=int(cfg["stage"]), steps=int(cfg["steps"]),
+                           device=self.device, generator=gen, replay_sites=sorted(replay))
+        method.begin_stage(ctx)
+        self._visit = _Visit(model, method, ctx, replay, int(cfg["batch_size"]))
+        return self._send("metrics", metrics={"steps": ctx.steps, "replay_sites": len(replay)})
+
+    def _batch(self, v: _Visit) -> Batch:
+        n = len(self._train_x)
+        idx = torch.randint(n, (min(v.batch_size, n),), generator=v.ctx.generator)
+        replay = {}
+        for site, (x, y) in v.replay.items():
+            ridx = torch.randint(len(x), (min(v.batch_size, len(x)),), generator=v.ctx.generator)
+            replay[site] = (x[ridx], y[ridx])
+        return Batch(self._train_x[idx], self._train_y[idx], replay)
+
+    def train(self, n_steps: int) -> RecordDict:
+        """Run up to ``n_steps`` outer steps of the current visit; returns scalar logs."""
+        v = self._require_visit()
+        n = min(int(n_steps), v.ctx.steps - v.step)
+        t0 = time.perf_counter()
+        sums: dict[str, float] = {}
+        for _ in range(n):
+            logs = v.method.update(self._batch(v))
+            for k, val in logs.items():
+                sums[k] = sums.get(k, 0.0) + float(val)
+            v.step += 1
+        dt = time.perf_counter() - t0
+        v.seconds += dt
+        v.loss_sum += sums.get("loss", 0.0)
+        means = {k: s / max(n, 1) for k, s in sums.items()}
+        return self._send("metrics", metrics={"step": v.step, "steps": v.ctx.steps, "seconds": dt, **means})
+
+    def finish_visit(self) -> RecordDict:
+        """End the visit; export the trained weights and the method's state (kind ``model``)."""
+        v = self._require_visit()
+        v.method.end_stage()
+        weights = {k: t.detach().cpu().numpy() for k, t in v.model.state_dict().items()}
+        state = v.method.export_state()
+        self._visit = None
+        return self._send(
+            "model",
+            metrics={"steps": v.step, "train_seconds": v.seconds, "mean_loss": v.loss_sum / max(v.step, 1)},
+            array_groups={"weights": weights, "state": state},
+        )
+
+    def visit(self, msg: RecordDict) -> RecordDict:
+        """A whole visit in one call (the form a Flower ClientApp uses)."""
+        self.start_visit(msg)
+        self.train(self._require_visit().ctx.steps)
+        return self.finish_visit()
+
+    def _require_visit(self) -> _Visit:
+        if self._visit is None:
+            raise RuntimeError(f"site {self.name!r}: no visit in progress; call start_visit first")
+        return self._visit
+
+    # -- evaluation ------------------------------------------------------------------
+    def evaluate(self, msg: RecordDict) -> RecordDict:
+        """Dice of the given weights on this site's test split (only scalars leave)."""
+        expect(msg, "evaluate")
+        cfg = config(msg)
+        model = model_from_message(msg, self.device)
+        pred = predict(model, self._test_x, int(cfg.get("eval_batch_size", 64)))
+        dice = dice_per_image(pred, self._test_y).cpu().numpy()
+        return self._send("metrics", metrics={"dice": float(dice.mean()), "dice_std": float(dice.std()),
+                                              "n": len(dice)})
+
+    def guard_stats(self) -> RecordDict:
+        """How many outgoing messages and bytes the egress guard has checked."""
+        return self._send("metrics", metrics={"checked_messages": self._guard.checked_messages,
+                                              "checked_bytes": self._guard.checked_bytes})
