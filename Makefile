@@ -1,6 +1,6 @@
 # Set-up is idempotent: .venv is created once, torch 2.13.0 (CPU build when no CUDA
 # is present) is installed before the project so pip never pulls a CUDA wheel.
-PY ?= python3.11
+PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
 		$(BIN)/pip install "torch==2.13.0"; \
 	else \
-		$(BIN)/pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu \
-		|| $(BIN)/pip install "torch==2.13.0"; \
+		$(BIN)/pip install --retries 1 --timeout 20 \
+			--extra-index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"; \
 	fi
 	$(BIN)/pip install -e ".[dev]"
 	touch $(STAMP)

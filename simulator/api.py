@@ -149,3 +149,14 @@ def load_run(path: Path) -> RunResult:
     R, order = read_R(path / "R.csv")
     data = json.loads((path / "metrics.json").read_text())
     return RunResult(path, order, R, data["metrics"], data.get("timings", {}))
+
+
+def write_site_previews(cfg: Config, folder: Path) -> list[Path]:
+    """Have every site of ``cfg`` save a preview of its data (one PNG per site) into ``folder``."""
+    from simulator import engine
+
+    sites = resolve_sites(cfg.run.order, cfg.run.sites, SITE_NAMES)
+    engine.start_ray(cfg.runtime.num_cpus, False)
+    folder = Path(folder).resolve()
+    engine.write_previews(cfg, sites, {n: SITE_NAMES.index(n) for n in sites}, str(folder))
+    return [folder / f"{n}.png" for n in sites]

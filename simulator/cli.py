@@ -48,8 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Visit the sites in order, train at each site, evaluate every "
                                      "site after every stage, and write a run folder.")
     _add_run_options(run)
-    methods = sub.add_parser("methods", help="list the registered methods")
-    methods.set_defaults()
+    sub.add_parser("methods", help="list the registered methods")
+    data = sub.add_parser("data", help="look at the benchmark data (inside the sites)")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    preview = data_sub.add_parser(
+        "preview", help="each site saves a PNG of three of its train images with mask outlines",
+        description="Each site actor writes <out>/<site>.png of its own data; nothing crosses "
+                    "between processes but the file size.")
+    preview.add_argument("--sites", type=int, default=6, help="number of sites (default 6)")
+    preview.add_argument("--profile", default="quick", choices=PROFILES, help="sizes (default quick)")
+    preview.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
+    preview.add_argument("--out", default="docs/sites", help="folder for the PNG files (default docs/sites)")
     return parser
 
 
@@ -83,6 +92,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:12s} {'private' if cls.private else 'NON-PRIVATE'}  {doc}")
         return 0
     try:
+        if args.command == "data":
+            from simulator import api
+
+            cfg = build_config(args.profile, {"run": {"sites": args.sites, "seed": args.seed}})
+            for path in api.write_site_previews(cfg, args.out):
+                print(path)
+            return 0
         if args.command == "run":
             if args.sites is not None and args.sites < 1:
                 raise ConfigError(f"--sites must be >= 1, got {args.sites}")

@@ -185,3 +185,13 @@ class Engine:
 
     def shutdown(self) -> None:
         self.actors.kill()
+
+
+def write_previews(cfg: Config, names: list[str], indices: dict[str, int], folder: str) -> dict[str, int]:
+    """Each site writes a preview PNG of its own (simulated) data into ``folder``."""
+    actors = create_sites(cfg, names, indices, namespace=f"smg-sim-preview-{os.getpid()}")
+    try:
+        refs = {n: h.write_preview.remote(folder) for n, h in actors.sites.items()}
+        return {n: int(metrics(ray.get(r))["bytes_written"]) for n, r in refs.items()}
+    finally:
+        actors.kill()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -181,6 +182,29 @@ class Site:
         dice = dice_per_image(pred, self._test_y).cpu().numpy()
         return self._send("metrics", metrics={"dice": float(dice.mean()), "dice_std": float(dice.std()),
                                               "n": len(dice)})
+
+    def write_preview(self, folder: str, n: int = 3) -> RecordDict:
+        """Save ``n`` train images with mask outlines as one PNG on this site's own disk.
+
+        The file stays where the site runs; only its path length and size leave.
+        """
+        import cv2
+
+        path = Path(folder) / f"{self.name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tiles = []
+        for i in range(min(n, len(self._data.train_x))):
+            img = (np.clip(self._data.train_x[i, 0], 0, 1) * 255).astype(np.uint8)
+            img = cv2.resize(img, (128, 128), interpolation=cv2.INTER_LINEAR)
+            rgb = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+            mask = cv2.resize(self._data.train_y[i, 0], (128, 128), interpolation=cv2.INTER_NEAREST)
+            contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+            cv2.drawContours(rgb, contours, -1, (0, 0, 255), 1)
+            tiles.append(rgb)
+        cv2.putText(tiles[0], self.name, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 255, 255), 1)
+        if not cv2.imwrite(str(path), np.concatenate(tiles, axis=0)):
+            raise OSError(f"site {self.name!r}: could not write {path}")
+        return self._send("metrics", metrics={"bytes_written": path.stat().st_size})
 
     def guard_stats(self) -> RecordDict:
         """How many outgoing messages and bytes the egress guard has checked."""

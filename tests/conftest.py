@@ -1,0 +1,28 @@
+"""Shared fixtures: one Ray instance per test session, with a fixed CPU count."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """Start Ray once (2 CPUs, no dashboard) and share it across the session."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
+                 configure_logging=True, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture()
+def smoke_spec():
+    """A tiny phantom site spec."""
+    return {"benchmark": "phantom", "site": "alpha", "site_index": 0, "seed": 7,
+            "image_size": 32, "n_train": 12, "n_test": 6}

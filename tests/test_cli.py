@@ -1,0 +1,90 @@
+"""The command line: bad input fails cleanly, and one end-to-end run through Ray actors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from simulator import cli
+from simulator.runfolder import MARKER
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "simulator.cli", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--sites", "0"], "--sites must be >= 1, got 0"),
+        (["--sites", "3", "--order", "alpha,bravo"], "--order lists 2 sites but --sites is 3"),
+        (["--order", "alpha,nowhere"], "unknown site name 'nowhere'; known sites: alpha"),
+        (["--set", "train.bogus=1"], "unknown key train.bogus"),
+        (["--set", "data.image_size=3"], "data.image_size: 3 is out of range"),
+        (["--method", "magic"], "unknown method 'magic'; known methods: finetune"),
+    ],
+)
+def test_bad_input_one_line_no_traceback_no_folder(tmp_path, args, message):
+    out = tmp_path / "run"
+    res = run_cli("run", "--profile", "smoke", "--out", str(out), *args)
+    assert res.returncode == 2
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_unknown_profile_is_rejected(tmp_path):
+    res = run_cli("run", "--profile", "huge", "--out", str(tmp_path / "x"))
+    assert res.returncode == 2 and "invalid choice: 'huge'" in res.stderr
+
+
+def test_existing_run_folder_is_not_touched(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "R.csv").write_text("precious\n")
+    res = run_cli("run", "--profile", "smoke", "--out", str(out))
+    assert res.returncode == 2 and "already exists" in res.stderr
+    assert (out / "R.csv").read_text() == "precious\n"
+
+
+def test_help_explains_every_option():
+    res = run_cli("run", "--help")
+    for opt in ("--sites", "--order", "--method", "--profile", "--seed", "--out", "--set"):
+        assert opt in res.stdout
+
+
+def test_end_to_end_smoke_run_through_ray(ray_session, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = cli.main(["run", "--profile", "smoke", "--sites", "6", "--order", "random", "--seed", "3",
+                     "--out", str(out), "--quiet"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "Mem" in err and "BWT" in err
+    for name in ("config.json", "R.csv", "stages.jsonl", "metrics.json", "R.png", "mem_gen.png",
+                 "ledger.jsonl", "sites.json", "weights.npz", MARKER):
+        assert (out / name).exists(), name
+    df = pd.read_csv(out / "R.csv")
+    order = json.loads((out / "sites.json").read_text())["order"]
+    assert list(df.columns) == ["stage", "visited", *order] and len(df) == 7
+    assert sorted(order) == ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"]
+    R = df[order].to_numpy()
+    assert ((R >= 0) & (R <= 1)).all()
+    # training helps the site just visited
+    assert np.mean([R[i, i - 1] for i in range(1, 7)]) > R[0].mean() + 0.2
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert set(metrics) == {"Mem", "Gen", "Final", "BWT", "FWT", "Forgetting"}
+    stages = [json.loads(line) for line in (out / "stages.jsonl").read_text().splitlines()]
+    assert [s["stage"] for s in stages] == list(range(7))
+    # every ledger line from a site is of an egress kind; no site message carries pixels
+    ledger = [json.loads(line) for line in (out / "ledger.jsonl").read_text().splitlines()]
+    from_sites = [e for e in ledger if e["src"].startswith("site:")]
+    assert from_sites and {e["kind"] for e in from_sites} <= {"model", "metrics"}
+    for e in from_sites:
+        for a in e["arrays"]:
+            assert a["shape"][-2:] != [32, 32]
+    assert json.loads((out / "config.json").read_text())["run"]["seed"] == 3

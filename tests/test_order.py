@@ -1,0 +1,45 @@
+import pytest
+
+from simulator.config import ConfigError
+from simulator.order import SITE_NAMES, resolve_order, resolve_sites
+
+
+def test_fixed_and_reverse():
+    sites = resolve_sites("fixed", 4)
+    assert sites == list(SITE_NAMES[:4])
+    assert resolve_order("fixed", sites, 0) == sites
+    assert resolve_order("reverse", sites, 0) == sites[::-1]
+
+
+def test_random_is_seeded_permutation():
+    sites = resolve_sites("random", 8)
+    a, b = resolve_order("random", sites, 1), resolve_order("random", sites, 1)
+    assert a == b and sorted(a) == sorted(sites)
+    others = {tuple(resolve_order("random", sites, s)) for s in range(2, 8)}
+    assert len(others) > 1
+
+
+def test_explicit_list():
+    sites = resolve_sites("charlie,alpha,hotel", 3)
+    assert resolve_order("charlie,alpha,hotel", sites, 0) == ["charlie", "alpha", "hotel"]
+
+
+def test_twelve_sites_and_more():
+    assert len(resolve_sites("random", 12)) == 12
+    with pytest.raises(ConfigError, match="26 sites at most"):
+        resolve_sites("fixed", 27)
+
+
+@pytest.mark.parametrize(
+    "order, n, pattern",
+    [
+        ("alpha,bravo", 3, "lists 2 sites but --sites is 3"),
+        ("alpha,zzz", 2, "unknown site name 'zzz'; known sites: alpha, bravo"),
+        ("alpha,alpha", 2, "listed more than once"),
+        ("fixed", 0, "--sites must be >= 1"),
+        (",", 1, "expected fixed, random, reverse"),
+    ],
+)
+def test_bad_orders(order, n, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        resolve_sites(order, n)

@@ -1,0 +1,103 @@
+"""The site class without Ray: visits, evaluation, and what its methods return."""
+
+import inspect
+import json
+
+import numpy as np
+import pytest
+from flwr.app import RecordDict
+
+from server.learner import Learner
+from server.methods import build_method
+from simulator.config import build_config
+from simulator.messages import array_groups, arrays, make_message, metrics
+from sites.egress import EgressGuard, EgressViolation
+from sites.site import Site
+
+
+@pytest.fixture()
+def site(smoke_spec):
+    return Site("alpha", smoke_spec, build_method, torch_threads=1, device="cpu")
+
+
+@pytest.fixture()
+def learner():
+    return Learner(build_config("smoke").to_dict(), in_channels=1)
+
+
+def _all_arrays(rd: RecordDict):
+    for group in array_groups(rd):
+        yield from arrays(rd, group).items()
+
+
+def test_visit_trains_and_returns_model(site, learner):
+    before = {k: v.copy() for k, v in learner.weights.items()}
+    reply = site.visit(learner.visit_message("alpha", 1))
+    assert reply["meta"]["kind"] == "model"
+    learner.absorb(reply, "alpha", 1)
+    changed = [k for k in before if not np.array_equal(before[k], learner.weights[k])]
+    assert changed, "a visit must change the weights"
+    assert metrics(reply)["steps"] == build_config("smoke").train.steps_per_stage
+
+
+def test_evaluate_returns_only_scalars(site, learner):
+    reply = site.evaluate(learner.evaluate_message())
+    assert array_groups(reply) == []
+    m = metrics(reply)
+    assert 0.0 <= m["dice"] <= 1.0 and m["n"] == 6
+
+
+def test_no_site_method_returns_an_image_shaped_array(site, learner, smoke_spec, tmp_path):
+    """Call every public method of Site and inspect every array it returns."""
+    h = w = smoke_spec["image_size"]
+    calls = {
+        "describe": (),
+        "start_visit": (learner.visit_message("alpha", 1),),
+        "train": (3,),
+        "finish_visit": (),
+        "visit": (learner.visit_message("alpha", 2),),
+        "evaluate": (learner.evaluate_message(),),
+        "guard_stats": (),
+        "write_preview": (str(tmp_path),),
+    }
+    public = {n for n, _ in inspect.getmembers(Site, inspect.isfunction) if not n.startswith("_")}
+    assert public == set(calls), f"new public Site method(s) must be covered here: {public ^ set(calls)}"
+    seen = 0
+    for name, args in calls.items():
+        reply = getattr(site, name)(*args)
+        assert isinstance(reply, RecordDict), name
+        assert reply["meta"]["kind"] in ("model", "metrics", "prompt"), name
+        for key, arr in _all_arrays(reply):
+            seen += 1
+            assert arr.shape[-2:] != (h, w), f"{name} returned image-shaped {key} {arr.shape}"
+            assert arr.size % (h * w) != 0 or arr.ndim == 4 and arr.shape[-1] <= 3, (name, key, arr.shape)
+    assert seen > 0
+
+
+def test_method_state_and_hparams_travel_as_message(learner):
+    msg = learner.visit_message("alpha", 1)
+    cfg = dict(msg["config"])
+    assert cfg["method"] == "finetune" and json.loads(cfg["hparams"])["lr"] > 0
+
+
+@pytest.mark.parametrize(
+    "arrays_, rule",
+    [
+        ({"g": {"w": np.zeros((32, 32), np.float32)}}, "shape"),
+        ({"g": {"w": np.zeros((2, 1, 32, 32), np.float32)}}, "shape"),
+        ({"g": {"w": np.zeros((1024,), np.float32)}}, "shape"),
+    ],
+)
+def test_guard_blocks_image_shaped_arrays(arrays_, rule):
+    guard = EgressGuard("alpha", (32, 32))
+    with pytest.raises(EgressViolation, match=f"rule {rule}") as err:
+        guard.check(make_message("metrics", "site:alpha", "learner", arrays=arrays_))
+    assert err.value.site == "alpha" and err.value.key == "g/w"
+
+
+def test_guard_blocks_wrong_kind_and_lists():
+    guard = EgressGuard("alpha", (32, 32))
+    with pytest.raises(EgressViolation, match="rule kind"):
+        guard.check(make_message("visit", "site:alpha", "learner"))
+    with pytest.raises(EgressViolation, match="rule scalar"):
+        guard.check(make_message("metrics", "site:alpha", "learner", config={"px": [0.1, 0.2]}))
