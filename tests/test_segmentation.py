@@ -36,4 +36,4 @@ def test_loss_decreases_on_one_batch():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(loss) < 0.5 * first
+    assert loss.item() < 0.5 * first
