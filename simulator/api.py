@@ -53,11 +53,53 @@ def plan_run(cfg: Config) -> RunPlan:
     cls = method_class(cfg.run.method)  # unknown names list the known ones
     if not cls.private:
         raise ConfigError(f"method {cls.name!r} moves real data between sites; it is not available here")
+    if cls.uses_replay and cfg.smd.enabled == "off":
+        raise ConfigError(f"smd.enabled: method {cls.name!r} needs SMD replay; use auto or on")
     sites = resolve_sites(cfg.run.order, cfg.run.sites, SITE_NAMES)
     order = resolve_order(cfg.run.order, sites, cfg.run.seed)
     out = Path(cfg.run.out) if cfg.run.out else default_out(cfg)
     check_new(out)
     return RunPlan(cfg, sites, order, out)
+
+
+def prepare_smd(cfg: Config, channels: int, stream: TextIO, progress: bool) -> dict:
+    """Find the cached SMD backbone for this config, or pre-train it on public data."""
+    from simulator.smd.pretrain import ensure_backbone, smd_spec
+    from sites.site import resolve_device
+
+    spec = smd_spec(cfg, channels)
+    prog = Progress(total_units=spec.pretrain_steps, stream=stream, enabled=progress)
+
+    def report(step: int, total: int, loss: float) -> None:
+        prog.done = step
+        prog.line(f"SMD pre-training (public data only) step {step}/{total} loss {loss:.4f}")
+
+    path, cached = ensure_backbone(spec, str(resolve_device(cfg.runtime.device)), report)
+    prog.message(f"smg-sim: SMD backbone {'reused from cache' if cached else 'pre-trained and cached'}: {path}")
+    info = json.loads((path.parent / "info.json").read_text())
+    return {"backbone_path": str(path), "backbone_cached": cached, "backbone": info}
+
+
+def finish_smd(cfg: Config, eng, folder: RunFolder, order: list[str], prog: Progress) -> dict:
+    """Per-site fidelity from the stage logs, the attribution test, and a grid of replay samples."""
+    from simulator.seeding import derive_seed
+    from simulator.smd.pretrain import PUBLIC_POOLS
+
+    stages = [json.loads(line) for line in folder.file("stages.jsonl").read_text().splitlines()]
+    per_site = {}
+    for st in stages:
+        if st.get("site"):
+            per_site[st["site"]] = {k[4:]: v for k, v in st.items() if k.startswith("smd_")}
+    out: dict = {"sites": per_site}
+    if len(order) >= 2:
+        prog.line("SMD attribution: every site scores every site's replay")
+        make_pool, _ = PUBLIC_POOLS[cfg.data.benchmark]
+        public, _, _ = make_pool(derive_seed(cfg.smd.public_seed, "attribution-negatives"), 128,
+                                 cfg.data.image_size)
+        out["attribution"] = eng.attribution(public)
+    eng.replay_grid(str(folder.file("replay_samples.png")))
+    out["replay"] = eng.replay_stats()
+    return out
 
 
 def summary_table(R: np.ndarray, order: list[str], metrics: dict[str, float]) -> str:
@@ -89,15 +131,23 @@ def run(cfg: Config, stream: TextIO | None = None, progress: bool = True) -> Run
         stream.write(f"smg-sim: method {cfg.run.method}, profile {cfg.run.profile}, "
                      f"order {' -> '.join(plan.order)}\n")
         T = len(plan.order)
-        prog = Progress(total_units=(T + 1) + 3 * T, stream=stream, enabled=progress)
+        smd_on = method_class(cfg.run.method).uses_replay or cfg.smd.enabled == "on"
+        prog = Progress(total_units=(T + 1) + 3 * T + (2 * T if smd_on else 0), stream=stream,
+                        enabled=progress)
         indices = {name: SITE_NAMES.index(name) for name in plan.order}
         eng = engine.Engine(cfg, plan.order, indices, ledger, prog, namespace=f"smg-sim-{plan.out.name}")
         facts = eng.describe_sites()
         channels = {int(f["channels"]) for f in facts.values()}
         if len(channels) != 1:
             raise ConfigError(f"sites disagree on image channels: {sorted(channels)}")
-        eng.start_learner(channels.pop())
+        n_channels = channels.pop()
+        eng.start_learner(n_channels)
         from simulator.runfolder import write_json
+
+        smd_info: dict = {}
+        if smd_on:
+            smd_info = prepare_smd(cfg, n_channels, stream, progress)
+            eng.enable_replay(smd_info["backbone_path"], n_channels)
 
         write_json(folder.file("sites.json"), {"sites": plan.sites, "order": plan.order, "facts": facts})
 
@@ -110,6 +160,9 @@ def run(cfg: Config, stream: TextIO | None = None, progress: bool = True) -> Run
                              f"{seen.mean():.3f}" + (f", on unseen {row[stage:].mean():.3f}" if stage < T else ""))
 
         R = eng.run(on_stage)
+        if smd_on:
+            smd_info.update(finish_smd(cfg, eng, folder, plan.order, prog))
+            write_json(folder.file("smd.json"), smd_info)
         t_end = time.perf_counter()
         m = all_metrics(R)
         timings = {"after_ray_start_seconds": t_end - t_ray, "total_seconds": t_end - t_start,

@@ -79,12 +79,45 @@ class RunConfig:
     out: str = field(default="", metadata=_rng())
 
 
+@dataclass(frozen=True)
+class SMDConfig:
+    """Site-Modulated Diffusion: backbone, pre-training, prompt tuning, sampling, fidelity."""
+
+    enabled: str = field(default="auto", metadata=_rng(choices=("auto", "on", "off")))
+    image_size: int = field(default=32, metadata=_rng(16, 256))
+    widths: str = field(default="16,32,64", metadata=_rng())
+    tokens: int = field(default=4, metadata=_rng(1, 64))
+    token_dim: int = field(default=32, metadata=_rng(8, 1024))
+    train_timesteps: int = field(default=1000, metadata=_rng(10, 10000))
+    pretrain_steps: int = field(default=800, metadata=_rng(1, 10000000))
+    pretrain_batch: int = field(default=16, metadata=_rng(1, 4096))
+    pretrain_lr: float = field(default=2e-3, metadata=_rng(1e-7, 1.0))
+    public_pool: int = field(default=1024, metadata=_rng(8, 10000000))
+    public_seed: int = field(default=1, metadata=_rng(0, 2**31 - 1))
+    prompt_steps: int = field(default=80, metadata=_rng(0, 1000000))
+    prompt_lr: float = field(default=0.02, metadata=_rng(1e-6, 10.0))
+    prompt_batch: int = field(default=16, metadata=_rng(1, 4096))
+    sample_steps: int = field(default=10, metadata=_rng(1, 1000))
+    replay_per_site: int = field(default=32, metadata=_rng(1, 100000))
+    fidelity_steps: int = field(default=100, metadata=_rng(0, 1000000))
+
+    def width_tuple(self) -> tuple[int, ...]:
+        try:
+            widths = tuple(int(w) for w in self.widths.split(","))
+        except ValueError:
+            raise ConfigError(f"smd.widths: expected comma-separated integers, got {self.widths!r}") from None
+        if len(widths) < 2 or any(w < 8 or w % 8 for w in widths):
+            raise ConfigError(f"smd.widths: expected at least two multiples of 8, got {self.widths!r}")
+        return widths
+
+
 SECTIONS: dict[str, type] = {
     "run": RunConfig,
     "data": DataConfig,
     "model": ModelConfig,
     "train": TrainConfig,
     "runtime": RuntimeConfig,
+    "smd": SMDConfig,
 }
 
 
@@ -97,6 +130,7 @@ class Config:
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    smd: SMDConfig = SMDConfig()
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -186,7 +220,7 @@ def build_config(profile: str | None, overrides: dict[str, dict[str, Any]] | Non
     if profile:
         raw.setdefault("run", {})["profile"] = profile
     sections = {}
-    for section, values in raw.items():
+    for section in raw:
         if section not in SECTIONS:
             raise ConfigError(f"unknown config section {section!r} (from {source}); "
                               f"expected one of {', '.join(SECTIONS)}")
@@ -201,4 +235,12 @@ def build_config(profile: str | None, overrides: dict[str, dict[str, Any]] | Non
             kwargs[key] = _coerce(section, f, value)
             _validate_value(section, f, kwargs[key])
         sections[section] = cls(**kwargs)
-    return Config(**sections)
+    cfg = Config(**sections)
+    cfg.smd.width_tuple()
+    if cfg.smd.image_size % 2 ** (len(cfg.smd.width_tuple()) - 1):
+        raise ConfigError(f"smd.image_size: {cfg.smd.image_size} must be divisible by "
+                          f"{2 ** (len(cfg.smd.width_tuple()) - 1)} for {len(cfg.smd.width_tuple())} levels")
+    if cfg.data.image_size % 2**cfg.model.depth:
+        raise ConfigError(f"data.image_size: {cfg.data.image_size} must be divisible by 2**model.depth "
+                          f"= {2**cfg.model.depth}")
+    return cfg

@@ -21,7 +21,7 @@ from server.learner import Learner
 from server.methods import build_method
 from simulator.config import Config
 from simulator.ledger import Ledger
-from simulator.messages import metrics
+from simulator.messages import arrays, describe, metrics
 from simulator.progress import Progress
 from simulator.seeding import derive_seed
 from sites.site import Site
@@ -124,6 +124,55 @@ class Engine:
             name="learner", namespace=self.namespace, num_cpus=0, max_restarts=0,
         ).remote(self.cfg.to_dict(), in_channels)
 
+    def enable_replay(self, backbone_path: str, channels: int) -> None:
+        ray.get(self.actors.learner.enable_replay.remote(backbone_path, channels))
+        self.smd_on = True
+
+    def _learner_to_site(self, make: str, site: str, site_method: str, *args: Any) -> RecordDict:
+        msg = ray.get(getattr(self.actors.learner, make).remote(*args))
+        return self._call(site, site_method, msg)
+
+    def tune_and_check(self, site: str) -> dict[str, float]:
+        """Prompt tuning at the site, then the fidelity of the replay of that prompt."""
+        reply = self._learner_to_site("tune_message", site, "tune_prompt", site)
+        out = ray.get(self.actors.learner.absorb_prompt.remote(reply, site))
+        out["prompt_bytes"] = sum(a["bytes"] for a in describe(reply)["arrays"])
+        fid = self._learner_to_site("fidelity_message", site, "fidelity", site)
+        out.update(metrics(fid))
+        return out
+
+    def attribution(self, public: np.ndarray) -> dict[str, Any]:
+        """Each site scores every site's replay with its own detector; argmax attributes."""
+        refs = {}
+        for site in self.order:
+            msg = ray.get(self.actors.learner.attribution_message.remote(site, self.order, public))
+            self.ledger.record(msg, dst=f"site:{site}")
+            refs[site] = self.actors.sites[site].attribute.remote(msg)
+        scores = []
+        for site in self.order:
+            reply = ray.get(refs[site])
+            self.ledger.record(reply)
+            scores.append(arrays(reply, "scores")["score"])
+        S = np.stack(scores)  # detectors x samples
+        n = S.shape[1] // len(self.order)
+        truth = np.repeat(np.arange(len(self.order)), n)
+        pred = S.argmax(0)
+        set_pred = [int(S[:, k * n:(k + 1) * n].mean(1).argmax()) for k in range(len(self.order))]
+        return {
+            "sample_accuracy": float((pred == truth).mean()),
+            "set_accuracy": float(np.mean([p == k for k, p in enumerate(set_pred)])),
+            "chance": 1.0 / len(self.order),
+            "per_site_accuracy": {s: float((pred[truth == k] == k).mean()) for k, s in enumerate(self.order)},
+            "mean_scores": {d: {s: float(S[i, k * n:(k + 1) * n].mean()) for k, s in enumerate(self.order)}
+                            for i, d in enumerate(self.order)},
+        }
+
+    def replay_grid(self, path: str) -> None:
+        ray.get(self.actors.learner.replay_grid.remote(path, self.order))
+
+    def replay_stats(self) -> dict[str, float]:
+        return ray.get(self.actors.learner.replay_stats.remote())
+
     def evaluate_all(self) -> np.ndarray:
         """Dice of the learner's current weights on every site, evaluated in parallel."""
         msg = ray.get(self.actors.learner.evaluate_message.remote())
@@ -164,6 +213,11 @@ class Engine:
                                    f"loss {logs.get('loss', float('nan')):.3f}")
             reply = self._call(site, "finish_visit")
             visit_logs = ray.get(learner.absorb.remote(reply, site, stage))
+            if getattr(self, "smd_on", False):
+                self.progress.line(f"stage {stage}/{T} site {site} prompt tuning and replay check")
+                smd_logs = self.tune_and_check(site)
+                self.progress.advance(2)
+                visit_logs.update({f"smd_{k}": v for k, v in smd_logs.items()})
             t_eval = time.perf_counter()
             R[stage] = self.evaluate_all()
             self.progress.advance(1)

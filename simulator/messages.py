@@ -21,7 +21,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 EGRESS_KINDS = ("prompt", "model", "metrics")
-INGRESS_KINDS = ("visit", "evaluate", "query")
+INGRESS_KINDS = ("visit", "evaluate", "tune", "fidelity", "attribute")
 KINDS = EGRESS_KINDS + INGRESS_KINDS
 RESERVED = ("meta", "config", "metrics")
 

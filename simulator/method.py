@@ -45,6 +45,8 @@ class Method(ABC):
 
     name: ClassVar[str] = ""
     private: ClassVar[bool] = True
+    #: whether the learner must generate SMD replay of earlier sites for each visit
+    uses_replay: ClassVar[bool] = False
     #: hyper-parameters and their defaults; values arrive as a dict in the visit message
     defaults: ClassVar[dict[str, Any]] = {}
 
@@ -66,7 +68,7 @@ class Method(ABC):
     def update(self, batch: Batch) -> dict[str, float]:
         """One outer step; returns scalar logs only."""
 
-    def end_stage(self) -> None:
+    def end_stage(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Finish a visit (compute statistics to carry forward, ...)."""
 
     def export_state(self) -> dict[str, np.ndarray]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sites.phantom import phantom_site
+from simulator.phantom import phantom_site
 
 
 @dataclass

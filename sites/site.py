@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -126,8 +126,10 @@ class Site:
         n = len(self._train_x)
         idx = torch.randint(n, (min(v.batch_size, n),), generator=v.ctx.generator)
         replay = {}
+        # the replay batch is shared out over the earlier sites, so a step costs about two batches
+        per_site = -(-v.batch_size // max(len(v.replay), 1))
         for site, (x, y) in v.replay.items():
-            ridx = torch.randint(len(x), (min(v.batch_size, len(x)),), generator=v.ctx.generator)
+            ridx = torch.randint(len(x), (min(per_site, len(x)),), generator=v.ctx.generator)
             replay[site] = (x[ridx], y[ridx])
         return Batch(self._train_x[idx], self._train_y[idx], replay)
 
@@ -205,6 +207,56 @@ class Site:
         if not cv2.imwrite(str(path), np.concatenate(tiles, axis=0)):
             raise OSError(f"site {self.name!r}: could not write {path}")
         return self._send("metrics", metrics={"bytes_written": path.stat().st_size})
+
+    # -- Site-Modulated Diffusion: prompt tuning and replay checks -----------------------
+    def _backbone(self, path: str):
+        from simulator.smd.cache import load_backbone
+
+        if getattr(self, "_backbone_path", None) != path:
+            self._backbone_model = load_backbone(Path(path), self.device)
+            self._backbone_path = path
+        return self._backbone_model
+
+    def tune_prompt(self, msg: RecordDict) -> RecordDict:
+        """Invert this site's train pairs into a K x D prompt of the frozen public backbone."""
+        from sites.prompt import tune_prompt
+
+        expect(msg, "tune")
+        cfg = config(msg)
+        backbone = self._backbone(str(cfg["backbone_path"]))
+        prompt, logs = tune_prompt(backbone, self._data.train_x, self._data.train_y, int(cfg["steps"]),
+                                   float(cfg["lr"]), int(cfg["batch"]),
+                                   torch.Generator().manual_seed(int(cfg["seed"])))
+        logs["data_bytes"] = int(self._data.train_x.nbytes + self._data.train_y.nbytes)
+        return self._send("prompt", metrics=logs, array_groups={"prompt": {"tokens": prompt}})
+
+    def fidelity(self, msg: RecordDict) -> RecordDict:
+        """TSTR ratio and intensity distance of this site's replay, computed here; scalars leave."""
+        from sites.fidelity import intensity_distance, tstr
+
+        expect(msg, "fidelity")
+        cfg = config(msg)
+        rep = arrays(msg, "replay")
+        synth = (rep[f"{self.name}/x"], rep[f"{self.name}/y"])
+        d = self._data
+        out = tstr((d.train_x, d.train_y), (d.test_x, d.test_y), synth, int(cfg["steps"]), int(cfg["seed"]))
+        out.update(intensity_distance(d.train_x, synth[0]))
+        out["synthetic_foreground"] = float(synth[1].mean())
+        out["real_foreground"] = float(d.train_y.mean())
+        return self._send("metrics", metrics=out)
+
+    def attribute(self, msg: RecordDict) -> RecordDict:
+        """Score synthetic images with a real-vs-public detector trained on this site's data."""
+        from sites.attribution import train_detector_and_score
+
+        expect(msg, "attribute")
+        cfg = config(msg)
+        queries = arrays(msg, "queries")["x"]
+        public = arrays(msg, "public")["x"]
+        scores = train_detector_and_score(self._data.train_x, public, queries, int(cfg["steps"]),
+                                          int(cfg["seed"]))
+        return self._send("metrics", metrics={"n_scored": len(scores)},
+                          array_groups={"scores": {"score": scores}})
 
     def guard_stats(self) -> RecordDict:
         """How many outgoing messages and bytes the egress guard has checked."""

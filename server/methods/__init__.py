@@ -7,10 +7,12 @@ from typing import Any
 from torch import nn
 
 from server.methods.finetune import Finetune
+from server.methods.smd_replay import SMDReplay
 from simulator.method import Method
 
 METHODS: dict[str, type[Method]] = {
     Finetune.name: Finetune,
+    SMDReplay.name: SMDReplay,
 }
 
 

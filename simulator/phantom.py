@@ -159,3 +159,48 @@ def phantom_site(site_index: int, seed: int, n_train: int, n_test: int, size: in
     x = np.stack(images)[:, None]
     y = np.stack(masks)[:, None]
     return x[:n_train], y[:n_train], x[n_train:], y[n_train:], acq
+
+
+# -- public pool for the SMD backbone -------------------------------------------------------
+#: Width of the appearance vector that conditions SMD pre-training.
+APPEARANCE_DIM = 13
+
+
+def random_acquisition(rng: np.random.Generator) -> Acquisition:
+    """A random acquisition for the public pool: tissue intensities drawn freely, not by family."""
+    acq = site_acquisition(0, rng)
+    tissue = tuple(float(t) for t in rng.uniform(0.05, 1.0, size=5))
+    return Acquisition(**{**acq.__dict__, "family": -1, "tissue": tissue})
+
+
+def appearance_vector(acq: Acquisition) -> np.ndarray:
+    """The acquisition as a vector of roughly unit scale (the SMD pre-training condition)."""
+    t = np.array(acq.tissue, np.float32) * 2 - 1
+    rest = np.array([
+        np.log(acq.gamma) / 0.5,
+        (acq.contrast - 1.0) / 0.25,
+        acq.brightness / 0.08,
+        acq.bias * np.cos(acq.bias_angle) / 0.35,
+        acq.bias * np.sin(acq.bias_angle) / 0.35,
+        (acq.noise - 0.04) / 0.03,
+        (acq.blur - 0.5) / 0.5,
+        (acq.resolution - 0.75) / 0.25,
+    ], np.float32)
+    return np.concatenate([t, rest]).astype(np.float32)
+
+
+def public_pool(seed: int, n: int, size: int):
+    """Public images, masks and appearance vectors; each image has its own random acquisition.
+
+    Used only to pre-train the SMD backbone; its seeds come from a namespace that no
+    site uses, so the pool shares no image with any site.
+    """
+    rng = np.random.default_rng(seed)
+    images, masks, conds = [], [], []
+    for _ in range(n):
+        acq = random_acquisition(rng)
+        labels = anatomy(rng, size, acq.organ_scale)
+        images.append(render(labels, acq, rng))
+        masks.append((labels == ORGAN).astype(np.uint8))
+        conds.append(appearance_vector(acq))
+    return np.stack(images)[:, None], np.stack(masks)[:, None], np.stack(conds)

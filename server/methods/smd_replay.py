@@ -1,0 +1,41 @@
+"""SMD replay with a plain joint loss (the ablation without gradient alignment)."""
+
+from __future__ import annotations
+
+import torch
+
+from simulator.method import Batch, Method, StageContext
+from simulator.segmentation import seg_loss
+
+
+class SMDReplay(Method):
+    """Train on the current site and on synthetic replay of every earlier site, jointly.
+
+    Generative replay (Shin et al., NeurIPS 2017) with replay from Site-Modulated
+    Diffusion prompts: the loss is the mean of the current-site loss and each
+    replayed site's loss, with no alignment of their gradients. It isolates what
+    replay alone buys, against ``smg``.
+    """
+
+    name = "smd_replay"
+    private = True
+    uses_replay = True
+    defaults = {"weight_decay": 0.0}
+
+    def begin_stage(self, ctx: StageContext) -> None:
+        self.opt = torch.optim.Adam(
+            self.model.parameters(), lr=self.hp["lr"], weight_decay=self.hp["weight_decay"]
+        )
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        self.model.train()
+        loss_c = seg_loss(self.model(batch.x), batch.y)
+        losses = [loss_c] + [seg_loss(self.model(x), y) for x, y in batch.replay.values()]
+        loss = torch.stack(losses).mean()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        logs = {"loss": float(loss.detach()), "loss_current": float(loss_c.detach())}
+        if len(losses) > 1:
+            logs["loss_replay"] = float(torch.stack(losses[1:]).mean().detach())
+        return logs
