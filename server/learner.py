@@ -16,6 +16,8 @@ from flwr.app import RecordDict
 
 from server.methods import method_class
 from server.replay import ReplayBank
+from simulator.devices import resolve_device
+from simulator.filetrace import start_trace
 from simulator.messages import arrays, expect, make_message, metrics, pack_json
 from simulator.seeding import derive_seed
 from simulator.segmentation import build_model
@@ -24,7 +26,10 @@ from simulator.segmentation import build_model
 class Learner:
     """Holds the model between visits and speaks to sites only through messages."""
 
-    def __init__(self, config: dict[str, Any], in_channels: int) -> None:
+    def __init__(self, config: dict[str, Any], in_channels: int, trace_file: str | None = None,
+                 data_root: str | None = None) -> None:
+        if trace_file and data_root:
+            start_trace(trace_file, "learner", [data_root])
         self.cfg = config
         run, model_cfg, train = config["run"], config["model"], config["train"]
         self.method = method_class(run["method"])
@@ -45,8 +50,8 @@ class Learner:
         smd, data = self.cfg["smd"], self.cfg["data"]
         self.backbone_path = backbone_path
         self.bank = ReplayBank(backbone_path, self.run_seed, smd["replay_per_site"], smd["sample_steps"],
-                               data["image_size"], channels, device=self.cfg["runtime"]["device"]
-                               if self.cfg["runtime"]["device"] != "auto" else "cpu")
+                               data["image_size"], channels,
+                               device=str(resolve_device(self.cfg["runtime"]["device"])))
 
     def tune_message(self, site: str) -> RecordDict:
         """Ask a site to tune its prompt against the public backbone."""
@@ -67,6 +72,7 @@ class Learner:
         return make_message("fidelity", src="learner", dst=f"site:{site}",
                             arrays={"replay": self.bank.arrays([site])},
                             config={"steps": self.cfg["smd"]["fidelity_steps"],
+                                    "nn_threshold": self.cfg["privacy"]["nn_threshold"],
                                     "seed": derive_seed(self.run_seed, "tstr", site)})
 
     def attribution_message(self, site: str, sites: list[str], public: np.ndarray) -> RecordDict:
@@ -74,7 +80,8 @@ class Learner:
         queries = np.concatenate([self.bank.replay(s)[0] for s in sites])
         return make_message("attribute", src="learner", dst=f"site:{site}",
                             arrays={"queries": {"x": queries}, "public": {"x": public}},
-                            config={"steps": 150, "seed": derive_seed(self.run_seed, "detector", site)})
+                            config={"steps": self.cfg["smd"]["detector_steps"],
+                                    "seed": derive_seed(self.run_seed, "detector", site)})
 
     def replay_grid(self, path: str, sites: list[str], n: int = 6) -> None:
         """Save a PNG grid of synthetic samples (rows: sites; mask outline in red)."""

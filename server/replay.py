@@ -50,7 +50,7 @@ class ReplayBank:
                 raise KeyError(f"no prompt for site {site!r}; known: {sorted(self.prompts)}")
             gen = torch.Generator().manual_seed(derive_seed(self.run_seed, "replay", site))
             t0 = time.perf_counter()
-            x = self.backbone.sample(torch.from_numpy(self.prompts[site]), self.per_site, self.steps, gen)
+            x = self.backbone.sample(torch.from_numpy(self.prompts[site]), self.per_site, self.steps, gen).cpu()
             self.sample_seconds += time.perf_counter() - t0
             self.sampled_pairs += self.per_site
             self._replay[site] = from_model_space(x, self.data_size, self.channels)

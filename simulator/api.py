@@ -51,8 +51,9 @@ def default_out(cfg: Config) -> Path:
 def plan_run(cfg: Config) -> RunPlan:
     """Validate everything that can be checked before work starts (no side effects)."""
     cls = method_class(cfg.run.method)  # unknown names list the known ones
-    if not cls.private:
-        raise ConfigError(f"method {cls.name!r} moves real data between sites; it is not available here")
+    if not cls.private and not cfg.privacy.allow_non_private:
+        raise ConfigError(f"method {cls.name!r} is a non-private reference: it moves real images out of "
+                          "sites; run it only with --allow-non-private (its privacy audit will fail)")
     if cls.uses_replay and cfg.smd.enabled == "off":
         raise ConfigError(f"smd.enabled: method {cls.name!r} needs SMD replay; use auto or on")
     sites = resolve_sites(cfg.run.order, cfg.run.sites, SITE_NAMES)
@@ -64,8 +65,8 @@ def plan_run(cfg: Config) -> RunPlan:
 
 def prepare_smd(cfg: Config, channels: int, stream: TextIO, progress: bool) -> dict:
     """Find the cached SMD backbone for this config, or pre-train it on public data."""
+    from simulator.devices import resolve_device
     from simulator.smd.pretrain import ensure_backbone, smd_spec
-    from sites.site import resolve_device
 
     spec = smd_spec(cfg, channels)
     prog = Progress(total_units=spec.pretrain_steps, stream=stream, enabled=progress)
@@ -122,6 +123,11 @@ def run(cfg: Config, stream: TextIO | None = None, progress: bool = True) -> Run
     cfg.write(folder.file("config.json"))
     t_start = time.perf_counter()
     ledger = Ledger(folder.file("ledger.jsonl"))
+    from simulator.filetrace import start_trace, stop_trace
+    from simulator.paths import site_data_root
+
+    trace_dir = folder.file("file_access")
+    start_trace(trace_dir / "driver.jsonl", "driver", [site_data_root()])
     eng = None
     try:
         url = engine.start_ray(cfg.runtime.num_cpus, cfg.runtime.dashboard)
@@ -135,7 +141,10 @@ def run(cfg: Config, stream: TextIO | None = None, progress: bool = True) -> Run
         prog = Progress(total_units=(T + 1) + 3 * T + (2 * T if smd_on else 0), stream=stream,
                         enabled=progress)
         indices = {name: SITE_NAMES.index(name) for name in plan.order}
-        eng = engine.Engine(cfg, plan.order, indices, ledger, prog, namespace=f"smg-sim-{plan.out.name}")
+        cls = method_class(cfg.run.method)
+        guard_mode = cfg.privacy.mode if cls.private else "record"
+        eng = engine.Engine(cfg, plan.order, indices, ledger, prog, namespace=f"smg-sim-{plan.out.name}",
+                            trace_dir=str(trace_dir), privacy_mode=guard_mode)
         facts = eng.describe_sites()
         channels = {int(f["channels"]) for f in facts.values()}
         if len(channels) != 1:
@@ -167,19 +176,31 @@ def run(cfg: Config, stream: TextIO | None = None, progress: bool = True) -> Run
         m = all_metrics(R)
         timings = {"after_ray_start_seconds": t_end - t_ray, "total_seconds": t_end - t_start,
                    "ray_start_seconds": t_ray - t_start}
-        guard = eng.guard_totals()
+        guard = eng.guard_reports()
+        write_json(folder.file("guard.json"), guard)
         folder.write_R(R, plan.order)
         folder.write_weights(eng.final_weights())
         write_json(folder.file("metrics.json"), {
             "metrics": m, "order": plan.order, "mem_per_stage": mem_per_stage(R),
             "gen_per_stage": gen_per_stage(R), "timings": timings,
-            "ledger": {"messages": ledger.count, "bytes": ledger.bytes}, "egress_guard": guard,
+            "ledger": {"messages": ledger.count, "bytes": ledger.bytes}, "egress_guard": {
+                "messages": sum(g["checked_messages"] for g in guard.values()),
+                "bytes": sum(g["checked_bytes"] for g in guard.values()),
+                "seconds": sum(g["seconds"] for g in guard.values()),
+                "violations": sum(g["violations"] for g in guard.values())},
         })
         title = f"{cfg.run.method} ({cfg.run.profile}, seed {cfg.run.seed})"
         plot_R(R, plan.order, folder.file("R.png"), title=f"Dice R: {title}")
         plot_mem_gen(R, folder.file("mem_gen.png"), title=f"Mem/Gen: {title}")
+        from simulator.audit import build_audit
+
+        audit = build_audit(folder.path)
         folder.mark_complete()
         stream.write(summary_table(R, plan.order, m) + "\n")
+        stream.write(f"smg-sim: privacy audit {audit['verdict'].upper()} "
+                     f"(structural {audit['claims']['structural']['verdict']}, empirical "
+                     f"{audit['claims']['empirical']['verdict']}, formal DP none): "
+                     f"{folder.file('privacy_audit.md')}\n")
         stream.write(f"smg-sim: done in {timings['total_seconds']:.1f} s "
                      f"({timings['after_ray_start_seconds']:.1f} s after Ray start); results in {plan.out}\n")
         return RunResult(plan.out, plan.order, R, m, timings)
@@ -188,6 +209,7 @@ def run(cfg: Config, stream: TextIO | None = None, progress: bool = True) -> Run
         raise
     finally:
         ledger.close()
+        stop_trace()
         if eng is not None:
             eng.shutdown()
 
@@ -213,3 +235,21 @@ def write_site_previews(cfg: Config, folder: Path) -> list[Path]:
     folder = Path(folder).resolve()
     engine.write_previews(cfg, sites, {n: SITE_NAMES.index(n) for n in sites}, str(folder))
     return [folder / f"{n}.png" for n in sites]
+
+
+def pretrain_backbone(cfg: Config, stream: TextIO | None = None, force: bool = False) -> dict:
+    """Build (or find) the SMD backbone of ``cfg`` explicitly; returns its cache info."""
+    from simulator.devices import resolve_device
+    from simulator.smd.pretrain import ensure_backbone, smd_spec
+
+    stream = stream or sys.stderr
+    spec = smd_spec(cfg, 1)
+    prog = Progress(total_units=spec.pretrain_steps, stream=stream)
+
+    def report(step: int, total: int, loss: float) -> None:
+        prog.done = step
+        prog.line(f"SMD pre-training (public data only) step {step}/{total} loss {loss:.4f}")
+
+    path, cached = ensure_backbone(spec, str(resolve_device(cfg.runtime.device)), report, force=force)
+    info = json.loads((path.parent / "info.json").read_text())
+    return {"path": str(path), "cached": cached, **info}

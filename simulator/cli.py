@@ -32,6 +32,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set train.steps_per_stage=50 (repeatable); "
                         "sections: run, data, model, train, runtime")
+    p.add_argument("--privacy", choices=("strict", "warn", "off"), default=None,
+                   help="egress guard: strict (default) stops the run on a violation; warn blocks the "
+                        "offending entry, records it and continues (the audit fails); off checks nothing "
+                        "(only to measure the guard's cost; the audit fails)")
+    p.add_argument("--allow-non-private", action="store_true",
+                   help="allow the non-private reference methods (er_real), which move real images out "
+                        "of sites; their privacy audit fails by design")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs Ray may use (default from the profile: 2)")
     p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -49,6 +56,21 @@ def build_parser() -> argparse.ArgumentParser:
                                      "site after every stage, and write a run folder.")
     _add_run_options(run)
     sub.add_parser("methods", help="list the registered methods")
+    audit = sub.add_parser("audit", help="re-check a finished run's privacy from its own files",
+                           description="Rebuild privacy_audit.json/.md/.html of RUN_DIR from its ledger, "
+                                       "guard reports and file-access trace; print the verdict; exit 1 "
+                                       "if the run fails the audit.")
+    audit.add_argument("run_dir", help="a run folder written by smg-sim run")
+    smd = sub.add_parser("smd", help="the Site-Modulated Diffusion backbone")
+    smd_sub = smd.add_subparsers(dest="smd_command", required=True)
+    pre = smd_sub.add_parser("pretrain", help="pre-train (or find in the cache) the public SMD backbone",
+                             description="Pre-train the SMD backbone of a profile on public data only and "
+                                         "store it in the user cache ($SMG_SIM_CACHE or ~/.cache/smg-sim), "
+                                         "keyed by a hash of its config; runs reuse it.")
+    pre.add_argument("--profile", default="quick", choices=PROFILES, help="profile (default quick)")
+    pre.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                     help="override a config value, e.g. --set smd.pretrain_steps=2000 (repeatable)")
+    pre.add_argument("--force", action="store_true", help="pre-train again even if the cache holds it")
     data = sub.add_parser("data", help="look at the benchmark data (inside the sites)")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     preview = data_sub.add_parser(
@@ -76,6 +98,10 @@ def config_from_args(args: argparse.Namespace):
         cli.setdefault("runtime", {})["num_cpus"] = args.num_cpus
     if args.no_dashboard:
         cli.setdefault("runtime", {})["dashboard"] = False
+    if args.privacy:
+        cli.setdefault("privacy", {})["mode"] = args.privacy
+    if args.allow_non_private:
+        cli.setdefault("privacy", {})["allow_non_private"] = True
     return build_config(args.profile, merge(cli, parse_set(args.overrides)))
 
 
@@ -92,6 +118,34 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:12s} {'private' if cls.private else 'NON-PRIVATE'}  {doc}")
         return 0
     try:
+        if args.command == "audit":
+            from pathlib import Path
+
+            from simulator.audit import build_audit
+
+            run_dir = Path(args.run_dir)
+            if not (run_dir / "ledger.jsonl").exists() or not (run_dir / "config.json").exists():
+                print(f"smg-sim: error: {run_dir} is not a run folder (no ledger.jsonl/config.json)",
+                      file=sys.stderr)
+                return EXIT_USAGE
+            a = build_audit(run_dir)
+            for name in ("structural", "empirical", "formal"):
+                c = a["claims"][name]
+                print(f"{name:10s} {c['verdict']:15s} {c['claim']}")
+                for k in c.get("checks", []):
+                    if k["verdict"] != "pass":
+                        print(f"    {k['scope']}: {k['check']}: {k['detail']}")
+            print(f"verdict: {a['verdict'].upper()} ({run_dir / 'privacy_audit.md'})")
+            return 0 if a["verdict"] == "pass" else EXIT_FAILED
+        if args.command == "smd":
+            from simulator import api
+
+            cfg = build_config(args.profile, parse_set(args.overrides))
+            info = api.pretrain_backbone(cfg, force=args.force)
+            state = "found in cache" if info["cached"] else f"pre-trained in {info['pretrain_seconds']:.1f} s"
+            print(f"SMD backbone {state}: {info['path']} ({info['parameters']} parameters, "
+                  f"final loss {info['final_loss']:.4f})")
+            return 0
         if args.command == "data":
             from simulator import api
 

@@ -89,6 +89,7 @@ class SMDConfig:
     tokens: int = field(default=4, metadata=_rng(1, 64))
     token_dim: int = field(default=32, metadata=_rng(8, 1024))
     train_timesteps: int = field(default=1000, metadata=_rng(10, 10000))
+    prediction: str = field(default="sample", metadata=_rng(choices=("epsilon", "sample", "v_prediction")))
     pretrain_steps: int = field(default=800, metadata=_rng(1, 10000000))
     pretrain_batch: int = field(default=16, metadata=_rng(1, 4096))
     pretrain_lr: float = field(default=2e-3, metadata=_rng(1e-7, 1.0))
@@ -100,6 +101,7 @@ class SMDConfig:
     sample_steps: int = field(default=10, metadata=_rng(1, 1000))
     replay_per_site: int = field(default=32, metadata=_rng(1, 100000))
     fidelity_steps: int = field(default=100, metadata=_rng(0, 1000000))
+    detector_steps: int = field(default=150, metadata=_rng(1, 1000000))
 
     def width_tuple(self) -> tuple[int, ...]:
         try:
@@ -111,6 +113,15 @@ class SMDConfig:
         return widths
 
 
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """The egress guard and the non-private reference methods."""
+
+    mode: str = field(default="strict", metadata=_rng(choices=("strict", "warn", "off")))
+    allow_non_private: bool = field(default=False, metadata=_rng())
+    nn_threshold: float = field(default=0.02, metadata=_rng(0.0, 1.0))
+
+
 SECTIONS: dict[str, type] = {
     "run": RunConfig,
     "data": DataConfig,
@@ -118,6 +129,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "runtime": RuntimeConfig,
     "smd": SMDConfig,
+    "privacy": PrivacyConfig,
 }
 
 
@@ -131,6 +143,7 @@ class Config:
     train: TrainConfig = TrainConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     smd: SMDConfig = SMDConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)

@@ -7,10 +7,12 @@ each crossing to the ledger, and drives the sequential loop of DESIGN section 3.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +23,8 @@ from server.learner import Learner
 from server.methods import build_method
 from simulator.config import Config
 from simulator.ledger import Ledger
-from simulator.messages import arrays, describe, metrics
+from simulator.messages import arrays, config, describe, metrics
+from simulator.paths import site_data_root
 from simulator.progress import Progress
 from simulator.seeding import derive_seed
 from sites.site import Site
@@ -48,7 +51,7 @@ def start_ray(num_cpus: int, dashboard: bool) -> str | None:
     return url if dashboard else None
 
 
-def site_spec(cfg: Config, name: str, index: int) -> dict[str, Any]:
+def site_spec(cfg: Config, name: str, index: int, data_root: str | None = None) -> dict[str, Any]:
     """The spec from which a site builds its own data (strings and numbers only)."""
     d = cfg.data
     return {
@@ -59,6 +62,7 @@ def site_spec(cfg: Config, name: str, index: int) -> dict[str, Any]:
         "image_size": d.image_size,
         "n_train": d.n_train,
         "n_test": d.n_test,
+        "data_dir": str(Path(data_root) / d.benchmark / name) if data_root else "",
     }
 
 
@@ -75,15 +79,18 @@ class Actors:
                 ray.kill(handle)
 
 
-def create_sites(cfg: Config, names: list[str], indices: dict[str, int], namespace: str) -> Actors:
+def create_sites(cfg: Config, names: list[str], indices: dict[str, int], namespace: str,
+                 trace_dir: str | None = None, privacy_mode: str | None = None) -> Actors:
     """One named Ray actor per site (visible by name in the dashboard)."""
     remote_site = ray.remote(Site)
+    root = str(site_data_root())
     sites = {}
     for name in names:
+        trace = str(Path(trace_dir) / f"site-{name}.jsonl") if trace_dir else None
         sites[name] = remote_site.options(
             name=f"site-{name}", namespace=namespace, num_cpus=0, max_restarts=0,
-        ).remote(name, site_spec(cfg, name, indices[name]), build_method,
-                 cfg.runtime.torch_threads, cfg.runtime.device)
+        ).remote(name, site_spec(cfg, name, indices[name], root), build_method,
+                 cfg.runtime.torch_threads, cfg.runtime.device, privacy_mode or cfg.privacy.mode, trace)
     return Actors(sites)
 
 
@@ -91,12 +98,14 @@ class Engine:
     """Runs one sequential-learning run over site actors."""
 
     def __init__(self, cfg: Config, order: list[str], indices: dict[str, int], ledger: Ledger,
-                 progress: Progress, namespace: str) -> None:
+                 progress: Progress, namespace: str, trace_dir: str | None = None,
+                 privacy_mode: str | None = None) -> None:
         self.cfg = cfg
         self.order = order
         self.ledger = ledger
         self.progress = progress
-        self.actors = create_sites(cfg, order, indices, namespace)
+        self.trace_dir = trace_dir
+        self.actors = create_sites(cfg, order, indices, namespace, trace_dir, privacy_mode)
         self.namespace = namespace
 
     def _call(self, site: str, method: str, msg: RecordDict | None = None, *args: Any) -> RecordDict:
@@ -122,7 +131,9 @@ class Engine:
     def start_learner(self, in_channels: int) -> None:
         self.actors.learner = ray.remote(Learner).options(
             name="learner", namespace=self.namespace, num_cpus=0, max_restarts=0,
-        ).remote(self.cfg.to_dict(), in_channels)
+        ).remote(self.cfg.to_dict(), in_channels,
+                 str(Path(self.trace_dir) / "learner.jsonl") if self.trace_dir else None,
+                 str(site_data_root()))
 
     def enable_replay(self, backbone_path: str, channels: int) -> None:
         ray.get(self.actors.learner.enable_replay.remote(backbone_path, channels))
@@ -136,7 +147,9 @@ class Engine:
         """Prompt tuning at the site, then the fidelity of the replay of that prompt."""
         reply = self._learner_to_site("tune_message", site, "tune_prompt", site)
         out = ray.get(self.actors.learner.absorb_prompt.remote(reply, site))
-        out["prompt_bytes"] = sum(a["bytes"] for a in describe(reply)["arrays"])
+        entries = describe(reply)["arrays"]
+        out["prompt_bytes"] = sum(a["bytes"] for a in entries)  # as serialised in the message
+        out["prompt_values_bytes"] = sum(4 * int(np.prod(a["shape"])) for a in entries)
         fid = self._learner_to_site("fidelity_message", site, "fidelity", site)
         out.update(metrics(fid))
         return out
@@ -229,13 +242,16 @@ class Engine:
     def final_weights(self) -> dict[str, np.ndarray]:
         return ray.get(self.actors.learner.weights_checkpoint.remote())
 
-    def guard_totals(self) -> dict[str, float]:
-        totals = {"checked_messages": 0.0, "checked_bytes": 0.0}
+    def guard_reports(self) -> dict[str, dict[str, Any]]:
+        """Each site's guard report: counts, seconds, and every violation recorded."""
+        out = {}
         for site in self.order:
-            m = metrics(ray.get(self.actors.sites[site].guard_stats.remote()))
-            for k in totals:
-                totals[k] += m[k]
-        return totals
+            reply = ray.get(self.actors.sites[site].guard_report.remote())
+            self.ledger.record(reply)
+            cfg = config(reply)
+            out[site] = {**metrics(reply), "mode": cfg.pop("mode"), "site": cfg.pop("site"),
+                         "violation_list": [json.loads(cfg[k]) for k in sorted(cfg, key=lambda k: int(k[1:]))]}
+        return out
 
     def shutdown(self) -> None:
         self.actors.kill()

@@ -6,8 +6,11 @@ seed, sizes). The registry maps a benchmark name to its builder.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -44,11 +47,25 @@ class SiteData:
 
 
 def _phantom(spec: dict) -> SiteData:
-    x, y, tx, ty, acq = phantom_site(
-        int(spec["site_index"]), int(spec["seed"]), int(spec["n_train"]), int(spec["n_test"]),
-        int(spec["image_size"]),
-    )
-    return SiteData(x, y, tx, ty, description=acq.as_dict())
+    """Generated on first use and kept on the site's own disk (``data_dir``), if it has one."""
+    key = f"{spec['seed']}-{spec['image_size']}-{spec['n_train']}-{spec['n_test']}"
+    path = Path(spec["data_dir"]) / f"phantom-{key}.npz" if spec.get("data_dir") else None
+    if path is None or not path.exists():
+        x, y, tx, ty, acq = phantom_site(
+            int(spec["site_index"]), int(spec["seed"]), int(spec["n_train"]), int(spec["n_test"]),
+            int(spec["image_size"]),
+        )
+        if path is None:
+            return SiteData(x, y, tx, ty, description=acq.as_dict())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with tmp.open("wb") as fh:
+            np.savez(fh, train_x=x, train_y=y, test_x=tx, test_y=ty,
+                     acq=json.dumps(acq.as_dict()))
+        os.replace(tmp, path)
+    with np.load(path) as z:
+        return SiteData(z["train_x"], z["train_y"], z["test_x"], z["test_y"],
+                        description=json.loads(str(z["acq"])))
 
 
 BENCHMARKS: dict[str, Callable[[dict], SiteData]] = {

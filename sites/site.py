@@ -20,20 +20,16 @@ import numpy as np
 import torch
 from flwr.app import RecordDict
 
+from simulator.devices import resolve_device
+from simulator.filetrace import start_trace
 from simulator.messages import arrays, config, expect, make_message
 from simulator.method import Batch, Method, StageContext
 from simulator.segmentation import UNet, dice_per_image, predict
+from sites.blocklist import Blocklist
 from sites.datasets import build_site_data
 from sites.egress import EgressGuard
 
 MethodFactory = Callable[[str, torch.nn.Module, dict[str, Any]], Method]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def model_from_message(msg: RecordDict, device: torch.device) -> UNet:
@@ -61,13 +57,19 @@ class Site:
     """One hospital site holding its private train/test split."""
 
     def __init__(self, name: str, spec: dict[str, Any], method_factory: MethodFactory,
-                 torch_threads: int = 1, device: str = "auto") -> None:
+                 torch_threads: int = 1, device: str = "auto", privacy_mode: str = "strict",
+                 trace_file: str | None = None) -> None:
         torch.set_num_threads(max(1, int(torch_threads)))
+        if trace_file and spec.get("data_dir"):
+            start_trace(trace_file, f"site:{name}", [Path(spec["data_dir"]).parent])
         self.name = name
         self.device = resolve_device(device)
         self._data = build_site_data(spec)
         self._method_factory = method_factory
-        self._guard = EgressGuard(name, self._data.image_shape)
+        d = self._data
+        self._guard = EgressGuard(name, Blocklist({"train_image": d.train_x, "train_mask": d.train_y,
+                                                   "test_image": d.test_x, "test_mask": d.test_y}),
+                                  mode=privacy_mode)
         self._visit: _Visit | None = None
         self._train_x = torch.from_numpy(self._data.train_x).to(self.device)
         self._train_y = torch.from_numpy(self._data.train_y.astype(np.float32)).to(self.device)
@@ -227,12 +229,14 @@ class Site:
         prompt, logs = tune_prompt(backbone, self._data.train_x, self._data.train_y, int(cfg["steps"]),
                                    float(cfg["lr"]), int(cfg["batch"]),
                                    torch.Generator().manual_seed(int(cfg["seed"])))
+        self._prompt = prompt
         logs["data_bytes"] = int(self._data.train_x.nbytes + self._data.train_y.nbytes)
         return self._send("prompt", metrics=logs, array_groups={"prompt": {"tokens": prompt}})
 
     def fidelity(self, msg: RecordDict) -> RecordDict:
-        """TSTR ratio and intensity distance of this site's replay, computed here; scalars leave."""
+        """Fidelity (TSTR, intensity distance) and memorisation of this site's replay; scalars leave."""
         from sites.fidelity import intensity_distance, tstr
+        from sites.memorisation import membership_inference, nearest_neighbours
 
         expect(msg, "fidelity")
         cfg = config(msg)
@@ -243,6 +247,10 @@ class Site:
         out.update(intensity_distance(d.train_x, synth[0]))
         out["synthetic_foreground"] = float(synth[1].mean())
         out["real_foreground"] = float(d.train_y.mean())
+        out.update(nearest_neighbours(synth[0], d.train_x, float(cfg.get("nn_threshold", 0.02))))
+        if getattr(self, "_prompt", None) is not None and getattr(self, "_backbone_path", None):
+            out.update(membership_inference(self._backbone_model, self._prompt, (d.train_x, d.train_y),
+                                            (d.test_x, d.test_y), seed=int(cfg["seed"])))
         return self._send("metrics", metrics=out)
 
     def attribute(self, msg: RecordDict) -> RecordDict:
@@ -258,7 +266,10 @@ class Site:
         return self._send("metrics", metrics={"n_scored": len(scores)},
                           array_groups={"scores": {"score": scores}})
 
-    def guard_stats(self) -> RecordDict:
-        """How many outgoing messages and bytes the egress guard has checked."""
-        return self._send("metrics", metrics={"checked_messages": self._guard.checked_messages,
-                                              "checked_bytes": self._guard.checked_bytes})
+    def guard_report(self) -> RecordDict:
+        """What the egress guard checked and every violation it recorded (one short entry each)."""
+        rep = self._guard.report()
+        viol = rep.pop("violations")
+        cfg = {"mode": rep.pop("mode"), "site": rep.pop("site")}
+        cfg.update({f"v{i}": json.dumps(v) for i, v in enumerate(viol[:200])})
+        return self._send("metrics", metrics={**rep, "violations": len(viol)}, config_values=cfg)

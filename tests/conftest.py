@@ -26,3 +26,14 @@ def smoke_spec():
     """A tiny phantom site spec."""
     return {"benchmark": "phantom", "site": "alpha", "site_index": 0, "seed": 7,
             "image_size": 32, "n_train": 12, "n_test": 6}
+
+
+@pytest.fixture(scope="session")
+def smd_backbone(tmp_path_factory):
+    """A tiny SMD backbone (smoke profile), pre-trained once into a temporary cache."""
+    from simulator.config import build_config
+    from simulator.smd.pretrain import ensure_backbone, smd_spec
+
+    os.environ["SMG_SIM_CACHE"] = str(tmp_path_factory.mktemp("smg-cache"))
+    path, _ = ensure_backbone(smd_spec(build_config("smoke"), 1))
+    return path

@@ -25,7 +25,7 @@ def run_cli(*args):
         (["--order", "alpha,nowhere"], "unknown site name 'nowhere'; known sites: alpha"),
         (["--set", "train.bogus=1"], "unknown key train.bogus"),
         (["--set", "data.image_size=3"], "data.image_size: 3 is out of range"),
-        (["--method", "magic"], "unknown method 'magic'; known methods: finetune"),
+        (["--method", "magic"], "unknown method 'magic'; known methods: er_real, finetune"),
     ],
 )
 def test_bad_input_one_line_no_traceback_no_folder(tmp_path, args, message):
@@ -88,3 +88,34 @@ def test_end_to_end_smoke_run_through_ray(ray_session, tmp_path, capsys):
         for a in e["arrays"]:
             assert a["shape"][-2:] != [32, 32]
     assert json.loads((out / "config.json").read_text())["run"]["seed"] == 3
+
+
+def test_smd_replay_run_through_ray(ray_session, smd_backbone, tmp_path):
+    """Prompts are tuned at the sites, replay reaches later visits, fidelity is reported."""
+    from simulator import api
+    from simulator.config import build_config, parse_set
+
+    out = tmp_path / "smd"
+    cfg = build_config("smoke", parse_set(["run.method=smd_replay", "run.sites=3", f"run.out={out}"]))
+    res = api.run(cfg, progress=False)
+    smd = json.loads((out / "smd.json").read_text())
+    assert smd["backbone_cached"] is True  # the session fixture built it
+    assert set(smd["sites"]) == set(res.order)
+    for site, info in smd["sites"].items():
+        assert info["prompt_values_bytes"] == 4 * cfg.smd.tokens * cfg.smd.token_dim, site
+        assert info["prompt_bytes"] < info["prompt_values_bytes"] + 256, site
+        assert 0 <= info["tstr_dice_synthetic"] <= 1 and info["tstr_dice_real"] > 0
+    att = smd["attribution"]
+    assert 0 <= att["sample_accuracy"] <= 1 and att["chance"] == pytest.approx(1 / 3)
+    assert (out / "replay_samples.png").stat().st_size > 0
+    ledger = [json.loads(line) for line in (out / "ledger.jsonl").read_text().splitlines()]
+    prompts = [e for e in ledger if e["kind"] == "prompt"]
+    assert len(prompts) == 3 and all(e["src"].startswith("site:") for e in prompts)
+    visits = [e for e in ledger if e["kind"] == "visit"]
+    replay_keys = [sorted(a["key"] for a in v["arrays"] if a["key"].startswith("replay/")) for v in visits]
+    first = res.order[0]
+    assert replay_keys[0] == [] and replay_keys[1] == [f"replay/{first}/x", f"replay/{first}/y"]
+    # nothing a site sent is image-sized, though image-sized replay went in
+    for e in ledger:
+        if e["src"].startswith("site:"):
+            assert all(a["shape"][-2:] != [32, 32] for a in e["arrays"])

@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import nn
 
+from server.methods.er_real import ERReal
 from server.methods.finetune import Finetune
 from server.methods.smd_replay import SMDReplay
 from simulator.method import Method
@@ -13,6 +14,7 @@ from simulator.method import Method
 METHODS: dict[str, type[Method]] = {
     Finetune.name: Finetune,
     SMDReplay.name: SMDReplay,
+    ERReal.name: ERReal,
 }
 
 

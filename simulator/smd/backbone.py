@@ -35,6 +35,7 @@ class SMDSpec:
     token_dim: int
     cond_dim: int
     train_timesteps: int
+    prediction: str
     pretrain_steps: int
     pretrain_batch: int
     pretrain_lr: float
@@ -76,7 +77,8 @@ class SMDBackbone(nn.Module):
         self.cond_mlp = nn.Sequential(
             nn.Linear(spec.cond_dim, 128), nn.SiLU(), nn.Linear(128, spec.tokens * spec.token_dim)
         )
-        self.noise = DDPMScheduler(num_train_timesteps=spec.train_timesteps, beta_schedule="squaredcos_cap_v2")
+        self.noise = DDPMScheduler(num_train_timesteps=spec.train_timesteps, beta_schedule="squaredcos_cap_v2",
+                                   prediction_type=spec.prediction)
         # the prompt that tuning starts from: the tokens of the mean public appearance
         self.register_buffer("prompt_init", torch.zeros(spec.tokens, spec.token_dim))
 
@@ -85,7 +87,10 @@ class SMDBackbone(nn.Module):
 
     def denoise_loss(self, x0: torch.Tensor, tokens: torch.Tensor, gen: torch.Generator | None = None,
                      reduce: bool = True) -> torch.Tensor:
-        """Epsilon-prediction MSE at random timesteps (per sample if ``reduce`` is False)."""
+        """MSE of the predicted target (noise, clean sample or v) at random timesteps.
+
+        Per sample if ``reduce`` is False.
+        """
         b = x0.shape[0]
         noise = torch.randn(x0.shape, generator=gen, device="cpu").to(x0.device)
         t = torch.randint(0, self.spec.train_timesteps, (b,), generator=gen, device="cpu").to(x0.device)
@@ -93,7 +98,13 @@ class SMDBackbone(nn.Module):
         if tokens.shape[0] != b:
             tokens = tokens.expand(b, -1, -1)
         pred = self.unet(xt, t, encoder_hidden_states=tokens).sample
-        err = (pred - noise).pow(2).flatten(1).mean(1)
+        if self.spec.prediction == "epsilon":
+            target = noise
+        elif self.spec.prediction == "sample":
+            target = x0
+        else:
+            target = self.noise.get_velocity(x0, noise, t)
+        err = (pred - target).pow(2).flatten(1).mean(1)
         return err.mean() if reduce else err
 
     @torch.no_grad()

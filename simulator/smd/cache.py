@@ -8,15 +8,8 @@ from pathlib import Path
 
 import torch
 
+from simulator.paths import cache_root
 from simulator.smd.backbone import SMDBackbone, SMDSpec
-
-
-def cache_root() -> Path:
-    """``$SMG_SIM_CACHE``, else ``$XDG_CACHE_HOME/smg-sim``, else ``~/.cache/smg-sim``."""
-    if os.environ.get("SMG_SIM_CACHE"):
-        return Path(os.environ["SMG_SIM_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "smg-sim"
 
 
 def backbone_path(spec: SMDSpec) -> Path:

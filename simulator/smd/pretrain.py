@@ -39,6 +39,7 @@ def smd_spec(cfg: Config, channels: int) -> SMDSpec:
         token_dim=s.token_dim,
         cond_dim=PUBLIC_POOLS[cfg.data.benchmark][1],
         train_timesteps=s.train_timesteps,
+        prediction=s.prediction,
         pretrain_steps=s.pretrain_steps,
         pretrain_batch=s.pretrain_batch,
         pretrain_lr=s.pretrain_lr,

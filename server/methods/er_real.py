@@ -1,0 +1,60 @@
+"""Experience replay of real images: a NON-PRIVATE reference method."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from simulator.method import Batch, Method, StageContext
+from simulator.segmentation import seg_loss
+
+
+class ERReal(Method):
+    """Replay a small buffer of real images of earlier sites (non-private upper reference).
+
+    Experience replay (Chaudhry et al., "On Tiny Episodic Memories in Continual
+    Learning", 2019), as in the predecessor setting of SMG-Learning. The buffer of
+    real (image, mask) pairs travels with the model from site to site, so real
+    pixels leave the site that owns them: the run needs ``--allow-non-private``,
+    the guard records every real image that leaves, and the privacy audit fails.
+    """
+
+    name = "er_real"
+    private = False
+    defaults = {"buffer_per_site": 8, "weight_decay": 0.0}
+
+    def begin_stage(self, ctx: StageContext) -> None:
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.hp["lr"],
+                                    weight_decay=self.hp["weight_decay"])
+        self.gen = ctx.generator
+        self.seen_x: list[torch.Tensor] = []
+        self.seen_y: list[torch.Tensor] = []
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        self.buf_x = torch.from_numpy(state["buffer_x"].copy()) if "buffer_x" in state else None
+        self.buf_y = torch.from_numpy(state["buffer_y"].copy()).float() if "buffer_y" in state else None
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        self.model.train()
+        loss_c = seg_loss(self.model(batch.x), batch.y)
+        loss = loss_c
+        if getattr(self, "buf_x", None) is not None and len(self.buf_x):
+            idx = torch.randint(len(self.buf_x), (min(len(batch.x), len(self.buf_x)),), generator=self.gen)
+            dev = batch.x.device
+            loss = 0.5 * (loss_c + seg_loss(self.model(self.buf_x[idx].to(dev)), self.buf_y[idx].to(dev)))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        if sum(len(x) for x in self.seen_x) < self.hp["buffer_per_site"]:
+            self.seen_x.append(batch.x.detach().cpu())
+            self.seen_y.append(batch.y.detach().cpu())
+        return {"loss": float(loss.detach()), "loss_current": float(loss_c.detach())}
+
+    def export_state(self) -> dict[str, np.ndarray]:
+        k = int(self.hp["buffer_per_site"])
+        new_x = torch.cat(self.seen_x)[:k].numpy()
+        new_y = torch.cat(self.seen_y)[:k].numpy().astype(np.uint8)
+        if getattr(self, "buf_x", None) is not None:
+            new_x = np.concatenate([self.buf_x.numpy(), new_x])
+            new_y = np.concatenate([self.buf_y.numpy().astype(np.uint8), new_y])
+        return {"buffer_x": new_x.astype(np.float32), "buffer_y": new_y}

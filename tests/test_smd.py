@@ -1,0 +1,84 @@
+"""Site-Modulated Diffusion: cache, prompt-only export, seeded sampling, replay shapes."""
+
+import numpy as np
+import pytest
+import torch
+
+from server.learner import Learner
+from server.methods import build_method
+from server.replay import ReplayBank
+from simulator.config import build_config, parse_set
+from simulator.messages import array_groups, arrays, metrics
+from simulator.smd.cache import load_backbone
+from simulator.smd.pretrain import ensure_backbone, smd_spec
+from sites.prompt import tune_prompt
+from sites.site import Site
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return build_config("smoke", parse_set(["run.method=smd_replay"]))
+
+
+@pytest.fixture(scope="module")
+def backbone(smd_backbone):
+    return smd_backbone
+
+
+def test_cache_is_reused_and_keyed_by_config(cfg, backbone):
+    mtime = backbone.stat().st_mtime_ns
+    path, cached = ensure_backbone(smd_spec(cfg, 1))
+    assert cached and path == backbone and path.stat().st_mtime_ns == mtime
+    other = build_config("smoke", parse_set(["smd.pretrain_steps=31"]))
+    assert smd_spec(other, 1).key() != smd_spec(cfg, 1).key()
+
+
+def test_prompt_tuning_changes_only_the_prompt(cfg, backbone, smoke_spec):
+    from sites.datasets import build_site_data
+
+    model = load_backbone(backbone)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    data = build_site_data(smoke_spec)
+    prompt, logs = tune_prompt(model, data.train_x, data.train_y, steps=4, lr=0.05, batch=4,
+                               gen=torch.Generator().manual_seed(0))
+    assert prompt.shape == (cfg.smd.tokens, cfg.smd.token_dim) and prompt.dtype == np.float32
+    assert not np.allclose(prompt, model.prompt_init.numpy())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), f"backbone tensor {k} changed during prompt tuning"
+    assert logs["prompt_steps"] == 4
+
+
+def test_seeded_sampling_is_reproducible(backbone):
+    model = load_backbone(backbone)
+    tok = model.prompt_init
+    a = model.sample(tok, 3, 3, torch.Generator().manual_seed(1))
+    b = model.sample(tok, 3, 3, torch.Generator().manual_seed(1))
+    c = model.sample(tok, 3, 3, torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_replay_shapes_and_ranges(cfg, backbone):
+    bank = ReplayBank(str(backbone), run_seed=0, per_site=5, steps=3, data_size=32, channels=1)
+    bank.add_prompt("alpha", load_backbone(backbone).prompt_init.numpy())
+    x, y = bank.replay("alpha")
+    assert x.shape == (5, 1, 32, 32) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
+    assert y.shape == (5, 1, 32, 32) and y.dtype == np.uint8 and set(np.unique(y)) <= {0, 1}
+    with pytest.raises(ValueError, match="expected"):
+        bank.add_prompt("bravo", np.zeros((3, 3), np.float32))
+
+
+def test_site_exports_only_the_prompt_and_scalars(cfg, backbone, smoke_spec):
+    site = Site("alpha", smoke_spec, build_method, torch_threads=1, device="cpu")
+    learner = Learner(cfg.to_dict(), in_channels=1)
+    learner.enable_replay(str(backbone), 1)
+    reply = site.tune_prompt(learner.tune_message("alpha"))
+    assert reply["meta"]["kind"] == "prompt" and array_groups(reply) == ["prompt"]
+    assert list(arrays(reply, "prompt")) == ["tokens"]
+    learner.absorb_prompt(reply, "alpha")
+    fid = site.fidelity(learner.fidelity_message("alpha"))
+    assert array_groups(fid) == [] and 0 <= metrics(fid)["tstr_dice_real"] <= 1
+    # a visit of the next site carries replay of the earlier one
+    learner.visited.append("alpha")
+    msg = learner.visit_message("bravo", 2)
+    rep = arrays(msg, "replay")
+    assert set(rep) == {"alpha/x", "alpha/y"} and rep["alpha/x"].shape[0] == cfg.smd.replay_per_site
