@@ -113,8 +113,11 @@ def summary_table(R: np.ndarray, order: list[str], metrics: dict[str, float]) ->
     return "\n".join(lines)
 
 
-def run(cfg: Config, stream: TextIO | None = None, progress: bool = True) -> RunResult:
-    """Run one sequential-learning simulation and write its run folder."""
+def run(cfg: Config, stream: TextIO | None = None, progress: bool = True, site_cls: type | None = None) -> RunResult:
+    """Run one sequential-learning simulation and write its run folder.
+
+    ``site_cls`` replaces the site class (tests use it to run deliberately leaking sites).
+    """
     from simulator import engine  # Ray is imported only when a run starts
 
     stream = stream or sys.stderr
@@ -144,7 +147,8 @@ def run(cfg: Config, stream: TextIO | None = None, progress: bool = True) -> Run
         cls = method_class(cfg.run.method)
         guard_mode = cfg.privacy.mode if cls.private else "record"
         eng = engine.Engine(cfg, plan.order, indices, ledger, prog, namespace=f"smg-sim-{plan.out.name}",
-                            trace_dir=str(trace_dir), privacy_mode=guard_mode)
+                            trace_dir=str(trace_dir), privacy_mode=guard_mode,
+                            **({"site_cls": site_cls} if site_cls else {}))
         facts = eng.describe_sites()
         channels = {int(f["channels"]) for f in facts.values()}
         if len(channels) != 1:
@@ -157,6 +161,7 @@ def run(cfg: Config, stream: TextIO | None = None, progress: bool = True) -> Run
         if smd_on:
             smd_info = prepare_smd(cfg, n_channels, stream, progress)
             eng.enable_replay(smd_info["backbone_path"], n_channels)
+            prog.t0 = time.perf_counter()  # the ETA covers the run, not the pre-training
 
         write_json(folder.file("sites.json"), {"sites": plan.sites, "order": plan.order, "facts": facts})
 

@@ -80,9 +80,10 @@ class Actors:
 
 
 def create_sites(cfg: Config, names: list[str], indices: dict[str, int], namespace: str,
-                 trace_dir: str | None = None, privacy_mode: str | None = None) -> Actors:
+                 trace_dir: str | None = None, privacy_mode: str | None = None,
+                 site_cls: type = Site) -> Actors:
     """One named Ray actor per site (visible by name in the dashboard)."""
-    remote_site = ray.remote(Site)
+    remote_site = ray.remote(site_cls)
     root = str(site_data_root())
     sites = {}
     for name in names:
@@ -99,13 +100,13 @@ class Engine:
 
     def __init__(self, cfg: Config, order: list[str], indices: dict[str, int], ledger: Ledger,
                  progress: Progress, namespace: str, trace_dir: str | None = None,
-                 privacy_mode: str | None = None) -> None:
+                 privacy_mode: str | None = None, site_cls: type = Site) -> None:
         self.cfg = cfg
         self.order = order
         self.ledger = ledger
         self.progress = progress
         self.trace_dir = trace_dir
-        self.actors = create_sites(cfg, order, indices, namespace, trace_dir, privacy_mode)
+        self.actors = create_sites(cfg, order, indices, namespace, trace_dir, privacy_mode, site_cls)
         self.namespace = namespace
 
     def _call(self, site: str, method: str, msg: RecordDict | None = None, *args: Any) -> RecordDict:

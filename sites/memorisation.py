@@ -57,7 +57,7 @@ def auc(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> float:
 
 
 def membership_inference(backbone: SMDBackbone, prompt: np.ndarray, train: tuple[np.ndarray, np.ndarray],
-                         held_out: tuple[np.ndarray, np.ndarray], seed: int, repeats: int = 4,
+                         held_out: tuple[np.ndarray, np.ndarray], seed: int, repeats: int = 2,
                          n_boot: int = 500) -> dict[str, float]:
     """AUC of the denoising-loss attack (lower loss = member) with a bootstrap 95% interval."""
     size = backbone.spec.image_size

@@ -88,6 +88,13 @@ def test_end_to_end_smoke_run_through_ray(ray_session, tmp_path, capsys):
         for a in e["arrays"]:
             assert a["shape"][-2:] != [32, 32]
     assert json.loads((out / "config.json").read_text())["run"]["seed"] == 3
+    # the privacy audit passes, and `smg-sim audit` agrees from the files alone
+    audit = json.loads((out / "privacy_audit.json").read_text())
+    assert audit["verdict"] == "pass" and audit["claims"]["formal"]["verdict"] == "none"
+    opens = audit["file_access"]
+    assert opens and all(r["role"] == f"site:{r['site_data']}" for r in opens)
+    assert {r["site_data"] for r in opens} == set(order)
+    assert cli.main(["audit", str(out)]) == 0
 
 
 def test_smd_replay_run_through_ray(ray_session, smd_backbone, tmp_path):
