@@ -36,5 +36,11 @@ lint: $(STAMP)
 smoke: $(STAMP)
 	$(BIN)/smg-sim run --profile smoke $(ARGS)
 
+# Timing targets live here, not in tests: the smoke profile's 6-site run should finish
+# within 60 s after Ray start on a 2-core machine (the run prints both times).
+bench: $(STAMP)
+	$(BIN)/smg-sim run --profile smoke --sites 6 --order random --no-dashboard --quiet \
+		--out runs/bench-smoke-$$(date +%Y%m%d-%H%M%S)
+
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -192,6 +192,7 @@ def run(cfg: Config, stream: TextIO | None = None, progress: bool = True, site_c
                 "messages": sum(g["checked_messages"] for g in guard.values()),
                 "bytes": sum(g["checked_bytes"] for g in guard.values()),
                 "seconds": sum(g["seconds"] for g in guard.values()),
+                "build_seconds": sum(g.get("build_seconds", 0.0) for g in guard.values()),
                 "violations": sum(g["violations"] for g in guard.values())},
         })
         title = f"{cfg.run.method} ({cfg.run.profile}, seed {cfg.run.seed})"

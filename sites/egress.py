@@ -75,6 +75,7 @@ class EgressGuard:
         self.checked_bytes = 0
         self.checked_arrays = 0
         self.seconds = 0.0
+        self.build_seconds = 0.0
         self.violations: list[Violation] = []
 
     def _problems(self, rd: RecordDict) -> list[tuple[str, str, str]]:
@@ -151,4 +152,4 @@ class EgressGuard:
         """Counts, time and violations (for the privacy audit)."""
         return {"site": self.site, "mode": self.mode, "checked_messages": self.checked_messages,
                 "checked_bytes": self.checked_bytes, "checked_arrays": self.checked_arrays,
-                "seconds": self.seconds, "violations": [asdict(v) for v in self.violations]}
+                "seconds": self.seconds, "build_seconds": self.build_seconds, "violations": [asdict(v) for v in self.violations]}

@@ -67,9 +67,11 @@ class Site:
         self._data = build_site_data(spec)
         self._method_factory = method_factory
         d = self._data
-        self._guard = EgressGuard(name, Blocklist({"train_image": d.train_x, "train_mask": d.train_y,
-                                                   "test_image": d.test_x, "test_mask": d.test_y}),
-                                  mode=privacy_mode)
+        t0 = time.perf_counter()
+        blocklist = Blocklist({"train_image": d.train_x, "train_mask": d.train_y,
+                               "test_image": d.test_x, "test_mask": d.test_y})
+        self._guard = EgressGuard(name, blocklist, mode=privacy_mode)
+        self._guard.build_seconds = time.perf_counter() - t0
         self._visit: _Visit | None = None
         self._train_x = torch.from_numpy(self._data.train_x).to(self.device)
         self._train_y = torch.from_numpy(self._data.train_y.astype(np.float32)).to(self.device)

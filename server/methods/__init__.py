@@ -8,6 +8,7 @@ from torch import nn
 
 from server.methods.er_real import ERReal
 from server.methods.finetune import Finetune
+from server.methods.pga import SMG, PGAExact, SMGGen, SMGMem
 from server.methods.smd_replay import SMDReplay
 from simulator.method import Method
 
@@ -15,6 +16,10 @@ METHODS: dict[str, type[Method]] = {
     Finetune.name: Finetune,
     SMDReplay.name: SMDReplay,
     ERReal.name: ERReal,
+    SMG.name: SMG,
+    SMGMem.name: SMGMem,
+    SMGGen.name: SMGGen,
+    PGAExact.name: PGAExact,
 }
 
 
