@@ -39,7 +39,7 @@ class Learner:
                             seed=derive_seed(self.run_seed, "model_init"))
         self.weights = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
         self.state: dict[str, np.ndarray] = {}
-        self.hparams = {"lr": train["lr"], **config.get("methods", {}).get(run["method"], {})}
+        self.hparams = {"lr": train["lr"], **(config.get("methods") or {}).get(run["method"], {})}
         self.visits: list[dict[str, Any]] = []
         self.bank: ReplayBank | None = None
         self.visited: list[str] = []

@@ -54,6 +54,12 @@ def plan_run(cfg: Config) -> RunPlan:
     if not cls.private and not cfg.privacy.allow_non_private:
         raise ConfigError(f"method {cls.name!r} is a non-private reference: it moves real images out of "
                           "sites; run it only with --allow-non-private (its privacy audit will fail)")
+    for name, values in cfg.methods.items():
+        known = set(method_class(name).defaults) | {"lr"}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"methods.{name}.{unknown[0]}: unknown hyper-parameter; "
+                              f"{name} has {', '.join(sorted(known))}")
     if cls.uses_replay and cfg.smd.enabled == "off":
         raise ConfigError(f"smd.enabled: method {cls.name!r} needs SMD replay; use auto or on")
     sites = resolve_sites(cfg.run.order, cfg.run.sites, SITE_NAMES)
@@ -124,6 +130,13 @@ def run(cfg: Config, stream: TextIO | None = None, progress: bool = True, site_c
     plan = plan_run(cfg)
     folder = RunFolder(plan.out)
     cfg.write(folder.file("config.json"))
+    cls = method_class(cfg.run.method)
+    from simulator.runfolder import write_json
+
+    write_json(folder.file("method.json"), {
+        "method": cls.name, "private": cls.private, "uses_replay": cls.uses_replay,
+        "hyperparameters": {**cls.defaults, "lr": cfg.train.lr, **cfg.methods.get(cls.name, {})},
+        "description": (cls.__doc__ or "").strip()})
     t_start = time.perf_counter()
     ledger = Ledger(folder.file("ledger.jsonl"))
     from simulator.filetrace import start_trace, stop_trace
@@ -259,3 +272,30 @@ def pretrain_backbone(cfg: Config, stream: TextIO | None = None, force: bool = F
     path, cached = ensure_backbone(spec, str(resolve_device(cfg.runtime.device)), report, force=force)
     info = json.loads((path.parent / "info.json").read_text())
     return {"path": str(path), "cached": cached, **info}
+
+
+def compare(base: Config, methods: list[str], seeds: list[int], orders: list[str], out: Path,
+            stream: TextIO | None = None, progress: bool = False):
+    """Run every (method, seed, order) missing under ``out`` in one Ray instance, then summarise."""
+    import dataclasses
+
+    from simulator import compare as cmp
+    from simulator import engine
+
+    def make(cfg: Config, method: str, seed: int, order: str, folder: Path) -> Config:
+        run = dataclasses.replace(cfg.run, method=method, seed=seed, order=order, out=str(folder))
+        new = dataclasses.replace(cfg, run=run)
+        resolve_sites(order, new.run.sites, SITE_NAMES)
+        cls = method_class(method)
+        if not cls.private and not cfg.privacy.allow_non_private:
+            raise ConfigError(f"method {method!r} is a non-private reference; add --allow-non-private")
+        return new
+
+    out = Path(out)
+    plans = cmp.plan_compare(base, methods, seeds, orders, out, make)
+    out.mkdir(parents=True, exist_ok=True)
+    base.write(out / "compare_config.json")
+    engine.start_ray(base.runtime.num_cpus, base.runtime.dashboard)
+    status = cmp.run_compare(plans, lambda c: run(c, stream=stream, progress=progress), stream)
+    table = cmp.summarize(out)
+    return table, status

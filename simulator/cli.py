@@ -56,6 +56,32 @@ def build_parser() -> argparse.ArgumentParser:
                                      "site after every stage, and write a run folder.")
     _add_run_options(run)
     sub.add_parser("methods", help="list the registered methods")
+    cmp = sub.add_parser("compare", help="run several methods over several seeds and orders, then tabulate",
+                         description="Runs every (method, seed, order) under OUT/runs/ in one Ray instance "
+                                     "(finished runs are skipped, unfinished ones moved aside), then writes "
+                                     "compare.csv, compare.md, runs.csv, compare_bars.png and "
+                                     "compare_mem_gen.png.")
+    cmp.add_argument("--methods", required=True, help="comma list, e.g. finetune,smd_replay,smg")
+    cmp.add_argument("--seeds", default="0", help="comma list of run seeds (default 0)")
+    cmp.add_argument("--orders", default="random", help="comma list of orders: fixed, random, reverse "
+                     "(an explicit site list is not allowed here) (default random)")
+    cmp.add_argument("--sites", type=int, default=None, help="number of sites (default from the profile: 6)")
+    cmp.add_argument("--profile", default="quick", choices=PROFILES, help="profile (default quick)")
+    cmp.add_argument("--out", required=True, help="comparison folder (created or continued)")
+    cmp.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                     help="override a config value for every run (repeatable)")
+    cmp.add_argument("--allow-non-private", action="store_true",
+                     help="allow the non-private references (joint, er_real); their audits fail by design")
+    cmp.add_argument("--num-cpus", type=int, default=None, help="CPUs Ray may use (default 2)")
+    cmp.add_argument("--progress", action="store_true", help="show each run's progress lines")
+    bench = sub.add_parser("bench", help="benchmarks: cost of one training step per method",
+                           description="Seconds per outer step and peak resident memory of each method at a "
+                                       "profile's sizes, with replay batches from several earlier sites; "
+                                       "each method runs in its own process.")
+    bench.add_argument("--methods", default="finetune,smd_replay,smg,pga_exact", help="comma list")
+    bench.add_argument("--profile", default="quick", choices=PROFILES, help="profile (default quick)")
+    bench.add_argument("--replay-sites", type=int, default=5, help="earlier sites in the batch (default 5)")
+    bench.add_argument("--steps", type=int, default=10, help="timed steps per method (default 10)")
     audit = sub.add_parser("audit", help="re-check a finished run's privacy from its own files",
                            description="Rebuild privacy_audit.json/.md/.html of RUN_DIR from its ledger, "
                                        "guard reports and file-access trace; print the verdict; exit 1 "
@@ -118,6 +144,45 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:12s} {'private' if cls.private else 'NON-PRIVATE'}  {doc}")
         return 0
     try:
+        if args.command == "bench":
+            from simulator.bench import step_cost
+
+            rows = step_cost([m.strip() for m in args.methods.split(",") if m.strip()], args.profile,
+                             args.replay_sites, args.steps)
+            print(f"{'method':12s} {'s/step':>8s} {'peak RSS MB':>12s}")
+            for r in rows:
+                print(f"{r['method']:12s} {r['seconds_per_step']:8.3f} {r['peak_rss_mb']:12.0f}")
+            return 0
+        if args.command == "compare":
+            from pathlib import Path
+
+            from simulator import api
+
+            overrides = parse_set(args.overrides)
+            if args.sites is not None:
+                overrides.setdefault("run", {})["sites"] = args.sites
+            if args.num_cpus is not None:
+                overrides.setdefault("runtime", {})["num_cpus"] = args.num_cpus
+            if args.allow_non_private:
+                overrides.setdefault("privacy", {})["allow_non_private"] = True
+            overrides.setdefault("runtime", {}).setdefault("dashboard", False)
+            base = build_config(args.profile, overrides)
+            orders = [o.strip() for o in args.orders.split(",") if o.strip()]
+            bad = [o for o in orders if o not in ORDER_KEYWORDS]
+            if bad:
+                raise ConfigError(f"--orders: {bad[0]!r} is not one of {', '.join(ORDER_KEYWORDS)}")
+            try:
+                seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+            except ValueError:
+                raise ConfigError(f"--seeds {args.seeds!r}: expected comma-separated integers") from None
+            methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+            for m in methods:
+                from server.methods import method_class
+
+                method_class(m)
+            table, _ = api.compare(base, methods, seeds, orders, Path(args.out), progress=args.progress)
+            print((Path(args.out) / "compare.md").read_text())
+            return 0
         if args.command == "audit":
             from pathlib import Path
 

@@ -144,6 +144,9 @@ class Config:
     runtime: RuntimeConfig = RuntimeConfig()
     smd: SMDConfig = SMDConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    #: per-method hyper-parameters, ``{method: {name: value}}`` (checked against each
+    #: method's declared defaults when a run is planned)
+    methods: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -203,6 +206,25 @@ def load_profile(name: str) -> dict[str, dict[str, Any]]:
     return tomllib.loads(text)
 
 
+def _method_values(table: dict[str, Any], source: str) -> dict[str, dict[str, float]]:
+    """``{method: {name: value}}`` from a TOML table or from ``methods.<method>.<name>`` keys."""
+    out: dict[str, dict[str, float]] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            items = [(key, k, v) for k, v in value.items()]
+        elif "." in key:
+            items = [(*key.split(".", 1), value)]
+        else:
+            raise ConfigError(f"methods.{key} (from {source}): expected methods.<method>.<name>=value")
+        for method, name, v in items:
+            try:
+                out.setdefault(method, {})[name] = float(v)
+            except (TypeError, ValueError):
+                raise ConfigError(f"methods.{method}.{name} (from {source}): expected a number, "
+                                  f"got {v!r}") from None
+    return out
+
+
 def parse_set(items: list[str]) -> dict[str, dict[str, str]]:
     """Parse ``section.key=value`` strings into nested overrides."""
     out: dict[str, dict[str, str]] = {}
@@ -229,7 +251,12 @@ def merge(*layers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def build_config(profile: str | None, overrides: dict[str, dict[str, Any]] | None = None,
                  source: str = "--set") -> Config:
     """Profile values, then overrides; every key and value is validated."""
-    raw = merge(load_profile(profile) if profile else {}, overrides or {})
+    base = load_profile(profile) if profile else {}
+    methods = _method_values(base.pop("methods", {}), "profile")
+    overrides = dict(overrides or {})
+    for method, values in _method_values(overrides.pop("methods", {}), source).items():
+        methods.setdefault(method, {}).update(values)
+    raw = merge(base, overrides)
     if profile:
         raw.setdefault("run", {})["profile"] = profile
     sections = {}
@@ -248,7 +275,7 @@ def build_config(profile: str | None, overrides: dict[str, dict[str, Any]] | Non
             kwargs[key] = _coerce(section, f, value)
             _validate_value(section, f, kwargs[key])
         sections[section] = cls(**kwargs)
-    cfg = Config(**sections)
+    cfg = Config(**sections, methods=methods)
     cfg.smd.width_tuple()
     if cfg.smd.image_size % 2 ** (len(cfg.smd.width_tuple()) - 1):
         raise ConfigError(f"smd.image_size: {cfg.smd.image_size} must be divisible by "

@@ -7,7 +7,12 @@ from typing import Any
 from torch import nn
 
 from server.methods.er_real import ERReal
+from server.methods.ewc import EWC
 from server.methods.finetune import Finetune
+from server.methods.fish import Fish
+from server.methods.joint import Joint
+from server.methods.lwf import LwF
+from server.methods.mldg import MLDG
 from server.methods.pga import SMG, PGAExact, SMGGen, SMGMem
 from server.methods.smd_replay import SMDReplay
 from simulator.method import Method
@@ -16,6 +21,11 @@ METHODS: dict[str, type[Method]] = {
     Finetune.name: Finetune,
     SMDReplay.name: SMDReplay,
     ERReal.name: ERReal,
+    Joint.name: Joint,
+    EWC.name: EWC,
+    LwF.name: LwF,
+    MLDG.name: MLDG,
+    Fish.name: Fish,
     SMG.name: SMG,
     SMGMem.name: SMGMem,
     SMGGen.name: SMGGen,

@@ -45,15 +45,21 @@ class ERReal(Method):
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        if sum(len(x) for x in self.seen_x) < self.hp["buffer_per_site"]:
+        if sum(len(x) for x in self.seen_x) < 4 * self.hp["buffer_per_site"]:
             self.seen_x.append(batch.x.detach().cpu())
             self.seen_y.append(batch.y.detach().cpu())
         return {"loss": float(loss.detach()), "loss_current": float(loss_c.detach())}
 
     def export_state(self) -> dict[str, np.ndarray]:
         k = int(self.hp["buffer_per_site"])
-        new_x = torch.cat(self.seen_x)[:k].numpy()
-        new_y = torch.cat(self.seen_y)[:k].numpy().astype(np.uint8)
+        seen_x = torch.cat(self.seen_x).numpy()
+        seen_y = torch.cat(self.seen_y).numpy()
+        first = {}
+        for i, img in enumerate(seen_x):  # batches repeat images: keep each once
+            first.setdefault(img.tobytes(), i)
+        keep = sorted(first.values())[:k]
+        new_x = seen_x[keep]
+        new_y = seen_y[keep].astype(np.uint8)
         if getattr(self, "buf_x", None) is not None:
             new_x = np.concatenate([self.buf_x.numpy(), new_x])
             new_y = np.concatenate([self.buf_y.numpy().astype(np.uint8), new_y])

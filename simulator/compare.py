@@ -1,0 +1,126 @@
+"""Comparisons: many runs (methods x seeds x orders) in one Ray instance, then tables.
+
+``run_compare`` runs what is missing; ``summarize`` is a separate, read-only step
+that turns the finished run folders into ``compare.csv``/``compare.md`` (mean +- std
+of every metric per method), ``runs.csv`` (one row per run) and two plots.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from simulator.config import Config, ConfigError  # noqa: E402
+from simulator.metrics import METRIC_NAMES  # noqa: E402
+from simulator.runfolder import MARKER, is_complete  # noqa: E402
+
+
+def run_name(method: str, seed: int, order: str) -> str:
+    safe = order.replace(",", "-")
+    return f"{method}-s{seed}-{safe}"
+
+
+def plan_compare(base: Config, methods: list[str], seeds: list[int], orders: list[str], out: Path,
+                 make_config: Callable[[Config, str, int, str, Path], Config]) -> list[tuple[str, Config]]:
+    """Every (method, seed, order) run, validated before anything starts."""
+    if not methods or not seeds or not orders:
+        raise ConfigError("compare needs at least one method, one seed and one order")
+    plans = []
+    for method in methods:
+        for seed in seeds:
+            for order in orders:
+                name = run_name(method, seed, order)
+                plans.append((name, make_config(base, method, seed, order, out / "runs" / name)))
+    return plans
+
+
+def run_compare(plans: list[tuple[str, Config]], run: Callable[[Config], object], stream: TextIO | None = None
+                ) -> dict[str, str]:
+    """Run every planned run that is not finished; unfinished folders are moved aside, not deleted."""
+    stream = stream or sys.stderr
+    status = {}
+    for i, (name, cfg) in enumerate(plans, 1):
+        folder = Path(cfg.run.out)
+        if is_complete(folder):
+            stream.write(f"smg-sim compare: [{i}/{len(plans)}] {name}: finished earlier, skipped\n")
+            status[name] = "skipped"
+            continue
+        if folder.exists():
+            aside = folder.with_name(f"{folder.name}.unfinished-{dt.datetime.now():%Y%m%d-%H%M%S}")
+            folder.rename(aside)
+            stream.write(f"smg-sim compare: {name}: unfinished folder moved to {aside.name}\n")
+        stream.write(f"smg-sim compare: [{i}/{len(plans)}] {name}\n")
+        run(cfg)
+        status[name] = "ran"
+    return status
+
+
+def summarize(out: Path) -> pd.DataFrame:
+    """Read every finished run under ``out/runs`` and write the tables and plots (read-only on runs)."""
+    out = Path(out)
+    rows = []
+    for folder in sorted((out / "runs").glob("*")):
+        if not (folder / MARKER).exists():
+            continue
+        cfg = json.loads((folder / "config.json").read_text())
+        m = json.loads((folder / "metrics.json").read_text())
+        rows.append({"run": folder.name, "method": cfg["run"]["method"], "seed": cfg["run"]["seed"],
+                     "order": cfg["run"]["order"], "visited": " ".join(m["order"]),
+                     **{k: m["metrics"][k] for k in METRIC_NAMES},
+                     "seconds": m.get("timings", {}).get("total_seconds")})
+    if not rows:
+        raise FileNotFoundError(f"no finished run under {out / 'runs'}")
+    runs = pd.DataFrame(rows)
+    runs.to_csv(out / "runs.csv", index=False, float_format="%.4f")
+    agg = runs.groupby("method", sort=False)[list(METRIC_NAMES)].agg(["mean", "std", "count"])
+    table = pd.DataFrame({"method": agg.index, "runs": agg[(METRIC_NAMES[0], "count")].to_numpy()})
+    for k in METRIC_NAMES:
+        table[f"{k}_mean"] = agg[(k, "mean")].to_numpy()
+        table[f"{k}_std"] = agg[(k, "std")].fillna(0.0).to_numpy()
+    table.to_csv(out / "compare.csv", index=False, float_format="%.4f")
+    lines = ["| method | runs | " + " | ".join(METRIC_NAMES) + " |", "|---" * (len(METRIC_NAMES) + 2) + "|"]
+    for _, r in table.iterrows():
+        cells = [f"{r[f'{k}_mean']:+.3f} ± {r[f'{k}_std']:.3f}" if k in ("BWT", "FWT")
+                 else f"{r[f'{k}_mean']:.3f} ± {r[f'{k}_std']:.3f}" for k in METRIC_NAMES]
+        lines.append(f"| {r['method']} | {int(r['runs'])} | " + " | ".join(cells) + " |")
+    (out / "compare.md").write_text("\n".join(lines) + "\n")
+    _plots(table, out)
+    return table
+
+
+def _plots(table: pd.DataFrame, out: Path) -> None:
+    n = len(table)
+    fig, axes = plt.subplots(1, len(METRIC_NAMES), figsize=(3.2 * len(METRIC_NAMES), 3.6))
+    for ax, k in zip(axes, METRIC_NAMES, strict=True):
+        ax.bar(range(n), table[f"{k}_mean"], yerr=table[f"{k}_std"], capsize=3,
+               color=plt.cm.tab10(np.arange(n) % 10))
+        ax.set_xticks(range(n), table["method"], rotation=60, ha="right", fontsize=8)
+        ax.set_title(k)
+        ax.axhline(0, color="black", lw=0.5)
+    fig.tight_layout()
+    fig.savefig(out / "compare_bars.png", dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 4.2))
+    for i, r in table.iterrows():
+        ax.errorbar(r["Gen_mean"], r["Mem_mean"], xerr=r["Gen_std"], yerr=r["Mem_std"], fmt="o",
+                    color=plt.cm.tab10(i % 10), capsize=3, label=r["method"])
+    ax.set_xlabel("Gen (unseen sites)")
+    ax.set_ylabel("Mem (earlier sites)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "compare_mem_gen.png", dpi=110)
+    plt.close(fig)

@@ -1,0 +1,36 @@
+"""`smg-sim compare` and the notebook that reads its folder."""
+
+import os
+
+import nbformat
+import pandas as pd
+from nbclient import NotebookClient
+
+from simulator import api
+from simulator.config import build_config, parse_set
+from simulator.metrics import METRIC_NAMES
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_compare_skips_finished_runs_and_the_notebook_shows_the_table(ray_session, tmp_path, monkeypatch):
+    out = tmp_path / "cmp"
+    base = build_config("smoke", parse_set(["run.sites=2"]))
+    table, status = api.compare(base, ["finetune", "mldg"], [0], ["random", "reverse"], out)
+    assert set(status.values()) == {"ran"} and len(status) == 4
+    assert list(table["method"]) == ["finetune", "mldg"] and (table["runs"] == 2).all()
+    for k in METRIC_NAMES:
+        assert f"{k}_mean" in table and f"{k}_std" in table
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == 4 and set(runs["order"]) == {"random", "reverse"}
+    for name in ("compare.csv", "compare.md", "compare_bars.png", "compare_mem_gen.png"):
+        assert (out / name).stat().st_size > 0
+    # a second call finds every run finished
+    _, again = api.compare(base, ["finetune", "mldg"], [0], ["random", "reverse"], out)
+    assert set(again.values()) == {"skipped"}
+    # the notebook loads the folder and shows the table
+    monkeypatch.setenv("SMG_COMPARE_DIR", str(out))
+    nb = nbformat.read(os.path.join(ROOT, "notebooks", "compare.ipynb"), as_version=4)
+    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": ROOT}}).execute()
+    text = "".join(str(o) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "finetune" in text and "mldg" in text and "image/png" in text
