@@ -25,7 +25,7 @@ def run_cli(*args):
         (["--order", "alpha,nowhere"], "unknown site name 'nowhere'; known sites: alpha"),
         (["--set", "train.bogus=1"], "unknown key train.bogus"),
         (["--set", "data.image_size=3"], "data.image_size: 3 is out of range"),
-        (["--method", "magic"], "unknown method 'magic'; known methods: er_real, finetune"),
+        (["--method", "magic"], "unknown method 'magic'; known methods: er_real, ewc, finetune"),
     ],
 )
 def test_bad_input_one_line_no_traceback_no_folder(tmp_path, args, message):
