@@ -19,7 +19,7 @@ from simulator.metrics import all_metrics, gen_per_stage, mem_per_stage
 from simulator.order import SITE_NAMES, resolve_order, resolve_sites
 from simulator.plots import plot_mem_gen, plot_R
 from simulator.progress import Progress
-from simulator.runfolder import RunFolder, check_new, r_frame
+from simulator.runfolder import RunFolder, check_new, r_frame, write_json
 
 
 @dataclass
@@ -131,8 +131,6 @@ def run(cfg: Config, stream: TextIO | None = None, progress: bool = True, site_c
     folder = RunFolder(plan.out)
     cfg.write(folder.file("config.json"))
     cls = method_class(cfg.run.method)
-    from simulator.runfolder import write_json
-
     write_json(folder.file("method.json"), {
         "method": cls.name, "private": cls.private, "uses_replay": cls.uses_replay,
         "hyperparameters": {**cls.defaults, "lr": cfg.train.lr, **cfg.methods.get(cls.name, {})},
@@ -153,11 +151,10 @@ def run(cfg: Config, stream: TextIO | None = None, progress: bool = True, site_c
         stream.write(f"smg-sim: method {cfg.run.method}, profile {cfg.run.profile}, "
                      f"order {' -> '.join(plan.order)}\n")
         T = len(plan.order)
-        smd_on = method_class(cfg.run.method).uses_replay or cfg.smd.enabled == "on"
+        smd_on = cls.uses_replay or cfg.smd.enabled == "on"
         prog = Progress(total_units=(T + 1) + 3 * T + (2 * T if smd_on else 0), stream=stream,
                         enabled=progress)
         indices = {name: SITE_NAMES.index(name) for name in plan.order}
-        cls = method_class(cfg.run.method)
         guard_mode = cfg.privacy.mode if cls.private else "record"
         eng = engine.Engine(cfg, plan.order, indices, ledger, prog, namespace=f"smg-sim-{plan.out.name}",
                             trace_dir=str(trace_dir), privacy_mode=guard_mode,
@@ -168,8 +165,6 @@ def run(cfg: Config, stream: TextIO | None = None, progress: bool = True, site_c
             raise ConfigError(f"sites disagree on image channels: {sorted(channels)}")
         n_channels = channels.pop()
         eng.start_learner(n_channels)
-        from simulator.runfolder import write_json
-
         smd_info: dict = {}
         if smd_on:
             smd_info = prepare_smd(cfg, n_channels, stream, progress)
