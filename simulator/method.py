@@ -60,6 +60,11 @@ class Method(ABC):
         self.model = model
         self.hp = {**self.defaults, **hparams}
 
+    def adam(self) -> torch.optim.Adam:
+        """The optimiser most methods use: Adam with ``lr`` and ``weight_decay`` from the hyper-parameters."""
+        return torch.optim.Adam(self.model.parameters(), lr=self.hp["lr"],
+                                weight_decay=self.hp.get("weight_decay", 0.0))
+
     @abstractmethod
     def begin_stage(self, ctx: StageContext) -> None:
         """Prepare for a visit (optimiser, teacher copies, ...)."""

@@ -24,8 +24,7 @@ class ERReal(Method):
     defaults = {"buffer_per_site": 8, "weight_decay": 0.0}
 
     def begin_stage(self, ctx: StageContext) -> None:
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.hp["lr"],
-                                    weight_decay=self.hp["weight_decay"])
+        self.opt = self.adam()
         self.gen = ctx.generator
         self.seen_x: list[torch.Tensor] = []
         self.seen_y: list[torch.Tensor] = []

@@ -28,7 +28,7 @@ class EWC(Method):
         self.anchor = {k[7:]: torch.from_numpy(v.copy()) for k, v in state.items() if k.startswith("anchor.")}
 
     def begin_stage(self, ctx: StageContext) -> None:
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.hp["lr"], weight_decay=self.hp["weight_decay"])
+        self.opt = self.adam()
         self.recent: list[tuple[torch.Tensor, torch.Tensor]] = []
         if not hasattr(self, "fisher"):
             self.fisher, self.anchor = {}, {}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from simulator.method import Batch, Method, StageContext
 from simulator.segmentation import seg_loss
 
@@ -20,9 +18,7 @@ class Finetune(Method):
     defaults = {"weight_decay": 0.0}
 
     def begin_stage(self, ctx: StageContext) -> None:
-        self.opt = torch.optim.Adam(
-            self.model.parameters(), lr=self.hp["lr"], weight_decay=self.hp["weight_decay"]
-        )
+        self.opt = self.adam()
 
     def update(self, batch: Batch) -> dict[str, float]:
         self.model.train()

@@ -25,7 +25,7 @@ class Fish(Method):
     defaults = {"inner_lr": 1e-3, "meta_step": 0.5, "views": 2, "weight_decay": 0.0}
 
     def begin_stage(self, ctx: StageContext) -> None:
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.hp["lr"], weight_decay=self.hp["weight_decay"])
+        self.opt = self.adam()
         self.gen = ctx.generator
 
     def update(self, batch: Batch) -> dict[str, float]:

@@ -25,7 +25,7 @@ class LwF(Method):
     defaults = {"lambda_distill": 1.0, "temperature": 2.0, "weight_decay": 0.0}
 
     def begin_stage(self, ctx: StageContext) -> None:
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.hp["lr"], weight_decay=self.hp["weight_decay"])
+        self.opt = self.adam()
         self.teacher = None
         if ctx.stage > 1:
             self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from server.methods.pga import first_order_meta_gradient, style_augment
 from simulator.method import Batch, Method, StageContext
 
@@ -21,7 +19,7 @@ class MLDG(Method):
     defaults = {"alpha": 1e-3, "weight_decay": 0.0}
 
     def begin_stage(self, ctx: StageContext) -> None:
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.hp["lr"], weight_decay=self.hp["weight_decay"])
+        self.opt = self.adam()
         self.gen = ctx.generator
 
     def update(self, batch: Batch) -> dict[str, float]:

@@ -171,8 +171,7 @@ class SMG(Method):
     use_gen = True
 
     def begin_stage(self, ctx: StageContext) -> None:
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.hp["lr"],
-                                    weight_decay=self.hp["weight_decay"])
+        self.opt = self.adam()
         self.gen = ctx.generator
 
     def _parts(self, batch: Batch):

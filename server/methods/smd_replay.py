@@ -23,9 +23,7 @@ class SMDReplay(Method):
     defaults = {"weight_decay": 0.0}
 
     def begin_stage(self, ctx: StageContext) -> None:
-        self.opt = torch.optim.Adam(
-            self.model.parameters(), lr=self.hp["lr"], weight_decay=self.hp["weight_decay"]
-        )
+        self.opt = self.adam()
 
     def update(self, batch: Batch) -> dict[str, float]:
         self.model.train()
