@@ -91,8 +91,11 @@ def summarize(out: Path) -> pd.DataFrame:
     table.to_csv(out / "compare.csv", index=False, float_format="%.4f")
     lines = ["| method | runs | " + " | ".join(METRIC_NAMES) + " |", "|---" * (len(METRIC_NAMES) + 2) + "|"]
     for _, r in table.iterrows():
-        cells = [f"{r[f'{k}_mean']:+.3f} ± {r[f'{k}_std']:.3f}" if k in ("BWT", "FWT")
-                 else f"{r[f'{k}_mean']:.3f} ± {r[f'{k}_std']:.3f}" for k in METRIC_NAMES]
+        def cell(k: str, r=r) -> str:
+            mean = f"{r[f'{k}_mean']:+.3f}" if k in ("BWT", "FWT") else f"{r[f'{k}_mean']:.3f}"
+            return mean if r["runs"] < 2 else f"{mean} ± {r[f'{k}_std']:.3f}"  # no spread from one run
+
+        cells = [cell(k) for k in METRIC_NAMES]
         lines.append(f"| {r['method']} | {int(r['runs'])} | " + " | ".join(cells) + " |")
     (out / "compare.md").write_text("\n".join(lines) + "\n")
     _plots(table, out)

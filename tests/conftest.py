@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+# keep the tests' SMD backbones and simulated site disks out of the user's cache
+os.environ["SMG_SIM_CACHE"] = tempfile.mkdtemp(prefix="smg-sim-test-cache-")
 
 
 @pytest.fixture(scope="session")
@@ -29,11 +32,10 @@ def smoke_spec():
 
 
 @pytest.fixture(scope="session")
-def smd_backbone(tmp_path_factory):
+def smd_backbone():
     """A tiny SMD backbone (smoke profile), pre-trained once into a temporary cache."""
     from simulator.config import build_config
     from simulator.smd.pretrain import ensure_backbone, smd_spec
 
-    os.environ["SMG_SIM_CACHE"] = str(tmp_path_factory.mktemp("smg-cache"))
     path, _ = ensure_backbone(smd_spec(build_config("smoke"), 1))
     return path
