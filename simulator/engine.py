@@ -108,6 +108,7 @@ class Engine:
         self.trace_dir = trace_dir
         self.actors = create_sites(cfg, order, indices, namespace, trace_dir, privacy_mode, site_cls)
         self.namespace = namespace
+        self.smd_on = False
 
     def _call(self, site: str, method: str, msg: RecordDict | None = None, *args: Any) -> RecordDict:
         """Call a site method, recording the message in and the reply out."""
@@ -227,7 +228,7 @@ class Engine:
                                    f"loss {logs.get('loss', float('nan')):.3f}")
             reply = self._call(site, "finish_visit")
             visit_logs = ray.get(learner.absorb.remote(reply, site, stage))
-            if getattr(self, "smd_on", False):
+            if self.smd_on:
                 self.progress.line(f"stage {stage}/{T} site {site} prompt tuning and replay check")
                 smd_logs = self.tune_and_check(site)
                 self.progress.advance(2)

@@ -73,6 +73,9 @@ class Site:
         self._guard = EgressGuard(name, blocklist, mode=privacy_mode)
         self._guard.build_seconds = time.perf_counter() - t0
         self._visit: _Visit | None = None
+        self._backbone_path: str | None = None  # the public SMD backbone, once sent
+        self._backbone_model = None
+        self._prompt: np.ndarray | None = None  # this site's own tuned prompt
         self._train_x = torch.from_numpy(self._data.train_x).to(self.device)
         self._train_y = torch.from_numpy(self._data.train_y.astype(np.float32)).to(self.device)
         self._test_x = torch.from_numpy(self._data.test_x).to(self.device)
@@ -216,7 +219,7 @@ class Site:
     def _backbone(self, path: str):
         from simulator.smd.cache import load_backbone
 
-        if getattr(self, "_backbone_path", None) != path:
+        if self._backbone_path != path:
             self._backbone_model = load_backbone(Path(path), self.device)
             self._backbone_path = path
         return self._backbone_model
@@ -250,7 +253,7 @@ class Site:
         out["synthetic_foreground"] = float(synth[1].mean())
         out["real_foreground"] = float(d.train_y.mean())
         out.update(nearest_neighbours(synth[0], d.train_x, float(cfg.get("nn_threshold", 0.02))))
-        if getattr(self, "_prompt", None) is not None and getattr(self, "_backbone_path", None):
+        if self._prompt is not None and self._backbone_model is not None:
             out.update(membership_inference(self._backbone_model, self._prompt, (d.train_x, d.train_y),
                                             (d.test_x, d.test_y), seed=int(cfg["seed"])))
         return self._send("metrics", metrics=out)

@@ -23,6 +23,11 @@ class ERReal(Method):
     private = False
     defaults = {"buffer_per_site": 8, "weight_decay": 0.0}
 
+    def __init__(self, model: torch.nn.Module, hparams: dict) -> None:
+        super().__init__(model, hparams)
+        self.buf_x: torch.Tensor | None = None  # real pairs of earlier sites (set by load_state)
+        self.buf_y: torch.Tensor | None = None
+
     def begin_stage(self, ctx: StageContext) -> None:
         self.opt = self.adam()
         self.gen = ctx.generator
@@ -37,7 +42,7 @@ class ERReal(Method):
         self.model.train()
         loss_c = seg_loss(self.model(batch.x), batch.y)
         loss = loss_c
-        if getattr(self, "buf_x", None) is not None and len(self.buf_x):
+        if self.buf_x is not None and len(self.buf_x):
             idx = torch.randint(len(self.buf_x), (min(len(batch.x), len(self.buf_x)),), generator=self.gen)
             dev = batch.x.device
             loss = 0.5 * (loss_c + seg_loss(self.model(self.buf_x[idx].to(dev)), self.buf_y[idx].to(dev)))
@@ -59,7 +64,7 @@ class ERReal(Method):
         keep = sorted(first.values())[:k]
         new_x = seen_x[keep]
         new_y = seen_y[keep].astype(np.uint8)
-        if getattr(self, "buf_x", None) is not None:
+        if self.buf_x is not None:
             new_x = np.concatenate([self.buf_x.numpy(), new_x])
             new_y = np.concatenate([self.buf_y.numpy().astype(np.uint8), new_y])
         return {"buffer_x": new_x.astype(np.float32), "buffer_y": new_y}
