@@ -13,10 +13,11 @@ from typing import TextIO
 import numpy as np
 
 from server.methods import method_class
+from simulator import benchmarks
 from simulator.config import Config, ConfigError
 from simulator.ledger import Ledger
 from simulator.metrics import all_metrics, gen_per_stage, mem_per_stage
-from simulator.order import SITE_NAMES, resolve_order, resolve_sites
+from simulator.order import resolve_order, resolve_sites
 from simulator.plots import plot_mem_gen, plot_R
 from simulator.progress import Progress
 from simulator.runfolder import RunFolder, check_new, r_frame, write_json
@@ -62,7 +63,14 @@ def plan_run(cfg: Config) -> RunPlan:
                               f"{name} has {', '.join(sorted(known))}")
     if cls.uses_replay and cfg.smd.enabled == "off":
         raise ConfigError(f"smd.enabled: method {cls.name!r} needs SMD replay; use auto or on")
-    sites = resolve_sites(cfg.run.order, cfg.run.sites, SITE_NAMES)
+    if cls.uses_replay or cfg.smd.enabled == "on":
+        from simulator.smd.pretrain import pool_name
+
+        try:
+            pool_name(cfg)
+        except ConfigError as exc:
+            raise ConfigError(f"method {cls.name!r} needs SMD replay: {exc}") from None
+    sites = resolve_sites(cfg.run.order, cfg.run.sites, benchmarks.catalog(cfg.data.benchmark))
     order = resolve_order(cfg.run.order, sites, cfg.run.seed)
     out = Path(cfg.run.out) if cfg.run.out else default_out(cfg)
     check_new(out)
@@ -90,7 +98,7 @@ def prepare_smd(cfg: Config, channels: int, stream: TextIO, progress: bool) -> d
 def finish_smd(cfg: Config, eng, folder: RunFolder, order: list[str], prog: Progress) -> dict:
     """Per-site fidelity from the stage logs, the attribution test, and a grid of replay samples."""
     from simulator.seeding import derive_seed
-    from simulator.smd.pretrain import PUBLIC_POOLS
+    from simulator.smd.pretrain import PUBLIC_POOLS, pool_name
 
     stages = [json.loads(line) for line in folder.file("stages.jsonl").read_text().splitlines()]
     per_site = {}
@@ -100,7 +108,7 @@ def finish_smd(cfg: Config, eng, folder: RunFolder, order: list[str], prog: Prog
     out: dict = {"sites": per_site}
     if len(order) >= 2:
         prog.line("SMD attribution: every site scores every site's replay")
-        make_pool, _ = PUBLIC_POOLS[cfg.data.benchmark]
+        make_pool, _ = PUBLIC_POOLS[pool_name(cfg)]
         public, _, _ = make_pool(derive_seed(cfg.smd.public_seed, "attribution-negatives"), 128,
                                  cfg.data.image_size)
         out["attribution"] = eng.attribution(public)
@@ -138,10 +146,10 @@ def run(cfg: Config, stream: TextIO | None = None, progress: bool = True, site_c
     t_start = time.perf_counter()
     ledger = Ledger(folder.file("ledger.jsonl"))
     from simulator.filetrace import start_trace, stop_trace
-    from simulator.paths import site_data_root
 
     trace_dir = folder.file("file_access")
-    start_trace(trace_dir / "driver.jsonl", "driver", [site_data_root()])
+    data_root = benchmarks.data_root(cfg.data.benchmark)
+    start_trace(trace_dir / "driver.jsonl", "driver", [data_root])
     eng = None
     try:
         url = engine.start_ray(cfg.runtime.num_cpus, cfg.runtime.dashboard)
@@ -154,7 +162,8 @@ def run(cfg: Config, stream: TextIO | None = None, progress: bool = True, site_c
         smd_on = cls.uses_replay or cfg.smd.enabled == "on"
         prog = Progress(total_units=(T + 1) + 3 * T + (2 * T if smd_on else 0), stream=stream,
                         enabled=progress)
-        indices = {name: SITE_NAMES.index(name) for name in plan.order}
+        catalog = benchmarks.catalog(cfg.data.benchmark)
+        indices = {name: catalog.index(name) for name in plan.order}
         guard_mode = cfg.privacy.mode if cls.private else "record"
         eng = engine.Engine(cfg, plan.order, indices, ledger, prog, namespace=f"smg-sim-{plan.out.name}",
                             trace_dir=str(trace_dir), privacy_mode=guard_mode,
@@ -171,7 +180,8 @@ def run(cfg: Config, stream: TextIO | None = None, progress: bool = True, site_c
             eng.enable_replay(smd_info["backbone_path"], n_channels)
             prog.t0 = time.perf_counter()  # the ETA covers the run, not the pre-training
 
-        write_json(folder.file("sites.json"), {"sites": plan.sites, "order": plan.order, "facts": facts})
+        write_json(folder.file("sites.json"), {"sites": plan.sites, "order": plan.order, "facts": facts,
+                                               "data_root": str(data_root)})
 
         def on_stage(stage: int, info: dict, row: np.ndarray) -> None:
             folder.append_stage({"stage": stage, **info,
@@ -244,11 +254,25 @@ def write_site_previews(cfg: Config, folder: Path) -> list[Path]:
     """Have every site of ``cfg`` save a preview of its data (one PNG per site) into ``folder``."""
     from simulator import engine
 
-    sites = resolve_sites(cfg.run.order, cfg.run.sites, SITE_NAMES)
+    catalog = benchmarks.catalog(cfg.data.benchmark)
+    sites = resolve_sites(cfg.run.order, cfg.run.sites, catalog)
     engine.start_ray(cfg.runtime.num_cpus, False)
     folder = Path(folder).resolve()
-    engine.write_previews(cfg, sites, {n: SITE_NAMES.index(n) for n in sites}, str(folder))
+    engine.write_previews(cfg, sites, {n: catalog.index(n) for n in sites}, str(folder))
     return [folder / f"{n}.png" for n in sites]
+
+
+def inspect_data(cfg: Config) -> dict[str, tuple[dict, list[str]]]:
+    """Per site of ``cfg``: statistics of its data and the problems its reader found.
+
+    The readers run inside one actor per site; only scalars and short messages come back.
+    """
+    from simulator import engine
+
+    catalog = benchmarks.catalog(cfg.data.benchmark)
+    sites = resolve_sites(cfg.run.order, cfg.run.sites, catalog)
+    engine.start_ray(cfg.runtime.num_cpus, False)
+    return engine.inspect_sites(cfg, sites, {n: catalog.index(n) for n in sites})
 
 
 def pretrain_backbone(cfg: Config, stream: TextIO | None = None, force: bool = False) -> dict:
@@ -280,7 +304,7 @@ def compare(base: Config, methods: list[str], seeds: list[int], orders: list[str
     def make(cfg: Config, method: str, seed: int, order: str, folder: Path) -> Config:
         run = dataclasses.replace(cfg.run, method=method, seed=seed, order=order, out=str(folder))
         new = dataclasses.replace(cfg, run=run)
-        resolve_sites(order, new.run.sites, SITE_NAMES)
+        resolve_sites(order, new.run.sites, benchmarks.catalog(new.data.benchmark))
         cls = method_class(method)
         if not cls.private and not cfg.privacy.allow_non_private:
             raise ConfigError(f"method {method!r} is a non-private reference; add --allow-non-private")

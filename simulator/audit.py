@@ -99,9 +99,13 @@ def build_audit(run_dir: Path, write: bool = True) -> dict[str, Any]:
     # -- structural: file access -----------------------------------------------------------
     file_rows: dict[tuple[str, str], int] = defaultdict(int)
     bad_files = []
+    data_root = sites_info.get("data_root")
     for t in trace:
         path = Path(t["path"])
-        owner = path.parent.name  # <root>/<benchmark>/<site>/<file>
+        if data_root and path.is_relative_to(data_root) and len(path.relative_to(data_root).parts) > 1:
+            owner = path.relative_to(data_root).parts[0]  # <data root>/<site>/...
+        else:
+            owner = path.parent.name  # run folders written before data_root was recorded
         file_rows[(t["role"], owner)] += 1
         if t["role"] != f"site:{owner}":
             bad_files.append(f"{t['role']} opened {t['path']}")

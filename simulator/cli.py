@@ -13,14 +13,29 @@ EXIT_PRIVACY = 3
 EXIT_FAILED = 1
 
 
+BENCHMARK_HELP = ("data: phantom (default, generated), mni152 (real brain anatomy from the MNI152 "
+                  "template in nilearn), folder:PATH (SITE/images + SITE/masks PNG), prostate:PATH "
+                  "(SITE/CaseXX.nii.gz + CaseXX_segmentation.nii.gz) or fundus:PATH "
+                  "(DomainN/.../image + .../mask PNG)")
+
+
+def _add_data_options(p: argparse.ArgumentParser, default_sites: str = "default 6, or every site of a "
+                      "user data set") -> None:
+    p.add_argument("--benchmark", default=None, metavar="SPEC", help=BENCHMARK_HELP)
+    p.add_argument("--target", default=None, choices=("auto", "disc", "cup"),
+                   help="what to segment: auto (the benchmark's target) or, for fundus, disc or cup")
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
+    _add_data_options(p)
     p.add_argument("--sites", type=int, default=None,
-                   help="number of hospital sites to simulate (1-26; default 6, or the length of --order's list)")
+                   help="number of hospital sites to simulate (default 6 of a generated benchmark, every "
+                        "site of a user data set, or the length of --order's list)")
     p.add_argument("--order", default="fixed",
                    help=f"visiting order: {', '.join(ORDER_KEYWORDS)} (random is drawn from --seed), "
                         "or a comma list of site names such as charlie,alpha,bravo (default fixed)")
     p.add_argument("--method", default=None,
-                   help="continual-learning method, by registry name (default finetune); "
+                   help="continual-learning method, by registry name (default smg); "
                         "an unknown name lists the known ones")
     p.add_argument("--profile", default="quick", choices=PROFILES,
                    help="size and schedule: smoke (tests, seconds), quick (default, minutes on a CPU), "
@@ -31,7 +46,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="run folder to create (must not exist or be empty; default runs/<time>-<method>-...)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set train.steps_per_stage=50 (repeatable); "
-                        "sections: run, data, model, train, runtime")
+                        "sections: run, data, model, train, runtime, smd, privacy")
     p.add_argument("--privacy", choices=("strict", "warn", "off"), default=None,
                    help="egress guard: strict (default) stops the run on a violation; warn blocks the "
                         "offending entry, records it and continues (the audit fails); off checks nothing "
@@ -65,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--seeds", default="0", help="comma list of run seeds (default 0)")
     cmp.add_argument("--orders", default="random", help="comma list of orders: fixed, random, reverse "
                      "(an explicit site list is not allowed here) (default random)")
-    cmp.add_argument("--sites", type=int, default=None, help="number of sites (default from the profile: 6)")
+    _add_data_options(cmp)
+    cmp.add_argument("--sites", type=int, default=None,
+                     help="number of sites (default 6 of a generated benchmark, every site of a user data set)")
     cmp.add_argument("--profile", default="quick", choices=PROFILES, help="profile (default quick)")
     cmp.add_argument("--out", required=True, help="comparison folder (created or continued)")
     cmp.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -103,11 +120,37 @@ def build_parser() -> argparse.ArgumentParser:
         "preview", help="each site saves a PNG of three of its train images with mask outlines",
         description="Each site actor writes <out>/<site>.png of its own data; nothing crosses "
                     "between processes but the file size.")
-    preview.add_argument("--sites", type=int, default=6, help="number of sites (default 6)")
+    _add_data_options(preview)
+    preview.add_argument("--sites", type=int, default=None,
+                         help="number of sites (default 6 of a generated benchmark, every site of a user data set)")
     preview.add_argument("--profile", default="quick", choices=PROFILES, help="sizes (default quick)")
     preview.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
     preview.add_argument("--out", default="docs/sites", help="folder for the PNG files (default docs/sites)")
+    inspect = data_sub.add_parser(
+        "inspect", help="per site: cases, slices, image size, intensities, foreground, problems",
+        description="Each site's reader runs inside that site's actor and reports statistics only: "
+                    "numbers of cases and slices, image sizes as read, intensity statistics, foreground "
+                    "fraction and every problem found (missing masks, size mismatches, unreadable files, "
+                    "unexpected mask values, empty sites). Exit code 1 when a problem was found.")
+    inspect.add_argument("spec", metavar="SPEC", help=BENCHMARK_HELP)
+    inspect.add_argument("--target", default=None, choices=("auto", "disc", "cup"),
+                         help="what to segment: auto, or disc / cup for fundus")
+    inspect.add_argument("--sites", type=int, default=None, help="number of sites (default: all of a user "
+                         "data set, 6 of a generated benchmark)")
+    inspect.add_argument("--profile", default="quick", choices=PROFILES, help="sizes (default quick)")
+    inspect.add_argument("--seed", type=int, default=0, help="run seed (sets the train/test split; default 0)")
+    inspect.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                         help="override a config value, e.g. --set data.image_size=128 (repeatable)")
     return parser
+
+
+def _data_overrides(args: argparse.Namespace) -> dict[str, dict]:
+    data = {}
+    if args.benchmark is not None:
+        data["benchmark"] = args.benchmark
+    if args.target is not None:
+        data["target"] = args.target
+    return {"data": data} if data else {}
 
 
 def config_from_args(args: argparse.Namespace):
@@ -120,6 +163,7 @@ def config_from_args(args: argparse.Namespace):
     for key in ("method", "seed", "out"):
         if getattr(args, key) is not None:
             cli["run"][key] = getattr(args, key)
+    cli.update(_data_overrides(args))
     if args.num_cpus is not None:
         cli.setdefault("runtime", {})["num_cpus"] = args.num_cpus
     if args.no_dashboard:
@@ -129,6 +173,50 @@ def config_from_args(args: argparse.Namespace):
     if args.allow_non_private:
         cli.setdefault("privacy", {})["allow_non_private"] = True
     return build_config(args.profile, merge(cli, parse_set(args.overrides)))
+
+
+def _span(stats: dict, key: str) -> str:
+    lo, hi = int(stats[f"{key}_min"]), int(stats[f"{key}_max"])
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def _print_inspection(cfg, report: dict[str, tuple[dict, list[str]]]) -> int:
+    """The per-site statistics of ``smg-sim data inspect``; exit code 1 when a problem was found."""
+    print(f"benchmark {cfg.data.benchmark} (target {cfg.data.target}, images resized to "
+          f"{cfg.data.image_size} px)")
+    cols = [("cases_train", "train cases", "{:.0f}"), ("cases_test", "test cases", "{:.0f}"),
+            ("slices", "slices", "{:.0f}"), ("channels", "ch", "{:.0f}"),
+            ("raw_height_min", "size as read (HxW)", None), ("intensity_mean", "mean", "{:.3f}"),
+            ("intensity_std", "std", "{:.3f}"), ("intensity_p01", "p1", "{:.3f}"),
+            ("intensity_p99", "p99", "{:.3f}"), ("foreground_fraction", "fg", "{:.3f}"),
+            ("empty_masks", "empty", "{:.0f}"), ("problems", "problems", "{:.0f}")]
+    rows = []
+    for site, (stats, _) in report.items():
+        row = [site]
+        for key, _, fmt in cols:
+            if key == "raw_height_min":
+                if "raw_height_min" in stats:
+                    row.append(f"{_span(stats, 'raw_height')}x{_span(stats, 'raw_width')}")
+                else:
+                    row.append(f"{stats['height']:.0f}x{stats['width']:.0f}" if "height" in stats else "-")
+            else:
+                row.append(fmt.format(stats[key]) if key in stats else "-")
+        rows.append(row)
+    header = ["site", *(c[1] for c in cols)]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(str(v).rjust(w) if i else str(v).ljust(w) for i, (v, w) in enumerate(zip(r, widths,
+                                                                                                   strict=True))))
+    n_problems = 0
+    for site, (stats, problems) in report.items():
+        total = int(stats.get("problems", len(problems)))
+        n_problems += total
+        for p in problems:
+            print(f"{site}: problem: {p}")
+        if total > len(problems):
+            print(f"{site}: ... and {total - len(problems)} more problems")
+    print("no problems found" if not n_problems else f"{n_problems} problems found")
+    return 0 if not n_problems else EXIT_FAILED
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides = parse_set(args.overrides)
             if args.sites is not None:
                 overrides.setdefault("run", {})["sites"] = args.sites
+            overrides = merge(_data_overrides(args), overrides)
             if args.num_cpus is not None:
                 overrides.setdefault("runtime", {})["num_cpus"] = args.num_cpus
             if args.allow_non_private:
@@ -211,10 +300,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"SMD backbone {state}: {info['path']} ({info['parameters']} parameters, "
                   f"final loss {info['final_loss']:.4f})")
             return 0
+        if args.command == "data" and args.data_command == "inspect":
+            from simulator import api
+
+            args.benchmark = args.spec
+            run_values = {"seed": args.seed, **({"sites": args.sites} if args.sites is not None else {})}
+            cfg = build_config(args.profile, merge({"run": run_values}, _data_overrides(args),
+                                                   parse_set(args.overrides)))
+            return _print_inspection(cfg, api.inspect_data(cfg))
         if args.command == "data":
             from simulator import api
 
-            cfg = build_config(args.profile, {"run": {"sites": args.sites, "seed": args.seed}})
+            run_values = {"seed": args.seed, **({"sites": args.sites} if args.sites is not None else {})}
+            cfg = build_config(args.profile, merge({"run": run_values}, _data_overrides(args)))
             for path in api.write_site_previews(cfg, args.out):
                 print(path)
             return 0
@@ -238,6 +336,11 @@ def main(argv: list[str] | None = None) -> int:
 
         cause = exc
         text = str(exc)
+        data_lines = [ln for ln in text.splitlines() if "DataError: " in ln]
+        if data_lines:  # a site's reader found bad data: name the file, no traceback
+            line = data_lines[-1]
+            print(f"smg-sim: data error: {line.split('DataError:', 1)[-1].strip()}", file=sys.stderr)
+            return EXIT_USAGE
         if isinstance(exc, EgressViolation) or "EgressViolation" in text:
             line = next((ln for ln in text.splitlines() if "privacy guard" in ln), text.splitlines()[-1])
             print(f"smg-sim: stopped: {line.strip()}", file=sys.stderr)

@@ -32,10 +32,16 @@ def _rng(lo: float | None = None, hi: float | None = None, choices: tuple = ()) 
 class DataConfig:
     """What each site holds; built inside the site actor from these values."""
 
-    benchmark: str = field(default="phantom", metadata=_rng(choices=("phantom",)))
+    #: phantom, mni152, folder:PATH, prostate:PATH or fundus:PATH (see simulator.benchmarks)
+    benchmark: str = field(default="phantom", metadata=_rng())
     image_size: int = field(default=64, metadata=_rng(16, 512))
+    #: cases per site of a generated benchmark (user data sets use every case they hold)
     n_train: int = field(default=96, metadata=_rng(4, 100000))
     n_test: int = field(default=32, metadata=_rng(2, 100000))
+    #: what to segment: auto (the benchmark's own target), or disc / cup for fundus
+    target: str = field(default="auto", metadata=_rng(choices=("auto", "disc", "cup")))
+    #: share of a user site's cases held out for testing when it has no train/test folders
+    test_fraction: float = field(default=0.25, metadata=_rng(0.05, 0.9))
 
 
 @dataclass(frozen=True)
@@ -72,9 +78,10 @@ class RunConfig:
     """What to run: sites, order, method, seed, output folder."""
 
     profile: str = field(default="quick", metadata=_rng(choices=PROFILES))
-    sites: int = field(default=6, metadata=_rng(1, 26))
+    #: number of sites; 0: every site of a user data set, 6 of a generated benchmark
+    sites: int = field(default=0, metadata=_rng(0, 1000))
     order: str = field(default="fixed", metadata=_rng())
-    method: str = field(default="finetune", metadata=_rng())
+    method: str = field(default="smg", metadata=_rng())
     seed: int = field(default=0, metadata=_rng(0, 2**31 - 1))
     out: str = field(default="", metadata=_rng())
 
@@ -84,6 +91,8 @@ class SMDConfig:
     """Site-Modulated Diffusion: backbone, pre-training, prompt tuning, sampling, fidelity."""
 
     enabled: str = field(default="auto", metadata=_rng(choices=("auto", "on", "off")))
+    #: public pre-training pool: auto (the benchmark's own), phantom or mni152
+    pool: str = field(default="auto", metadata=_rng(choices=("auto", "phantom", "mni152")))
     image_size: int = field(default=32, metadata=_rng(16, 256))
     widths: str = field(default="16,32,64", metadata=_rng())
     tokens: int = field(default=4, metadata=_rng(1, 64))
@@ -275,6 +284,12 @@ def build_config(profile: str | None, overrides: dict[str, dict[str, Any]] | Non
             kwargs[key] = _coerce(section, f, value)
             _validate_value(section, f, kwargs[key])
         sections[section] = cls(**kwargs)
+    from simulator import benchmarks
+
+    data = sections["data"]
+    data = dataclasses.replace(data, benchmark=benchmarks.normalise(data.benchmark))
+    benchmarks.check_target(data.benchmark, data.target)
+    sections["data"] = data
     cfg = Config(**sections, methods=methods)
     cfg.smd.width_tuple()
     if cfg.smd.image_size % 2 ** (len(cfg.smd.width_tuple()) - 1):

@@ -21,6 +21,7 @@ from flwr.app import RecordDict
 
 from server.learner import Learner
 from server.methods import build_method
+from simulator import benchmarks
 from simulator.config import Config
 from simulator.ledger import Ledger
 from simulator.messages import arrays, config, describe, metrics
@@ -52,17 +53,28 @@ def start_ray(num_cpus: int, dashboard: bool) -> str | None:
 
 
 def site_spec(cfg: Config, name: str, index: int, data_root: str | None = None) -> dict[str, Any]:
-    """The spec from which a site builds its own data (strings and numbers only)."""
+    """The spec from which a site builds its own data (strings and numbers only).
+
+    ``data_dir`` is the site's own folder: where a generated benchmark is cached (under
+    ``data_root``; none when it is empty) or where a user data set keeps this site.
+    """
     d = cfg.data
+    kind = benchmarks.kind(d.benchmark)
+    if benchmarks.is_user_data(d.benchmark):
+        data_dir = str(benchmarks.site_dir(d.benchmark, name))
+    else:
+        data_dir = str(Path(data_root) / kind / name) if data_root else ""
     return {
-        "benchmark": d.benchmark,
+        "benchmark": kind,
         "site": name,
         "site_index": index,
         "seed": derive_seed(cfg.run.seed, "data", d.benchmark, name),
         "image_size": d.image_size,
         "n_train": d.n_train,
         "n_test": d.n_test,
-        "data_dir": str(Path(data_root) / d.benchmark / name) if data_root else "",
+        "target": d.target,
+        "test_fraction": d.test_fraction,
+        "data_dir": data_dir,
     }
 
 
@@ -135,7 +147,7 @@ class Engine:
             name="learner", namespace=self.namespace, num_cpus=0, max_restarts=0,
         ).remote(self.cfg.to_dict(), in_channels,
                  str(Path(self.trace_dir) / "learner.jsonl") if self.trace_dir else None,
-                 str(site_data_root()))
+                 str(benchmarks.data_root(self.cfg.data.benchmark)))
 
     def enable_replay(self, backbone_path: str, channels: int) -> None:
         ray.get(self.actors.learner.enable_replay.remote(backbone_path, channels))
@@ -267,3 +279,25 @@ def write_previews(cfg: Config, names: list[str], indices: dict[str, int], folde
         return {n: int(metrics(ray.get(r))["bytes_written"]) for n, r in refs.items()}
     finally:
         actors.kill()
+
+
+def inspect_sites(cfg: Config, names: list[str], indices: dict[str, int]) -> dict[str, tuple[dict, list[str]]]:
+    """Each site reads its own data (in its own actor) and returns statistics and problems."""
+    from sites.inspect import SiteInspector
+
+    remote = ray.remote(SiteInspector)
+    root = str(site_data_root())
+    handles = {n: remote.options(name=f"site-{n}", namespace=f"smg-sim-inspect-{os.getpid()}", num_cpus=0,
+                                 max_restarts=0).remote(n, site_spec(cfg, n, indices[n], root), cfg.privacy.mode)
+               for n in names}
+    try:
+        refs = {n: h.inspect.remote() for n, h in handles.items()}
+        out = {}
+        for n, ref in refs.items():
+            reply = ray.get(ref)
+            notes = config(reply)
+            out[n] = (metrics(reply), [notes[k] for k in sorted(notes) if k.startswith("problem_")])
+        return out
+    finally:
+        for h in handles.values():
+            ray.kill(h)

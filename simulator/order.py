@@ -17,6 +17,9 @@ ORDER_KEYWORDS = ("fixed", "random", "reverse")
 
 def resolve_sites(order: str, n_sites: int, catalog: tuple[str, ...] = SITE_NAMES) -> list[str]:
     """The set of sites of a run: the first ``n_sites`` names, or the names an order lists."""
+    if n_sites == 0:  # the benchmark's default: every listed site, else all of a user catalogue or 6
+        n_sites = len([n for n in order.split(",") if n.strip()]) if order not in ORDER_KEYWORDS else (
+            len(catalog) if catalog is not SITE_NAMES else min(6, len(catalog)))
     if n_sites < 1:
         raise ConfigError(f"--sites must be >= 1, got {n_sites}")
     if order in ORDER_KEYWORDS:

@@ -35,7 +35,7 @@ class Acquisition:
     """One site's acquisition shift (all numbers are applied in this order)."""
 
     family: int
-    tissue: tuple[float, float, float, float, float]
+    tissue: tuple[float, ...]  # intensity per tissue class before the curve
     gamma: float
     contrast: float
     brightness: float
@@ -60,10 +60,11 @@ class Acquisition:
         }
 
 
-def site_acquisition(site_index: int, rng: np.random.Generator) -> Acquisition:
+def site_acquisition(site_index: int, rng: np.random.Generator,
+                     families: tuple[tuple[float, ...], ...] = CONTRAST_FAMILIES) -> Acquisition:
     """Draw one site's acquisition; the contrast family rotates with the site index."""
-    family = site_index % len(CONTRAST_FAMILIES)
-    base = np.array(CONTRAST_FAMILIES[family])
+    family = site_index % len(families)
+    base = np.array(families[family])
     tissue = np.clip(base + rng.normal(0, 0.04, size=base.shape), 0.05, 1.0)
     return Acquisition(
         family=family,
@@ -132,6 +133,12 @@ def render(labels: np.ndarray, acq: Acquisition, rng: np.random.Generator) -> np
     img = values[labels]
     # tissue texture (low-frequency, then fine)
     img = img + (labels > 0) * (_smooth_field(rng, size, 0.03) + rng.normal(0, 0.015, img.shape))
+    return acquire(img, acq, rng)
+
+
+def acquire(img: np.ndarray, acq: Acquisition, rng: np.random.Generator) -> np.ndarray:
+    """Apply an acquisition's intensity curve, bias field, blur, resolution and noise."""
+    size = img.shape[0]
     img = np.clip(img, 0, 1) ** acq.gamma
     img = img * acq.contrast + acq.brightness
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / (size - 1) * 2 - 1
@@ -166,10 +173,11 @@ def phantom_site(site_index: int, seed: int, n_train: int, n_test: int, size: in
 APPEARANCE_DIM = 13
 
 
-def random_acquisition(rng: np.random.Generator) -> Acquisition:
+def random_acquisition(rng: np.random.Generator,
+                       families: tuple[tuple[float, ...], ...] = CONTRAST_FAMILIES) -> Acquisition:
     """A random acquisition for the public pool: tissue intensities drawn freely, not by family."""
-    acq = site_acquisition(0, rng)
-    tissue = tuple(float(t) for t in rng.uniform(0.05, 1.0, size=5))
+    acq = site_acquisition(0, rng, families)
+    tissue = tuple(float(t) for t in rng.uniform(0.05, 1.0, size=len(families[0])))
     return Acquisition(**{**acq.__dict__, "family": -1, "tissue": tissue})
 
 

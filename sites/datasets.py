@@ -1,7 +1,10 @@
 """Site data: built inside the site actor from a spec, never in the driver.
 
 A spec is a small dict of strings and numbers (benchmark, site name and index,
-seed, sizes). The registry maps a benchmark name to its builder.
+seed, sizes, the site's own data folder). The registry maps a benchmark kind to
+its builder: the generated benchmarks (``phantom``, ``mni152``) are built here and
+cached on the site's own disk; user data sets are read from the site's folder by
+:mod:`sites.readers`.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from simulator.mni152 import mni152_site
 from simulator.phantom import phantom_site
+from sites.readers import DataError, read_site, split_cases, stack
 
 
 @dataclass
@@ -46,12 +51,12 @@ class SiteData:
         return int(self.train_x.shape[1])
 
 
-def _phantom(spec: dict) -> SiteData:
+def _generated(spec: dict, make: Callable) -> SiteData:
     """Generated on first use and kept on the site's own disk (``data_dir``), if it has one."""
     key = f"{spec['seed']}-{spec['image_size']}-{spec['n_train']}-{spec['n_test']}"
-    path = Path(spec["data_dir"]) / f"phantom-{key}.npz" if spec.get("data_dir") else None
+    path = Path(spec["data_dir"]) / f"{spec['benchmark']}-{key}.npz" if spec.get("data_dir") else None
     if path is None or not path.exists():
-        x, y, tx, ty, acq = phantom_site(
+        x, y, tx, ty, acq = make(
             int(spec["site_index"]), int(spec["seed"]), int(spec["n_train"]), int(spec["n_test"]),
             int(spec["image_size"]),
         )
@@ -68,9 +73,78 @@ def _phantom(spec: dict) -> SiteData:
                         description=json.loads(str(z["acq"])))
 
 
+def _user_data(spec: dict) -> SiteData:
+    """Every case in the site's folder, read with the reader of its layout; bad files stop the run."""
+    site_dir = Path(spec["data_dir"])
+    read = read_site(spec["benchmark"], site_dir, int(spec["image_size"]), str(spec.get("target", "auto")))
+    train, test = split_cases(read.cases, float(spec.get("test_fraction", 0.25)), int(spec["seed"]), site_dir)
+    x, y = stack(train)
+    tx, ty = stack(test)
+    if x.shape[1] != tx.shape[1]:
+        raise DataError(f"{site_dir}: train images have {x.shape[1]} channels but test images "
+                        f"{tx.shape[1]}; expected one channel count per site")
+    return SiteData(x, y, tx, ty, description={"cases_train": len(train), "cases_test": len(test),
+                                                "files": read.files})
+
+
 BENCHMARKS: dict[str, Callable[[dict], SiteData]] = {
-    "phantom": _phantom,
+    "phantom": lambda spec: _generated(spec, phantom_site),
+    "mni152": lambda spec: _generated(spec, mni152_site),
+    "folder": _user_data,
+    "prostate": _user_data,
+    "fundus": _user_data,
 }
+
+
+def inspect_site(spec: dict) -> tuple[dict[str, float], list[str], np.ndarray | None]:
+    """Statistics of one site's data, every problem found (nothing raised for bad files), and the
+    images read (kept in the site: they seed its egress guard)."""
+    if spec["benchmark"] not in ("folder", "prostate", "fundus"):
+        d = build_site_data(spec)
+        stats = _array_stats(d.train_x, d.train_y, d.test_x, d.test_y)
+        stats.update(cases_train=len(d.train_x), cases_test=len(d.test_x), problems=0)
+        return stats, [], np.concatenate([d.train_x, d.test_x])
+    site_dir = Path(spec["data_dir"])
+    try:
+        read = read_site(spec["benchmark"], site_dir, int(spec["image_size"]), str(spec.get("target", "auto")),
+                         collect=True)
+    except DataError as exc:
+        return {"cases_train": 0, "cases_test": 0, "problems": 1}, [str(exc)], None
+    problems = list(read.problems)
+    stats: dict[str, float] = {"files": read.files}
+    images = None
+    if read.cases:
+        try:
+            train, test = split_cases(read.cases, float(spec.get("test_fraction", 0.25)), int(spec["seed"]),
+                                      site_dir)
+            stats.update(cases_train=len(train), cases_test=len(test))
+        except DataError as exc:
+            problems.append(str(exc))
+        try:
+            images, y = stack(read.cases)
+            stats.update(_array_stats(images, y))
+        except DataError as exc:
+            problems.append(str(exc))
+        raw = [c.raw for c in read.cases]
+        for key in ("height", "width"):
+            stats[f"raw_{key}_min"] = min(r[key] for r in raw)
+            stats[f"raw_{key}_max"] = max(r[key] for r in raw)
+        stats["raw_intensity_min"] = min(r["min"] for r in raw)
+        stats["raw_intensity_max"] = max(r["max"] for r in raw)
+    stats["problems"] = len(problems)
+    return stats, problems, images
+
+
+def _array_stats(*arrays: np.ndarray) -> dict[str, float]:
+    """Counts, sizes and intensity statistics of image/mask pairs (images first, then masks)."""
+    xs, ys = arrays[0::2], arrays[1::2]
+    x = np.concatenate([a.reshape(len(a), a.shape[1], -1) for a in xs])
+    y = np.concatenate([a.reshape(len(a), -1) for a in ys])
+    return {"slices": len(x), "height": xs[0].shape[-2], "width": xs[0].shape[-1], "channels": xs[0].shape[1],
+            "intensity_mean": float(x.mean()), "intensity_std": float(x.std()),
+            "intensity_p01": float(np.percentile(x, 1)), "intensity_p99": float(np.percentile(x, 99)),
+            "foreground_fraction": float(y.mean()),
+            "empty_masks": int((y.reshape(len(y), -1).max(1) == 0).sum())}
 
 
 def build_site_data(spec: dict) -> SiteData:

@@ -61,7 +61,7 @@ def test_help_explains_every_option():
 def test_end_to_end_smoke_run_through_ray(ray_session, tmp_path, capsys):
     out = tmp_path / "run"
     code = cli.main(["run", "--profile", "smoke", "--sites", "6", "--order", "random", "--seed", "3",
-                     "--out", str(out), "--quiet"])
+                     "--method", "finetune", "--out", str(out), "--quiet"])
     assert code == 0
     err = capsys.readouterr().err
     assert "Mem" in err and "BWT" in err

@@ -23,6 +23,10 @@ def test_set_overrides_and_coerces():
     assert cfg.train.lr == 0.01 and cfg.runtime.dashboard is True and cfg.data.n_train == 5
 
 
+def test_smg_is_the_default_method():
+    assert build_config("smoke").run.method == build_config("quick").run.method == "smg"
+
+
 def test_config_is_frozen():
     cfg = build_config("smoke")
     with pytest.raises(AttributeError):

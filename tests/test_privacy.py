@@ -65,7 +65,7 @@ class LeakySite(Site):
 
 @pytest.fixture(scope="module")
 def learner():
-    return Learner(build_config("smoke").to_dict(), in_channels=1)
+    return Learner(build_config("smoke", parse_set(["run.method=finetune"])).to_dict(), in_channels=1)
 
 
 @pytest.mark.parametrize("how", sorted(LEAKS))

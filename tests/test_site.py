@@ -23,7 +23,7 @@ def site(smoke_spec):
 
 @pytest.fixture()
 def learner():
-    return Learner(build_config("smoke").to_dict(), in_channels=1)
+    return Learner(build_config("smoke", parse_set(["run.method=finetune"])).to_dict(), in_channels=1)
 
 
 def _all_arrays(rd: RecordDict):

@@ -1,9 +1,13 @@
 """Pre-training of the SMD backbone on public data only, and the cached entry point.
 
 For the phantom benchmark the public pool is drawn with random appearance from a
-seed namespace that no site uses; each image is conditioned on tokens produced by
-a small MLP from its appearance parameters, so that the token space learns to
-steer appearance. No site's data is involved at any point.
+seed namespace that no site uses; for mni152 it is the MNI152 template itself
+under random deformation and appearance. Each image is conditioned on tokens
+produced by a small MLP from its appearance parameters, so that the token space
+learns to steer appearance. No site's data is involved at any point.
+
+User data sets have no public pool of their own; ``smd.pool`` names one of the
+public pools to pre-train on instead (single-channel data only).
 """
 
 from __future__ import annotations
@@ -14,12 +18,28 @@ from pathlib import Path
 
 import torch
 
-from simulator.config import Config
-from simulator.phantom import APPEARANCE_DIM, public_pool
+from simulator import benchmarks, mni152, phantom
+from simulator.config import Config, ConfigError
 from simulator.smd.backbone import SMDBackbone, SMDSpec, to_model_space
 from simulator.smd.cache import backbone_path, load_backbone, save_backbone
 
-PUBLIC_POOLS = {"phantom": (public_pool, APPEARANCE_DIM)}
+PUBLIC_POOLS = {
+    "phantom": (phantom.public_pool, phantom.APPEARANCE_DIM),
+    "mni152": (mni152.public_pool, mni152.APPEARANCE_DIM),
+}
+
+
+def pool_name(cfg: Config) -> str:
+    """The public pool that pre-trains this run's backbone: ``smd.pool``, or the benchmark's own."""
+    if cfg.smd.pool != "auto":
+        return cfg.smd.pool
+    kind = benchmarks.kind(cfg.data.benchmark)
+    if kind not in PUBLIC_POOLS:
+        raise ConfigError(f"smd.pool: the {kind} benchmark has no public pre-training pool of its own, and SMD "
+                          f"replay never trains on a site's images; set smd.pool to one of "
+                          f"{', '.join(PUBLIC_POOLS)} (single-channel data), or choose a method without "
+                          f"replay (finetune, ewc, lwf, mldg)")
+    return kind
 
 ProgressFn = Callable[[int, int, float], None]
 
@@ -27,17 +47,19 @@ ProgressFn = Callable[[int, int, float], None]
 def smd_spec(cfg: Config, channels: int) -> SMDSpec:
     """The backbone spec of a run's config (what the cache is keyed by)."""
     s = cfg.smd
-    if cfg.data.benchmark not in PUBLIC_POOLS:
-        raise ValueError(f"no public SMD pre-training pool for benchmark {cfg.data.benchmark!r}")
+    pool = pool_name(cfg)
+    if channels != 1:
+        raise ConfigError(f"smd.pool: the public pools are single-channel but the sites' images have "
+                          f"{channels} channels; SMD replay needs single-channel data")
     return SMDSpec(
-        benchmark=cfg.data.benchmark,
+        benchmark=pool,
         channels=channels,
         data_size=cfg.data.image_size,
         image_size=s.image_size,
         widths=s.width_tuple(),
         tokens=s.tokens,
         token_dim=s.token_dim,
-        cond_dim=PUBLIC_POOLS[cfg.data.benchmark][1],
+        cond_dim=PUBLIC_POOLS[pool][1],
         train_timesteps=s.train_timesteps,
         prediction=s.prediction,
         pretrain_steps=s.pretrain_steps,
