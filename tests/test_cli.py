@@ -26,6 +26,9 @@ def run_cli(*args):
         (["--set", "train.bogus=1"], "unknown key train.bogus"),
         (["--set", "data.image_size=3"], "data.image_size: 3 is out of range"),
         (["--method", "magic"], "unknown method 'magic'; known methods: er_real, ewc, finetune"),
+        (["--benchmark", "ct"], "data.benchmark: 'ct' is not allowed; expected one of phantom, mni152"),
+        (["--benchmark", "prostate:/no/such/folder"], "/no/such/folder: no such folder"),
+        (["--benchmark", "fundus"], "fundus needs a data folder, as fundus:PATH"),
     ],
 )
 def test_bad_input_one_line_no_traceback_no_folder(tmp_path, args, message):
