@@ -269,8 +269,13 @@ def main(argv: list[str] | None = None) -> int:
                 from server.methods import method_class
 
                 method_class(m)
-            table, _ = api.compare(base, methods, seeds, orders, Path(args.out), progress=args.progress)
+            table, status = api.compare(base, methods, seeds, orders, Path(args.out), progress=args.progress)
             print((Path(args.out) / "compare.md").read_text())
+            failed = [name for name, s in status.items() if s == "failed"]
+            if failed:
+                print(f"smg-sim compare: {len(failed)} run(s) failed: {', '.join(failed)}; their folders say "
+                      f"why, and running the same command again retries them", file=sys.stderr)
+                return EXIT_FAILED
             return 0
         if args.command == "audit":
             from pathlib import Path

@@ -47,7 +47,11 @@ def plan_compare(base: Config, methods: list[str], seeds: list[int], orders: lis
 
 def run_compare(plans: list[tuple[str, Config]], run: Callable[[Config], object], stream: TextIO | None = None
                 ) -> dict[str, str]:
-    """Run every planned run that is not finished; unfinished folders are moved aside, not deleted."""
+    """Run every planned run that is not finished; unfinished folders are moved aside, not deleted.
+
+    A run that fails is reported and left with its ``FAILED`` marker; the others still run,
+    and the next call runs it again. Returns ``{name: "ran" | "skipped" | "failed"}``.
+    """
     stream = stream or sys.stderr
     status = {}
     for i, (name, cfg) in enumerate(plans, 1):
@@ -61,7 +65,17 @@ def run_compare(plans: list[tuple[str, Config]], run: Callable[[Config], object]
             folder.rename(aside)
             stream.write(f"smg-sim compare: {name}: unfinished folder moved to {aside.name}\n")
         stream.write(f"smg-sim compare: [{i}/{len(plans)}] {name}\n")
-        run(cfg)
+        try:
+            run(cfg)
+        except (KeyboardInterrupt, ConfigError):
+            raise
+        except Exception as exc:  # one broken run must not cost the rest of a long comparison
+            text = str(exc).strip()
+            last = text.splitlines()[-1] if text else ""
+            stream.write(f"smg-sim compare: {name}: FAILED ({type(exc).__name__}: {last}); "
+                         f"continuing with the next run\n")
+            status[name] = "failed"
+            continue
         status[name] = "ran"
     return status
 

@@ -1,5 +1,7 @@
 """`smg-sim compare` and the notebook that reads its folder."""
 
+import dataclasses
+import io
 import os
 
 import nbformat
@@ -34,3 +36,28 @@ def test_compare_skips_finished_runs_and_the_notebook_shows_the_table(ray_sessio
     NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": ROOT}}).execute()
     text = "".join(str(o) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "finetune" in text and "mldg" in text and "image/png" in text
+
+
+def test_a_failed_run_does_not_stop_the_comparison(tmp_path):
+    from simulator.compare import plan_compare, run_compare
+
+    base = build_config("smoke", parse_set(["run.sites=2"]))
+
+    def make(cfg, method, seed, order, folder):
+        return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, method=method, seed=seed, order=order,
+                                                                out=str(folder)))
+
+    plans = plan_compare(base, ["finetune", "ewc"], [0, 1], ["fixed"], tmp_path, make)
+    ran = []
+
+    def fake_run(cfg):
+        if cfg.run.method == "ewc" and cfg.run.seed == 0:
+            raise RuntimeError("actor died\nThe actor is unavailable")
+        ran.append((cfg.run.method, cfg.run.seed))
+
+    log = io.StringIO()
+    status = run_compare(plans, fake_run, log)
+    assert status == {"finetune-s0-fixed": "ran", "finetune-s1-fixed": "ran", "ewc-s0-fixed": "failed",
+                      "ewc-s1-fixed": "ran"}
+    assert ("ewc", 1) in ran
+    assert "ewc-s0-fixed: FAILED (RuntimeError: The actor is unavailable); continuing" in log.getvalue()

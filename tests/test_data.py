@@ -220,3 +220,17 @@ def test_bad_data_stops_a_run_with_the_file_named_and_inspect_lists_it(ray_sessi
     text = capsys.readouterr().out
     assert code == 1
     assert "siteA: problem:" in text and "case_002.png: no mask" in text and "1 problems found" in text
+
+
+def test_smd_pretraining_pool_follows_the_benchmark(tmp_path):
+    from simulator.mni152 import APPEARANCE_DIM
+    from simulator.smd.pretrain import pool_name, smd_spec
+
+    mni = build_config("smoke", parse_set(["data.benchmark=mni152"]))
+    assert pool_name(mni) == "mni152"
+    spec = smd_spec(mni, 1)
+    assert spec.benchmark == "mni152" and spec.cond_dim == APPEARANCE_DIM
+    assert spec.key() != smd_spec(build_config("smoke"), 1).key()
+    fundus = build_config("smoke", parse_set([f"data.benchmark=fundus:{make_fundus(tmp_path)}", "smd.pool=mni152"]))
+    with pytest.raises(ConfigError, match="single-channel but the sites' images have 3 channels"):
+        smd_spec(fundus, 3)
