@@ -18,7 +18,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from simulator.config import Config, ConfigError  # noqa: E402
@@ -116,12 +115,17 @@ def summarize(out: Path) -> pd.DataFrame:
     return table
 
 
+def _colour(i: int):
+    """A distinct colour for each of up to 20 methods (tab10 repeats after ten)."""
+    return plt.cm.tab20((2 * (i - 10) + 1) % 20) if i >= 10 else plt.cm.tab10(i)  # then the light shades
+
+
 def _plots(table: pd.DataFrame, out: Path) -> None:
     n = len(table)
     fig, axes = plt.subplots(1, len(METRIC_NAMES), figsize=(3.2 * len(METRIC_NAMES), 3.6))
     for ax, k in zip(axes, METRIC_NAMES, strict=True):
         ax.bar(range(n), table[f"{k}_mean"], yerr=table[f"{k}_std"], capsize=3,
-               color=plt.cm.tab10(np.arange(n) % 10))
+               color=[_colour(i) for i in range(n)])
         ax.set_xticks(range(n), table["method"], rotation=60, ha="right", fontsize=8)
         ax.set_title(k)
         ax.axhline(0, color="black", lw=0.5)
@@ -131,7 +135,7 @@ def _plots(table: pd.DataFrame, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 4.2))
     for i, r in table.iterrows():
         ax.errorbar(r["Gen_mean"], r["Mem_mean"], xerr=r["Gen_std"], yerr=r["Mem_std"], fmt="o",
-                    color=plt.cm.tab10(i % 10), capsize=3, label=r["method"])
+                    color=_colour(i), capsize=3, label=r["method"], markersize=7 - 3 * (i >= 10))
     ax.set_xlabel("Gen (unseen sites)")
     ax.set_ylabel("Mem (earlier sites)")
     ax.set_xlim(0, 1)
