@@ -30,13 +30,19 @@ def test_twelve_sites_and_more():
         resolve_sites("fixed", 27)
 
 
+def test_zero_sites_means_the_benchmark_default():
+    assert resolve_sites("fixed", 0) == ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"]
+    assert resolve_sites("charlie,alpha", 0) == ["charlie", "alpha"]
+    assert resolve_sites("reverse", 0, ("north", "south", "west")) == ["north", "south", "west"]
+
+
 @pytest.mark.parametrize(
     "order, n, pattern",
     [
         ("alpha,bravo", 3, "lists 2 sites but --sites is 3"),
         ("alpha,zzz", 2, "unknown site name 'zzz'; known sites: alpha, bravo"),
         ("alpha,alpha", 2, "listed more than once"),
-        ("fixed", 0, "--sites must be >= 1"),
+        ("fixed", -1, "--sites must be >= 1"),
         (",", 1, "expected fixed, random, reverse"),
     ],
 )
