@@ -162,8 +162,7 @@ def run(cfg: Config, stream: TextIO | None = None, progress: bool = True, site_c
         smd_on = cls.uses_replay or cfg.smd.enabled == "on"
         prog = Progress(total_units=(T + 1) + 3 * T + (2 * T if smd_on else 0), stream=stream,
                         enabled=progress)
-        catalog = benchmarks.catalog(cfg.data.benchmark)
-        indices = {name: catalog.index(name) for name in plan.order}
+        indices = _site_indices(cfg, plan.order)
         guard_mode = cfg.privacy.mode if cls.private else "record"
         eng = engine.Engine(cfg, plan.order, indices, ledger, prog, namespace=f"smg-sim-{plan.out.name}",
                             trace_dir=str(trace_dir), privacy_mode=guard_mode,
@@ -250,15 +249,20 @@ def load_run(path: Path) -> RunResult:
     return RunResult(path, order, R, data["metrics"], data.get("timings", {}))
 
 
+def _site_indices(cfg: Config, names: list[str]) -> dict[str, int]:
+    """Each site's position in its benchmark's catalogue (it picks, e.g., a generated site's scanner)."""
+    catalog = benchmarks.catalog(cfg.data.benchmark)
+    return {n: catalog.index(n) for n in names}
+
+
 def write_site_previews(cfg: Config, folder: Path) -> list[Path]:
     """Have every site of ``cfg`` save a preview of its data (one PNG per site) into ``folder``."""
     from simulator import engine
 
-    catalog = benchmarks.catalog(cfg.data.benchmark)
-    sites = resolve_sites(cfg.run.order, cfg.run.sites, catalog)
+    sites = resolve_sites(cfg.run.order, cfg.run.sites, benchmarks.catalog(cfg.data.benchmark))
     engine.start_ray(cfg.runtime.num_cpus, False)
     folder = Path(folder).resolve()
-    engine.write_previews(cfg, sites, {n: catalog.index(n) for n in sites}, str(folder))
+    engine.write_previews(cfg, sites, _site_indices(cfg, sites), str(folder))
     return [folder / f"{n}.png" for n in sites]
 
 
@@ -269,10 +273,9 @@ def inspect_data(cfg: Config) -> dict[str, tuple[dict, list[str]]]:
     """
     from simulator import engine
 
-    catalog = benchmarks.catalog(cfg.data.benchmark)
-    sites = resolve_sites(cfg.run.order, cfg.run.sites, catalog)
+    sites = resolve_sites(cfg.run.order, cfg.run.sites, benchmarks.catalog(cfg.data.benchmark))
     engine.start_ray(cfg.runtime.num_cpus, False)
-    return engine.inspect_sites(cfg, sites, {n: catalog.index(n) for n in sites})
+    return engine.inspect_sites(cfg, sites, _site_indices(cfg, sites))
 
 
 def pretrain_backbone(cfg: Config, stream: TextIO | None = None, force: bool = False) -> dict:

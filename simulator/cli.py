@@ -19,8 +19,7 @@ BENCHMARK_HELP = ("data: phantom (default, generated), mni152 (real brain anatom
                   "(DomainN/.../image + .../mask PNG)")
 
 
-def _add_data_options(p: argparse.ArgumentParser, default_sites: str = "default 6, or every site of a "
-                      "user data set") -> None:
+def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--benchmark", default=None, metavar="SPEC", help=BENCHMARK_HELP)
     p.add_argument("--target", default=None, choices=("auto", "disc", "cup"),
                    help="what to segment: auto (the benchmark's target) or, for fundus, disc or cup")
