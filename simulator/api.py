@@ -70,7 +70,7 @@ def plan_run(cfg: Config) -> RunPlan:
             pool_name(cfg)
         except ConfigError as exc:
             raise ConfigError(f"method {cls.name!r} needs SMD replay: {exc}") from None
-    sites = resolve_sites(cfg.run.order, cfg.run.sites, benchmarks.catalog(cfg.data.benchmark))
+    sites = _sites(cfg)
     order = resolve_order(cfg.run.order, sites, cfg.run.seed)
     out = Path(cfg.run.out) if cfg.run.out else default_out(cfg)
     check_new(out)
@@ -249,6 +249,12 @@ def load_run(path: Path) -> RunResult:
     return RunResult(path, order, R, data["metrics"], data.get("timings", {}))
 
 
+def _sites(cfg: Config) -> list[str]:
+    """The sites of a run of ``cfg``: ``--sites 0`` takes the benchmark's default number."""
+    spec = cfg.data.benchmark
+    return resolve_sites(cfg.run.order, cfg.run.sites, benchmarks.catalog(spec), benchmarks.default_sites(spec))
+
+
 def _site_indices(cfg: Config, names: list[str]) -> dict[str, int]:
     """Each site's position in its benchmark's catalogue (it picks, e.g., a generated site's scanner)."""
     catalog = benchmarks.catalog(cfg.data.benchmark)
@@ -259,7 +265,7 @@ def write_site_previews(cfg: Config, folder: Path) -> list[Path]:
     """Have every site of ``cfg`` save a preview of its data (one PNG per site) into ``folder``."""
     from simulator import engine
 
-    sites = resolve_sites(cfg.run.order, cfg.run.sites, benchmarks.catalog(cfg.data.benchmark))
+    sites = _sites(cfg)
     engine.start_ray(cfg.runtime.num_cpus, False)
     folder = Path(folder).resolve()
     engine.write_previews(cfg, sites, _site_indices(cfg, sites), str(folder))
@@ -273,7 +279,7 @@ def inspect_data(cfg: Config) -> dict[str, tuple[dict, list[str]]]:
     """
     from simulator import engine
 
-    sites = resolve_sites(cfg.run.order, cfg.run.sites, benchmarks.catalog(cfg.data.benchmark))
+    sites = _sites(cfg)
     engine.start_ray(cfg.runtime.num_cpus, False)
     return engine.inspect_sites(cfg, sites, _site_indices(cfg, sites))
 
@@ -307,7 +313,7 @@ def compare(base: Config, methods: list[str], seeds: list[int], orders: list[str
     def make(cfg: Config, method: str, seed: int, order: str, folder: Path) -> Config:
         run = dataclasses.replace(cfg.run, method=method, seed=seed, order=order, out=str(folder))
         new = dataclasses.replace(cfg, run=run)
-        resolve_sites(order, new.run.sites, benchmarks.catalog(new.data.benchmark))
+        _sites(new)
         cls = method_class(method)
         if not cls.private and not cfg.privacy.allow_non_private:
             raise ConfigError(f"method {method!r} is a non-private reference; add --allow-non-private")

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from simulator.config import ConfigError
-from simulator.order import SITE_NAMES
+from simulator.order import DEFAULT_GENERATED_SITES, SITE_NAMES
 from simulator.paths import site_data_root
 
 GENERATED = ("phantom", "mni152")
@@ -24,8 +24,6 @@ KINDS = GENERATED + USER_LAYOUTS
 #: Targets each kind accepts besides ``auto``.
 TARGETS = {"phantom": (), "mni152": (), "folder": (), "prostate": (), "fundus": ("disc", "cup")}
 _SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-#: Number of sites of a generated benchmark when ``--sites`` is not given.
-DEFAULT_GENERATED_SITES = 6
 
 
 def parse(value: str) -> tuple[str, str]:

@@ -7,6 +7,9 @@ import numpy as np
 from simulator.config import ConfigError
 from simulator.seeding import derive_seed
 
+#: Number of sites of a generated benchmark when ``--sites`` is not given.
+DEFAULT_GENERATED_SITES = 6
+
 SITE_NAMES = (
     "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
     "juliett", "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo",
@@ -15,11 +18,15 @@ SITE_NAMES = (
 ORDER_KEYWORDS = ("fixed", "random", "reverse")
 
 
-def resolve_sites(order: str, n_sites: int, catalog: tuple[str, ...] = SITE_NAMES) -> list[str]:
-    """The set of sites of a run: the first ``n_sites`` names, or the names an order lists."""
-    if n_sites == 0:  # the benchmark's default: every listed site, else all of a user catalogue or 6
+def resolve_sites(order: str, n_sites: int, catalog: tuple[str, ...] = SITE_NAMES,
+                  default: int = DEFAULT_GENERATED_SITES) -> list[str]:
+    """The set of sites of a run: the first ``n_sites`` names, or the names an order lists.
+
+    ``n_sites == 0`` means every site an order lists, else the first ``default`` of ``catalog``.
+    """
+    if n_sites == 0:
         n_sites = len([n for n in order.split(",") if n.strip()]) if order not in ORDER_KEYWORDS else (
-            len(catalog) if catalog is not SITE_NAMES else min(6, len(catalog)))
+            min(default, len(catalog)))
     if n_sites < 1:
         raise ConfigError(f"--sites must be >= 1, got {n_sites}")
     if order in ORDER_KEYWORDS:
