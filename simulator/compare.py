@@ -96,23 +96,40 @@ def summarize(out: Path) -> pd.DataFrame:
         raise FileNotFoundError(f"no finished run under {out / 'runs'}")
     runs = pd.DataFrame(rows)
     runs.to_csv(out / "runs.csv", index=False, float_format="%.4f")
-    agg = runs.groupby("method", sort=False)[list(METRIC_NAMES)].agg(["mean", "std", "count"])
-    table = pd.DataFrame({"method": agg.index, "runs": agg[(METRIC_NAMES[0], "count")].to_numpy()})
+    table = _aggregate(runs, ["method"])
+    table.to_csv(out / "compare.csv", index=False, float_format="%.4f")
+    lines = _markdown(table, ["method"])
+    if runs["order"].nunique() > 1:  # the order moves Gen and Mem more than most methods do
+        by_order = _aggregate(runs, ["method", "order"])
+        by_order.to_csv(out / "compare_by_order.csv", index=False, float_format="%.4f")
+        lines += ["", "By visiting order:", "", *_markdown(by_order, ["method", "order"])]
+    (out / "compare.md").write_text("\n".join(lines) + "\n")
+    _plots(table, out)
+    return table
+
+
+def _aggregate(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Mean, std and count of every metric per group of ``keys`` (groups in order of appearance)."""
+    agg = runs.groupby(keys, sort=False)[list(METRIC_NAMES)].agg(["mean", "std", "count"])
+    table = agg.index.to_frame(index=False)
+    table["runs"] = agg[(METRIC_NAMES[0], "count")].to_numpy()
     for k in METRIC_NAMES:
         table[f"{k}_mean"] = agg[(k, "mean")].to_numpy()
         table[f"{k}_std"] = agg[(k, "std")].fillna(0.0).to_numpy()
-    table.to_csv(out / "compare.csv", index=False, float_format="%.4f")
-    lines = ["| method | runs | " + " | ".join(METRIC_NAMES) + " |", "|---" * (len(METRIC_NAMES) + 2) + "|"]
+    return table
+
+
+def _markdown(table: pd.DataFrame, keys: list[str]) -> list[str]:
+    lines = ["| " + " | ".join(keys) + " | runs | " + " | ".join(METRIC_NAMES) + " |",
+             "|---" * (len(METRIC_NAMES) + len(keys) + 1) + "|"]
     for _, r in table.iterrows():
         def cell(k: str, r=r) -> str:
             mean = f"{r[f'{k}_mean']:+.3f}" if k in ("BWT", "FWT") else f"{r[f'{k}_mean']:.3f}"
             return mean if r["runs"] < 2 else f"{mean} ± {r[f'{k}_std']:.3f}"  # no spread from one run
 
-        cells = [cell(k) for k in METRIC_NAMES]
-        lines.append(f"| {r['method']} | {int(r['runs'])} | " + " | ".join(cells) + " |")
-    (out / "compare.md").write_text("\n".join(lines) + "\n")
-    _plots(table, out)
-    return table
+        cells = [str(r[key]) for key in keys] + [str(int(r["runs"]))] + [cell(k) for k in METRIC_NAMES]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def _colour(i: int):

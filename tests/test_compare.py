@@ -61,3 +61,29 @@ def test_a_failed_run_does_not_stop_the_comparison(tmp_path):
                       "ewc-s1-fixed": "ran"}
     assert ("ewc", 1) in ran
     assert "ewc-s0-fixed: FAILED (RuntimeError: The actor is unavailable); continuing" in log.getvalue()
+
+
+def test_the_tables_give_each_order_its_own_rows(tmp_path):
+    import json
+
+    from simulator.compare import summarize
+    from simulator.runfolder import MARKER
+
+    def fake_run(method, seed, order, mem):
+        folder = tmp_path / "runs" / f"{method}-s{seed}-{order}"
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps({"run": {"method": method, "seed": seed, "order": order}}))
+        metrics = {k: 0.5 for k in METRIC_NAMES} | {"Mem": mem}
+        (folder / "metrics.json").write_text(json.dumps({"order": ["a", "b"], "metrics": metrics}))
+        (folder / MARKER).write_text("")
+
+    for seed, (m_rand, m_rev) in enumerate([(0.9, 0.3), (0.7, 0.1)]):
+        fake_run("smg", seed, "random", m_rand)
+        fake_run("smg", seed, "reverse", m_rev)
+    table = summarize(tmp_path)
+    assert table["runs"].tolist() == [4] and abs(table["Mem_mean"].iloc[0] - 0.5) < 1e-9
+    by_order = pd.read_csv(tmp_path / "compare_by_order.csv")
+    assert by_order[["order", "runs"]].values.tolist() == [["random", 2], ["reverse", 2]]
+    assert by_order["Mem_mean"].round(6).tolist() == [0.8, 0.2]
+    text = (tmp_path / "compare.md").read_text()
+    assert "| smg | random | 2 | 0.800 ± 0.141 |" in text and "| smg | reverse | 2 | 0.200 ± 0.141 |" in text
