@@ -49,3 +49,14 @@ def test_zero_sites_means_the_benchmark_default():
 def test_bad_orders(order, n, pattern):
     with pytest.raises(ConfigError, match=pattern):
         resolve_sites(order, n)
+
+
+def test_zero_sites_takes_every_site_of_a_user_data_set(tmp_path):
+    from simulator import api
+    from simulator.config import build_config, parse_set
+
+    names = [f"site{i}" for i in range(8)]  # more than the 6 of a generated benchmark
+    for n in names:
+        (tmp_path / n).mkdir()
+    cfg = build_config("smoke", parse_set([f"data.benchmark=folder:{tmp_path}", "run.order=fixed"]))
+    assert api._sites(cfg) == names
