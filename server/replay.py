@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from simulator.seeding import derive_seed
+from simulator.seeding import derive_seed, torch_generator
 from simulator.smd.backbone import from_model_space
 from simulator.smd.cache import load_backbone
 
@@ -48,7 +48,7 @@ class ReplayBank:
         if site not in self._replay:
             if site not in self.prompts:
                 raise KeyError(f"no prompt for site {site!r}; known: {sorted(self.prompts)}")
-            gen = torch.Generator().manual_seed(derive_seed(self.run_seed, "replay", site))
+            gen = torch_generator(derive_seed(self.run_seed, "replay", site))
             t0 = time.perf_counter()
             x = self.backbone.sample(torch.from_numpy(self.prompts[site]), self.per_site, self.steps, gen).cpu()
             self.sample_seconds += time.perf_counter() - t0

@@ -17,11 +17,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from simulator.benchmarks import catalog as benchmarks
+from simulator.errors import ConfigError
+
 PROFILES = ("smoke", "quick", "paper")
-
-
-class ConfigError(ValueError):
-    """A configuration value is unknown or out of its allowed range."""
 
 
 def _rng(lo: float | None = None, hi: float | None = None, choices: tuple = ()) -> dict:
@@ -153,9 +152,9 @@ class Config:
     runtime: RuntimeConfig = RuntimeConfig()
     smd: SMDConfig = SMDConfig()
     privacy: PrivacyConfig = PrivacyConfig()
-    #: per-method hyper-parameters, ``{method: {name: value}}`` (checked against each
-    #: method's declared defaults when a run is planned)
-    methods: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: per-method hyper-parameters, ``{method: {name: value}}`` as given (checked against
+    #: each method's declared, typed hyper-parameters when a run is planned)
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -215,9 +214,13 @@ def load_profile(name: str) -> dict[str, dict[str, Any]]:
     return tomllib.loads(text)
 
 
-def _method_values(table: dict[str, Any], source: str) -> dict[str, dict[str, float]]:
-    """``{method: {name: value}}`` from a TOML table or from ``methods.<method>.<name>`` keys."""
-    out: dict[str, dict[str, float]] = {}
+def _method_values(table: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
+    """``{method: {name: value}}`` from a TOML table or from ``methods.<method>.<name>`` keys.
+
+    Values are kept as given; the run plan checks them against each method's declared,
+    typed hyper-parameters (the one place they are resolved).
+    """
+    out: dict[str, dict[str, Any]] = {}
     for key, value in table.items():
         if isinstance(value, dict):
             items = [(key, k, v) for k, v in value.items()]
@@ -226,11 +229,7 @@ def _method_values(table: dict[str, Any], source: str) -> dict[str, dict[str, fl
         else:
             raise ConfigError(f"methods.{key} (from {source}): expected methods.<method>.<name>=value")
         for method, name, v in items:
-            try:
-                out.setdefault(method, {})[name] = float(v)
-            except (TypeError, ValueError):
-                raise ConfigError(f"methods.{method}.{name} (from {source}): expected a number, "
-                                  f"got {v!r}") from None
+            out.setdefault(method, {})[name] = v
     return out
 
 
@@ -284,8 +283,6 @@ def build_config(profile: str | None, overrides: dict[str, dict[str, Any]] | Non
             kwargs[key] = _coerce(section, f, value)
             _validate_value(section, f, kwargs[key])
         sections[section] = cls(**kwargs)
-    from simulator import benchmarks
-
     data = sections["data"]
     data = dataclasses.replace(data, benchmark=benchmarks.normalise(data.benchmark))
     benchmarks.check_target(data.benchmark, data.target)

@@ -3,31 +3,31 @@
 Layout of every message::
 
     "meta"      ConfigRecord  kind, src, dst
-    "config"    ConfigRecord  scalars and strings (method name, hyper-parameters, ...)
+    "config"    ConfigRecord  typed scalars and strings (method name, stage, seeds, ...)
     "metrics"   MetricRecord  scalar metrics
+    <name>      ConfigRecord  a typed table (for example the method's hyper-parameters)
     <name>      ArrayRecord   named arrays (weights, algorithm state, replay, ...)
 
-What may leave a site is limited to :data:`EGRESS_KINDS` (DESIGN section 2).
+Messages are built from and read into the typed payloads of :mod:`simulator.payloads`.
+What may leave a site is limited to :data:`EGRESS_KINDS`: the site prompt, the model
+after a visit, and scalar metrics.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from simulator.errors import MessageError
+
 EGRESS_KINDS = ("prompt", "model", "metrics")
-INGRESS_KINDS = ("visit", "evaluate", "tune", "fidelity", "attribute")
+INGRESS_KINDS = ("spec", "visit", "evaluate", "tune", "fidelity", "attribute")
 KINDS = EGRESS_KINDS + INGRESS_KINDS
 RESERVED = ("meta", "config", "metrics")
-
-
-class MessageError(ValueError):
-    """A message is malformed or of an unexpected kind."""
 
 
 def make_message(
@@ -92,11 +92,6 @@ def metrics(rd: RecordDict) -> dict[str, float]:
     return dict(rd["metrics"]) if "metrics" in rd.metric_records else {}
 
 
-def pack_json(value: Any) -> str:
-    """Structured values (for example hyper-parameter tables) travel as JSON strings."""
-    return json.dumps(value, sort_keys=True)
-
-
 def describe(rd: RecordDict) -> dict[str, Any]:
     """What a ledger records of a message: kind, keys, shapes, dtypes, bytes, sha256."""
     meta = rd["meta"]
@@ -115,10 +110,10 @@ def describe(rd: RecordDict) -> dict[str, Any]:
                     "sha256": hashlib.sha256(arr.data).hexdigest(),
                 }
             )
-    scalars = {
-        "config": sorted(dict(rd["config"]).keys()) if "config" in rd.config_records else [],
-        "metrics": sorted(dict(rd["metrics"]).keys()) if "metrics" in rd.metric_records else [],
-    }
+    scalars = {"config": [], "metrics": []}
+    for name, record in [*rd.config_records.items(), *rd.metric_records.items()]:
+        if name != "meta":
+            scalars[name] = sorted(dict(record).keys())
     return {
         "kind": meta["kind"],
         "src": meta["src"],

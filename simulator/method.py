@@ -11,12 +11,89 @@ they carry to the next stage (for example EWC statistics) goes through
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
+
+from simulator.errors import ConfigError
+
+HValue = int | float | bool | str
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
+@dataclass(frozen=True)
+class HParam:
+    """One declared hyper-parameter of a method: its type (that of the default) and allowed values.
+
+    ``choices`` makes a string hyper-parameter an enumeration; ``lo``/``hi`` bound numbers.
+    """
+
+    name: str
+    default: HValue
+    lo: float | None = None
+    hi: float | None = None
+    choices: tuple[str, ...] = ()
+    help: str = ""
+
+    @property
+    def type(self) -> type:
+        return type(self.default)
+
+    def coerce(self, method: str, value: Any) -> HValue:
+        """``value`` (from TOML, ``--set`` or code) as this parameter's type, or a ConfigError."""
+        key, typ = f"methods.{method}.{self.name}", self.type
+        if typ is bool:
+            text = str(value).lower()
+            if isinstance(value, bool) or text in _TRUE + _FALSE:
+                return value if isinstance(value, bool) else text in _TRUE
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        if typ is str:
+            if self.choices and str(value) not in self.choices:
+                raise ConfigError(f"{key}: {value!r} is not allowed; expected one of {', '.join(self.choices)}")
+            return str(value)
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            out = typ(value) if typ is float or isinstance(value, int) else int(str(value), 10)
+        except (TypeError, ValueError):
+            what = "an integer" if typ is int else "a number"
+            raise ConfigError(f"{key}: expected {what}, got {value!r}") from None
+        if self.lo is not None and out < self.lo or self.hi is not None and out > self.hi:
+            raise ConfigError(f"{key}: {out!r} is out of range; expected {self.lo} <= value <= {self.hi}")
+        return out
+
+
+#: Hyper-parameters every method has: the outer learning rate (``train.lr`` unless set per
+#: method) and the weight decay of its optimiser.
+LR = HParam("lr", 1e-3, lo=1e-7, hi=1.0, help="outer learning rate (default: train.lr)")
+WEIGHT_DECAY = HParam("weight_decay", 0.0, lo=0.0, hi=1.0, help="weight decay of the outer Adam optimiser")
+
+
+def declared(cls: type[Method]) -> dict[str, HParam]:
+    """Every hyper-parameter a method class accepts, by name."""
+    return {p.name: p for p in (LR, WEIGHT_DECAY, *cls.hyperparameters)}
+
+
+def resolve_hparams(cls: type[Method], lr: float, values: Mapping[str, Any] | None = None) -> dict[str, HValue]:
+    """The one place a method's hyper-parameters are merged and checked: defaults, ``lr``, then ``values``.
+
+    Unknown names and values of the wrong type or out of range raise a ConfigError naming
+    ``methods.<method>.<name>`` and what is allowed.
+    """
+    known = declared(cls)
+    unknown = sorted(set(values or {}) - set(known))
+    if unknown:
+        raise ConfigError(f"methods.{cls.name}.{unknown[0]}: unknown hyper-parameter; "
+                          f"{cls.name} has {', '.join(sorted(known))}")
+    out = {name: p.default for name, p in known.items()}
+    out["lr"] = float(lr)
+    for name, value in (values or {}).items():
+        out[name] = known[name].coerce(cls.name, value)
+    return out
 
 
 @dataclass
@@ -47,23 +124,21 @@ class Method(ABC):
     private: ClassVar[bool] = True
     #: whether the learner must generate SMD replay of earlier sites for each visit
     uses_replay: ClassVar[bool] = False
-    #: hyper-parameters and their defaults; values arrive as a dict in the visit message
-    defaults: ClassVar[dict[str, Any]] = {}
+    #: the hyper-parameters it declares besides ``lr`` (typed by their defaults)
+    hyperparameters: ClassVar[tuple[HParam, ...]] = ()
 
-    def __init__(self, model: nn.Module, hparams: dict[str, Any]) -> None:
-        unknown = set(hparams) - set(self.defaults) - {"lr"}
-        if unknown:
-            raise ValueError(
-                f"method {self.name!r}: unknown hyper-parameter(s) {sorted(unknown)}; "
-                f"known: {sorted(self.defaults) + ['lr']}"
-            )
+    def __init__(self, model: nn.Module, hparams: Mapping[str, HValue]) -> None:
+        """``hparams``: the resolved table of :func:`resolve_hparams` (every declared name, typed)."""
+        if set(hparams) != set(declared(type(self))):
+            raise ConfigError(f"method {self.name!r}: expected resolved hyper-parameters "
+                              f"{sorted(declared(type(self)))}, got {sorted(hparams)}")
         self.model = model
-        self.hp = {**self.defaults, **hparams}
+        self.hp = dict(hparams)
 
     def adam(self) -> torch.optim.Adam:
         """The optimiser most methods use: Adam with ``lr`` and ``weight_decay`` from the hyper-parameters."""
         return torch.optim.Adam(self.model.parameters(), lr=self.hp["lr"],
-                                weight_decay=self.hp.get("weight_decay", 0.0))
+                                weight_decay=self.hp["weight_decay"])
 
     @abstractmethod
     def begin_stage(self, ctx: StageContext) -> None:

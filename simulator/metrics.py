@@ -2,7 +2,7 @@
 
 ``R`` has shape ``(T + 1, T)``: row 0 is the untrained model, row ``i`` is the
 model after stage ``i``; column ``j`` is the ``j``-th site in visiting order.
-Indices below are 1-based in visiting order, as in DESIGN section 8. A metric
+Indices below are 1-based in visiting order (stage i visits the i-th site). A metric
 that is undefined for the given ``T`` (for example BWT with one site) is ``nan``.
 """
 

@@ -21,13 +21,11 @@ def derive_seed(run_seed: int, *names: object) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def numpy_rng(run_seed: int, *names: object) -> np.random.Generator:
-    """A numpy generator for the named component."""
-    return np.random.default_rng(derive_seed(run_seed, *names))
+def numpy_rng(seed: int) -> np.random.Generator:
+    """A numpy generator seeded with ``seed`` (a derived seed, or one a message carried)."""
+    return np.random.default_rng(int(seed))
 
 
-def torch_generator(run_seed: int, *names: object, device: str = "cpu") -> torch.Generator:
-    """A torch generator for the named component."""
-    gen = torch.Generator(device=device)
-    gen.manual_seed(derive_seed(run_seed, *names))
-    return gen
+def torch_generator(seed: int) -> torch.Generator:
+    """A CPU torch generator seeded with ``seed`` (a derived seed, or one a message carried)."""
+    return torch.Generator(device="cpu").manual_seed(int(seed))

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from simulator.seeding import torch_generator
+
 
 def _block(cin: int, cout: int) -> nn.Sequential:
     groups = 4 if cout % 4 == 0 else 1
@@ -61,7 +63,7 @@ class UNet(nn.Module):
 
 def build_model(in_channels: int, width: int, depth: int, seed: int) -> UNet:
     """A U-Net whose initial weights depend only on ``seed``."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch_generator(seed)
     model = UNet(in_channels, width, depth)
     with torch.no_grad():
         for p in model.parameters():
@@ -88,7 +90,7 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
 
 
 def seg_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The segmentation loss of DESIGN section 4: 0.5 BCE + 0.5 soft Dice."""
+    """The segmentation loss every method trains on: 0.5 BCE + 0.5 soft Dice."""
     bce = F.binary_cross_entropy_with_logits(logits, target)
     return 0.5 * bce + 0.5 * soft_dice_loss(logits, target)
 

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from simulator.seeding import torch_generator
+
 
 def _detector(channels: int) -> nn.Module:
     return nn.Sequential(
@@ -35,7 +37,7 @@ def train_detector_and_score(real: np.ndarray, public: np.ndarray, queries: np.n
         torch.manual_seed(seed)
         model = _detector(pos.shape[1])
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch_generator(seed)
     half = batch // 2
     for _ in range(steps):
         ip = torch.randint(len(pos), (half,), generator=gen)

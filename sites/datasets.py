@@ -1,7 +1,7 @@
 """Site data: built inside the site actor from a spec, never in the driver.
 
-A spec is a small dict of strings and numbers (benchmark, site name and index,
-seed, sizes, the site's own data folder). The registry maps a benchmark kind to
+A spec (:class:`~simulator.payloads.SiteSpec`) holds strings and numbers only (benchmark,
+site name and index, seed, sizes, the site's own data folder). The registry maps a benchmark kind to
 its builder: the generated benchmarks (``phantom``, ``mni152``) are built here and
 cached on the site's own disk; user data sets are read from the site's folder by
 :mod:`sites.readers`.
@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.mni152 import mni152_site
-from simulator.phantom import phantom_site
+from simulator.benchmarks.mni152 import mni152_site
+from simulator.benchmarks.phantom import phantom_site
+from simulator.payloads import SiteSpec
 from sites.readers import DataError, read_site, split_cases, stack
 
 
@@ -51,15 +52,12 @@ class SiteData:
         return int(self.train_x.shape[1])
 
 
-def _generated(spec: dict, make: Callable) -> SiteData:
+def _generated(spec: SiteSpec, make: Callable) -> SiteData:
     """Generated on first use and kept on the site's own disk (``data_dir``), if it has one."""
-    key = f"{spec['seed']}-{spec['image_size']}-{spec['n_train']}-{spec['n_test']}"
-    path = Path(spec["data_dir"]) / f"{spec['benchmark']}-{key}.npz" if spec.get("data_dir") else None
+    key = f"{spec.seed}-{spec.image_size}-{spec.n_train}-{spec.n_test}"
+    path = Path(spec.data_dir) / f"{spec.benchmark}-{key}.npz" if spec.data_dir else None
     if path is None or not path.exists():
-        x, y, tx, ty, acq = make(
-            int(spec["site_index"]), int(spec["seed"]), int(spec["n_train"]), int(spec["n_test"]),
-            int(spec["image_size"]),
-        )
+        x, y, tx, ty, acq = make(spec.site_index, spec.seed, spec.n_train, spec.n_test, spec.image_size)
         if path is None:
             return SiteData(x, y, tx, ty, description=acq.as_dict())
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,11 +71,11 @@ def _generated(spec: dict, make: Callable) -> SiteData:
                         description=json.loads(str(z["acq"])))
 
 
-def _user_data(spec: dict) -> SiteData:
+def _user_data(spec: SiteSpec) -> SiteData:
     """Every case in the site's folder, read with the reader of its layout; bad files stop the run."""
-    site_dir = Path(spec["data_dir"])
-    read = read_site(spec["benchmark"], site_dir, int(spec["image_size"]), str(spec.get("target", "auto")))
-    train, test = split_cases(read.cases, float(spec.get("test_fraction", 0.25)), int(spec["seed"]), site_dir)
+    site_dir = Path(spec.data_dir)
+    read = read_site(spec.benchmark, site_dir, spec.image_size, spec.target)
+    train, test = split_cases(read.cases, spec.test_fraction, spec.seed, site_dir)
     x, y = stack(train)
     tx, ty = stack(test)
     if x.shape[1] != tx.shape[1]:
@@ -87,7 +85,7 @@ def _user_data(spec: dict) -> SiteData:
                                                 "files": read.files})
 
 
-BENCHMARKS: dict[str, Callable[[dict], SiteData]] = {
+BENCHMARKS: dict[str, Callable[[SiteSpec], SiteData]] = {
     "phantom": lambda spec: _generated(spec, phantom_site),
     "mni152": lambda spec: _generated(spec, mni152_site),
     "folder": _user_data,
@@ -96,18 +94,17 @@ BENCHMARKS: dict[str, Callable[[dict], SiteData]] = {
 }
 
 
-def inspect_site(spec: dict) -> tuple[dict[str, float], list[str], np.ndarray | None]:
+def inspect_site(spec: SiteSpec) -> tuple[dict[str, float], list[str], np.ndarray | None]:
     """Statistics of one site's data, every problem found (nothing raised for bad files), and the
     images read (kept in the site: they seed its egress guard)."""
-    if spec["benchmark"] not in ("folder", "prostate", "fundus"):
+    if spec.benchmark not in ("folder", "prostate", "fundus"):
         d = build_site_data(spec)
         stats = _array_stats(d.train_x, d.train_y, d.test_x, d.test_y)
         stats.update(cases_train=len(d.train_x), cases_test=len(d.test_x), problems=0)
         return stats, [], np.concatenate([d.train_x, d.test_x])
-    site_dir = Path(spec["data_dir"])
+    site_dir = Path(spec.data_dir)
     try:
-        read = read_site(spec["benchmark"], site_dir, int(spec["image_size"]), str(spec.get("target", "auto")),
-                         collect=True)
+        read = read_site(spec.benchmark, site_dir, spec.image_size, spec.target, collect=True)
     except DataError as exc:
         return {"cases_train": 0, "cases_test": 0, "problems": 1}, [str(exc)], None
     problems = list(read.problems)
@@ -115,8 +112,7 @@ def inspect_site(spec: dict) -> tuple[dict[str, float], list[str], np.ndarray | 
     images = None
     if read.cases:
         try:
-            train, test = split_cases(read.cases, float(spec.get("test_fraction", 0.25)), int(spec["seed"]),
-                                      site_dir)
+            train, test = split_cases(read.cases, spec.test_fraction, spec.seed, site_dir)
             stats.update(cases_train=len(train), cases_test=len(test))
         except DataError as exc:
             problems.append(str(exc))
@@ -147,9 +143,9 @@ def _array_stats(*arrays: np.ndarray) -> dict[str, float]:
             "empty_masks": int((y.reshape(len(y), -1).max(1) == 0).sum())}
 
 
-def build_site_data(spec: dict) -> SiteData:
+def build_site_data(spec: SiteSpec) -> SiteData:
     """Build one site's data from its spec (inside the site's process)."""
-    name = spec.get("benchmark")
+    name = spec.benchmark
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
     return BENCHMARKS[name](spec)

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 
 from flwr.app import RecordDict
 
+from simulator.errors import EgressViolation
 from simulator.messages import EGRESS_KINDS, describe, kind_of
 from sites.blocklist import Blocklist
 
@@ -37,14 +38,6 @@ MAX_NUMBERS_IN_STRING = 32
 MAX_SCALARS = 256
 MODES = ("strict", "warn", "record", "off")
 _NUMBER = re.compile(r"[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?")
-
-
-class EgressViolation(RuntimeError):
-    """A site tried to send something that may not leave it."""
-
-    def __init__(self, site: str, key: str, rule: str, detail: str) -> None:
-        self.site, self.key, self.rule = site, key, rule
-        super().__init__(f"privacy guard: site {site!r} blocked {key!r} (rule {rule}): {detail}")
 
 
 @dataclass

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from flwr.app import RecordDict
 
 from simulator.filetrace import start_trace
-from simulator.messages import make_message
+from simulator.payloads import InspectReply, SiteSpec
 from sites.blocklist import Blocklist
 from sites.datasets import inspect_site
 from sites.egress import EgressGuard
@@ -22,20 +21,19 @@ MAX_PROBLEM_CHARS = 900
 class SiteInspector:
     """Reads one site's data in collect mode and reports counts, statistics and problems."""
 
-    def __init__(self, name: str, spec: dict[str, Any], privacy_mode: str = "strict",
+    def __init__(self, name: str, spec: SiteSpec, privacy_mode: str = "strict",
                  trace_file: str | None = None) -> None:
-        if trace_file and spec.get("data_dir"):
-            start_trace(trace_file, f"site:{name}", [Path(spec["data_dir"]).parent])
+        if trace_file and spec.data_dir:
+            start_trace(trace_file, f"site:{name}", [Path(spec.data_dir).parent])
         self.name = name
         self.spec = spec
         self.privacy_mode = privacy_mode
 
     def inspect(self) -> RecordDict:
         stats, problems, images = inspect_site(self.spec)
-        size = int(self.spec["image_size"])
+        size = self.spec.image_size
         seen = images if images is not None and len(images) else np.zeros((1, 1, size, size), np.float32)
         guard = EgressGuard(self.name, Blocklist({"image": seen}), mode=self.privacy_mode)
-        notes = {f"problem_{i:03d}": p[:MAX_PROBLEM_CHARS] for i, p in enumerate(problems[:MAX_PROBLEMS])}
-        rd = make_message("metrics", src=f"site:{self.name}", dst="driver",
-                          metrics={k: float(v) for k, v in stats.items()}, config=notes)
-        return guard.check(rd)
+        notes = tuple(p[:MAX_PROBLEM_CHARS] for p in problems[:MAX_PROBLEMS])
+        reply = InspectReply({k: float(v) for k, v in stats.items()}, notes)
+        return guard.check(reply.to_record(src=f"site:{self.name}", dst="driver"))

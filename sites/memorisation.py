@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from simulator.seeding import numpy_rng, torch_generator
 from simulator.smd.backbone import SMDBackbone, to_model_space
 
 
@@ -65,7 +66,7 @@ def membership_inference(backbone: SMDBackbone, prompt: np.ndarray, train: tuple
 
     def losses(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         z = to_model_space(x, y, size)
-        gen = torch.Generator().manual_seed(seed)  # the same noises for members and non-members
+        gen = torch_generator(seed)  # the same noises for members and non-members
         with torch.no_grad():
             per = [backbone.denoise_loss(z, tok, gen, reduce=False).numpy() for _ in range(repeats)]
         return np.mean(per, axis=0)
@@ -74,7 +75,7 @@ def membership_inference(backbone: SMDBackbone, prompt: np.ndarray, train: tuple
     lm = losses(train[0][:n], train[1][:n])
     ln = losses(held_out[0][:n], held_out[1][:n])
     value = auc(-lm, -ln)
-    rng = np.random.default_rng(seed)
+    rng = numpy_rng(seed)
     boots = [auc(-lm[rng.integers(0, n, n)], -ln[rng.integers(0, n, n)]) for _ in range(n_boot)]
     return {"mia_auc": value, "mia_auc_low": float(np.quantile(boots, 0.025)),
             "mia_auc_high": float(np.quantile(boots, 0.975)), "mia_members": n, "mia_nonmembers": n}

@@ -20,13 +20,14 @@ import time
 import numpy as np
 import torch
 
+from simulator.seeding import torch_generator
 from simulator.smd.backbone import SMDBackbone, to_model_space
 
 
 def _fixed_loss(backbone: SMDBackbone, x: torch.Tensor, tokens: torch.Tensor, seed: int = 0) -> float:
     """Denoising loss on a fixed draw of noises and timesteps (comparable across prompts)."""
     with torch.no_grad():
-        return float(backbone.denoise_loss(x, tokens, torch.Generator().manual_seed(seed)))
+        return float(backbone.denoise_loss(x, tokens, torch_generator(seed)))
 
 
 def tune_prompt(backbone: SMDBackbone, images: np.ndarray, masks: np.ndarray, steps: int, lr: float,

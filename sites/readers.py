@@ -29,13 +29,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from simulator.errors import DataError
+from simulator.seeding import numpy_rng
+
 IMAGE_SUFFIXES = (".png",)
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 SPLITS = ("train", "test")
-
-
-class DataError(ValueError):
-    """A site's data is missing, unreadable or not in the expected layout."""
 
 
 @dataclass
@@ -305,7 +304,7 @@ def split_cases(cases: list[Case], test_fraction: float, seed: int, site_dir: Pa
         train = [c for c in cases if c.split != "test"]
         test = [c for c in cases if c.split == "test"]
     else:
-        rng = np.random.default_rng(seed)
+        rng = numpy_rng(seed)
         idx = rng.permutation(len(cases))
         n_test = min(len(cases) - 1, max(1, int(round(test_fraction * len(cases)))))
         test = [cases[i] for i in sorted(idx[:n_test])]

@@ -9,10 +9,10 @@ or scalar metrics. No public method returns pixels.
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +22,36 @@ from flwr.app import RecordDict
 
 from simulator.devices import resolve_device
 from simulator.filetrace import start_trace
-from simulator.messages import arrays, config, expect, make_message
 from simulator.method import Batch, Method, StageContext
+from simulator.outlines import encode_png, label, outlined_tile
+from simulator.payloads import (
+    AttributeRequest,
+    EvaluateRequest,
+    FidelityRequest,
+    GuardReport,
+    MetricsReply,
+    ModelArch,
+    ModelReply,
+    Payload,
+    PromptReply,
+    ScoresReply,
+    SiteSpec,
+    TuneRequest,
+    VisitRequest,
+)
+from simulator.seeding import torch_generator
 from simulator.segmentation import UNet, dice_per_image, predict
 from sites.blocklist import Blocklist
-from sites.datasets import build_site_data
+from sites.datasets import SiteData, build_site_data
 from sites.egress import EgressGuard
 
-MethodFactory = Callable[[str, torch.nn.Module, dict[str, Any]], Method]
+MethodFactory = Callable[[str, torch.nn.Module, Mapping[str, Any]], Method]
 
 
-def model_from_message(msg: RecordDict, device: torch.device) -> UNet:
-    """Rebuild the segmentation network described and weighted by a message."""
-    cfg = config(msg)
-    model = UNet(int(cfg["in_channels"]), int(cfg["width"]), int(cfg["depth"]))
-    state = {k: torch.from_numpy(v.copy()) for k, v in arrays(msg, "weights").items()}
-    model.load_state_dict(state)
+def build_unet(arch: ModelArch, weights: dict[str, np.ndarray], device: torch.device) -> UNet:
+    """Rebuild the segmentation network of ``arch`` with the given weights."""
+    model = UNet(arch.in_channels, arch.width, arch.depth)
+    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in weights.items()})
     return model.to(device)
 
 
@@ -54,39 +68,59 @@ class _Visit:
 
 
 class Site:
-    """One hospital site holding its private train/test split."""
+    """One hospital site holding its private train/test split.
 
-    def __init__(self, name: str, spec: dict[str, Any], method_factory: MethodFactory,
+    The data is built from the spec on first use, inside this process; a spec whose data
+    cannot be read raises :class:`~simulator.errors.DataError` from that first call.
+    """
+
+    def __init__(self, name: str, spec: SiteSpec, method_factory: MethodFactory,
                  torch_threads: int = 1, device: str = "auto", privacy_mode: str = "strict",
                  trace_file: str | None = None) -> None:
         torch.set_num_threads(max(1, int(torch_threads)))
-        if trace_file and spec.get("data_dir"):
-            start_trace(trace_file, f"site:{name}", [Path(spec["data_dir"]).parent])
+        if trace_file and spec.data_dir:
+            start_trace(trace_file, f"site:{name}", [Path(spec.data_dir).parent])
         self.name = name
+        self.spec = spec
         self.device = resolve_device(device)
-        self._data = build_site_data(spec)
         self._method_factory = method_factory
-        d = self._data
-        t0 = time.perf_counter()
-        blocklist = Blocklist({"train_image": d.train_x, "train_mask": d.train_y,
-                               "test_image": d.test_x, "test_mask": d.test_y})
-        self._guard = EgressGuard(name, blocklist, mode=privacy_mode)
-        self._guard.build_seconds = time.perf_counter() - t0
+        self._privacy_mode = privacy_mode
         self._visit: _Visit | None = None
         self._backbone_path: str | None = None  # the public SMD backbone, once sent
         self._backbone_model = None
         self._prompt: np.ndarray | None = None  # this site's own tuned prompt
-        self._train_x = torch.from_numpy(self._data.train_x).to(self.device)
-        self._train_y = torch.from_numpy(self._data.train_y.astype(np.float32)).to(self.device)
-        self._test_x = torch.from_numpy(self._data.test_x).to(self.device)
-        self._test_y = torch.from_numpy(self._data.test_y.astype(np.float32)).to(self.device)
+
+    # -- private data, built on first use ------------------------------------------------
+    @cached_property
+    def _data(self) -> SiteData:
+        return build_site_data(self.spec)
+
+    @cached_property
+    def _guard(self) -> EgressGuard:
+        d = self._data
+        t0 = time.perf_counter()
+        blocklist = Blocklist({"train_image": d.train_x, "train_mask": d.train_y,
+                               "test_image": d.test_x, "test_mask": d.test_y})
+        guard = EgressGuard(self.name, blocklist, mode=self._privacy_mode)
+        guard.build_seconds = time.perf_counter() - t0
+        return guard
+
+    @cached_property
+    def _tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        d, dev = self._data, self.device
+        return (torch.from_numpy(d.train_x).to(dev), torch.from_numpy(d.train_y.astype(np.float32)).to(dev),
+                torch.from_numpy(d.test_x).to(dev), torch.from_numpy(d.test_y.astype(np.float32)).to(dev))
 
     # -- what leaves goes through here -------------------------------------------------
-    def _send(self, kind: str, metrics: dict | None = None, array_groups: dict | None = None,
-              config_values: dict | None = None) -> RecordDict:
-        rd = make_message(kind, src=f"site:{self.name}", dst="learner", arrays=array_groups,
-                          metrics=metrics, config=config_values)
+    def _send(self, payload: Payload) -> RecordDict:
+        return self._emit(payload.to_record(src=f"site:{self.name}", dst="learner"))
+
+    def _emit(self, rd: RecordDict) -> RecordDict:
+        """The last step of every outgoing message: the egress guard."""
         return self._guard.check(rd)
+
+    def _metrics(self, **values: float) -> RecordDict:
+        return self._send(MetricsReply(values))
 
     def describe(self) -> RecordDict:
         """Scalar facts about the site's data (counts, size, foreground fraction)."""
@@ -103,34 +137,31 @@ class Site:
             "data_bytes": int(d.train_x.nbytes + d.train_y.nbytes + d.test_x.nbytes + d.test_y.nbytes),
         }
         stats.update({f"acq_{k}": v for k, v in d.description.items()})
-        return self._send("metrics", metrics=stats)
+        return self._metrics(**stats)
 
     # -- a visit: start, train in chunks (for progress), finish ---------------------------
     def start_visit(self, msg: RecordDict) -> RecordDict:
         """Receive the learner's weights, method and replay; prepare local training."""
-        expect(msg, "visit")
-        cfg = config(msg)
-        model = model_from_message(msg, self.device)
-        hparams = json.loads(cfg["hparams"])
-        method = self._method_factory(str(cfg["method"]), model, hparams)
-        method.load_state(arrays(msg, "state"))
-        replay_raw = arrays(msg, "replay")
+        req = VisitRequest.from_record(msg)
+        model = build_unet(req.arch, req.weights, self.device)
+        method = self._method_factory(req.method, model, req.hparams)
+        method.load_state(req.state)
         replay = {}
-        for key in replay_raw:
+        for key in req.replay:
             if key.endswith("/x"):
                 site = key[:-2]
-                x = torch.from_numpy(replay_raw[key].copy()).float().to(self.device)
-                y = torch.from_numpy(replay_raw[f"{site}/y"].copy()).float().to(self.device)
+                x = torch.from_numpy(req.replay[key].copy()).float().to(self.device)
+                y = torch.from_numpy(req.replay[f"{site}/y"].copy()).float().to(self.device)
                 replay[site] = (x, y)
-        gen = torch.Generator(device="cpu").manual_seed(int(cfg["seed"]))
-        ctx = StageContext(site=self.name, stage=int(cfg["stage"]), steps=int(cfg["steps"]),
-                           device=self.device, generator=gen, replay_sites=sorted(replay))
+        ctx = StageContext(site=self.name, stage=req.stage, steps=req.steps, device=self.device,
+                           generator=torch_generator(req.seed), replay_sites=sorted(replay))
         method.begin_stage(ctx)
-        self._visit = _Visit(model, method, ctx, replay, int(cfg["batch_size"]))
-        return self._send("metrics", metrics={"steps": ctx.steps, "replay_sites": len(replay)})
+        self._visit = _Visit(model, method, ctx, replay, req.batch_size)
+        return self._metrics(steps=ctx.steps, replay_sites=len(replay))
 
     def _batch(self, v: _Visit) -> Batch:
-        n = len(self._train_x)
+        train_x, train_y = self._tensors[:2]
+        n = len(train_x)
         idx = torch.randint(n, (min(v.batch_size, n),), generator=v.ctx.generator)
         replay = {}
         # the replay batch is shared out over the earlier sites, so a step costs about two batches
@@ -138,7 +169,7 @@ class Site:
         for site, (x, y) in v.replay.items():
             ridx = torch.randint(len(x), (min(per_site, len(x)),), generator=v.ctx.generator)
             replay[site] = (x[ridx], y[ridx])
-        return Batch(self._train_x[idx], self._train_y[idx], replay)
+        return Batch(train_x[idx], train_y[idx], replay)
 
     def train(self, n_steps: int) -> RecordDict:
         """Run up to ``n_steps`` outer steps of the current visit; returns scalar logs."""
@@ -155,7 +186,7 @@ class Site:
         v.seconds += dt
         v.loss_sum += sums.get("loss", 0.0)
         means = {k: s / max(n, 1) for k, s in sums.items()}
-        return self._send("metrics", metrics={"step": v.step, "steps": v.ctx.steps, "seconds": dt, **means})
+        return self._metrics(step=v.step, steps=v.ctx.steps, seconds=dt, **means)
 
     def finish_visit(self) -> RecordDict:
         """End the visit; export the trained weights and the method's state (kind ``model``)."""
@@ -164,11 +195,8 @@ class Site:
         weights = {k: t.detach().cpu().numpy() for k, t in v.model.state_dict().items()}
         state = v.method.export_state()
         self._visit = None
-        return self._send(
-            "model",
-            metrics={"steps": v.step, "train_seconds": v.seconds, "mean_loss": v.loss_sum / max(v.step, 1)},
-            array_groups={"weights": weights, "state": state},
-        )
+        return self._send(ModelReply(weights, state, steps=v.step, train_seconds=v.seconds,
+                                     mean_loss=v.loss_sum / max(v.step, 1)))
 
     def visit(self, msg: RecordDict) -> RecordDict:
         """A whole visit in one call (the form a Flower ClientApp uses)."""
@@ -184,36 +212,25 @@ class Site:
     # -- evaluation ------------------------------------------------------------------
     def evaluate(self, msg: RecordDict) -> RecordDict:
         """Dice of the given weights on this site's test split (only scalars leave)."""
-        expect(msg, "evaluate")
-        cfg = config(msg)
-        model = model_from_message(msg, self.device)
-        pred = predict(model, self._test_x, int(cfg.get("eval_batch_size", 64)))
-        dice = dice_per_image(pred, self._test_y).cpu().numpy()
-        return self._send("metrics", metrics={"dice": float(dice.mean()), "dice_std": float(dice.std()),
-                                              "n": len(dice)})
+        req = EvaluateRequest.from_record(msg)
+        model = build_unet(req.arch, req.weights, self.device)
+        test_x, test_y = self._tensors[2:]
+        pred = predict(model, test_x, req.eval_batch_size)
+        dice = dice_per_image(pred, test_y).cpu().numpy()
+        return self._metrics(dice=float(dice.mean()), dice_std=float(dice.std()), n=len(dice))
 
     def write_preview(self, folder: str, n: int = 3) -> RecordDict:
         """Save ``n`` train images with mask outlines as one PNG on this site's own disk.
 
-        The file stays where the site runs; only its path length and size leave.
+        The file stays where the site runs; only its size leaves.
         """
-        import cv2
-
         path = Path(folder) / f"{self.name}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        tiles = []
-        for i in range(min(n, len(self._data.train_x))):
-            img = (np.clip(self._data.train_x[i, 0], 0, 1) * 255).astype(np.uint8)
-            img = cv2.resize(img, (128, 128), interpolation=cv2.INTER_LINEAR)
-            rgb = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-            mask = cv2.resize(self._data.train_y[i, 0], (128, 128), interpolation=cv2.INTER_NEAREST)
-            contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-            cv2.drawContours(rgb, contours, -1, (0, 0, 255), 1)
-            tiles.append(rgb)
-        cv2.putText(tiles[0], self.name, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 255, 255), 1)
-        if not cv2.imwrite(str(path), np.concatenate(tiles, axis=0)):
-            raise OSError(f"site {self.name!r}: could not write {path}")
-        return self._send("metrics", metrics={"bytes_written": path.stat().st_size})
+        d = self._data
+        tiles = [outlined_tile(d.train_x[i, 0], d.train_y[i, 0], 128) for i in range(min(n, len(d.train_x)))]
+        label(tiles[0], self.name)
+        path.write_bytes(encode_png(np.concatenate(tiles, axis=0)))
+        return self._metrics(bytes_written=path.stat().st_size)
 
     # -- Site-Modulated Diffusion: prompt tuning and replay checks -----------------------
     def _backbone(self, path: str):
@@ -228,53 +245,45 @@ class Site:
         """Invert this site's train pairs into a K x D prompt of the frozen public backbone."""
         from sites.prompt import tune_prompt
 
-        expect(msg, "tune")
-        cfg = config(msg)
-        backbone = self._backbone(str(cfg["backbone_path"]))
-        prompt, logs = tune_prompt(backbone, self._data.train_x, self._data.train_y, int(cfg["steps"]),
-                                   float(cfg["lr"]), int(cfg["batch"]),
-                                   torch.Generator().manual_seed(int(cfg["seed"])))
+        req = TuneRequest.from_record(msg)
+        backbone = self._backbone(req.backbone_path)
+        d = self._data
+        prompt, logs = tune_prompt(backbone, d.train_x, d.train_y, req.steps, req.lr, req.batch,
+                                   torch_generator(req.seed))
         self._prompt = prompt
-        logs["data_bytes"] = int(self._data.train_x.nbytes + self._data.train_y.nbytes)
-        return self._send("prompt", metrics=logs, array_groups={"prompt": {"tokens": prompt}})
+        logs["data_bytes"] = int(d.train_x.nbytes + d.train_y.nbytes)
+        return self._send(PromptReply(prompt, logs))
 
     def fidelity(self, msg: RecordDict) -> RecordDict:
         """Fidelity (TSTR, intensity distance) and memorisation of this site's replay; scalars leave."""
         from sites.fidelity import intensity_distance, tstr
         from sites.memorisation import membership_inference, nearest_neighbours
 
-        expect(msg, "fidelity")
-        cfg = config(msg)
-        rep = arrays(msg, "replay")
-        synth = (rep[f"{self.name}/x"], rep[f"{self.name}/y"])
+        req = FidelityRequest.from_record(msg)
+        synth = (req.replay[f"{self.name}/x"], req.replay[f"{self.name}/y"])
         d = self._data
-        out = tstr((d.train_x, d.train_y), (d.test_x, d.test_y), synth, int(cfg["steps"]), int(cfg["seed"]))
+        out = tstr((d.train_x, d.train_y), (d.test_x, d.test_y), synth, req.steps, req.seed)
         out.update(intensity_distance(d.train_x, synth[0]))
         out["synthetic_foreground"] = float(synth[1].mean())
         out["real_foreground"] = float(d.train_y.mean())
-        out.update(nearest_neighbours(synth[0], d.train_x, float(cfg.get("nn_threshold", 0.02))))
+        out.update(nearest_neighbours(synth[0], d.train_x, req.nn_threshold))
         if self._prompt is not None and self._backbone_model is not None:
             out.update(membership_inference(self._backbone_model, self._prompt, (d.train_x, d.train_y),
-                                            (d.test_x, d.test_y), seed=int(cfg["seed"])))
-        return self._send("metrics", metrics=out)
+                                            (d.test_x, d.test_y), seed=req.seed))
+        return self._metrics(**out)
 
     def attribute(self, msg: RecordDict) -> RecordDict:
         """Score synthetic images with a real-vs-public detector trained on this site's data."""
         from sites.attribution import train_detector_and_score
 
-        expect(msg, "attribute")
-        cfg = config(msg)
-        queries = arrays(msg, "queries")["x"]
-        public = arrays(msg, "public")["x"]
-        scores = train_detector_and_score(self._data.train_x, public, queries, int(cfg["steps"]),
-                                          int(cfg["seed"]))
-        return self._send("metrics", metrics={"n_scored": len(scores)},
-                          array_groups={"scores": {"score": scores}})
+        req = AttributeRequest.from_record(msg)
+        scores = train_detector_and_score(self._data.train_x, req.public, req.queries, req.steps, req.seed)
+        return self._send(ScoresReply(scores, {"n_scored": len(scores)}))
 
     def guard_report(self) -> RecordDict:
-        """What the egress guard checked and every violation it recorded (one short entry each)."""
+        """What the egress guard checked and every violation it recorded (one short row each)."""
         rep = self._guard.report()
         viol = rep.pop("violations")
-        cfg = {"mode": rep.pop("mode"), "site": rep.pop("site")}
-        cfg.update({f"v{i}": json.dumps(v) for i, v in enumerate(viol[:200])})
-        return self._send("metrics", metrics={**rep, "violations": len(viol)}, config_values=cfg)
+        site, mode = rep.pop("site"), rep.pop("mode")
+        rows = tuple({k: str(v) for k, v in row.items()} for row in viol[:200])
+        return self._send(GuardReport(site, mode, {**rep, "violations": len(viol)}, rows))

@@ -27,8 +27,10 @@ def ray_session():
 @pytest.fixture()
 def smoke_spec():
     """A tiny phantom site spec."""
-    return {"benchmark": "phantom", "site": "alpha", "site_index": 0, "seed": 7,
-            "image_size": 32, "n_train": 12, "n_test": 6}
+    from simulator.payloads import SiteSpec
+
+    return SiteSpec(benchmark="phantom", site="alpha", site_index=0, seed=7, image_size=32, n_train=12,
+                    n_test=6, target="auto", test_fraction=0.25, data_dir="")
 
 
 @pytest.fixture(scope="session")

@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from simulator import cli
-from simulator.runfolder import MARKER
+from simulator.driver import cli
+from simulator.driver.runfolder import MARKER
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "simulator.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "simulator.driver.cli", *args], capture_output=True, text=True,
                           timeout=120)
 
 
@@ -102,8 +102,8 @@ def test_end_to_end_smoke_run_through_ray(ray_session, tmp_path, capsys):
 
 def test_smd_replay_run_through_ray(ray_session, smd_backbone, tmp_path):
     """Prompts are tuned at the sites, replay reaches later visits, fidelity is reported."""
-    from simulator import api
     from simulator.config import build_config, parse_set
+    from simulator.driver import api
 
     out = tmp_path / "smd"
     cfg = build_config("smoke", parse_set(["run.method=smd_replay", "run.sites=3", f"run.out={out}"]))

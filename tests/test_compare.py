@@ -2,14 +2,19 @@
 
 import dataclasses
 import io
+import json
 import os
+import re
 
 import nbformat
 import pandas as pd
+import pytest
 from nbclient import NotebookClient
 
-from simulator import api
-from simulator.config import build_config, parse_set
+from simulator.config import Config, build_config, parse_set
+from simulator.driver import api
+from simulator.driver.stats import PAIRED_COLUMNS
+from simulator.errors import ConfigError, RunFolderError
 from simulator.metrics import METRIC_NAMES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,7 +44,7 @@ def test_compare_skips_finished_runs_and_the_notebook_shows_the_table(ray_sessio
 
 
 def test_a_failed_run_does_not_stop_the_comparison(tmp_path):
-    from simulator.compare import plan_compare, run_compare
+    from simulator.driver.compare import plan_compare, run_compare
 
     base = build_config("smoke", parse_set(["run.sites=2"]))
 
@@ -48,6 +53,9 @@ def test_a_failed_run_does_not_stop_the_comparison(tmp_path):
                                                                 out=str(folder)))
 
     plans = plan_compare(base, ["finetune", "ewc"], [0, 1], ["fixed"], tmp_path, make)
+    names = {(cfg.run.method, cfg.run.seed): name for name, cfg in plans}
+    for name, cfg in plans:  # the folder is named after the config built for it
+        assert cfg.run.out == str(tmp_path / "runs" / name)
     ran = []
 
     def fake_run(cfg):
@@ -57,33 +65,118 @@ def test_a_failed_run_does_not_stop_the_comparison(tmp_path):
 
     log = io.StringIO()
     status = run_compare(plans, fake_run, log)
-    assert status == {"finetune-s0-fixed": "ran", "finetune-s1-fixed": "ran", "ewc-s0-fixed": "failed",
-                      "ewc-s1-fixed": "ran"}
+    assert status == {names["finetune", 0]: "ran", names["finetune", 1]: "ran",
+                      names["ewc", 0]: "failed", names["ewc", 1]: "ran"}
+    assert names["ewc", 0].startswith("ewc-s0-fixed-")
     assert ("ewc", 1) in ran
-    assert "ewc-s0-fixed: FAILED (RuntimeError: The actor is unavailable); continuing" in log.getvalue()
+    assert (f"{names['ewc', 0]}: FAILED (RuntimeError: The actor is unavailable); continuing"
+            in log.getvalue())
+
+
+def _config(method, seed=0, order="fixed", sets=()):
+    cfg = build_config("smoke", parse_set(["run.sites=2", *sets]))
+    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, method=method, seed=seed,
+                                                            order=order))
+
+
+def test_run_names_carry_a_hash_of_the_settings_but_not_of_seed_or_order():
+    from simulator.driver.compare import config_hash, run_name
+
+    name = run_name(_config("smg", 0, "random"))
+    assert re.fullmatch(r"smg-s0-random-[0-9a-f]{8}", name)
+    assert name.endswith(config_hash(_config("smg")))
+    # another seed, order, output folder or runtime: only the seed/order part changes
+    assert run_name(_config("smg", 3, "random")) == name.replace("-s0-", "-s3-")
+    assert run_name(_config("smg", 0, "a,b")) == name.replace("-random-", "-a-b-")
+    other = _config("smg", 0, "random", ["run.out=/elsewhere", "runtime.num_cpus=7"])
+    assert run_name(other) == name
+    # another learning rate, method hyper-parameter or method: another hash
+    assert run_name(_config("smg", 0, "random", ["train.lr=0.0005"])) != name
+    assert config_hash(_config("smg", sets=["train.lr=0.0005"])) != config_hash(_config("smg"))
+    assert config_hash(_config("smg", sets=["methods.smg.lambda_gen=0.25"])) != config_hash(_config("smg"))
+    assert config_hash(_config("smg", sets=["methods.ewc.lambda_ewc=0.25"])) == config_hash(_config("smg"))
+    assert config_hash(_config("ewc")) != config_hash(_config("smg"))
+    # the hash survives the round trip through a run folder's config.json
+    cfg = _config("smg", sets=["train.lr=0.0005", "methods.smg.lambda_gen=0.25"])
+    assert config_hash(Config.from_dict(json.loads(json.dumps(cfg.to_dict())))) == config_hash(cfg)
+
+
+def _fake_run(root, method, seed, order, mem, sets=()):
+    """A finished run folder as `smg-sim run` leaves it, as far as summarize reads it."""
+    from simulator.driver.compare import run_name
+    from simulator.driver.runfolder import MARKER
+
+    cfg = _config(method, seed, order, sets)
+    folder = root / "runs" / run_name(cfg)
+    folder.mkdir(parents=True)
+    cfg.write(folder / "config.json")
+    metrics = {k: 0.5 for k in METRIC_NAMES} | {"Mem": mem}
+    (folder / "metrics.json").write_text(json.dumps({"order": ["a", "b"], "metrics": metrics}))
+    (folder / MARKER).write_text("")
+    return folder
 
 
 def test_the_tables_give_each_order_its_own_rows(tmp_path):
-    import json
-
-    from simulator.compare import summarize
-    from simulator.runfolder import MARKER
-
-    def fake_run(method, seed, order, mem):
-        folder = tmp_path / "runs" / f"{method}-s{seed}-{order}"
-        folder.mkdir(parents=True)
-        (folder / "config.json").write_text(json.dumps({"run": {"method": method, "seed": seed, "order": order}}))
-        metrics = {k: 0.5 for k in METRIC_NAMES} | {"Mem": mem}
-        (folder / "metrics.json").write_text(json.dumps({"order": ["a", "b"], "metrics": metrics}))
-        (folder / MARKER).write_text("")
+    from simulator.driver.compare import config_hash, summarize
 
     for seed, (m_rand, m_rev) in enumerate([(0.9, 0.3), (0.7, 0.1)]):
-        fake_run("smg", seed, "random", m_rand)
-        fake_run("smg", seed, "reverse", m_rev)
+        _fake_run(tmp_path, "smg", seed, "random", m_rand)
+        _fake_run(tmp_path, "smg", seed, "reverse", m_rev)
     table = summarize(tmp_path)
+    runs = pd.read_csv(tmp_path / "runs.csv", dtype={"config": str})
+    assert (runs["config"] == config_hash(_config("smg"))).all()
+    assert [r.endswith(c) for r, c in zip(runs["run"], runs["config"], strict=True)] == [True] * 4
     assert table["runs"].tolist() == [4] and abs(table["Mem_mean"].iloc[0] - 0.5) < 1e-9
     by_order = pd.read_csv(tmp_path / "compare_by_order.csv")
     assert by_order[["order", "runs"]].values.tolist() == [["random", 2], ["reverse", 2]]
     assert by_order["Mem_mean"].round(6).tolist() == [0.8, 0.2]
     text = (tmp_path / "compare.md").read_text()
     assert "| smg | random | 2 | 0.800 ± 0.141 |" in text and "| smg | reverse | 2 | 0.200 ± 0.141 |" in text
+    # one method: paired.csv has the header only, compare.md says there are no pairs
+    paired = pd.read_csv(tmp_path / "paired.csv")
+    assert paired.empty and list(paired.columns) == list(PAIRED_COLUMNS)
+    assert "## Paired differences" in text and "no pairs" in text
+
+
+def test_paired_differences_over_seed_and_order_cells(tmp_path):
+    from simulator.driver.compare import summarize
+
+    cells = [(s, o) for s in range(3) for o in ("random", "reverse")]
+    for i, (seed, order) in enumerate(cells):
+        _fake_run(tmp_path, "smg", seed, order, 0.6 + 0.01 * i)
+        _fake_run(tmp_path, "finetune", seed, order, 0.4 + 0.01 * i)
+    _fake_run(tmp_path, "smg", 9, "random", 0.0)  # no finetune run on this cell: not paired
+    summarize(tmp_path, baseline="finetune")
+    paired = pd.read_csv(tmp_path / "paired.csv")
+    assert list(paired.columns) == list(PAIRED_COLUMNS)
+    assert paired["metric"].tolist() == list(METRIC_NAMES)
+    assert (paired["method"] == "smg").all() and (paired["baseline"] == "finetune").all()
+    mem = paired.set_index("metric").loc["Mem"]
+    assert (mem["cells"], mem["wins"]) == (6, 6)
+    assert mem["mean_diff"] == pytest.approx(0.2) and mem["ci_low"] == pytest.approx(0.2)
+    assert mem["ci_high"] == pytest.approx(0.2) and mem["p_value"] == pytest.approx(0.0312)
+    gen = paired.set_index("metric").loc["Gen"]
+    assert (gen["cells"], gen["wins"], gen["mean_diff"], gen["p_value"]) == (6, 0, 0.0, 1.0)
+    text = (tmp_path / "compare.md").read_text()
+    section = text.split("## Paired differences", 1)[1]
+    assert "method - baseline" in section and "bootstrap 95 % CI" in section
+    assert "sign-test" in section
+    assert "| smg | finetune | Mem | 6 | 6 | +0.200 | [+0.200, +0.200] | 0.0312 |" in section
+    assert "| smg | finetune | Gen | 6 | 0 | +0.000 | [+0.000, +0.000] | 1 |" in section
+    assert "| BWT |" not in section  # the other metrics are in paired.csv only
+    # without a baseline, both directions; an unknown baseline names the known methods
+    summarize(tmp_path)
+    both = pd.read_csv(tmp_path / "paired.csv")
+    assert set(zip(both["method"], both["baseline"], strict=True)) == {("smg", "finetune"),
+                                                                       ("finetune", "smg")}
+    with pytest.raises(ConfigError, match=r"'ewc'.*finetune, smg"):
+        summarize(tmp_path, baseline="ewc")
+
+
+def test_runs_of_one_method_with_other_settings_are_not_averaged(tmp_path):
+    from simulator.driver.compare import summarize
+
+    _fake_run(tmp_path, "smg", 0, "fixed", 0.6)
+    _fake_run(tmp_path, "smg", 1, "fixed", 0.6, ["train.lr=0.0005"])
+    with pytest.raises(RunFolderError, match="different settings"):
+        summarize(tmp_path)

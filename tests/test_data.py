@@ -8,21 +8,23 @@ import numpy as np
 import pytest
 from layouts import make_folder, make_fundus, make_prostate, write_png
 
-from simulator import benchmarks, cli
+from simulator.benchmarks import catalog as benchmarks
 from simulator.config import ConfigError, build_config, parse_set
+from simulator.driver import cli
+from simulator.payloads import SiteSpec
 from sites.datasets import build_site_data
 from sites.readers import DataError, read_site
 
 
-def _spec(kind: str, site_dir, size: int = 32, **extra) -> dict:
-    return {"benchmark": kind, "site": site_dir.name, "site_index": 0, "seed": 5, "image_size": size,
-            "n_train": 8, "n_test": 4, "data_dir": str(site_dir), "target": "auto", "test_fraction": 0.25,
-            **extra}
+def _spec(kind: str, site_dir, size: int = 32, **extra) -> SiteSpec:
+    return SiteSpec(**{"benchmark": kind, "site": site_dir.name, "site_index": 0, "seed": 5, "image_size": size,
+                       "n_train": 8, "n_test": 4, "data_dir": str(site_dir), "target": "auto",
+                       "test_fraction": 0.25, **extra})
 
 
 # -- mni152 ---------------------------------------------------------------------------------
 def test_mni152_reads_the_template_from_nilearn_and_sites_differ():
-    from simulator.mni152 import TEMPLATE_FILES, mni152_site, template_dir, usable_slices
+    from simulator.benchmarks.mni152 import TEMPLATE_FILES, mni152_site, template_dir, usable_slices
 
     folder = template_dir()
     assert "nilearn" in str(folder) and all((folder / f).is_file() for f in TEMPLATE_FILES.values())
@@ -42,7 +44,7 @@ def test_mni152_reads_the_template_from_nilearn_and_sites_differ():
 
 
 def test_mni152_public_pool_is_conditioned_and_separate():
-    from simulator.mni152 import APPEARANCE_DIM, public_pool
+    from simulator.benchmarks.mni152 import APPEARANCE_DIM, public_pool
 
     images, masks, cond = public_pool(1, 6, 32)
     assert images.shape == (6, 1, 32, 32) and cond.shape == (6, APPEARANCE_DIM)
@@ -54,7 +56,7 @@ def test_benchmark_specs_are_checked(tmp_path):
     make_folder(tmp_path / "data")
     cfg = build_config("smoke", parse_set([f"data.benchmark=folder:{tmp_path / 'data'}"]))
     assert cfg.data.benchmark == f"folder:{(tmp_path / 'data').resolve()}"
-    assert benchmarks.catalog(cfg.data.benchmark) == ("siteA", "siteB")
+    assert benchmarks.site_names(cfg.data.benchmark) == ("siteA", "siteB")
     assert benchmarks.default_sites(cfg.data.benchmark) == 2
     for value, pattern in [
         ("ct", r"data\.benchmark: 'ct' is not allowed; expected one of phantom, mni152, folder:PATH"),
@@ -68,7 +70,7 @@ def test_benchmark_specs_are_checked(tmp_path):
         build_config("smoke", parse_set(["data.target=cup"]))
     (tmp_path / "bad name").mkdir()
     with pytest.raises(ConfigError, match="site folder name"):
-        benchmarks.catalog(f"folder:{tmp_path}")
+        benchmarks.site_names(f"folder:{tmp_path}")
 
 
 # -- the three user layouts --------------------------------------------------------------------
@@ -104,13 +106,13 @@ def test_fundus_layout_disc_and_cup(tmp_path):
 
 
 def test_user_layouts_are_read_inside_site_actors(ray_session, tmp_path):
-    from simulator import api
+    from simulator.driver import api
 
     for kind, root in (("folder", make_folder(tmp_path / "f")), ("prostate", make_prostate(tmp_path / "p")),
                        ("fundus", make_fundus(tmp_path / "u"))):
         cfg = build_config("smoke", parse_set([f"data.benchmark={kind}:{root}"]))
         report = api.inspect_data(cfg)
-        assert set(report) == set(benchmarks.catalog(cfg.data.benchmark))
+        assert set(report) == set(benchmarks.site_names(cfg.data.benchmark))
         for stats, problems in report.values():
             assert problems == [] and stats["problems"] == 0
             assert stats["cases_train"] >= 1 and stats["cases_test"] >= 1 and stats["slices"] >= 4
@@ -140,7 +142,7 @@ def test_smd_methods_need_a_public_pool_for_user_data(tmp_path):
                      "--out", str(tmp_path / "r")])
     assert code == 2 and not (tmp_path / "r").exists()
     cfg = build_config("smoke", parse_set([f"data.benchmark=folder:{root}", "smd.pool=mni152"]))
-    from simulator.api import plan_run
+    from simulator.driver.api import plan_run
 
     assert plan_run(cfg).sites == ["siteA", "siteB"]
 
@@ -222,7 +224,7 @@ def test_bad_data_stops_a_run_with_the_file_named_and_inspect_lists_it(ray_sessi
 
 
 def test_smd_pretraining_pool_follows_the_benchmark(tmp_path):
-    from simulator.mni152 import APPEARANCE_DIM
+    from simulator.benchmarks.mni152 import APPEARANCE_DIM
     from simulator.smd.pretrain import pool_name, smd_spec
 
     mni = build_config("smoke", parse_set(["data.benchmark=mni152"]))

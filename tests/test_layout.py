@@ -1,40 +1,214 @@
-"""The architecture rules of CONVENTIONS.md, checked on the source."""
+"""The architecture rules of CONVENTIONS.md, checked on the source.
+
+Everything here reads files with ``ast`` and ``tokenize``; no project module is imported, so
+a broken import cannot hide a broken rule.
+"""
+
+from __future__ import annotations
 
 import ast
+import io
+import re
+import tokenize
+from functools import cache
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("simulator", "sites", "server")
+DRIVER = "simulator.driver"
+# The files allowed to import Ray: the engine keeps Ray behind one module.
+RAY_FILES = frozenset({"simulator/driver/engine.py"})
+DIFFUSERS_PACKAGE = "simulator/smd/"
+MAX_LINES = 400
+GRAB_BAGS = frozenset({"utils.py", "misc.py", "helpers.py"})
+DESIGN_REF = re.compile(r"DESIGN(\.md)?\s+section")
 
 
-def imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    out = set()
-    for node in ast.walk(tree):
+def files(*pkgs: str) -> list[Path]:
+    """Every .py file under the given top-level folders."""
+    return sorted(p for pkg in pkgs for p in (ROOT / pkg).rglob("*.py"))
+
+
+def rel(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix()
+
+
+def module_name(path: Path) -> str:
+    """``simulator/driver/cli.py`` -> ``simulator.driver.cli``; an ``__init__`` -> its package."""
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+@cache
+def project_modules() -> frozenset[str]:
+    return frozenset(module_name(p) for p in files(*PACKAGES))
+
+
+@cache
+def tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+def imported_names(path: Path) -> set[str]:
+    """Every module a file names in an import, at any depth (inside functions too).
+
+    ``from X import Y`` gives ``X.Y`` where that is a project module, else ``X``; relative
+    imports are resolved against the file's package.
+    """
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out: set[str] = set()
+    for node in ast.walk(tree(path)):
         if isinstance(node, ast.Import):
-            out |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            out.add(node.module.split(".")[0])
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base_parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(base_parts + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            for a in node.names:
+                sub = f"{base}.{a.name}"
+                out.add(sub if sub in project_modules() else base)
     return out
 
 
-def files(pkg: str):
-    return sorted((ROOT / pkg).rglob("*.py"))
+def top_level_imports(path: Path) -> set[str]:
+    return {name.split(".")[0] for name in imported_names(path)}
 
 
-@pytest.mark.parametrize("pkg, forbidden", [("sites", "server"), ("server", "sites")])
-def test_sites_and_server_do_not_import_each_other(pkg, forbidden):
-    offenders = [str(p) for p in files(pkg) if forbidden in imports(p)]
-    assert not offenders
+@cache
+def import_graph() -> dict[str, frozenset[str]]:
+    """Project module -> the project modules it imports."""
+    mods = project_modules()
+    graph = {}
+    for p in files(*PACKAGES):
+        name = module_name(p)
+        graph[name] = frozenset(m for m in imported_names(p) if m in mods and m != name)
+    return graph
+
+
+def find_cycles(graph: dict[str, frozenset[str]]) -> list[list[str]]:
+    """One cycle per back edge met by a depth-first search, each as ``[a, b, ..., a]``."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: finished
+    path: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                cycles.append(path[path.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt)
+        path.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    return cycles
+
+
+def layer(path: Path) -> str:
+    """``driver``, ``core`` (simulator/ outside the driver), ``sites`` or ``server``."""
+    name = module_name(path)
+    if name == DRIVER or name.startswith(DRIVER + "."):
+        return "driver"
+    return {"simulator": "core"}.get(name.split(".")[0], name.split(".")[0])
+
+
+def imports_driver(path: Path) -> set[str]:
+    return {m for m in imported_names(path) if m == DRIVER or m.startswith(DRIVER + ".")}
+
+
+# -- the checker itself ------------------------------------------------------------------------
+
+
+def test_the_sources_are_found():
+    names = project_modules()
+    assert {"simulator.config", "simulator.driver.engine", "sites.site", "server.learner"} <= names
+
+
+def test_from_import_of_a_submodule_resolves_to_the_submodule():
+    graph = import_graph()
+    assert "server.methods.smg" in graph["server.methods"]
+
+
+def test_find_cycles_reports_a_planted_cycle():
+    circle = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert find_cycles({k: frozenset(v) for k, v in circle.items()}) == [["a", "b", "c", "a"]]
+    # a package importing its own submodules, which import each other, is no circle
+    tree_ = {"p": {"p.x", "p.y"}, "p.x": {"p.y"}, "p.y": set()}
+    assert find_cycles({k: frozenset(v) for k, v in tree_.items()}) == []
+
+
+# -- the rules ---------------------------------------------------------------------------------
+
+
+def test_no_import_circles():
+    cycles = find_cycles(import_graph())
+    assert not cycles, "import circles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_diffusers_only_in_smd():
+    users = [rel(p) for p in files(*PACKAGES)
+             if "diffusers" in top_level_imports(p) and not rel(p).startswith(DIFFUSERS_PACKAGE)]
+    assert not users, f"diffusers imported outside {DIFFUSERS_PACKAGE}: {users}"
 
 
 def test_ray_only_in_engine():
-    users = [p.relative_to(ROOT).as_posix() for pkg in ("simulator", "sites", "server")
-             for p in files(pkg) if "ray" in imports(p)]
-    assert users == ["simulator/engine.py"]
+    users = {rel(p) for p in files(*PACKAGES) if "ray" in top_level_imports(p)}
+    assert users <= RAY_FILES, (
+        f"ray imported outside {sorted(RAY_FILES)}: {sorted(users - RAY_FILES)}")
+
+
+@pytest.mark.parametrize("this_layer, forbidden", [
+    ("core", {"sites", "server"}),
+    ("sites", {"server"}),
+    ("server", {"sites"}),
+])
+def test_only_the_driver_wires_sites_and_server(this_layer, forbidden):
+    offenders = {rel(p): sorted(bad) for p in files(*PACKAGES)
+                 if layer(p) == this_layer and (bad := top_level_imports(p) & forbidden)}
+    assert not offenders, f"{this_layer} imports {sorted(forbidden)}: {offenders}"
+
+
+@pytest.mark.parametrize("this_layer", ["core", "sites", "server"])
+def test_nothing_below_imports_the_driver(this_layer):
+    offenders = {rel(p): sorted(imports_driver(p))
+                 for p in files(*PACKAGES) if layer(p) == this_layer and imports_driver(p)}
+    assert not offenders, f"{this_layer} imports the driver: {offenders}"
+
+
+def test_files_stay_small():
+    long = {rel(p): n for p in files(*PACKAGES, "tests")
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"files over {MAX_LINES} lines: {long}"
 
 
 def test_no_grab_bag_modules():
-    names = {p.name for pkg in ("simulator", "sites", "server") for p in files(pkg)}
-    assert not names & {"utils.py", "misc.py", "helpers.py"}
+    bags = [rel(p) for p in files(*PACKAGES) if p.name in GRAB_BAGS]
+    assert not bags
+
+
+def comments_and_docstrings(path: Path) -> list[tuple[int, str]]:
+    """(line, text) of every comment and docstring in a file."""
+    out = [(tok.start[0], tok.string)
+           for tok in tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
+           if tok.type == tokenize.COMMENT]
+    for node in ast.walk(tree(path)):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node, clean=False)
+            if doc is not None:
+                out.append((node.body[0].lineno, doc))
+    return out
+
+
+def test_no_references_to_design_sections():
+    refs = [f"{rel(p)}:{line + text[:m.start()].count(chr(10))}" for p in files(*PACKAGES)
+            for line, text in comments_and_docstrings(p) if (m := DESIGN_REF.search(text))]
+    assert not refs, f"comments or docstrings citing a DESIGN section: {refs}"

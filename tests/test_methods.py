@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from server.methods import METHODS, build_method, method_class
+from simulator.errors import ConfigError
 from simulator.messages import arrays, make_message
-from simulator.method import Batch, StageContext
+from simulator.method import Batch, HParam, StageContext, resolve_hparams
 from simulator.segmentation import build_model
 
 
@@ -20,7 +21,7 @@ def _batch(gen, replay_sites=2):
 
 def _run_stage(name, state=None, replay_sites=2, steps=3):
     model = build_model(1, 4, 2, seed=0)
-    method = build_method(name, model, {"lr": 1e-2})
+    method = build_method(name, model, resolve_hparams(method_class(name), 1e-2))
     if state is not None:
         method.load_state(state)
     gen = torch.Generator().manual_seed(0)
@@ -62,5 +63,37 @@ def test_unknown_method_lists_known_ones():
 
 
 def test_unknown_hyper_parameter_is_refused():
-    with pytest.raises(ValueError, match="unknown hyper-parameter"):
-        build_method("smg", build_model(1, 4, 1, seed=0), {"lr": 1e-3, "alhpa": 0.1})
+    with pytest.raises(ConfigError, match=r"methods\.smg\.alhpa: unknown hyper-parameter; smg has "):
+        resolve_hparams(method_class("smg"), 1e-3, {"alhpa": 0.1})
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_hyper_parameters_are_declared_with_types(name):
+    hp = resolve_hparams(method_class(name), 1e-3)
+    assert hp["lr"] == 1e-3 and isinstance(hp["weight_decay"], float)
+    for p in method_class(name).hyperparameters:
+        assert isinstance(hp[p.name], p.type) and p.help, (name, p.name)
+
+
+def test_hyper_parameters_are_coerced_to_their_declared_type():
+    hp = resolve_hparams(method_class("fish"), 1e-3, {"views": "3", "meta_step": "0.25"})
+    assert hp["views"] == 3 and isinstance(hp["views"], int) and hp["meta_step"] == 0.25
+    with pytest.raises(ConfigError, match=r"methods\.fish\.views: expected an integer, got '2\.5'"):
+        resolve_hparams(method_class("fish"), 1e-3, {"views": "2.5"})
+    with pytest.raises(ConfigError, match=r"methods\.fish\.meta_step: 2\.0 is out of range"):
+        resolve_hparams(method_class("fish"), 1e-3, {"meta_step": 2})
+
+
+def test_boolean_and_choice_hyper_parameters():
+    flag, pick = HParam("flag", False), HParam("mode", "a", choices=("a", "b"))
+    assert flag.coerce("m", "true") is True and flag.coerce("m", "0") is False
+    assert pick.coerce("m", "b") == "b"
+    with pytest.raises(ConfigError, match=r"methods\.m\.flag: expected true or false"):
+        flag.coerce("m", "maybe")
+    with pytest.raises(ConfigError, match=r"methods\.m\.mode: 'c' is not allowed; expected one of a, b"):
+        pick.coerce("m", "c")
+
+
+def test_a_method_refuses_an_unresolved_table():
+    with pytest.raises(ConfigError, match="expected resolved hyper-parameters"):
+        build_method("smg", build_model(1, 4, 1, seed=0), {"lr": 1e-3})

@@ -1,7 +1,7 @@
 import pytest
 
+from simulator.benchmarks.order import SITE_NAMES, resolve_order, resolve_sites
 from simulator.config import ConfigError
-from simulator.order import SITE_NAMES, resolve_order, resolve_sites
 
 
 def test_fixed_and_reverse():
@@ -52,11 +52,11 @@ def test_bad_orders(order, n, pattern):
 
 
 def test_zero_sites_takes_every_site_of_a_user_data_set(tmp_path):
-    from simulator import api
     from simulator.config import build_config, parse_set
+    from simulator.driver.plan import run_sites
 
     names = [f"site{i}" for i in range(8)]  # more than the 6 of a generated benchmark
     for n in names:
         (tmp_path / n).mkdir()
     cfg = build_config("smoke", parse_set([f"data.benchmark=folder:{tmp_path}", "run.order=fixed"]))
-    assert api._sites(cfg) == names
+    assert run_sites(cfg) == names

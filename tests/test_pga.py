@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from server.methods.pga import alignment_gradient, first_order_meta_gradient, split
+from server.methods.meta_gradient import alignment_gradient, first_order_meta_gradient, split
 from simulator.segmentation import build_model
 
 

@@ -1,12 +1,15 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
+from simulator.payloads import SiteSpec
 from sites.datasets import build_site_data
 
 
 def spec(index, seed=1, size=32, n_train=8, n_test=4):
-    return {"benchmark": "phantom", "site": f"s{index}", "site_index": index, "seed": seed,
-            "image_size": size, "n_train": n_train, "n_test": n_test}
+    return SiteSpec(benchmark="phantom", site=f"s{index}", site_index=index, seed=seed, image_size=size,
+                    n_train=n_train, n_test=n_test, target="auto", test_fraction=0.25, data_dir="")
 
 
 @pytest.mark.parametrize("index", range(12))
@@ -46,4 +49,4 @@ def test_train_and_test_are_disjoint():
 
 def test_unknown_benchmark():
     with pytest.raises(ValueError, match="unknown benchmark 'ct'; known: phantom"):
-        build_site_data({**spec(0), "benchmark": "ct"})
+        build_site_data(dataclasses.replace(spec(0), benchmark="ct"))

@@ -6,14 +6,21 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from flwr.app import Array, ArrayRecord
 
 from server.learner import Learner
 from server.methods import build_method
 from simulator.config import build_config, parse_set
+from simulator.driver.plan import method_hparams
 from simulator.messages import arrays, make_message
 from sites.blocklist import Blocklist
 from sites.egress import EgressGuard, EgressViolation
 from sites.site import Site
+
+
+def _learner(cfg):
+    """A learner for ``cfg`` with its method's resolved hyper-parameters."""
+    return Learner(cfg, method_hparams(cfg, cfg.run.method), in_channels=1)
 
 
 def _img(site):
@@ -46,26 +53,27 @@ LEAKS = {
 
 
 class LeakySite(Site):
-    """A site whose ``finish_visit`` adds a leak to its model message."""
+    """A site whose ``finish_visit`` adds a leak to its model message, after the payload is built."""
 
     how = ""
 
-    def _send(self, kind, metrics=None, array_groups=None, config_values=None):
-        if kind == "model" and self.how:
+    def _emit(self, rd):
+        if rd["meta"]["kind"] == "model" and self.how:
             leak = LEAKS[self.how](self)
-            array_groups = dict(array_groups or {})
             for group, named in leak.get("arrays", {}).items():
-                array_groups[group] = named
-            if "weights" in leak:
-                array_groups["weights"] = {**array_groups["weights"], **leak["weights"]}
-            metrics = {**(metrics or {}), **leak.get("metrics", {})}
-            config_values = {**(config_values or {}), **leak.get("config", {})}
-        return super()._send(kind, metrics, array_groups, config_values)
+                rd[group] = ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in named.items()})
+            for key, value in leak.get("weights", {}).items():
+                rd["weights"][key] = Array(np.ascontiguousarray(value))
+            for key, value in leak.get("metrics", {}).items():
+                rd["metrics"][key] = value
+            for key, value in leak.get("config", {}).items():
+                rd["config"][key] = value
+        return super()._emit(rd)
 
 
 @pytest.fixture(scope="module")
 def learner():
-    return Learner(build_config("smoke", parse_set(["run.method=finetune"])).to_dict(), in_channels=1)
+    return _learner(build_config("smoke", parse_set(["run.method=finetune"])))
 
 
 @pytest.mark.parametrize("how", sorted(LEAKS))
@@ -119,8 +127,8 @@ def test_leaking_site_stops_a_run_through_ray(ray_session, tmp_path):
     """Strict mode end to end: the run stops with a line naming site, key and rule."""
     import ray.cloudpickle
 
-    from simulator import api
-    from simulator.runfolder import FAILED, MARKER
+    from simulator.driver import api
+    from simulator.driver.runfolder import FAILED, MARKER
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -137,8 +145,8 @@ def test_leaking_site_stops_a_run_through_ray(ray_session, tmp_path):
 
 def test_non_private_reference_fails_its_audit(ray_session, tmp_path, capsys):
     """er_real moves real images out of sites: the audit names which images left which site."""
-    from simulator import api, cli
     from simulator.config import ConfigError
+    from simulator.driver import api, cli
 
     out = tmp_path / "er"
     cfg = build_config("smoke", parse_set(["run.sites=2", "run.method=er_real", f"run.out={out}"]))

@@ -1,7 +1,6 @@
 """The site class without Ray: visits, evaluation, and what its methods return."""
 
 import inspect
-import json
 
 import numpy as np
 import pytest
@@ -10,10 +9,18 @@ from flwr.app import RecordDict
 from server.learner import Learner
 from server.methods import build_method
 from simulator.config import build_config, parse_set
+from simulator.driver.plan import method_hparams
+from simulator.errors import MessageError
 from simulator.messages import array_groups, arrays, make_message, metrics
+from simulator.payloads import EvaluateRequest, GuardReport, VisitRequest
 from sites.blocklist import Blocklist
 from sites.egress import EgressGuard, EgressViolation
 from sites.site import Site
+
+
+def _learner(cfg):
+    """A learner for ``cfg`` with its method's resolved hyper-parameters."""
+    return Learner(cfg, method_hparams(cfg, cfg.run.method), in_channels=1)
 
 
 @pytest.fixture()
@@ -23,7 +30,7 @@ def site(smoke_spec):
 
 @pytest.fixture()
 def learner():
-    return Learner(build_config("smoke", parse_set(["run.method=finetune"])).to_dict(), in_channels=1)
+    return _learner(build_config("smoke", parse_set(["run.method=finetune"])))
 
 
 def _all_arrays(rd: RecordDict):
@@ -50,8 +57,8 @@ def test_evaluate_returns_only_scalars(site, learner):
 
 def test_no_site_method_returns_an_image_shaped_array(site, smoke_spec, tmp_path, smd_backbone):
     """Call every public method of Site and inspect every array it returns."""
-    h = w = smoke_spec["image_size"]
-    learner = Learner(build_config("smoke", parse_set(["run.method=smd_replay"])).to_dict(), in_channels=1)
+    h = w = smoke_spec.image_size
+    learner = _learner(build_config("smoke", parse_set(["run.method=smd_replay"])))
     learner.enable_replay(str(smd_backbone), 1)
     prompt_reply = site.tune_prompt(learner.tune_message("alpha"))
     learner.absorb_prompt(prompt_reply, "alpha")
@@ -87,8 +94,26 @@ def test_no_site_method_returns_an_image_shaped_array(site, smoke_spec, tmp_path
 
 def test_method_state_and_hparams_travel_as_message(learner):
     msg = learner.visit_message("alpha", 1)
-    cfg = dict(msg["config"])
-    assert cfg["method"] == "finetune" and json.loads(cfg["hparams"])["lr"] > 0
+    assert dict(msg["config"])["method"] == "finetune"
+    hparams = dict(msg["hparams"])  # a typed table of its own, not a JSON string
+    assert hparams == {"lr": 1e-3, "weight_decay": 0.0} and isinstance(hparams["lr"], float)
+    req = VisitRequest.from_record(msg)
+    assert req.hparams == hparams and req.stage == 1 and req.arch.in_channels == 1
+
+
+def test_payloads_round_trip_and_refuse_other_shapes(learner):
+    msg = learner.evaluate_message()
+    back = EvaluateRequest.from_record(msg)
+    assert set(back.weights) == set(learner.weights) and back.eval_batch_size == 64
+    msg["config"]["smuggled"] = "x"
+    with pytest.raises(MessageError, match="evaluate message: undeclared config key 'smuggled'"):
+        EvaluateRequest.from_record(msg)
+    with pytest.raises(MessageError, match="expected a 'visit' message, got 'evaluate'"):
+        VisitRequest.from_record(learner.evaluate_message())
+    report = GuardReport("alpha", "strict", {"violations": 1.0},
+                         ({"rule": "exact", "key": "weights/w", "detail": "3 of 4"},))
+    again = GuardReport.from_record(report.to_record("site:alpha", "learner"))
+    assert again == report
 
 
 @pytest.mark.parametrize(

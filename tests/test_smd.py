@@ -8,11 +8,17 @@ from server.learner import Learner
 from server.methods import build_method
 from server.replay import ReplayBank
 from simulator.config import build_config, parse_set
+from simulator.driver.plan import method_hparams
 from simulator.messages import array_groups, arrays, metrics
 from simulator.smd.cache import load_backbone
 from simulator.smd.pretrain import ensure_backbone, smd_spec
 from sites.prompt import tune_prompt
 from sites.site import Site
+
+
+def _learner(cfg):
+    """A learner for ``cfg`` with its method's resolved hyper-parameters."""
+    return Learner(cfg, method_hparams(cfg, cfg.run.method), in_channels=1)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +75,7 @@ def test_replay_shapes_and_ranges(cfg, backbone):
 
 def test_site_exports_only_the_prompt_and_scalars(cfg, backbone, smoke_spec):
     site = Site("alpha", smoke_spec, build_method, torch_threads=1, device="cpu")
-    learner = Learner(cfg.to_dict(), in_channels=1)
+    learner = _learner(cfg)
     learner.enable_replay(str(backbone), 1)
     reply = site.tune_prompt(learner.tune_message("alpha"))
     assert reply["meta"]["kind"] == "prompt" and array_groups(reply) == ["prompt"]

@@ -13,8 +13,10 @@ from server.methods.fish import Fish
 from server.methods.joint import Joint
 from server.methods.lwf import LwF
 from server.methods.mldg import MLDG
-from server.methods.pga import SMG, PGAExact, SMGGen, SMGMem
+from server.methods.pga_exact import PGAExact
 from server.methods.smd_replay import SMDReplay
+from server.methods.smg import SMG, SMGGen, SMGMem
+from simulator.errors import UnknownMethodError
 from simulator.method import Method
 
 METHODS: dict[str, type[Method]] = {
@@ -31,10 +33,6 @@ METHODS: dict[str, type[Method]] = {
     SMGGen.name: SMGGen,
     PGAExact.name: PGAExact,
 }
-
-
-class UnknownMethodError(ValueError):
-    """A method name that is not in the registry."""
 
 
 def method_class(name: str) -> type[Method]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from simulator.method import Batch, Method, StageContext
+from simulator.method import Batch, HParam, Method, StageContext
 from simulator.segmentation import seg_loss
 
 
@@ -21,7 +21,7 @@ class ERReal(Method):
 
     name = "er_real"
     private = False
-    defaults = {"buffer_per_site": 8, "weight_decay": 0.0}
+    hyperparameters = (HParam("buffer_per_site", 8, lo=1, hi=100000, help="real pairs kept per site"),)
 
     def __init__(self, model: torch.nn.Module, hparams: dict) -> None:
         super().__init__(model, hparams)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from simulator.method import Batch, Method, StageContext
+from simulator.method import Batch, HParam, Method, StageContext
 from simulator.segmentation import seg_loss
 
 
@@ -21,7 +21,8 @@ class EWC(Method):
 
     name = "ewc"
     private = True
-    defaults = {"lambda_ewc": 100.0, "fisher_batches": 8, "weight_decay": 0.0}
+    hyperparameters = (HParam("lambda_ewc", 100.0, lo=0.0, help="weight of the EWC penalty"),
+                       HParam("fisher_batches", 8, lo=1, hi=10000, help="last batches the Fisher is estimated on"))
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         self.fisher = {k[7:]: torch.from_numpy(v.copy()) for k, v in state.items() if k.startswith("fisher.")}

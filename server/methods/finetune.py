@@ -15,7 +15,6 @@ class Finetune(Method):
 
     name = "finetune"
     private = True
-    defaults = {"weight_decay": 0.0}
 
     def begin_stage(self, ctx: StageContext) -> None:
         self.opt = self.adam()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call
 
-from server.methods.pga import style_augment
-from simulator.method import Batch, Method, StageContext
+from server.methods.meta_gradient import style_augment
+from simulator.method import Batch, HParam, Method, StageContext
 from simulator.segmentation import seg_loss
 
 
@@ -22,7 +22,9 @@ class Fish(Method):
 
     name = "fish"
     private = True
-    defaults = {"inner_lr": 1e-3, "meta_step": 0.5, "views": 2, "weight_decay": 0.0}
+    hyperparameters = (HParam("inner_lr", 1e-3, lo=0.0, help="SGD step of the inner loop"),
+                       HParam("meta_step", 0.5, lo=0.0, hi=1.0, help="Reptile step towards the inner weights"),
+                       HParam("views", 2, lo=1, hi=16, help="style-augmented views besides the batch"))
 
     def begin_stage(self, ctx: StageContext) -> None:
         self.opt = self.adam()

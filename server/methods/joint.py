@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from server.methods.er_real import ERReal
+from simulator.method import HParam
 
 
 class Joint(ERReal):
@@ -16,4 +17,4 @@ class Joint(ERReal):
 
     name = "joint"
     private = False
-    defaults = {"buffer_per_site": 100000, "weight_decay": 0.0}
+    hyperparameters = (HParam("buffer_per_site", 100000, lo=1, hi=10000000, help="real pairs kept per site"),)

@@ -7,7 +7,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from simulator.method import Batch, Method, StageContext
+from simulator.method import Batch, HParam, Method, StageContext
 from simulator.segmentation import seg_loss
 
 
@@ -22,7 +22,8 @@ class LwF(Method):
 
     name = "lwf"
     private = True
-    defaults = {"lambda_distill": 1.0, "temperature": 2.0, "weight_decay": 0.0}
+    hyperparameters = (HParam("lambda_distill", 1.0, lo=0.0, help="weight of the distillation loss"),
+                       HParam("temperature", 2.0, lo=1e-3, help="distillation temperature"))
 
     def begin_stage(self, ctx: StageContext) -> None:
         self.opt = self.adam()

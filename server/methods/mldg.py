@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from server.methods.pga import first_order_meta_gradient, style_augment
-from simulator.method import Batch, Method, StageContext
+from server.methods.meta_gradient import first_order_meta_gradient, style_augment
+from simulator.method import Batch, HParam, Method, StageContext
 
 
 class MLDG(Method):
@@ -16,7 +16,7 @@ class MLDG(Method):
 
     name = "mldg"
     private = True
-    defaults = {"alpha": 1e-3, "weight_decay": 0.0}
+    hyperparameters = (HParam("alpha", 1e-3, lo=0.0, help="SGD step of the inner (meta-train) update"),)
 
     def begin_stage(self, ctx: StageContext) -> None:
         self.opt = self.adam()

@@ -20,7 +20,6 @@ class SMDReplay(Method):
     name = "smd_replay"
     private = True
     uses_replay = True
-    defaults = {"weight_decay": 0.0}
 
     def begin_stage(self, ctx: StageContext) -> None:
         self.opt = self.adam()

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import torch
 
-from simulator import benchmarks, mni152, phantom
+from simulator.benchmarks import catalog as benchmarks
+from simulator.benchmarks import mni152, phantom
 from simulator.config import Config, ConfigError
+from simulator.seeding import torch_generator
 from simulator.smd.backbone import SMDBackbone, SMDSpec, to_model_space
 from simulator.smd.cache import backbone_path, load_backbone, save_backbone
 
@@ -82,7 +84,7 @@ def pretrain(spec: SMDSpec, device: str = "cpu", progress: ProgressFn | None = N
         model = SMDBackbone(spec)
     model.to(device)
     X, C = X.to(device), C.to(device)
-    gen = torch.Generator().manual_seed(spec.public_seed + 1)
+    gen = torch_generator(spec.public_seed + 1)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.pretrain_lr, weight_decay=1e-4)
     warmup = max(1, spec.pretrain_steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(

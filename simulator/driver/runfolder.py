@@ -25,12 +25,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from simulator.errors import RunFolderError
+
 MARKER = "COMPLETE"
 FAILED = "FAILED"
-
-
-class RunFolderError(ValueError):
-    """The run folder cannot be used (for example it already holds a run)."""
 
 
 def _clean(value: Any) -> Any:

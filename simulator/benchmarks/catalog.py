@@ -14,8 +14,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from simulator.config import ConfigError
-from simulator.order import DEFAULT_GENERATED_SITES, SITE_NAMES
+from simulator.errors import ConfigError
 from simulator.paths import site_data_root
 
 GENERATED = ("phantom", "mni152")
@@ -23,6 +22,14 @@ USER_LAYOUTS = ("folder", "prostate", "fundus")
 KINDS = GENERATED + USER_LAYOUTS
 #: Targets each kind accepts besides ``auto``.
 TARGETS = {"phantom": (), "mni152": (), "folder": (), "prostate": (), "fundus": ("disc", "cup")}
+#: Number of sites of a generated benchmark when ``--sites`` is not given.
+DEFAULT_GENERATED_SITES = 6
+
+SITE_NAMES = (
+    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
+    "juliett", "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo",
+    "sierra", "tango", "uniform", "victor", "whiskey", "xray", "yankee", "zulu",
+)
 _SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -69,7 +76,7 @@ def site_dir(value: str, site: str) -> Path:
     return data_root(value) / site
 
 
-def catalog(value: str) -> tuple[str, ...]:
+def site_names(value: str) -> tuple[str, ...]:
     """Every site the benchmark has, in its fixed order."""
     k, path = parse(value)
     if not path:
@@ -88,7 +95,7 @@ def catalog(value: str) -> tuple[str, ...]:
 
 def default_sites(value: str) -> int:
     """Sites used when ``--sites`` is not given: all of a user data set, 6 of a generated one."""
-    return len(catalog(value)) if is_user_data(value) else DEFAULT_GENERATED_SITES
+    return len(site_names(value)) if is_user_data(value) else DEFAULT_GENERATED_SITES
 
 
 def check_target(value: str, target: str) -> None:

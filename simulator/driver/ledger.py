@@ -18,6 +18,8 @@ class Ledger:
         self.path = Path(path)
         self.count = 0
         self.bytes = 0
+        #: the entry written last (what the ledger recorded of the latest crossing)
+        self.last: dict = {}
         self._fh = self.path.open("a", encoding="utf-8")
 
     def record(self, rd: RecordDict, src: str | None = None, dst: str | None = None) -> None:
@@ -31,6 +33,7 @@ class Ledger:
         self._fh.flush()
         self.count += 1
         self.bytes += entry["bytes"]
+        self.last = entry
 
     def close(self) -> None:
         self._fh.close()

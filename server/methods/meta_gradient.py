@@ -1,6 +1,6 @@
-"""Parallel Gradient Alignment (PGA), the core of SMG-Learning, and its ablations.
+"""The meta-gradient math shared by PGA (``smg``, its ablations, ``pga_exact``), ``mldg`` and ``fish``.
 
-What follows the paper's description: two alignment goals trained together with
+What follows the SMG-Learning paper's description: two alignment goals trained together with
 synthetic replay, "orientational gradient alignment" towards previous sites
 (memorizability) and "arbitrary gradient alignment" between domains (generalizability),
 each turned into a meta-objective by a first-order Taylor expansion.
@@ -26,8 +26,8 @@ style-augmented views of the current batch (simulated domain shift). Each step t
 the gradient of J_mem + lambda_gen * J_gen. Losses over several domains are averaged,
 so the step size does not grow with the number of earlier sites.
 
-``PGAExact`` differentiates the alignment objective itself by double backpropagation;
-it is the reference the first-order approximation is tested against.
+``alignment_gradient`` differentiates the alignment objective itself by double
+backpropagation; it is the reference the first-order approximation is tested against.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call
 
-from simulator.method import Batch, Method, StageContext
+from simulator.method import Batch
 from simulator.segmentation import seg_loss
 
 
@@ -152,84 +152,3 @@ def alignment_gradient(model: torch.nn.Module, current, replay: list, groups, be
         logs["align_gen"] = float(dot.detach())
     grads = torch.autograd.grad(objective, list(theta.values()))
     return grads, logs
-
-
-class SMG(Method):
-    """SMG-Learning: PGA (J_mem + lambda_gen J_gen, first order) with SMD replay.
-
-    Synchronous Memorizability and Generalizability learning (the SMG-Learning paper):
-    parallel orientational and arbitrary gradient alignment against replay from a
-    Site-Modulated Diffusion model. See the module docstring for which parts follow
-    the paper's description and which are this project's derivation.
-    """
-
-    name = "smg"
-    private = True
-    uses_replay = True
-    defaults = {"alpha": 1e-3, "lambda_gen": 1.0, "weight_decay": 0.0}
-    use_mem = True
-    use_gen = True
-
-    def begin_stage(self, ctx: StageContext) -> None:
-        self.opt = self.adam()
-        self.gen = ctx.generator
-
-    def _parts(self, batch: Batch):
-        current = (batch.x, batch.y)
-        replay = list(batch.replay.values())
-        doms = domains_of(batch, self.gen)
-        a, b = split(len(doms), self.gen)
-        return current, replay, ([doms[i] for i in a], [doms[i] for i in b])
-
-    def _gradient(self, current, replay, groups):
-        return first_order_meta_gradient(self.model, current, replay, groups, self.hp["alpha"],
-                                         self.hp["lambda_gen"], self.use_mem, self.use_gen)
-
-    def update(self, batch: Batch) -> dict[str, float]:
-        self.model.train()
-        current, replay, groups = self._parts(batch)
-        grads, logs = self._gradient(current, replay, groups)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        for p, g in zip(params, grads, strict=True):
-            p.grad = g.detach()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        logs["loss"] = logs.get("loss_current", logs.get("loss_gen_a", 0.0))
-        return logs
-
-
-class SMGMem(SMG):
-    """Ablation of SMG-Learning with the memorizability meta-objective J_mem only."""
-
-    name = "smg_mem"
-    use_gen = False
-
-
-class SMGGen(SMG):
-    """Ablation of SMG-Learning with the generalizability meta-objective J_gen only (plus L_c)."""
-
-    name = "smg_gen"
-    use_mem = False
-
-    def _gradient(self, current, replay, groups):
-        grads, logs = first_order_meta_gradient(self.model, current, replay, groups, self.hp["alpha"],
-                                                self.hp["lambda_gen"], use_mem=False, use_gen=True)
-        f = _Functional(self.model)
-        theta = f.params()
-        loss_c = f.loss(theta, [current])  # the current site is still learned
-        g_c = f.grad(loss_c, theta)
-        logs["loss_current"] = float(loss_c.detach())
-        return [a + b for a, b in zip(grads, g_c, strict=True)], logs
-
-
-class PGAExact(SMG):
-    """PGA by its explicit alignment objective, differentiated by double backpropagation.
-
-    The reference for the first-order approximation in :class:`SMG` (beta = alpha).
-    """
-
-    name = "pga_exact"
-
-    def _gradient(self, current, replay, groups):
-        return alignment_gradient(self.model, current, replay, groups, self.hp["alpha"],
-                                  self.hp["lambda_gen"], self.use_mem, self.use_gen)

@@ -53,3 +53,30 @@ class Progress:
             return
         self.stream.write(("\r\033[K" if self._tty else "") + text + "\n")
         self.stream.flush()
+
+
+class RunProgress(Progress):
+    """Progress of one run; it owns the unit count and the advance of each phase.
+
+    Units: one per evaluation of every site (T + 1 of them), three per visit (spread over
+    its training chunks) and, with SMD replay, two per prompt tuning and replay check.
+    """
+
+    EVALUATION, VISIT, SMD = 1.0, 3.0, 2.0
+
+    def __init__(self, stages: int, smd: bool, stream: TextIO | None = None, enabled: bool = True) -> None:
+        total = (stages + 1) * self.EVALUATION + stages * self.VISIT + (stages * self.SMD if smd else 0.0)
+        super().__init__(total, stream, enabled)
+
+    def evaluated(self) -> None:
+        self.advance(self.EVALUATION)
+
+    def trained(self, chunk: int, steps: int) -> None:
+        self.advance(self.VISIT * chunk / steps)
+
+    def smd_checked(self) -> None:
+        self.advance(self.SMD)
+
+    def restart_clock(self) -> None:
+        """Start the ETA's clock now (after pre-training, which the ETA does not cover)."""
+        self.t0 = time.perf_counter()

@@ -2,12 +2,18 @@
 
 ``run_compare`` runs what is missing; ``summarize`` is a separate, read-only step
 that turns the finished run folders into ``compare.csv``/``compare.md`` (mean +- std
-of every metric per method), ``runs.csv`` (one row per run) and two plots.
+of every metric per method), ``paired.csv`` (paired differences between methods over
+(seed, order) cells, also in ``compare.md``), ``runs.csv`` (one row per run) and two plots.
+
+A run's folder name ends in a hash of its resolved settings (:func:`config_hash`), so a
+comparison re-run with other settings makes new runs instead of reusing the old ones.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import hashlib
 import json
 import sys
 from collections.abc import Callable
@@ -21,26 +27,65 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from simulator.config import Config, ConfigError  # noqa: E402
+from simulator.driver.runfolder import MARKER, is_complete  # noqa: E402
+from simulator.driver.stats import paired_table  # noqa: E402
+from simulator.errors import RunFolderError  # noqa: E402
 from simulator.metrics import METRIC_NAMES  # noqa: E402
-from simulator.runfolder import MARKER, is_complete  # noqa: E402
+
+#: the metrics shown in compare.md's paired table (paired.csv holds all of METRIC_NAMES)
+PAIRED_SHOWN = ("Mem", "Gen")
 
 
-def run_name(method: str, seed: int, order: str) -> str:
-    safe = order.replace(",", "-")
-    return f"{method}-s{seed}-{safe}"
+def config_hash(cfg: Config) -> str:
+    """Eight hex digits identifying the settings a run's result depends on, besides seed and order.
+
+    Covers the profile, method, number of sites, the data, model, train, smd and privacy
+    sections and the method's own hyper-parameters; not the seed, order, output folder or
+    runtime (processes, threads, device), which a comparison varies or which do not change
+    what is computed.
+    """
+    method = cfg.run.method
+    settings = {
+        "profile": cfg.run.profile,
+        "method": method,
+        "sites": cfg.run.sites,
+        "data": dataclasses.asdict(cfg.data),
+        "model": dataclasses.asdict(cfg.model),
+        "train": dataclasses.asdict(cfg.train),
+        "smd": dataclasses.asdict(cfg.smd),
+        "privacy": dataclasses.asdict(cfg.privacy),
+        "methods": cfg.methods.get(method, {}),
+    }
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def run_name(cfg: Config) -> str:
+    """The folder name of one run of a comparison: method, seed, order and settings hash."""
+    order = cfg.run.order.replace(",", "-")
+    return f"{cfg.run.method}-s{cfg.run.seed}-{order}-{config_hash(cfg)}"
 
 
 def plan_compare(base: Config, methods: list[str], seeds: list[int], orders: list[str], out: Path,
-                 make_config: Callable[[Config, str, int, str, Path], Config]) -> list[tuple[str, Config]]:
-    """Every (method, seed, order) run, validated before anything starts."""
+                 make_config: Callable[[Config, str, int, str, Path], Config]
+                 ) -> list[tuple[str, Config]]:
+    """Every (method, seed, order) run, validated before anything starts.
+
+    ``make_config`` builds and validates one run's config; the run's folder,
+    ``out/runs/<run_name>``, is set afterwards because its name depends on that config.
+    """
     if not methods or not seeds or not orders:
         raise ConfigError("compare needs at least one method, one seed and one order")
     plans = []
     for method in methods:
         for seed in seeds:
             for order in orders:
-                name = run_name(method, seed, order)
-                plans.append((name, make_config(base, method, seed, order, out / "runs" / name)))
+                # the hash leaves out run.out, so a placeholder folder gives the final name
+                cfg = make_config(base, method, seed, order, out / "runs" / "unnamed")
+                name = run_name(cfg)
+                final = dataclasses.replace(cfg, run=dataclasses.replace(
+                    cfg.run, out=str(out / "runs" / name)))
+                plans.append((name, final))
     return plans
 
 
@@ -79,23 +124,33 @@ def run_compare(plans: list[tuple[str, Config]], run: Callable[[Config], object]
     return status
 
 
-def summarize(out: Path) -> pd.DataFrame:
-    """Read every finished run under ``out/runs`` and write the tables and plots (read-only on runs)."""
+def summarize(out: Path, baseline: str | None = None) -> pd.DataFrame:
+    """Read every finished run under ``out/runs`` and write the tables and plots (runs read-only).
+
+    ``paired.csv`` and the paired section of ``compare.md`` compare every method with every
+    other one, or only with ``baseline`` when given (a ConfigError if no run used it). Runs of
+    one method with different settings (config hashes) are refused rather than averaged.
+    """
     out = Path(out)
     rows = []
     for folder in sorted((out / "runs").glob("*")):
         if not (folder / MARKER).exists():
             continue
-        cfg = json.loads((folder / "config.json").read_text())
+        path = folder / "config.json"
+        cfg = Config.from_dict(json.loads(path.read_text()), source=str(path))
         m = json.loads((folder / "metrics.json").read_text())
-        rows.append({"run": folder.name, "method": cfg["run"]["method"], "seed": cfg["run"]["seed"],
-                     "order": cfg["run"]["order"], "visited": " ".join(m["order"]),
+        rows.append({"run": folder.name, "method": cfg.run.method, "seed": cfg.run.seed,
+                     "order": cfg.run.order, "config": config_hash(cfg),
+                     "visited": " ".join(m["order"]),
                      **{k: m["metrics"][k] for k in METRIC_NAMES},
                      "seconds": m.get("timings", {}).get("total_seconds")})
     if not rows:
         raise FileNotFoundError(f"no finished run under {out / 'runs'}")
     runs = pd.DataFrame(rows)
+    _check_runs_can_be_paired(runs, out)
+    paired = paired_table(runs, list(METRIC_NAMES), baseline)  # checks baseline before writing
     runs.to_csv(out / "runs.csv", index=False, float_format="%.4f")
+    paired.to_csv(out / "paired.csv", index=False, float_format="%.4f")
     table = _aggregate(runs, ["method"])
     table.to_csv(out / "compare.csv", index=False, float_format="%.4f")
     lines = _markdown(table, ["method"])
@@ -103,9 +158,44 @@ def summarize(out: Path) -> pd.DataFrame:
         by_order = _aggregate(runs, ["method", "order"])
         by_order.to_csv(out / "compare_by_order.csv", index=False, float_format="%.4f")
         lines += ["", "By visiting order:", "", *_markdown(by_order, ["method", "order"])]
+    lines += ["", *_paired_markdown(paired)]
     (out / "compare.md").write_text("\n".join(lines) + "\n")
     _plots(table, out)
     return table
+
+
+def _check_runs_can_be_paired(runs: pd.DataFrame, out: Path) -> None:
+    """Refuse to average runs of one method made with different settings, or one cell twice."""
+    hashes = runs.groupby("method", sort=False)["config"].unique()
+    for method, found in hashes.items():
+        if len(found) > 1:
+            raise RunFolderError(
+                f"{out / 'runs'}: method {method!r} has runs with different settings (config "
+                f"{', '.join(sorted(found))}); move the runs you do not want to compare out of "
+                f"that folder or compare into a new one")
+    dup = runs[runs.duplicated(["method", "seed", "order"], keep=False)]
+    if not dup.empty:
+        raise RunFolderError(
+            f"{out / 'runs'}: runs {', '.join(dup['run'])} are the same method, seed and order; "
+            f"keep one of them (a folder named before run names carried a config hash is a copy)")
+
+
+def _paired_markdown(paired: pd.DataFrame) -> list[str]:
+    """The ``## Paired differences`` section of compare.md (Mem and Gen rows of paired.csv)."""
+    lines = ["## Paired differences", "",
+             "Difference = method - baseline on each (seed, order) cell both ran; CI: bootstrap "
+             "95 % CI of the mean paired difference; p: exact two-sided sign-test p-value (ties "
+             f"dropped). {', '.join(PAIRED_SHOWN)} here; every metric in paired.csv.", ""]
+    shown = paired[paired["metric"].isin(PAIRED_SHOWN)]
+    if shown.empty:
+        return [*lines, "no pairs: fewer than two methods share a (seed, order) cell."]
+    lines += ["| method | baseline | metric | cells | wins | mean diff | 95 % CI | p |",
+              "|---|---|---|---|---|---|---|---|"]
+    for _, r in shown.iterrows():
+        lines.append(f"| {r['method']} | {r['baseline']} | {r['metric']} | {int(r['cells'])} | "
+                     f"{int(r['wins'])} | {r['mean_diff']:+.3f} | "
+                     f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | {r['p_value']:.3g} |")
+    return lines
 
 
 def _aggregate(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:

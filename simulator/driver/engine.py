@@ -1,13 +1,17 @@
 """The engine: the one module that imports Ray and wires sites to the learner.
 
-It starts (or joins) Ray with the dashboard on 127.0.0.1, creates one named
-actor per site and one learner actor, routes every message between them, writes
-each crossing to the ledger, and drives the sequential loop of DESIGN section 3.
+It starts (or joins) Ray with the dashboard on 127.0.0.1, creates one named actor per
+site and one learner actor, routes every message between them, writes each crossing to
+the ledger, and drives the sequential loop: evaluate the untrained model everywhere,
+then per stage visit one site, tune its prompt (with SMD replay), and evaluate every site.
+
+An exception raised inside an actor reaches the caller as its own type (a
+:class:`~simulator.errors.DataError`, an :class:`~simulator.errors.EgressViolation`, ...),
+not wrapped in Ray's error, so the driver classifies failures by type.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -21,14 +25,25 @@ from flwr.app import RecordDict
 
 from server.learner import Learner
 from server.methods import build_method
-from simulator import benchmarks
+from simulator.benchmarks import catalog
 from simulator.config import Config
-from simulator.ledger import Ledger
-from simulator.messages import arrays, config, describe, metrics
-from simulator.paths import site_data_root
-from simulator.progress import Progress
-from simulator.seeding import derive_seed
+from simulator.driver.ledger import Ledger
+from simulator.driver.plan import RunPlan, site_spec
+from simulator.driver.progress import RunProgress
+from simulator.messages import metrics
+from simulator.payloads import GuardReport, InspectReply, ScoresReply
 from sites.site import Site
+
+
+def get(refs: Any) -> Any:
+    """``ray.get``, re-raising an actor's exception as its own type (Ray wraps it otherwise)."""
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.cause
+        if isinstance(cause, Exception) and not isinstance(cause, ray.exceptions.RayError):
+            raise cause from None
+        raise
 
 
 def start_ray(num_cpus: int, dashboard: bool) -> str | None:
@@ -52,32 +67,6 @@ def start_ray(num_cpus: int, dashboard: bool) -> str | None:
     return url if dashboard else None
 
 
-def site_spec(cfg: Config, name: str, index: int, data_root: str | None = None) -> dict[str, Any]:
-    """The spec from which a site builds its own data (strings and numbers only).
-
-    ``data_dir`` is the site's own folder: where a generated benchmark is cached (under
-    ``data_root``; none when it is empty) or where a user data set keeps this site.
-    """
-    d = cfg.data
-    kind = benchmarks.kind(d.benchmark)
-    if benchmarks.is_user_data(d.benchmark):
-        data_dir = str(benchmarks.site_dir(d.benchmark, name))
-    else:
-        data_dir = str(Path(data_root) / kind / name) if data_root else ""
-    return {
-        "benchmark": kind,
-        "site": name,
-        "site_index": index,
-        "seed": derive_seed(cfg.run.seed, "data", d.benchmark, name),
-        "image_size": d.image_size,
-        "n_train": d.n_train,
-        "n_test": d.n_test,
-        "target": d.target,
-        "test_fraction": d.test_fraction,
-        "data_dir": data_dir,
-    }
-
-
 @dataclass
 class Actors:
     """Handles of one run's actors."""
@@ -96,40 +85,52 @@ def create_sites(cfg: Config, names: list[str], indices: dict[str, int], namespa
                  site_cls: type = Site) -> Actors:
     """One named Ray actor per site (visible by name in the dashboard)."""
     remote_site = ray.remote(site_cls)
-    root = str(site_data_root())
     sites = {}
     for name in names:
         trace = str(Path(trace_dir) / f"site-{name}.jsonl") if trace_dir else None
         sites[name] = remote_site.options(
             name=f"site-{name}", namespace=namespace, num_cpus=0, max_restarts=0,
-        ).remote(name, site_spec(cfg, name, indices[name], root), build_method,
+        ).remote(name, site_spec(cfg, name, indices[name]), build_method,
                  cfg.runtime.torch_threads, cfg.runtime.device, privacy_mode or cfg.privacy.mode, trace)
     return Actors(sites)
+
+
+@dataclass
+class StageResult:
+    """What one stage produced: the site visited, its logs, and its row of R."""
+
+    stage: int
+    site: str | None
+    logs: dict[str, Any]
+    row: np.ndarray
 
 
 class Engine:
     """Runs one sequential-learning run over site actors."""
 
-    def __init__(self, cfg: Config, order: list[str], indices: dict[str, int], ledger: Ledger,
-                 progress: Progress, namespace: str, trace_dir: str | None = None,
-                 privacy_mode: str | None = None, site_cls: type = Site) -> None:
-        self.cfg = cfg
-        self.order = order
+    def __init__(self, plan: RunPlan, ledger: Ledger, progress: RunProgress, namespace: str,
+                 trace_dir: str | None = None, site_cls: type = Site) -> None:
+        self.plan = plan
+        self.cfg = plan.config
+        self.order = plan.order
         self.ledger = ledger
         self.progress = progress
         self.trace_dir = trace_dir
-        self.actors = create_sites(cfg, order, indices, namespace, trace_dir, privacy_mode, site_cls)
+        self.actors = create_sites(self.cfg, self.order, plan.indices, namespace, trace_dir, plan.guard_mode,
+                                   site_cls)
         self.namespace = namespace
         self.smd_on = False
+        #: per site: prompt-tuning logs and the replay's fidelity and memorisation statistics
+        self.smd_sites: dict[str, dict[str, float]] = {}
 
     def _call(self, site: str, method: str, msg: RecordDict | None = None, *args: Any) -> RecordDict:
         """Call a site method, recording the message in and the reply out."""
         handle = self.actors.sites[site]
         if msg is not None:
             self.ledger.record(msg, dst=f"site:{site}")
-            reply = ray.get(getattr(handle, method).remote(msg, *args))
+            reply = get(getattr(handle, method).remote(msg, *args))
         else:
-            reply = ray.get(getattr(handle, method).remote(*args))
+            reply = get(getattr(handle, method).remote(*args))
         self.ledger.record(reply)
         return reply
 
@@ -137,7 +138,7 @@ class Engine:
         refs = {s: h.describe.remote() for s, h in self.actors.sites.items()}
         out = {}
         for s, ref in refs.items():
-            reply = ray.get(ref)
+            reply = get(ref)
             self.ledger.record(reply)
             out[s] = metrics(reply)
         return out
@@ -145,41 +146,42 @@ class Engine:
     def start_learner(self, in_channels: int) -> None:
         self.actors.learner = ray.remote(Learner).options(
             name="learner", namespace=self.namespace, num_cpus=0, max_restarts=0,
-        ).remote(self.cfg.to_dict(), in_channels,
+        ).remote(self.cfg, self.plan.hparams, in_channels,
                  str(Path(self.trace_dir) / "learner.jsonl") if self.trace_dir else None,
-                 str(benchmarks.data_root(self.cfg.data.benchmark)))
+                 str(catalog.data_root(self.cfg.data.benchmark)))
 
     def enable_replay(self, backbone_path: str, channels: int) -> None:
-        ray.get(self.actors.learner.enable_replay.remote(backbone_path, channels))
+        get(self.actors.learner.enable_replay.remote(backbone_path, channels))
         self.smd_on = True
 
     def _learner_to_site(self, make: str, site: str, site_method: str, *args: Any) -> RecordDict:
-        msg = ray.get(getattr(self.actors.learner, make).remote(*args))
+        msg = get(getattr(self.actors.learner, make).remote(*args))
         return self._call(site, site_method, msg)
 
     def tune_and_check(self, site: str) -> dict[str, float]:
         """Prompt tuning at the site, then the fidelity of the replay of that prompt."""
         reply = self._learner_to_site("tune_message", site, "tune_prompt", site)
-        out = ray.get(self.actors.learner.absorb_prompt.remote(reply, site))
-        entries = describe(reply)["arrays"]
+        out = get(self.actors.learner.absorb_prompt.remote(reply, site))
+        entries = self.ledger.last["arrays"]
         out["prompt_bytes"] = sum(a["bytes"] for a in entries)  # as serialised in the message
         out["prompt_values_bytes"] = sum(4 * int(np.prod(a["shape"])) for a in entries)
         fid = self._learner_to_site("fidelity_message", site, "fidelity", site)
         out.update(metrics(fid))
+        self.smd_sites[site] = out
         return out
 
     def attribution(self, public: np.ndarray) -> dict[str, Any]:
         """Each site scores every site's replay with its own detector; argmax attributes."""
         refs = {}
         for site in self.order:
-            msg = ray.get(self.actors.learner.attribution_message.remote(site, self.order, public))
+            msg = get(self.actors.learner.attribution_message.remote(site, self.order, public))
             self.ledger.record(msg, dst=f"site:{site}")
             refs[site] = self.actors.sites[site].attribute.remote(msg)
         scores = []
         for site in self.order:
-            reply = ray.get(refs[site])
+            reply = get(refs[site])
             self.ledger.record(reply)
-            scores.append(arrays(reply, "scores")["score"])
+            scores.append(ScoresReply.from_record(reply).scores)
         S = np.stack(scores)  # detectors x samples
         n = S.shape[1] // len(self.order)
         truth = np.repeat(np.arange(len(self.order)), n)
@@ -194,77 +196,78 @@ class Engine:
                             for i, d in enumerate(self.order)},
         }
 
-    def replay_grid(self, path: str) -> None:
-        ray.get(self.actors.learner.replay_grid.remote(path, self.order))
+    def replay_grid(self) -> bytes:
+        """A PNG of replay samples of every site (rows), as bytes."""
+        return get(self.actors.learner.replay_grid.remote(self.order))
 
     def replay_stats(self) -> dict[str, float]:
-        return ray.get(self.actors.learner.replay_stats.remote())
+        return get(self.actors.learner.replay_stats.remote())
 
     def evaluate_all(self) -> np.ndarray:
         """Dice of the learner's current weights on every site, evaluated in parallel."""
-        msg = ray.get(self.actors.learner.evaluate_message.remote())
+        msg = get(self.actors.learner.evaluate_message.remote())
         ref = ray.put(msg)
         refs = []
         for site in self.order:
             self.ledger.record(msg, dst=f"site:{site}")
             refs.append(self.actors.sites[site].evaluate.remote(ref))
         row = []
-        for reply in ray.get(refs):
+        for reply in get(refs):
             self.ledger.record(reply)
             row.append(metrics(reply)["dice"])
         return np.array(row)
 
-    def run(self, on_stage: Callable[[int, dict[str, Any], np.ndarray], None]) -> np.ndarray:
-        """The loop of DESIGN section 3; ``on_stage`` receives each stage's row as it completes."""
-        T = len(self.order)
+    def visit(self, stage: int, site: str) -> dict[str, Any]:
+        """One visit: the learner's message, local training in chunks (for progress), the model back."""
         steps = self.cfg.train.steps_per_stage
-        every = self.cfg.train.progress_every
+        msg = get(self.actors.learner.visit_message.remote(site, stage))
+        self._call(site, "start_visit", msg)
+        done = 0
+        while done < steps:
+            chunk = min(self.cfg.train.progress_every, steps - done)
+            logs = metrics(self._call(site, "train", None, chunk))
+            done = int(logs["step"])
+            self.progress.trained(chunk, steps)
+            self.progress.line(f"stage {stage}/{len(self.order)} site {site} step {done}/{steps} "
+                               f"loss {logs.get('loss', float('nan')):.3f}")
+        reply = self._call(site, "finish_visit")
+        return get(self.actors.learner.absorb.remote(reply, site, stage))
+
+    def run(self, on_stage: Callable[[StageResult], None]) -> np.ndarray:
+        """The sequential loop; ``on_stage`` receives each stage's result as it completes."""
+        T = len(self.order)
         R = np.zeros((T + 1, T))
         t0 = time.perf_counter()
         R[0] = self.evaluate_all()
-        self.progress.advance(1)
-        on_stage(0, {"site": None, "eval_seconds": time.perf_counter() - t0}, R[0])
-        learner = self.actors.learner
+        self.progress.evaluated()
+        on_stage(StageResult(0, None, {"eval_seconds": time.perf_counter() - t0}, R[0]))
         for stage, site in enumerate(self.order, 1):
             t_stage = time.perf_counter()
-            msg = ray.get(learner.visit_message.remote(site, stage))
-            self._call(site, "start_visit", msg)
-            done = 0
-            logs: dict[str, float] = {}
-            while done < steps:
-                chunk = min(every, steps - done)
-                logs = metrics(self._call(site, "train", None, chunk))
-                done = int(logs["step"])
-                self.progress.advance(chunk / steps * 3)
-                self.progress.line(f"stage {stage}/{T} site {site} step {done}/{steps} "
-                                   f"loss {logs.get('loss', float('nan')):.3f}")
-            reply = self._call(site, "finish_visit")
-            visit_logs = ray.get(learner.absorb.remote(reply, site, stage))
+            logs = self.visit(stage, site)
             if self.smd_on:
                 self.progress.line(f"stage {stage}/{T} site {site} prompt tuning and replay check")
                 smd_logs = self.tune_and_check(site)
-                self.progress.advance(2)
-                visit_logs.update({f"smd_{k}": v for k, v in smd_logs.items()})
+                self.progress.smd_checked()
+                logs.update({f"smd_{k}": v for k, v in smd_logs.items()})
             t_eval = time.perf_counter()
             R[stage] = self.evaluate_all()
-            self.progress.advance(1)
-            info = {"site": site, **visit_logs, "eval_seconds": time.perf_counter() - t_eval,
-                    "stage_seconds": time.perf_counter() - t_stage}
-            on_stage(stage, info, R[stage])
+            self.progress.evaluated()
+            logs.update(eval_seconds=time.perf_counter() - t_eval, stage_seconds=time.perf_counter() - t_stage)
+            on_stage(StageResult(stage, site, logs, R[stage]))
         return R
 
     def final_weights(self) -> dict[str, np.ndarray]:
-        return ray.get(self.actors.learner.weights_checkpoint.remote())
+        return get(self.actors.learner.weights_checkpoint.remote())
 
     def guard_reports(self) -> dict[str, dict[str, Any]]:
         """Each site's guard report: counts, seconds, and every violation recorded."""
         out = {}
         for site in self.order:
-            reply = ray.get(self.actors.sites[site].guard_report.remote())
+            reply = get(self.actors.sites[site].guard_report.remote())
             self.ledger.record(reply)
-            cfg = config(reply)
-            out[site] = {**metrics(reply), "mode": cfg.pop("mode"), "site": cfg.pop("site"),
-                         "violation_list": [json.loads(cfg[k]) for k in sorted(cfg, key=lambda k: int(k[1:]))]}
+            rep = GuardReport.from_record(reply)
+            out[site] = {**rep.counts, "mode": rep.mode, "site": rep.site,
+                         "violation_list": [dict(v) for v in rep.violations]}
         return out
 
     def shutdown(self) -> None:
@@ -276,7 +279,7 @@ def write_previews(cfg: Config, names: list[str], indices: dict[str, int], folde
     actors = create_sites(cfg, names, indices, namespace=f"smg-sim-preview-{os.getpid()}")
     try:
         refs = {n: h.write_preview.remote(folder) for n, h in actors.sites.items()}
-        return {n: int(metrics(ray.get(r))["bytes_written"]) for n, r in refs.items()}
+        return {n: int(metrics(get(r))["bytes_written"]) for n, r in refs.items()}
     finally:
         actors.kill()
 
@@ -286,17 +289,15 @@ def inspect_sites(cfg: Config, names: list[str], indices: dict[str, int]) -> dic
     from sites.inspect import SiteInspector
 
     remote = ray.remote(SiteInspector)
-    root = str(site_data_root())
     handles = {n: remote.options(name=f"site-{n}", namespace=f"smg-sim-inspect-{os.getpid()}", num_cpus=0,
-                                 max_restarts=0).remote(n, site_spec(cfg, n, indices[n], root), cfg.privacy.mode)
+                                 max_restarts=0).remote(n, site_spec(cfg, n, indices[n]), cfg.privacy.mode)
                for n in names}
     try:
         refs = {n: h.inspect.remote() for n, h in handles.items()}
         out = {}
         for n, ref in refs.items():
-            reply = ray.get(ref)
-            notes = config(reply)
-            out[n] = (metrics(reply), [notes[k] for k in sorted(notes) if k.startswith("problem_")])
+            reply = InspectReply.from_record(get(ref))
+            out[n] = (dict(reply.values), list(reply.problems))
         return out
     finally:
         for h in handles.values():

@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
+from simulator.benchmarks.catalog import DEFAULT_GENERATED_SITES, SITE_NAMES
+from simulator.errors import ConfigError
+from simulator.seeding import derive_seed, numpy_rng
 
-from simulator.config import ConfigError
-from simulator.seeding import derive_seed
-
-#: Number of sites of a generated benchmark when ``--sites`` is not given.
-DEFAULT_GENERATED_SITES = 6
-
-SITE_NAMES = (
-    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
-    "juliett", "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo",
-    "sierra", "tango", "uniform", "victor", "whiskey", "xray", "yankee", "zulu",
-)
 ORDER_KEYWORDS = ("fixed", "random", "reverse")
 
 
@@ -55,5 +46,5 @@ def resolve_order(order: str, sites: list[str], run_seed: int) -> list[str]:
         return list(sites)
     if order == "reverse":
         return list(reversed(sites))
-    rng = np.random.default_rng(derive_seed(run_seed, "order"))
+    rng = numpy_rng(derive_seed(run_seed, "order"))
     return [sites[i] for i in rng.permutation(len(sites))]

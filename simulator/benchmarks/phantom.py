@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from simulator.seeding import numpy_rng
+
 # Tissue labels of the anatomy map
 BG, BODY, FAT, ORGAN, SPINE, VESSEL = range(6)
 
@@ -156,7 +158,7 @@ def acquire(img: np.ndarray, acq: Acquisition, rng: np.random.Generator) -> np.n
 
 def phantom_site(site_index: int, seed: int, n_train: int, n_test: int, size: int):
     """Images (N, 1, H, W) float32 and masks (N, 1, H, W) uint8 of one site, train and test."""
-    rng = np.random.default_rng(seed)
+    rng = numpy_rng(seed)
     acq = site_acquisition(site_index, rng)
     images, masks = [], []
     for _ in range(n_train + n_test):
@@ -203,7 +205,7 @@ def public_pool(seed: int, n: int, size: int):
     Used only to pre-train the SMD backbone; its seeds come from a namespace that no
     site uses, so the pool shares no image with any site.
     """
-    rng = np.random.default_rng(seed)
+    rng = numpy_rng(seed)
     images, masks, conds = [], [], []
     for _ in range(n):
         acq = random_acquisition(rng)

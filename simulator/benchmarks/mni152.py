@@ -27,13 +27,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from simulator.phantom import (
+from simulator.benchmarks.phantom import (
     Acquisition,
     acquire,
     appearance_vector,
     random_acquisition,
     site_acquisition,
 )
+from simulator.seeding import numpy_rng
 
 TEMPLATE_FILES = {
     "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
@@ -155,7 +156,7 @@ def make_case(z: int, size: int, acq: Acquisition, rng: np.random.Generator) -> 
 
 def mni152_site(site_index: int, seed: int, n_train: int, n_test: int, size: int):
     """Images (N, 1, H, W) float32 and white-matter masks (N, 1, H, W) uint8 of one site."""
-    rng = np.random.default_rng(seed)
+    rng = numpy_rng(seed)
     acq = site_acquisition(site_index, rng, MNI_FAMILIES)
     train_z, test_z = usable_slices()
     images, masks = [], []
@@ -171,7 +172,7 @@ def mni152_site(site_index: int, seed: int, n_train: int, n_test: int, size: int
 
 def public_pool(seed: int, n: int, size: int):
     """The template with random appearance and deformation, for SMD pre-training only."""
-    rng = np.random.default_rng(seed)
+    rng = numpy_rng(seed)
     train_z, test_z = usable_slices()
     zs = train_z + test_z
     images, masks, conds = [], [], []

@@ -1,0 +1,239 @@
+"""The programmatic entry points that the CLI, tests and notebooks all call."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from simulator.benchmarks import catalog
+from simulator.config import Config
+from simulator.driver.ledger import Ledger
+from simulator.driver.plan import RunPlan, check_method, plan_run, run_sites, site_indices
+from simulator.driver.progress import Progress, RunProgress
+from simulator.driver.results import summary_table, write_results
+from simulator.driver.runfolder import RunFolder, write_json
+from simulator.errors import ConfigError
+from simulator.filetrace import start_trace, stop_trace
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced."""
+
+    out: Path
+    order: list[str]
+    R: np.ndarray
+    metrics: dict[str, float]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _pretrain_progress(total: int, stream: TextIO, enabled: bool = True):
+    prog = Progress(total_units=total, stream=stream, enabled=enabled)
+
+    def report(step: int, steps: int, loss: float) -> None:
+        prog.done = step
+        prog.line(f"SMD pre-training (public data only) step {step}/{steps} loss {loss:.4f}")
+
+    return prog, report
+
+
+def prepare_smd(cfg: Config, channels: int, stream: TextIO, progress: bool) -> dict:
+    """Find the cached SMD backbone for this config, or pre-train it on public data."""
+    from simulator.devices import resolve_device
+    from simulator.smd.pretrain import ensure_backbone, smd_spec
+
+    spec = smd_spec(cfg, channels)
+    prog, report = _pretrain_progress(spec.pretrain_steps, stream, progress)
+    path, cached = ensure_backbone(spec, str(resolve_device(cfg.runtime.device)), report)
+    prog.message(f"smg-sim: SMD backbone {'reused from cache' if cached else 'pre-trained and cached'}: {path}")
+    info = json.loads((path.parent / "info.json").read_text())
+    return {"backbone_path": str(path), "backbone_cached": cached, "backbone": info}
+
+
+def finish_smd(cfg: Config, eng, folder: RunFolder, order: list[str], prog: Progress) -> dict:
+    """Per-site fidelity (kept by the engine), the attribution test, and a grid of replay samples."""
+    from simulator.seeding import derive_seed
+    from simulator.smd.pretrain import PUBLIC_POOLS, pool_name
+
+    out: dict = {"sites": dict(eng.smd_sites)}
+    if len(order) >= 2:
+        prog.line("SMD attribution: every site scores every site's replay")
+        make_pool, _ = PUBLIC_POOLS[pool_name(cfg)]
+        public, _, _ = make_pool(derive_seed(cfg.smd.public_seed, "attribution-negatives"), 128,
+                                 cfg.data.image_size)
+        out["attribution"] = eng.attribution(public)
+    folder.file("replay_samples.png").write_bytes(eng.replay_grid())
+    out["replay"] = eng.replay_stats()
+    return out
+
+
+def _write_plan(folder: RunFolder, plan: RunPlan) -> None:
+    """The resolved config and the method's resolved hyper-parameters, before any work."""
+    plan.config.write(folder.file("config.json"))
+    cls = plan.method
+    write_json(folder.file("method.json"), {
+        "method": cls.name, "private": cls.private, "uses_replay": cls.uses_replay,
+        "hyperparameters": plan.hparams, "description": (cls.__doc__ or "").strip()})
+
+
+def _start(plan: RunPlan, stream: TextIO, url: str | None) -> None:
+    stream.write(f"smg-sim: run folder {plan.out}\n")
+    stream.write(f"smg-sim: Ray dashboard {url}\n" if url else "smg-sim: Ray dashboard off\n")
+    stream.write(f"smg-sim: method {plan.config.run.method}, profile {plan.config.run.profile}, "
+                 f"order {' -> '.join(plan.order)}\n")
+
+
+def _image_channels(facts: dict[str, dict[str, float]]) -> int:
+    channels = {int(f["channels"]) for f in facts.values()}
+    if len(channels) != 1:
+        raise ConfigError(f"sites disagree on image channels: {sorted(channels)}")
+    return channels.pop()
+
+
+def _stage_writer(folder: RunFolder, plan: RunPlan, prog: RunProgress):
+    """The callback that logs each stage as it completes (stages.jsonl and a progress line)."""
+    T = len(plan.order)
+
+    def on_stage(res) -> None:
+        folder.append_stage({"stage": res.stage, "site": res.site, **res.logs,
+                             "dice": {s: float(v) for s, v in zip(plan.order, res.row, strict=True)}})
+        if res.stage > 0:
+            seen = res.row[:res.stage]
+            prog.message(f"stage {res.stage}/{T} {res.site}: Dice on visited sites {seen.mean():.3f}"
+                         + (f", on unseen {res.row[res.stage:].mean():.3f}" if res.stage < T else ""))
+
+    return on_stage
+
+
+def _report(stream: TextIO, plan: RunPlan, R: np.ndarray, m: dict[str, float], audit: dict,
+            timings: dict[str, float], folder: RunFolder) -> None:
+    stream.write(summary_table(R, plan.order, m) + "\n")
+    stream.write(f"smg-sim: privacy audit {audit['verdict'].upper()} "
+                 f"(structural {audit['claims']['structural']['verdict']}, empirical "
+                 f"{audit['claims']['empirical']['verdict']}, formal DP none): "
+                 f"{folder.file('privacy_audit.md')}\n")
+    stream.write(f"smg-sim: done in {timings['total_seconds']:.1f} s "
+                 f"({timings['after_ray_start_seconds']:.1f} s after Ray start); results in {plan.out}\n")
+
+
+def run(cfg: Config, stream: TextIO | None = None, progress: bool = True, site_cls: type | None = None) -> RunResult:
+    """Run one sequential-learning simulation and write its run folder.
+
+    ``site_cls`` replaces the site class (tests use it to run deliberately leaking sites).
+    """
+    from simulator.driver import engine  # Ray is imported only when a run starts
+    from simulator.driver.audit import build_audit
+
+    stream = stream or sys.stderr
+    plan = plan_run(cfg)
+    folder = RunFolder(plan.out)
+    _write_plan(folder, plan)
+    t_start = time.perf_counter()
+    ledger = Ledger(folder.file("ledger.jsonl"))
+    trace_dir = folder.file("file_access")
+    data_root = catalog.data_root(cfg.data.benchmark)
+    start_trace(trace_dir / "driver.jsonl", "driver", [data_root])
+    eng = None
+    try:
+        url = engine.start_ray(cfg.runtime.num_cpus, cfg.runtime.dashboard)
+        t_ray = time.perf_counter()
+        _start(plan, stream, url)
+        prog = RunProgress(len(plan.order), plan.smd_on, stream=stream, enabled=progress)
+        eng = engine.Engine(plan, ledger, prog, namespace=f"smg-sim-{plan.out.name}", trace_dir=str(trace_dir),
+                            **({"site_cls": site_cls} if site_cls else {}))
+        facts = eng.describe_sites()
+        n_channels = _image_channels(facts)
+        eng.start_learner(n_channels)
+        smd_info: dict = {}
+        if plan.smd_on:
+            smd_info = prepare_smd(cfg, n_channels, stream, progress)
+            eng.enable_replay(smd_info["backbone_path"], n_channels)
+            prog.restart_clock()  # the ETA covers the run, not the pre-training
+        write_json(folder.file("sites.json"), {"sites": plan.sites, "order": plan.order, "facts": facts,
+                                               "data_root": str(data_root)})
+        R = eng.run(_stage_writer(folder, plan, prog))
+        if plan.smd_on:
+            smd_info.update(finish_smd(cfg, eng, folder, plan.order, prog))
+            write_json(folder.file("smd.json"), smd_info)
+        t_end = time.perf_counter()
+        timings = {"after_ray_start_seconds": t_end - t_ray, "total_seconds": t_end - t_start,
+                   "ray_start_seconds": t_ray - t_start}
+        m = write_results(folder, plan, R, eng.guard_reports(), eng.final_weights(), timings, ledger)
+        audit = build_audit(folder.path)
+        folder.mark_complete()
+        _report(stream, plan, R, m, audit, timings, folder)
+        return RunResult(plan.out, plan.order, R, m, timings)
+    except BaseException as exc:
+        folder.mark_failed(f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        ledger.close()
+        stop_trace()
+        if eng is not None:
+            eng.shutdown()
+
+
+def write_site_previews(cfg: Config, folder: Path) -> list[Path]:
+    """Have every site of ``cfg`` save a preview of its data (one PNG per site) into ``folder``."""
+    from simulator.driver import engine
+
+    sites = run_sites(cfg)
+    engine.start_ray(cfg.runtime.num_cpus, False)
+    folder = Path(folder).resolve()
+    engine.write_previews(cfg, sites, site_indices(cfg, sites), str(folder))
+    return [folder / f"{n}.png" for n in sites]
+
+
+def inspect_data(cfg: Config) -> dict[str, tuple[dict, list[str]]]:
+    """Per site of ``cfg``: statistics of its data and the problems its reader found.
+
+    The readers run inside one actor per site; only scalars and short messages come back.
+    """
+    from simulator.driver import engine
+
+    sites = run_sites(cfg)
+    engine.start_ray(cfg.runtime.num_cpus, False)
+    return engine.inspect_sites(cfg, sites, site_indices(cfg, sites))
+
+
+def pretrain_backbone(cfg: Config, stream: TextIO | None = None, force: bool = False) -> dict:
+    """Build (or find) the SMD backbone of ``cfg`` explicitly; returns its cache info."""
+    from simulator.devices import resolve_device
+    from simulator.smd.pretrain import ensure_backbone, smd_spec
+
+    spec = smd_spec(cfg, 1)
+    _, report = _pretrain_progress(spec.pretrain_steps, stream or sys.stderr)
+    path, cached = ensure_backbone(spec, str(resolve_device(cfg.runtime.device)), report, force=force)
+    info = json.loads((path.parent / "info.json").read_text())
+    return {"path": str(path), "cached": cached, **info}
+
+
+def compare(base: Config, methods: list[str], seeds: list[int], orders: list[str], out: Path,
+            stream: TextIO | None = None, progress: bool = False, baseline: str | None = None):
+    """Run every (method, seed, order) missing under ``out`` in one Ray instance, then summarise."""
+    import dataclasses
+
+    from simulator.driver import compare as cmp
+    from simulator.driver import engine
+
+    def make(cfg: Config, method: str, seed: int, order: str, folder: Path) -> Config:
+        run_cfg = dataclasses.replace(cfg.run, method=method, seed=seed, order=order, out=str(folder))
+        new = dataclasses.replace(cfg, run=run_cfg)
+        run_sites(new)
+        check_method(new, method)
+        return new
+
+    out = Path(out)
+    plans = cmp.plan_compare(base, methods, seeds, orders, out, make)
+    out.mkdir(parents=True, exist_ok=True)
+    base.write(out / "compare_config.json")
+    engine.start_ray(base.runtime.num_cpus, base.runtime.dashboard)
+    status = cmp.run_compare(plans, lambda c: run(c, stream=stream, progress=progress), stream)
+    table = cmp.summarize(out, baseline=baseline)
+    return table, status

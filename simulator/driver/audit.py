@@ -1,0 +1,295 @@
+"""The privacy audit of a run folder: structural, empirical and formal claims kept apart.
+
+* structural: nothing raw crossed. Read from the message ledger (kinds, shapes of
+  everything a site sent), the sites' egress-guard reports (every violation), and
+  the file-access trace (which process opened which site's data).
+* empirical: measured leakage of the replay (memorisation statistics computed
+  inside each site), when the run used generative replay.
+* formal: differential privacy. No method here trains with DP, so the report says
+  there is no formal guarantee.
+
+``build_audit(run_dir)`` writes ``privacy_audit.json``, ``.md`` and ``.html`` and
+returns the audit; ``smg-sim audit RUN_DIR`` calls it and exits non-zero on failure.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from simulator.driver.ledger import read_ledger
+from simulator.driver.runfolder import write_json
+from simulator.filetrace import read_trace
+from simulator.messages import EGRESS_KINDS
+
+PASS, FAIL, WARN, NA = "pass", "fail", "warn", "not applicable"
+
+
+def _check(name: str, verdict: str, detail: str, scope: str = "run") -> dict[str, str]:
+    return {"check": name, "scope": scope, "verdict": verdict, "detail": detail}
+
+
+def _memorisation_verdict(m: dict[str, float]) -> tuple[str, str]:
+    copies = m.get("nn_fraction_under_threshold", 0.0)
+    ratio = m.get("nn_ratio_flagged_fraction", 0.0)
+    auc_low = m.get("mia_auc_low", 0.5)
+    notes = [f"{100 * copies:.1f}% of synthetic images within {m.get('nn_threshold', 0):.3f} RMS of a real one",
+             f"{100 * ratio:.1f}% flagged by the ratio test",
+             f"membership AUC {m.get('mia_auc', float('nan')):.3f} "
+             f"[{m.get('mia_auc_low', float('nan')):.3f}, {m.get('mia_auc_high', float('nan')):.3f}]"]
+    bad = copies > 0 or ratio > 0.05 or auc_low > 0.6
+    return (WARN if bad else PASS), "; ".join(notes)
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """What the audit reads from a run folder; nothing else is consulted."""
+
+    run_dir: Path
+    config: dict[str, Any]
+    sites_info: dict[str, Any]
+    guard: dict[str, Any]
+    smd: dict[str, Any]
+    ledger: list[dict[str, Any]]
+    trace: list[dict[str, Any]]
+
+    @property
+    def sites(self) -> list[str]:
+        """The sites in the order the run visited them."""
+        return self.sites_info["order"]
+
+    @property
+    def facts(self) -> dict[str, dict[str, Any]]:
+        """Per-site facts (image size, data bytes) recorded when the run started."""
+        return self.sites_info.get("facts", {})
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def _read_optional_json(path: Path) -> Any:
+    """A file a run may lack (no guard report, no SMD): an empty dict then."""
+    return _read_json(path) if path.exists() else {}
+
+
+def read_run_files(run_dir: Path) -> RunFiles:
+    """Read the files of a run folder that the audit is built from."""
+    run_dir = Path(run_dir)
+    trace_dir = run_dir / "file_access"
+    return RunFiles(
+        run_dir=run_dir,
+        config=_read_json(run_dir / "config.json"),
+        sites_info=_read_json(run_dir / "sites.json"),
+        guard=_read_optional_json(run_dir / "guard.json"),
+        smd=_read_optional_json(run_dir / "smd.json"),
+        ledger=read_ledger(run_dir / "ledger.jsonl"),
+        trace=read_trace(trace_dir) if trace_dir.exists() else [],
+    )
+
+
+Entry = dict[str, Any]
+
+
+def _site_messages(ledger: list[Entry]) -> Iterator[tuple[str, Entry]]:
+    """The ledger entries sent by a site, with the sending site's name."""
+    for e in ledger:
+        if e["src"].startswith("site:"):
+            yield e["src"].split(":", 1)[1], e
+
+
+def _exported(ledger: list[Entry]) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """Messages sent per site, and bytes sent per site and message kind."""
+    counts: dict[str, int] = defaultdict(int)
+    exported: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for site, e in _site_messages(ledger):
+        counts[site] += 1
+        exported[site][e["kind"]] += e["bytes"]
+    return counts, exported
+
+
+def _egress_kind_check(ledger: list[Entry]) -> dict[str, str]:
+    """Every message a site sent is of a declared egress kind."""
+    bad, n = [], 0
+    for site, e in _site_messages(ledger):
+        n += 1
+        if e["kind"] not in EGRESS_KINDS:
+            bad.append(f"seq {e['seq']}: {site} sent kind {e['kind']!r}")
+    return _check("egress kinds", FAIL if bad else PASS, "; ".join(bad[:10])
+                  or f"all {n} site messages are of kinds {', '.join(EGRESS_KINDS)}")
+
+
+def _image_shape_check(ledger: list[Entry], facts: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """No array a site sent has a slice of that site's image size."""
+    bad = []
+    for site, e in _site_messages(ledger):
+        h, w = int(facts.get(site, {}).get("height", 0)), int(facts.get(site, {}).get("width", 0))
+        for a in e["arrays"]:
+            if h and len(a["shape"]) >= 2 and tuple(a["shape"][-2:]) in ((h, w), (w, h)):
+                bad.append(f"seq {e['seq']}: {site} sent {a['key']} of shape {a['shape']}")
+    return _check("no image-shaped array left a site", FAIL if bad else PASS,
+                  "; ".join(bad[:10]) or "no array sent by a site has an image-sized slice")
+
+
+def _guard_check(site: str, g: dict[str, Any] | None) -> dict[str, str]:
+    """The verdict on one site's egress-guard report."""
+    if g is None:
+        return _check("egress guard", FAIL, "no guard report", scope=site)
+    viol = g.get("violation_list", [])
+    if g["mode"] == "off":
+        return _check("egress guard", FAIL, "the guard was switched off (privacy.mode=off)",
+                      site)
+    if viol:
+        lines = [f"{v['kind']} {v['key']}: {v['rule']}: {v['detail']} ({v['action']})"
+                 for v in viol]
+        return _check("egress guard", FAIL,
+                      f"{len(viol)} violation(s): " + "; ".join(lines[:20]), site)
+    return _check("egress guard", PASS, f"{int(g['checked_messages'])} messages, "
+                  f"{int(g['checked_arrays'])} arrays, {int(g['checked_bytes'])} bytes checked "
+                  f"({g['mode']}); no violation", site)
+
+
+def _data_owner(path: Path, data_root: str | None) -> str:
+    """The site whose data a traced path belongs to."""
+    if data_root and path.is_relative_to(data_root) and len(path.relative_to(data_root).parts) > 1:
+        return path.relative_to(data_root).parts[0]  # <data root>/<site>/...
+    return path.parent.name  # run folders written before data_root was recorded
+
+
+def _file_access(
+    trace: list[Entry], data_root: str | None
+) -> tuple[dict[str, str], dict[tuple[str, str], int]]:
+    """The check that only each site opened its own data, and opens per (process, site data)."""
+    file_rows: dict[tuple[str, str], int] = defaultdict(int)
+    bad = []
+    for t in trace:
+        owner = _data_owner(Path(t["path"]), data_root)
+        file_rows[(t["role"], owner)] += 1
+        if t["role"] != f"site:{owner}":
+            bad.append(f"{t['role']} opened {t['path']}")
+    check = _check("only each site opened its own data", FAIL if bad else PASS,
+                   "; ".join(sorted(set(bad))[:10]) or
+                   f"{len(trace)} opens of site data, all by the owning site's process")
+    return check, file_rows
+
+
+def _empirical_checks(smd: dict[str, Any]) -> list[dict[str, str]]:
+    """Memorisation verdicts for each site that measured its replay."""
+    out = []
+    for site, info in smd.get("sites", {}).items():
+        if "mia_auc" in info:
+            verdict, detail = _memorisation_verdict(info)
+            out.append(_check("replay memorisation", verdict, detail, scope=site))
+    return out
+
+
+def _site_summary(
+    f: RunFiles, counts: dict[str, int], exported: dict[str, dict[str, int]]
+) -> dict[str, Any]:
+    """Per site: messages and bytes sent, data held, replay memorisation statistics."""
+    return {s: {"messages": counts.get(s, 0), "exported_bytes": dict(exported.get(s, {})),
+                "data_bytes": int(f.facts.get(s, {}).get("data_bytes", 0)),
+                "memorisation": {k: v for k, v in f.smd.get("sites", {}).get(s, {}).items()
+                                 if k.startswith(("nn_", "real_nn", "mia_"))}}
+            for s in f.sites}
+
+
+def _claims(structural: list[dict[str, str]], empirical: list[dict[str, str]]) -> dict[str, Any]:
+    """The three claims with their verdicts, kept apart."""
+    structural_ok = all(c["verdict"] == PASS for c in structural)
+    return {
+        "structural": {"verdict": PASS if structural_ok else FAIL,
+                       "claim": "no real image or mask left the site that holds it",
+                       "checks": structural},
+        "empirical": {"verdict": (WARN if any(c["verdict"] == WARN for c in empirical) else PASS)
+                      if empirical else NA,
+                      "claim": "the synthetic replay does not reproduce or reveal training images",
+                      "checks": empirical},
+        "formal": {"verdict": "none",
+                   "claim": "no differentially private training is used; there is no formal "
+                            "(epsilon, delta) guarantee"},
+    }
+
+
+def assemble_audit(f: RunFiles) -> dict[str, Any]:
+    """The audit of the files read from one run folder."""
+    counts, exported = _exported(f.ledger)
+    file_check, file_rows = _file_access(f.trace, f.sites_info.get("data_root"))
+    structural = [_egress_kind_check(f.ledger), _image_shape_check(f.ledger, f.facts),
+                  *(_guard_check(s, f.guard.get(s)) for s in f.sites), file_check]
+    claims = _claims(structural, _empirical_checks(f.smd))
+    return {
+        "run": str(f.run_dir),
+        "method": f.config["run"]["method"],
+        "privacy_mode": f.config.get("privacy", {}).get("mode", "strict"),
+        "private_method": not f.guard or all(g.get("mode") != "record" for g in f.guard.values()),
+        "verdict": claims["structural"]["verdict"],
+        "claims": claims,
+        "sites": _site_summary(f, counts, exported),
+        "file_access": [{"role": r, "site_data": o, "opens": n}
+                        for (r, o), n in sorted(file_rows.items())],
+        "ledger": {"messages": len(f.ledger), "bytes": sum(e["bytes"] for e in f.ledger)},
+    }
+
+
+def write_audit(run_dir: Path, audit: dict[str, Any]) -> None:
+    """Write the audit as ``privacy_audit.json``, ``.md`` and ``.html`` into the run folder."""
+    write_json(run_dir / "privacy_audit.json", audit)
+    md = audit_markdown(audit)
+    (run_dir / "privacy_audit.md").write_text(md)
+    (run_dir / "privacy_audit.html").write_text(_html(audit, md))
+
+
+def build_audit(run_dir: Path, write: bool = True) -> dict[str, Any]:
+    """Audit a run folder from its own files; nothing is recomputed from private data."""
+    run_dir = Path(run_dir)
+    audit = assemble_audit(read_run_files(run_dir))
+    if write:
+        write_audit(run_dir, audit)
+    return audit
+
+
+def audit_markdown(a: dict[str, Any]) -> str:
+    """A readable report of one audit."""
+    out = [f"# Privacy audit: {a['verdict'].upper()}", "",
+           f"Run `{a['run']}`, method `{a['method']}`, guard mode `{a['privacy_mode']}`"
+           + ("" if a["private_method"] else " (NON-PRIVATE reference method: real data leaves sites by design)"),
+           ""]
+    for name in ("structural", "empirical", "formal"):
+        c = a["claims"][name]
+        out += [f"## {name.capitalize()}: {c['verdict']}", "", c["claim"] + ".", ""]
+        if c.get("checks"):
+            out += ["| check | scope | verdict | detail |", "|---|---|---|---|"]
+            out += [f"| {k['check']} | {k['scope']} | {k['verdict']} | {k['detail']} |" for k in c["checks"]]
+            out.append("")
+    out += ["## Bytes exported per site", "", "| site | messages | prompt | model | metrics | site data |",
+            "|---|---|---|---|---|---|"]
+    for s, info in a["sites"].items():
+        e = info["exported_bytes"]
+        out.append(f"| {s} | {info['messages']} | {e.get('prompt', 0)} | {e.get('model', 0)} | "
+                   f"{e.get('metrics', 0)} | {info['data_bytes']} |")
+    out += ["", "## File access to site data", "", "| process | site data opened | opens |", "|---|---|---|"]
+    out += [f"| {r['role']} | {r['site_data']} | {r['opens']} |" for r in a["file_access"]] or ["| (none) | | |"]
+    mem = {s: i["memorisation"] for s, i in a["sites"].items() if i["memorisation"]}
+    if mem:
+        keys = ["nn_distance_min", "nn_distance_median", "real_nn_distance_min", "nn_fraction_under_threshold",
+                "nn_ratio_flagged_fraction", "mia_auc", "mia_auc_low", "mia_auc_high"]
+        out += ["", "## Memorisation of the replay (computed inside each site)", "",
+                "| site | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        out += [f"| {s} | " + " | ".join(f"{m.get(k, float('nan')):.3f}" for k in keys) + " |"
+                for s, m in mem.items()]
+    out += ["", f"Ledger: {a['ledger']['messages']} messages, {a['ledger']['bytes']} array bytes.", ""]
+    return "\n".join(out)
+
+
+def _html(a: dict[str, Any], md: str) -> str:
+    color = {"pass": "#1a7f37", "fail": "#cf222e"}.get(a["verdict"], "#9a6700")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Privacy audit</title></head>"
+            f"<body style='font-family:sans-serif;max-width:1100px'>"
+            f"<h1 style='color:{color}'>Privacy audit: {a['verdict'].upper()}</h1>"
+            f"<pre style='white-space:pre-wrap'>{html.escape(md)}</pre></body></html>")

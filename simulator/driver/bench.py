@@ -1,0 +1,75 @@
+"""Benchmarks (timing targets live here, never in tests).
+
+``step_cost`` measures one outer step of a method at a config's sizes (time and the peak
+resident memory), each method in a fresh process (``python -m simulator.driver.bench``) so
+that peaks do not mix. Hyper-parameters are resolved as for a run, so ``--set`` applies.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+
+from simulator.config import Config
+
+
+def measure_step(cfg: Config, name: str, replay_sites: int, steps: int) -> dict[str, float | str]:
+    """Seconds per outer step of method ``name`` on random data at ``cfg``'s sizes (in this process)."""
+    import torch
+
+    from server.methods import build_method
+    from simulator.driver.plan import method_hparams
+    from simulator.method import Batch, StageContext
+    from simulator.seeding import torch_generator
+    from simulator.segmentation import build_model
+
+    torch.set_num_threads(cfg.runtime.torch_threads)
+    size, b = cfg.data.image_size, cfg.train.batch_size
+    gen = torch_generator(0)
+
+    def pair(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.rand((n, 1, size, size), generator=gen)
+        return x, (x > 0.6).float()
+
+    per = -(-b // max(replay_sites, 1))
+    batch = Batch(*pair(b), {f"r{k}": pair(per) for k in range(replay_sites)})
+    model = build_model(1, cfg.model.width, cfg.model.depth, seed=0)
+    method = build_method(name, model, method_hparams(cfg, name))
+    method.begin_stage(StageContext("a", 2, steps, torch.device("cpu"), gen, list(batch.replay)))
+    method.update(batch)  # the first step allocates; it is not timed
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        method.update(batch)
+    seconds = (time.perf_counter() - t0) / steps
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"method": name, "seconds_per_step": seconds, "peak_rss_mb": peak / 1024,
+            "rss_after_first_step_mb": base / 1024}
+
+
+def step_cost(cfg: Config, methods: list[str], replay_sites: int = 5, steps: int = 10) -> list[dict]:
+    """Seconds per outer step and peak RSS for each method, each in its own process."""
+    from simulator.driver.plan import method_hparams
+
+    for name in methods:  # unknown names and bad hyper-parameters fail here, before any process starts
+        method_hparams(cfg, name)
+    out = []
+    for name in methods:
+        job = json.dumps({"config": cfg.to_dict(), "method": name, "replay_sites": replay_sites, "steps": steps})
+        res = subprocess.run([sys.executable, "-m", "simulator.driver.bench"], input=job, capture_output=True,
+                             text=True, check=True)
+        out.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    return out
+
+
+def _child() -> None:
+    job = json.loads(sys.stdin.read())
+    row = measure_step(Config.from_dict(job["config"]), job["method"], job["replay_sites"], job["steps"])
+    print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    _child()

@@ -1,0 +1,175 @@
+"""``smg-sim``: the argument parser; :mod:`simulator.driver.commands` runs each command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from simulator.benchmarks.order import ORDER_KEYWORDS
+from simulator.config import PROFILES
+
+BENCHMARK_HELP = ("data: phantom (default, generated), mni152 (real brain anatomy from the MNI152 "
+                  "template in nilearn), folder:PATH (SITE/images + SITE/masks PNG), prostate:PATH "
+                  "(SITE/CaseXX.nii.gz + CaseXX_segmentation.nii.gz) or fundus:PATH "
+                  "(DomainN/.../image + .../mask PNG)")
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--benchmark", default=None, metavar="SPEC", help=BENCHMARK_HELP)
+    p.add_argument("--target", default=None, choices=("auto", "disc", "cup"),
+                   help="what to segment: auto (the benchmark's target) or, for fundus, disc or cup")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    _add_data_options(p)
+    p.add_argument("--sites", type=int, default=None,
+                   help="number of hospital sites to simulate (default 6 of a generated benchmark, every "
+                        "site of a user data set, or the length of --order's list)")
+    p.add_argument("--order", default="fixed",
+                   help=f"visiting order: {', '.join(ORDER_KEYWORDS)} (random is drawn from --seed), "
+                        "or a comma list of site names such as charlie,alpha,bravo (default fixed)")
+    p.add_argument("--method", default=None,
+                   help="continual-learning method, by registry name (default smg); "
+                        "an unknown name lists the known ones")
+    p.add_argument("--profile", default="quick", choices=PROFILES,
+                   help="size and schedule: smoke (tests, seconds), quick (default, minutes on a CPU), "
+                        "paper (GPU)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="run seed; data, order, initial weights and sampling seeds derive from it (default 0)")
+    p.add_argument("--out", default=None,
+                   help="run folder to create (must not exist or be empty; default runs/<time>-<method>-...)")
+    _add_set(p, "override a config value, e.g. --set train.steps_per_stage=50 (repeatable); "
+                "sections: run, data, model, train, runtime, smd, privacy, methods")
+    p.add_argument("--privacy", choices=("strict", "warn", "off"), default=None,
+                   help="egress guard: strict (default) stops the run on a violation; warn blocks the "
+                        "offending entry, records it and continues (the audit fails); off checks nothing "
+                        "(only to measure the guard's cost; the audit fails)")
+    p.add_argument("--allow-non-private", action="store_true",
+                   help="allow the non-private reference methods (er_real), which move real images out "
+                        "of sites; their privacy audit fails by design")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs Ray may use (default from the profile: 2)")
+    p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def _add_run(sub) -> None:
+    run = sub.add_parser("run", help="run one sequential-learning simulation",
+                         description="Visit the sites in order, train at each site, evaluate every "
+                                     "site after every stage, and write a run folder.")
+    _add_run_options(run)
+
+
+def _add_compare(sub) -> None:
+    cmp = sub.add_parser("compare", help="run several methods over several seeds and orders, then tabulate",
+                         description="Runs every (method, seed, order) under OUT/runs/ in one Ray instance "
+                                     "(finished runs are skipped, unfinished ones moved aside), then writes "
+                                     "compare.csv, compare.md, runs.csv, paired.csv, compare_bars.png and "
+                                     "compare_mem_gen.png.")
+    cmp.add_argument("--methods", required=True, help="comma list, e.g. finetune,smd_replay,smg")
+    cmp.add_argument("--seeds", default="0", help="comma list of run seeds (default 0)")
+    cmp.add_argument("--orders", default="random", help="comma list of orders: fixed, random, reverse "
+                     "(an explicit site list is not allowed here) (default random)")
+    _add_data_options(cmp)
+    cmp.add_argument("--sites", type=int, default=None,
+                     help="number of sites (default 6 of a generated benchmark, every site of a user data set)")
+    cmp.add_argument("--profile", default="quick", choices=PROFILES, help="profile (default quick)")
+    cmp.add_argument("--out", required=True, help="comparison folder (created or continued)")
+    _add_set(cmp, "override a config value for every run (repeatable)")
+    cmp.add_argument("--allow-non-private", action="store_true",
+                     help="allow the non-private references (joint, er_real); their audits fail by design")
+    cmp.add_argument("--num-cpus", type=int, default=None, help="CPUs Ray may use (default 2)")
+    cmp.add_argument("--baseline", default=None, metavar="NAME",
+                     help="paired differences only against this method (default: every method against every other)")
+    cmp.add_argument("--progress", action="store_true", help="show each run's progress lines")
+
+
+def _add_bench(sub) -> None:
+    bench = sub.add_parser("bench", help="benchmarks: cost of one training step per method",
+                           description="Seconds per outer step and peak resident memory of each method at a "
+                                       "profile's sizes, with replay batches from several earlier sites; "
+                                       "each method runs in its own process.")
+    bench.add_argument("--methods", default="finetune,smd_replay,smg,pga_exact", help="comma list")
+    bench.add_argument("--profile", default="quick", choices=PROFILES, help="profile (default quick)")
+    bench.add_argument("--replay-sites", type=int, default=5, help="earlier sites in the batch (default 5)")
+    bench.add_argument("--steps", type=int, default=10, help="timed steps per method (default 10)")
+    _add_set(bench, "override a config value, e.g. --set methods.smg.alpha=0.01 (repeatable)")
+
+
+def _add_audit(sub) -> None:
+    audit = sub.add_parser("audit", help="re-check a finished run's privacy from its own files",
+                           description="Rebuild privacy_audit.json/.md/.html of RUN_DIR from its ledger, "
+                                       "guard reports and file-access trace; print the verdict; exit 1 "
+                                       "if the run fails the audit.")
+    audit.add_argument("run_dir", help="a run folder written by smg-sim run")
+
+
+def _add_smd(sub) -> None:
+    smd = sub.add_parser("smd", help="the Site-Modulated Diffusion backbone")
+    smd_sub = smd.add_subparsers(dest="smd_command", required=True)
+    pre = smd_sub.add_parser("pretrain", help="pre-train (or find in the cache) the public SMD backbone",
+                             description="Pre-train the SMD backbone of a profile on public data only and "
+                                         "store it in the user cache ($SMG_SIM_CACHE or ~/.cache/smg-sim), "
+                                         "keyed by a hash of its config; runs reuse it.")
+    pre.add_argument("--profile", default="quick", choices=PROFILES, help="profile (default quick)")
+    _add_set(pre, "override a config value, e.g. --set smd.pretrain_steps=2000 (repeatable)")
+    pre.add_argument("--force", action="store_true", help="pre-train again even if the cache holds it")
+
+
+def _add_site_selection(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sites", type=int, default=None,
+                   help="number of sites (default 6 of a generated benchmark, every site of a user data set)")
+    p.add_argument("--profile", default="quick", choices=PROFILES, help="sizes (default quick)")
+    p.add_argument("--seed", type=int, default=0, help="run seed (sets the train/test split; default 0)")
+
+
+def _add_data(sub) -> None:
+    data = sub.add_parser("data", help="look at the benchmark data (inside the sites)")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    preview = data_sub.add_parser(
+        "preview", help="each site saves a PNG of three of its train images with mask outlines",
+        description="Each site actor writes <out>/<site>.png of its own data; nothing crosses "
+                    "between processes but the file size.")
+    _add_data_options(preview)
+    _add_site_selection(preview)
+    preview.add_argument("--out", default="docs/sites", help="folder for the PNG files (default docs/sites)")
+    inspect = data_sub.add_parser(
+        "inspect", help="per site: cases, slices, image size, intensities, foreground, problems",
+        description="Each site's reader runs inside that site's actor and reports statistics only: "
+                    "numbers of cases and slices, image sizes as read, intensity statistics, foreground "
+                    "fraction and every problem found (missing masks, size mismatches, unreadable files, "
+                    "unexpected mask values, empty sites). Exit code 1 when a problem was found.")
+    inspect.add_argument("spec", metavar="SPEC", help=BENCHMARK_HELP)
+    inspect.add_argument("--target", default=None, choices=("auto", "disc", "cup"),
+                         help="what to segment: auto, or disc / cup for fundus")
+    _add_site_selection(inspect)
+    _add_set(inspect, "override a config value, e.g. --set data.image_size=128 (repeatable)")
+
+
+def _add_set(p: argparse.ArgumentParser, text: str) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", help=text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``smg-sim`` argument parser: one sub-parser per command."""
+    parser = argparse.ArgumentParser(
+        prog="smg-sim",
+        description="Simulate cross-site continual segmentation: one Ray actor per hospital site, "
+                    "a central sequential learner, results tables and plots.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    sub.add_parser("methods", help="list the registered methods")
+    for add in (_add_compare, _add_bench, _add_audit, _add_smd, _add_data):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``smg-sim`` console script."""
+    from simulator.driver.commands import dispatch
+
+    return dispatch(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

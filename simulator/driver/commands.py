@@ -1,0 +1,253 @@
+"""One function per ``smg-sim`` command, and the mapping of failures to exit codes by type.
+
+Each ``cmd_*`` function takes the parsed arguments and returns an exit code; :func:`dispatch`
+runs the chosen one and turns each kind of failure (an exception class of
+:mod:`simulator.errors`) into one line on stderr and its exit code, with no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from simulator.benchmarks.order import ORDER_KEYWORDS
+from simulator.config import Config, build_config, merge, parse_set
+from simulator.errors import ConfigError, DataError, EgressViolation, RunFolderError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_PRIVACY = 3
+EXIT_INTERRUPTED = 130
+
+
+def _data_overrides(args: argparse.Namespace) -> dict[str, dict]:
+    data = {}
+    if args.benchmark is not None:
+        data["benchmark"] = args.benchmark
+    if args.target is not None:
+        data["target"] = args.target
+    return {"data": data} if data else {}
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The resolved config for ``smg-sim run``."""
+    cli: dict[str, dict] = {"run": {"order": args.order}}
+    if args.sites is not None:
+        cli["run"]["sites"] = args.sites
+    elif args.order not in ORDER_KEYWORDS:
+        cli["run"]["sites"] = len([n for n in args.order.split(",") if n.strip()])
+    for key in ("method", "seed", "out"):
+        if getattr(args, key) is not None:
+            cli["run"][key] = getattr(args, key)
+    cli.update(_data_overrides(args))
+    if args.num_cpus is not None:
+        cli.setdefault("runtime", {})["num_cpus"] = args.num_cpus
+    if args.no_dashboard:
+        cli.setdefault("runtime", {})["dashboard"] = False
+    if args.privacy:
+        cli.setdefault("privacy", {})["mode"] = args.privacy
+    if args.allow_non_private:
+        cli.setdefault("privacy", {})["allow_non_private"] = True
+    return build_config(args.profile, merge(cli, parse_set(args.overrides)))
+
+
+def _span(stats: dict, key: str) -> str:
+    lo, hi = int(stats[f"{key}_min"]), int(stats[f"{key}_max"])
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def _print_inspection(cfg, report: dict[str, tuple[dict, list[str]]]) -> int:
+    """The per-site statistics of ``smg-sim data inspect``; exit code 1 when a problem was found."""
+    print(f"benchmark {cfg.data.benchmark} (target {cfg.data.target}, images resized to "
+          f"{cfg.data.image_size} px)")
+    cols = [("cases_train", "train cases", "{:.0f}"), ("cases_test", "test cases", "{:.0f}"),
+            ("slices", "slices", "{:.0f}"), ("channels", "ch", "{:.0f}"),
+            ("raw_height_min", "size as read (HxW)", None), ("intensity_mean", "mean", "{:.3f}"),
+            ("intensity_std", "std", "{:.3f}"), ("intensity_p01", "p1", "{:.3f}"),
+            ("intensity_p99", "p99", "{:.3f}"), ("foreground_fraction", "fg", "{:.3f}"),
+            ("empty_masks", "empty", "{:.0f}"), ("problems", "problems", "{:.0f}")]
+    rows = []
+    for site, (stats, _) in report.items():
+        row = [site]
+        for key, _, fmt in cols:
+            if key == "raw_height_min":
+                if "raw_height_min" in stats:
+                    row.append(f"{_span(stats, 'raw_height')}x{_span(stats, 'raw_width')}")
+                else:
+                    row.append(f"{stats['height']:.0f}x{stats['width']:.0f}" if "height" in stats else "-")
+            else:
+                row.append(fmt.format(stats[key]) if key in stats else "-")
+        rows.append(row)
+    header = ["site", *(c[1] for c in cols)]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(str(v).rjust(w) if i else str(v).ljust(w) for i, (v, w) in enumerate(zip(r, widths,
+                                                                                                   strict=True))))
+    n_problems = 0
+    for site, (stats, problems) in report.items():
+        total = int(stats.get("problems", len(problems)))
+        n_problems += total
+        for p in problems:
+            print(f"{site}: problem: {p}")
+        if total > len(problems):
+            print(f"{site}: ... and {total - len(problems)} more problems")
+    print("no problems found" if not n_problems else f"{n_problems} problems found")
+    return EXIT_OK if not n_problems else EXIT_FAILED
+
+
+def _csv(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    """``smg-sim methods``: every registered method, whether it is private, and what it is."""
+    from server.methods import METHODS
+
+    for name, cls in sorted(METHODS.items()):
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        print(f"{name:18s} {'private' if cls.private else 'NON-PRIVATE'}  {doc}")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``smg-sim run``: one simulation, validated before anything is written."""
+    from simulator.driver import api
+
+    if args.sites is not None and args.sites < 1:
+        raise ConfigError(f"--sites must be >= 1, got {args.sites}")
+    api.run(config_from_args(args), progress=not args.quiet)
+    return EXIT_OK
+
+
+def _compare_config(args: argparse.Namespace) -> Config:
+    overrides = parse_set(args.overrides)
+    if args.sites is not None:
+        overrides.setdefault("run", {})["sites"] = args.sites
+    overrides = merge(_data_overrides(args), overrides)
+    if args.num_cpus is not None:
+        overrides.setdefault("runtime", {})["num_cpus"] = args.num_cpus
+    if args.allow_non_private:
+        overrides.setdefault("privacy", {})["allow_non_private"] = True
+    overrides.setdefault("runtime", {}).setdefault("dashboard", False)
+    return build_config(args.profile, overrides)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """``smg-sim compare``: every (method, seed, order) run missing, then the tables."""
+    from server.methods import method_class
+    from simulator.driver import api
+
+    base = _compare_config(args)
+    orders = _csv(args.orders)
+    bad = [o for o in orders if o not in ORDER_KEYWORDS]
+    if bad:
+        raise ConfigError(f"--orders: {bad[0]!r} is not one of {', '.join(ORDER_KEYWORDS)}")
+    try:
+        seeds = [int(s) for s in _csv(args.seeds)]
+    except ValueError:
+        raise ConfigError(f"--seeds {args.seeds!r}: expected comma-separated integers") from None
+    methods = _csv(args.methods)
+    for m in methods:
+        method_class(m)
+    if args.baseline is not None and args.baseline not in methods:
+        raise ConfigError(f"--baseline {args.baseline!r} is not among --methods ({', '.join(methods)})")
+    _, status = api.compare(base, methods, seeds, orders, Path(args.out), progress=args.progress,
+                            baseline=args.baseline)
+    print((Path(args.out) / "compare.md").read_text())
+    failed = [name for name, s in status.items() if s == "failed"]
+    if failed:
+        print(f"smg-sim compare: {len(failed)} run(s) failed: {', '.join(failed)}; their folders say "
+              f"why, and running the same command again retries them", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``smg-sim bench``: seconds per outer step and peak memory of each method."""
+    from simulator.driver.bench import step_cost
+
+    cfg = build_config(args.profile, parse_set(args.overrides))
+    rows = step_cost(cfg, _csv(args.methods), args.replay_sites, args.steps)
+    print(f"{'method':18s} {'s/step':>8s} {'peak RSS MB':>12s}")
+    for r in rows:
+        print(f"{r['method']:18s} {r['seconds_per_step']:8.3f} {r['peak_rss_mb']:12.0f}")
+    return EXIT_OK
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """``smg-sim audit RUN_DIR``: rebuild the privacy audit from the run folder's own files."""
+    from simulator.driver.audit import build_audit
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "ledger.jsonl").exists() or not (run_dir / "config.json").exists():
+        raise RunFolderError(f"{run_dir} is not a run folder (no ledger.jsonl/config.json)")
+    a = build_audit(run_dir)
+    for name in ("structural", "empirical", "formal"):
+        c = a["claims"][name]
+        print(f"{name:10s} {c['verdict']:15s} {c['claim']}")
+        for k in c.get("checks", []):
+            if k["verdict"] != "pass":
+                print(f"    {k['scope']}: {k['check']}: {k['detail']}")
+    print(f"verdict: {a['verdict'].upper()} ({run_dir / 'privacy_audit.md'})")
+    return EXIT_OK if a["verdict"] == "pass" else EXIT_FAILED
+
+
+def cmd_smd(args: argparse.Namespace) -> int:
+    """``smg-sim smd pretrain``: pre-train (or find) the public SMD backbone of a profile."""
+    from simulator.driver import api
+
+    info = api.pretrain_backbone(build_config(args.profile, parse_set(args.overrides)), force=args.force)
+    state = "found in cache" if info["cached"] else f"pre-trained in {info['pretrain_seconds']:.1f} s"
+    print(f"SMD backbone {state}: {info['path']} ({info['parameters']} parameters, "
+          f"final loss {info['final_loss']:.4f})")
+    return EXIT_OK
+
+
+def _data_config(args: argparse.Namespace, overrides: list[str]) -> Config:
+    run_values = {"seed": args.seed, **({"sites": args.sites} if args.sites is not None else {})}
+    return build_config(args.profile, merge({"run": run_values}, _data_overrides(args), parse_set(overrides)))
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    """``smg-sim data inspect|preview``: statistics, or preview PNGs, made inside each site."""
+    from simulator.driver import api
+
+    if args.data_command == "inspect":
+        args.benchmark = args.spec
+        cfg = _data_config(args, args.overrides)
+        return _print_inspection(cfg, api.inspect_data(cfg))
+    for path in api.write_site_previews(_data_config(args, []), args.out):
+        print(path)
+    return EXIT_OK
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "methods": cmd_methods, "run": cmd_run, "compare": cmd_compare, "bench": cmd_bench,
+    "audit": cmd_audit, "smd": cmd_smd, "data": cmd_data,
+}
+
+
+def _fail(text: str, code: int) -> int:
+    print(text, file=sys.stderr)
+    return code
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed command; each kind of failure becomes one line on stderr and an exit code."""
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, RunFolderError) as exc:
+        return _fail(f"smg-sim: error: {exc}", EXIT_USAGE)
+    except DataError as exc:  # a site's reader found bad data: the message names the file
+        return _fail(f"smg-sim: data error: {exc}", EXIT_USAGE)
+    except EgressViolation as exc:
+        return _fail(f"smg-sim: stopped: {exc}", EXIT_PRIVACY)
+    except KeyboardInterrupt:
+        return _fail("smg-sim: interrupted; the run folder is marked FAILED", EXIT_INTERRUPTED)
+    except Exception as exc:  # anything else: one line; a run folder says FAILED and why
+        text = str(exc).strip()
+        last = text.splitlines()[-1] if text else ""
+        return _fail(f"smg-sim: error: {type(exc).__name__}: {last}", EXIT_FAILED)

@@ -1,0 +1,113 @@
+"""The run plan: everything about a run that is validated and resolved once, before work starts.
+
+Sites, visiting order, each site's catalogue index and spec, the method with its resolved
+hyper-parameters, the egress-guard mode and whether SMD replay is on are decided here;
+the engine, the learner and the results writer receive the plan and decide nothing again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+from server.methods import method_class
+from simulator.benchmarks import catalog
+from simulator.benchmarks.order import resolve_order, resolve_sites
+from simulator.config import Config
+from simulator.errors import ConfigError
+from simulator.method import HValue, Method, resolve_hparams
+from simulator.paths import site_data_root
+from simulator.payloads import SiteSpec
+from simulator.seeding import derive_seed
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A validated run: config, sites, order, method and its hyper-parameters; nothing written yet."""
+
+    config: Config
+    sites: list[str]
+    order: list[str]
+    #: each site's position in its benchmark's catalogue (it picks, e.g., a generated site's scanner)
+    indices: dict[str, int]
+    out: Path
+    method: type[Method]
+    hparams: dict[str, HValue]
+    #: the egress guard's mode: the configured one, or ``record`` for a non-private reference
+    guard_mode: str
+    smd_on: bool
+
+
+def method_hparams(cfg: Config, name: str) -> dict[str, HValue]:
+    """The resolved hyper-parameters of method ``name`` under ``cfg`` (``train.lr`` is the default lr)."""
+    return resolve_hparams(method_class(name), cfg.train.lr, cfg.methods.get(name, {}))
+
+
+def run_sites(cfg: Config) -> list[str]:
+    """The sites of a run of ``cfg``: ``--sites 0`` takes the benchmark's default number."""
+    spec = cfg.data.benchmark
+    return resolve_sites(cfg.run.order, cfg.run.sites, catalog.site_names(spec), catalog.default_sites(spec))
+
+
+def site_indices(cfg: Config, names: list[str]) -> dict[str, int]:
+    """Each site's position in its benchmark's catalogue."""
+    names_in_catalog = catalog.site_names(cfg.data.benchmark)
+    return {n: names_in_catalog.index(n) for n in names}
+
+
+def site_spec(cfg: Config, name: str, index: int) -> SiteSpec:
+    """The spec from which a site builds its own data.
+
+    ``data_dir`` is the site's own folder: where a generated benchmark is cached (on the
+    simulated site's disk under the user cache) or where a user data set keeps this site.
+    """
+    d = cfg.data
+    kind = catalog.kind(d.benchmark)
+    if catalog.is_user_data(d.benchmark):
+        data_dir = str(catalog.site_dir(d.benchmark, name))
+    else:
+        data_dir = str(site_data_root() / kind / name)
+    return SiteSpec(benchmark=kind, site=name, site_index=index,
+                    seed=derive_seed(cfg.run.seed, "data", d.benchmark, name), image_size=d.image_size,
+                    n_train=d.n_train, n_test=d.n_test, target=d.target, test_fraction=d.test_fraction,
+                    data_dir=data_dir)
+
+
+def default_out(cfg: Config) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stamp}-{cfg.run.method}-{cfg.run.profile}-s{cfg.run.seed}"
+
+
+def check_method(cfg: Config, name: str) -> type[Method]:
+    """The method's class, if ``cfg`` may run it (non-private references need the explicit flag)."""
+    cls = method_class(name)  # unknown names list the known ones
+    if not cls.private and not cfg.privacy.allow_non_private:
+        raise ConfigError(f"method {cls.name!r} is a non-private reference: it moves real images out of "
+                          "sites; run it only with --allow-non-private (its privacy audit will fail)")
+    return cls
+
+
+def plan_run(cfg: Config) -> RunPlan:
+    """Validate everything that can be checked before work starts (no side effects)."""
+    from simulator.driver.runfolder import check_new
+
+    cls = check_method(cfg, cfg.run.method)
+    for name in cfg.methods:  # every per-method table is checked, not only the running method's
+        method_hparams(cfg, name)
+    smd_on = cls.uses_replay or cfg.smd.enabled == "on"
+    if cls.uses_replay and cfg.smd.enabled == "off":
+        raise ConfigError(f"smd.enabled: method {cls.name!r} needs SMD replay; use auto or on")
+    if smd_on:
+        from simulator.smd.pretrain import pool_name
+
+        try:
+            pool_name(cfg)
+        except ConfigError as exc:
+            raise ConfigError(f"method {cls.name!r} needs SMD replay: {exc}") from None
+    sites = run_sites(cfg)
+    order = resolve_order(cfg.run.order, sites, cfg.run.seed)
+    out = Path(cfg.run.out) if cfg.run.out else default_out(cfg)
+    check_new(out)
+    return RunPlan(cfg, sites, order, site_indices(cfg, order), out, cls, method_hparams(cfg, cls.name),
+                   cfg.privacy.mode if cls.private else "record", smd_on)
