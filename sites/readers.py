@@ -330,11 +330,6 @@ def read_site(kind: str, site_dir: Path, size: int, target: str = "auto", collec
     return read
 
 
-def site_folders(root: Path) -> list[str]:
-    """The site folders under a data root (sorted; hidden folders ignored)."""
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
 def stack(cases: list[Case]) -> tuple[np.ndarray, np.ndarray]:
     channels = {c.images.shape[1] for c in cases}
     if len(channels) > 1:
