@@ -125,7 +125,8 @@ class Learner:
         model = ModelReply.from_record(reply)
         self.weights = model.weights
         self.state = model.state
-        logs = {"steps": model.steps, "train_seconds": model.train_seconds, "mean_loss": model.mean_loss}
+        logs = {"steps": model.steps, "train_seconds": model.train_seconds, "mean_loss": model.mean_loss,
+                **model.logs}
         self.visits.append({"site": site, "stage": stage, **logs})
         if site not in self.visited:
             self.visited.append(site)

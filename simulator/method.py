@@ -151,6 +151,10 @@ class Method(ABC):
     def end_stage(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Finish a visit (compute statistics to carry forward, ...)."""
 
+    def stage_summary(self) -> dict[str, float]:
+        """Scalars that describe the end of the visit (PGA methods: the gradient cosines between sites)."""
+        return {}
+
     def export_state(self) -> dict[str, np.ndarray]:
         """Algorithm state carried to the next stage (empty for stateless methods)."""
         return {}

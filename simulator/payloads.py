@@ -242,7 +242,12 @@ class AttributeRequest(Payload):
 # -- site -> learner / driver --------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelReply(Payload):
-    """The weights and algorithm state after a visit."""
+    """The weights and algorithm state after a visit, with the visit's mean logs.
+
+    ``logs``: the mean over the visit's steps of every scalar the method logged besides the
+    loss (for PGA methods the alignment statistics), and the method's end-of-visit summary
+    (for PGA methods the site-by-site gradient cosines, keyed ``cos/<site>/<site>``).
+    """
 
     KIND: ClassVar[str] = "model"
     weights: Arrays = _role("arrays")
@@ -250,6 +255,7 @@ class ModelReply(Payload):
     steps: int = _role("metric")
     train_seconds: float = _role("metric")
     mean_loss: float = _role("metric")
+    logs: dict[str, float] = _role("metrics")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -64,7 +64,7 @@ class _Visit:
     batch_size: int
     step: int = 0
     seconds: float = 0.0
-    loss_sum: float = 0.0
+    sums: dict[str, float] = field(default_factory=dict)
 
 
 class Site:
@@ -184,7 +184,8 @@ class Site:
             v.step += 1
         dt = time.perf_counter() - t0
         v.seconds += dt
-        v.loss_sum += sums.get("loss", 0.0)
+        for k, val in sums.items():
+            v.sums[k] = v.sums.get(k, 0.0) + val
         means = {k: s / max(n, 1) for k, s in sums.items()}
         return self._metrics(step=v.step, steps=v.ctx.steps, seconds=dt, **means)
 
@@ -195,8 +196,11 @@ class Site:
         weights = {k: t.detach().cpu().numpy() for k, t in v.model.state_dict().items()}
         state = v.method.export_state()
         self._visit = None
+        steps = max(v.step, 1)
+        logs = {k: s / steps for k, s in v.sums.items() if k != "loss"}
+        logs.update(v.method.stage_summary())
         return self._send(ModelReply(weights, state, steps=v.step, train_seconds=v.seconds,
-                                     mean_loss=v.loss_sum / max(v.step, 1)))
+                                     mean_loss=v.sums.get("loss", 0.0) / steps, logs=logs))
 
     def visit(self, msg: RecordDict) -> RecordDict:
         """A whole visit in one call (the form a Flower ClientApp uses)."""
@@ -262,14 +266,17 @@ class Site:
         req = FidelityRequest.from_record(msg)
         synth = (req.replay[f"{self.name}/x"], req.replay[f"{self.name}/y"])
         d = self._data
+        t0 = time.perf_counter()
         out = tstr((d.train_x, d.train_y), (d.test_x, d.test_y), synth, req.steps, req.seed)
         out.update(intensity_distance(d.train_x, synth[0]))
         out["synthetic_foreground"] = float(synth[1].mean())
         out["real_foreground"] = float(d.train_y.mean())
+        t1 = time.perf_counter()
         out.update(nearest_neighbours(synth[0], d.train_x, req.nn_threshold))
         if self._prompt is not None and self._backbone_model is not None:
             out.update(membership_inference(self._backbone_model, self._prompt, (d.train_x, d.train_y),
                                             (d.test_x, d.test_y), seed=req.seed))
+        out.update(fidelity_seconds=t1 - t0, memorisation_seconds=time.perf_counter() - t1)
         return self._metrics(**out)
 
     def attribute(self, msg: RecordDict) -> RecordDict:

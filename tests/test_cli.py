@@ -83,6 +83,16 @@ def test_end_to_end_smoke_run_through_ray(ray_session, tmp_path, capsys):
     assert set(metrics) == {"Mem", "Gen", "Final", "BWT", "FWT", "Forgetting"}
     stages = [json.loads(line) for line in (out / "stages.jsonl").read_text().splitlines()]
     assert [s["stage"] for s in stages] == list(range(7))
+    # where the seconds went: every phase is named, training and evaluation took time, each stage has its own
+    from simulator.driver.phases import PHASES
+
+    timings = json.loads((out / "metrics.json").read_text())["timings"]
+    assert set(timings["phases"]) == set(PHASES)
+    assert timings["phases"]["training"] > 0 and timings["phases"]["evaluation"] > 0
+    assert sum(timings["phases"].values()) <= timings["total_seconds"] + 1e-6
+    assert all(s["phases"].get("evaluation", 0) > 0 for s in stages)
+    assert all(s["phases"].get("training", 0) > 0 for s in stages[1:]) and "training" not in stages[0]["phases"]
+    assert (out / "timings.png").stat().st_size > 0
     # every ledger line from a site is of an egress kind; no site message carries pixels
     ledger = [json.loads(line) for line in (out / "ledger.jsonl").read_text().splitlines()]
     from_sites = [e for e in ledger if e["src"].startswith("site:")]

@@ -16,7 +16,7 @@ from simulator.config import Config
 from simulator.driver.ledger import Ledger
 from simulator.driver.plan import RunPlan, check_method, plan_run, run_sites, site_indices
 from simulator.driver.progress import Progress, RunProgress
-from simulator.driver.results import summary_table, write_results
+from simulator.driver.results import summary_table, write_metrics, write_results
 from simulator.driver.runfolder import RunFolder, write_json
 from simulator.errors import ConfigError
 from simulator.filetrace import start_trace, stop_trace
@@ -96,13 +96,15 @@ def _image_channels(facts: dict[str, dict[str, float]]) -> int:
     return channels.pop()
 
 
-def _stage_writer(folder: RunFolder, plan: RunPlan, prog: RunProgress):
-    """The callback that logs each stage as it completes (stages.jsonl and a progress line)."""
+def _stage_writer(folder: RunFolder, plan: RunPlan, prog: RunProgress, kept: list[dict]):
+    """The callback that logs each stage as it completes (stages.jsonl, ``kept``, a progress line)."""
     T = len(plan.order)
 
     def on_stage(res) -> None:
-        folder.append_stage({"stage": res.stage, "site": res.site, **res.logs,
-                             "dice": {s: float(v) for s, v in zip(plan.order, res.row, strict=True)}})
+        line = {"stage": res.stage, "site": res.site, **res.logs,
+                "dice": {s: float(v) for s, v in zip(plan.order, res.row, strict=True)}}
+        folder.append_stage(line)
+        kept.append(line)
         if res.stage > 0:
             seen = res.row[:res.stage]
             prog.message(f"stage {res.stage}/{T} {res.site}: Dice on visited sites {seen.mean():.3f}"
@@ -118,6 +120,8 @@ def _report(stream: TextIO, plan: RunPlan, R: np.ndarray, m: dict[str, float], a
                  f"(structural {audit['claims']['structural']['verdict']}, empirical "
                  f"{audit['claims']['empirical']['verdict']}, formal DP none): "
                  f"{folder.file('privacy_audit.md')}\n")
+    phases = ", ".join(f"{k} {v:.1f}" for k, v in timings["phases"].items() if v >= 0.05)
+    stream.write(f"smg-sim: seconds per phase: {phases}\n")
     stream.write(f"smg-sim: done in {timings['total_seconds']:.1f} s "
                  f"({timings['after_ray_start_seconds']:.1f} s after Ray start); results in {plan.out}\n")
 
@@ -147,25 +151,34 @@ def run(cfg: Config, stream: TextIO | None = None, progress: bool = True, site_c
         prog = RunProgress(len(plan.order), plan.smd_on, stream=stream, enabled=progress)
         eng = engine.Engine(plan, ledger, prog, namespace=f"smg-sim-{plan.out.name}", trace_dir=str(trace_dir),
                             **({"site_cls": site_cls} if site_cls else {}))
-        facts = eng.describe_sites()
-        n_channels = _image_channels(facts)
-        eng.start_learner(n_channels)
+        clock = eng.clock
+        clock.add("ray_start", t_ray - t_start)
+        with clock.phase("actors"):
+            facts = eng.describe_sites()
+            n_channels = _image_channels(facts)
+            eng.start_learner(n_channels)
         smd_info: dict = {}
         if plan.smd_on:
-            smd_info = prepare_smd(cfg, n_channels, stream, progress)
-            eng.enable_replay(smd_info["backbone_path"], n_channels)
+            with clock.phase("smd_pretraining"):
+                smd_info = prepare_smd(cfg, n_channels, stream, progress)
+                eng.enable_replay(smd_info["backbone_path"], n_channels)
             prog.restart_clock()  # the ETA covers the run, not the pre-training
         write_json(folder.file("sites.json"), {"sites": plan.sites, "order": plan.order, "facts": facts,
                                                "data_root": str(data_root)})
-        R = eng.run(_stage_writer(folder, plan, prog))
+        stage_logs: list[dict] = []
+        R = eng.run(_stage_writer(folder, plan, prog, stage_logs))
         if plan.smd_on:
             smd_info.update(finish_smd(cfg, eng, folder, plan.order, prog))
             write_json(folder.file("smd.json"), smd_info)
-        t_end = time.perf_counter()
-        timings = {"after_ray_start_seconds": t_end - t_ray, "total_seconds": t_end - t_start,
-                   "ray_start_seconds": t_ray - t_start}
-        m = write_results(folder, plan, R, eng.guard_reports(), eng.final_weights(), timings, ledger)
+        t_write = time.perf_counter()
+        guard = eng.guard_reports()
+        write_results(folder, plan, R, guard, eng.final_weights(), stage_logs)
         audit = build_audit(folder.path)
+        t_end = time.perf_counter()
+        clock.add("writing", t_end - t_write)
+        timings = {"after_ray_start_seconds": t_end - t_ray, "total_seconds": t_end - t_start,
+                   "ray_start_seconds": t_ray - t_start, "phases": dict(clock.total)}
+        m = write_metrics(folder, plan, R, guard, timings, ledger)
         folder.mark_complete()
         _report(stream, plan, R, m, audit, timings, folder)
         return RunResult(plan.out, plan.order, R, m, timings)

@@ -28,6 +28,7 @@ from server.methods import build_method
 from simulator.benchmarks import catalog
 from simulator.config import Config
 from simulator.driver.ledger import Ledger
+from simulator.driver.phases import PhaseClock
 from simulator.driver.plan import RunPlan, site_spec
 from simulator.driver.progress import RunProgress
 from simulator.messages import metrics
@@ -122,6 +123,7 @@ class Engine:
         self.smd_on = False
         #: per site: prompt-tuning logs and the replay's fidelity and memorisation statistics
         self.smd_sites: dict[str, dict[str, float]] = {}
+        self.clock = PhaseClock()
 
     def _call(self, site: str, method: str, msg: RecordDict | None = None, *args: Any) -> RecordDict:
         """Call a site method, recording the message in and the reply out."""
@@ -160,18 +162,30 @@ class Engine:
 
     def tune_and_check(self, site: str) -> dict[str, float]:
         """Prompt tuning at the site, then the fidelity of the replay of that prompt."""
-        reply = self._learner_to_site("tune_message", site, "tune_prompt", site)
-        out = get(self.actors.learner.absorb_prompt.remote(reply, site))
+        with self.clock.phase("prompt_tuning"):
+            reply = self._learner_to_site("tune_message", site, "tune_prompt", site)
+            out = get(self.actors.learner.absorb_prompt.remote(reply, site))
         entries = self.ledger.last["arrays"]
         out["prompt_bytes"] = sum(a["bytes"] for a in entries)  # as serialised in the message
         out["prompt_values_bytes"] = sum(4 * int(np.prod(a["shape"])) for a in entries)
-        fid = self._learner_to_site("fidelity_message", site, "fidelity", site)
-        out.update(metrics(fid))
+        with self.clock.phase("replay_sampling"):  # the learner samples the replay to send it
+            msg = get(self.actors.learner.fidelity_message.remote(site))
+        t0 = time.perf_counter()
+        fid = metrics(self._call(site, "fidelity", msg))
+        wall = time.perf_counter() - t0
+        memorisation = min(wall, fid.get("memorisation_seconds", 0.0))
+        self.clock.add("memorisation", memorisation)
+        self.clock.add("fidelity", wall - memorisation)
+        out.update(fid)
         self.smd_sites[site] = out
         return out
 
     def attribution(self, public: np.ndarray) -> dict[str, Any]:
         """Each site scores every site's replay with its own detector; argmax attributes."""
+        with self.clock.phase("attribution"):
+            return self._attribution(public)
+
+    def _attribution(self, public: np.ndarray) -> dict[str, Any]:
         refs = {}
         for site in self.order:
             msg = get(self.actors.learner.attribution_message.remote(site, self.order, public))
@@ -238,21 +252,27 @@ class Engine:
         T = len(self.order)
         R = np.zeros((T + 1, T))
         t0 = time.perf_counter()
-        R[0] = self.evaluate_all()
+        self.clock.end_stage()  # what came before the loop is not stage 0's
+        with self.clock.phase("evaluation"):
+            R[0] = self.evaluate_all()
         self.progress.evaluated()
-        on_stage(StageResult(0, None, {"eval_seconds": time.perf_counter() - t0}, R[0]))
+        on_stage(StageResult(0, None, {"eval_seconds": time.perf_counter() - t0,
+                                       "phases": self.clock.end_stage()}, R[0]))
         for stage, site in enumerate(self.order, 1):
             t_stage = time.perf_counter()
-            logs = self.visit(stage, site)
+            with self.clock.phase("training"):
+                logs = self.visit(stage, site)
             if self.smd_on:
                 self.progress.line(f"stage {stage}/{T} site {site} prompt tuning and replay check")
                 smd_logs = self.tune_and_check(site)
                 self.progress.smd_checked()
                 logs.update({f"smd_{k}": v for k, v in smd_logs.items()})
             t_eval = time.perf_counter()
-            R[stage] = self.evaluate_all()
+            with self.clock.phase("evaluation"):
+                R[stage] = self.evaluate_all()
             self.progress.evaluated()
-            logs.update(eval_seconds=time.perf_counter() - t_eval, stage_seconds=time.perf_counter() - t_stage)
+            logs.update(eval_seconds=time.perf_counter() - t_eval, stage_seconds=time.perf_counter() - t_stage,
+                        phases=self.clock.end_stage())
             on_stage(StageResult(stage, site, logs, R[stage]))
         return R
 

@@ -36,22 +36,53 @@ def guard_totals(guard: dict[str, dict]) -> dict[str, float]:
 
 
 def write_results(folder: RunFolder, plan: RunPlan, R: np.ndarray, guard: dict[str, dict],
-                  weights: dict[str, np.ndarray], timings: dict[str, float], ledger: Ledger) -> dict[str, float]:
-    """Write R, metrics, guard reports, final weights and plots; returns the metrics of R."""
-    m = all_metrics(R)
+                  weights: dict[str, np.ndarray], stage_logs: list[dict]) -> None:
+    """Write R, guard reports, final weights and plots (metrics.json comes last, with the timings)."""
     write_json(folder.file("guard.json"), guard)
     folder.write_R(R, plan.order)
     folder.write_weights(weights)
+    cfg = plan.config
+    title = f"{cfg.run.method} ({cfg.run.profile}, seed {cfg.run.seed})"
+    plot_R(R, plan.order, folder.file("R.png"), title=f"Dice R: {title}")
+    plot_mem_gen(R, folder.file("mem_gen.png"), title=f"Mem/Gen: {title}")
+    plot_alignment(stage_logs, folder.file("alignment.png"), title=f"{cfg.run.method}: gradient cosines "
+                   "between sites at the end of each stage (blue: aligned, red: conflicting)")
+    plot_timings(stage_logs, folder.file("timings.png"), title=f"Seconds per phase: {title}")
+
+
+def write_metrics(folder: RunFolder, plan: RunPlan, R: np.ndarray, guard: dict[str, dict],
+                  timings: dict, ledger: Ledger) -> dict[str, float]:
+    """``metrics.json``: the metrics of R, per-stage curves, timings, ledger and guard totals."""
+    m = all_metrics(R)
     write_json(folder.file("metrics.json"), {
         "metrics": m, "order": plan.order, "mem_per_stage": mem_per_stage(R),
         "gen_per_stage": gen_per_stage(R), "timings": timings,
         "ledger": {"messages": ledger.count, "bytes": ledger.bytes}, "egress_guard": guard_totals(guard),
     })
-    cfg = plan.config
-    title = f"{cfg.run.method} ({cfg.run.profile}, seed {cfg.run.seed})"
-    plot_R(R, plan.order, folder.file("R.png"), title=f"Dice R: {title}")
-    plot_mem_gen(R, folder.file("mem_gen.png"), title=f"Mem/Gen: {title}")
     return m
+
+
+def plot_timings(stage_logs: list[dict], path: Path, title: str = "") -> None:
+    """A stacked bar per stage: seconds per phase."""
+    from simulator.driver.phases import PHASES
+
+    stages = [s for s in stage_logs if "phases" in s]
+    if not stages:
+        return
+    fig, ax = plt.subplots(figsize=(1.0 * len(stages) + 3.5, 3.8))
+    bottom = np.zeros(len(stages))
+    for i, phase in enumerate(PHASES):
+        vals = np.array([s["phases"].get(phase, 0.0) for s in stages])
+        if vals.any():
+            ax.bar(range(len(stages)), vals, bottom=bottom, label=phase, color=plt.cm.tab10(i % 10))
+            bottom += vals
+    ax.set_xticks(range(len(stages)), [str(s["stage"]) for s in stages])
+    ax.set_xlabel("stage (0: the untrained model's evaluation)")
+    ax.set_ylabel("seconds")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title(title, fontsize=9)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
 
 
 def plot_R(R: np.ndarray, order: list[str], path: Path, title: str = "") -> None:
@@ -94,3 +125,39 @@ def plot_mem_gen(R: np.ndarray, path: Path, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def cosine_matrices(stage_logs: list[dict]) -> list[tuple[int, list[str], np.ndarray]]:
+    """Per stage with a ``cos/<a>/<b>`` summary: (stage, domain names, cosine matrix)."""
+    out = []
+    for logs in stage_logs:
+        pairs = {tuple(k.split("/")[1:]): v for k, v in logs.items() if k.startswith("cos/")}
+        if not pairs:
+            continue
+        names = sorted({n for pair in pairs for n in pair})
+        M = np.eye(len(names))
+        for (a, b), v in pairs.items():
+            M[names.index(a), names.index(b)] = v
+        out.append((int(logs["stage"]), names, M))
+    return out
+
+
+def plot_alignment(stage_logs: list[dict], path: Path, title: str = "") -> bool:
+    """Per stage, the site-by-site gradient cosine matrix at the end of the stage; False if none."""
+    mats = cosine_matrices(stage_logs)
+    if not mats:
+        return False
+    fig, axes = plt.subplots(1, len(mats), figsize=(2.6 * len(mats) + 1, 3.0), squeeze=False)
+    for ax, (stage, names, M) in zip(axes[0], mats, strict=True):
+        im = ax.imshow(M, vmin=-1, vmax=1, cmap="RdBu")
+        for i in range(len(names)):
+            for j in range(len(names)):
+                ax.text(j, i, f"{M[i, j]:.2f}", ha="center", va="center", fontsize=6)
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.set_title(f"stage {stage}", fontsize=9)
+    fig.colorbar(im, ax=axes[0].tolist(), label="gradient cosine", shrink=0.8)
+    fig.suptitle(title or "Gradient cosines between sites at the end of each stage (blue: aligned)", fontsize=9)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return True
