@@ -77,7 +77,8 @@ class Learner:
         """Ask a site to tune its prompt against the public backbone."""
         smd = self.cfg.smd
         return TuneRequest(str(self.backbone_path), smd.prompt_steps, smd.prompt_lr, smd.prompt_batch,
-                           derive_seed(self.run_seed, "prompt", site)).to_record("learner", f"site:{site}")
+                           smd.prompt_candidates, derive_seed(self.run_seed, "prompt", site)
+                           ).to_record("learner", f"site:{site}")
 
     def absorb_prompt(self, reply: RecordDict, site: str) -> dict[str, float]:
         """Keep a site's exported prompt; its replay is sampled when first needed."""
@@ -118,7 +119,7 @@ class Learner:
         replay = self._bank().arrays([s for s in self.visited if s != site]) if self.method.uses_replay else {}
         return VisitRequest(self.arch, self.method.name, self.hparams, stage, train.steps_per_stage,
                             train.batch_size, derive_seed(self.run_seed, "train", stage, site),
-                            self.weights, self.state, replay).to_record("learner", f"site:{site}")
+                            train.channels_last, self.weights, self.state, replay).to_record("learner", f"site:{site}")
 
     def absorb(self, reply: RecordDict, site: str, stage: int) -> dict[str, float]:
         """Take the weights and state a site returns after its visit."""

@@ -189,6 +189,7 @@ class VisitRequest(Payload):
     steps: int = _role("config")
     batch_size: int = _role("config")
     seed: int = _role("config")
+    channels_last: bool = _role("config")
     weights: Arrays = _role("arrays")
     state: Arrays = _role("arrays")
     #: synthetic pairs of earlier sites, keyed ``<site>/x`` and ``<site>/y``
@@ -214,6 +215,7 @@ class TuneRequest(Payload):
     steps: int = _role("config")
     lr: float = _role("config")
     batch: int = _role("config")
+    candidates: int = _role("config")
     seed: int = _role("config")
 
 

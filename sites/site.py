@@ -10,7 +10,8 @@ or scalar metrics. No public method returns pixels.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -77,7 +78,8 @@ class Site:
     def __init__(self, name: str, spec: SiteSpec, method_factory: MethodFactory,
                  torch_threads: int = 1, device: str = "auto", privacy_mode: str = "strict",
                  trace_file: str | None = None) -> None:
-        torch.set_num_threads(max(1, int(torch_threads)))
+        self._threads = max(1, int(torch_threads))
+        torch.set_num_threads(self._threads)
         if trace_file and spec.data_dir:
             start_trace(trace_file, f"site:{name}", [Path(spec.data_dir).parent])
         self.name = name
@@ -89,6 +91,19 @@ class Site:
         self._backbone_path: str | None = None  # the public SMD backbone, once sent
         self._backbone_model = None
         self._prompt: np.ndarray | None = None  # this site's own tuned prompt
+
+    @contextmanager
+    def _parallel_phase(self) -> Iterator[None]:
+        """One torch thread while every site computes at once (evaluation, attribution).
+
+        Several actors each running a multi-threaded kernel on two cores spend their time
+        waiting on each other's threads; one thread each keeps every core busy with work.
+        """
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(self._threads)
 
     # -- private data, built on first use ------------------------------------------------
     @cached_property
@@ -144,6 +159,8 @@ class Site:
         """Receive the learner's weights, method and replay; prepare local training."""
         req = VisitRequest.from_record(msg)
         model = build_unet(req.arch, req.weights, self.device)
+        if req.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         method = self._method_factory(req.method, model, req.hparams)
         method.load_state(req.state)
         replay = {}
@@ -193,7 +210,7 @@ class Site:
         """End the visit; export the trained weights and the method's state (kind ``model``)."""
         v = self._require_visit()
         v.method.end_stage()
-        weights = {k: t.detach().cpu().numpy() for k, t in v.model.state_dict().items()}
+        weights = {k: t.detach().cpu().contiguous().numpy() for k, t in v.model.state_dict().items()}
         state = v.method.export_state()
         self._visit = None
         steps = max(v.step, 1)
@@ -219,7 +236,8 @@ class Site:
         req = EvaluateRequest.from_record(msg)
         model = build_unet(req.arch, req.weights, self.device)
         test_x, test_y = self._tensors[2:]
-        pred = predict(model, test_x, req.eval_batch_size)
+        with self._parallel_phase():
+            pred = predict(model, test_x, req.eval_batch_size)
         dice = dice_per_image(pred, test_y).cpu().numpy()
         return self._metrics(dice=float(dice.mean()), dice_std=float(dice.std()), n=len(dice))
 
@@ -253,7 +271,7 @@ class Site:
         backbone = self._backbone(req.backbone_path)
         d = self._data
         prompt, logs = tune_prompt(backbone, d.train_x, d.train_y, req.steps, req.lr, req.batch,
-                                   torch_generator(req.seed))
+                                   torch_generator(req.seed), candidates=req.candidates)
         self._prompt = prompt
         logs["data_bytes"] = int(d.train_x.nbytes + d.train_y.nbytes)
         return self._send(PromptReply(prompt, logs))
@@ -284,7 +302,8 @@ class Site:
         from sites.attribution import train_detector_and_score
 
         req = AttributeRequest.from_record(msg)
-        scores = train_detector_and_score(self._data.train_x, req.public, req.queries, req.steps, req.seed)
+        with self._parallel_phase():
+            scores = train_detector_and_score(self._data.train_x, req.public, req.queries, req.steps, req.seed)
         return self._send(ScoresReply(scores, {"n_scored": len(scores)}))
 
     def guard_report(self) -> RecordDict:

@@ -126,14 +126,58 @@ def _report(stream: TextIO, plan: RunPlan, R: np.ndarray, m: dict[str, float], a
                  f"({timings['after_ray_start_seconds']:.1f} s after Ray start); results in {plan.out}\n")
 
 
+def _open_engine(plan: RunPlan, ledger: Ledger, trace_dir: Path, stream: TextIO, progress: bool,
+                 site_cls: type | None, t_start: float):
+    """Start Ray and the site actors; returns (engine, the time Ray was ready)."""
+    from simulator.driver import engine
+
+    cfg = plan.config
+    url = engine.start_ray(cfg.runtime.num_cpus, cfg.runtime.dashboard)
+    t_ray = time.perf_counter()
+    _start(plan, stream, url)
+    prog = RunProgress(len(plan.order), plan.smd_on, stream=stream, enabled=progress)
+    eng = engine.Engine(plan, ledger, prog, namespace=f"smg-sim-{plan.out.name}", trace_dir=str(trace_dir),
+                        **({"site_cls": site_cls} if site_cls else {}))
+    eng.clock.add("ray_start", t_ray - t_start)
+    return eng, t_ray
+
+
+def _prepare(eng, plan: RunPlan, stream: TextIO, progress: bool) -> tuple[dict, dict]:
+    """Site facts, the learner, and the SMD backbone when replay is on; returns (facts, smd info)."""
+    with eng.clock.phase("actors"):
+        facts = eng.describe_sites()
+        n_channels = _image_channels(facts)
+        eng.start_learner(n_channels)
+    smd_info: dict = {}
+    if plan.smd_on:
+        with eng.clock.phase("smd_pretraining"):
+            smd_info = prepare_smd(plan.config, n_channels, stream, progress)
+            eng.enable_replay(smd_info["backbone_path"], n_channels)
+        eng.progress.restart_clock()  # the ETA covers the run, not the pre-training
+    return facts, smd_info
+
+
+def _finish(eng, plan: RunPlan, folder: RunFolder, ledger: Ledger, R: np.ndarray, stage_logs: list[dict],
+            t_start: float, t_ray: float) -> tuple[dict[str, float], dict, dict]:
+    """Results, plots, the privacy audit and metrics.json; returns (metrics, audit, timings)."""
+    from simulator.driver.audit import build_audit
+
+    t_write = time.perf_counter()
+    guard = eng.guard_reports()
+    write_results(folder, plan, R, guard, eng.final_weights(), stage_logs)
+    audit = build_audit(folder.path)
+    t_end = time.perf_counter()
+    eng.clock.add("writing", t_end - t_write)
+    timings = {"after_ray_start_seconds": t_end - t_ray, "total_seconds": t_end - t_start,
+               "ray_start_seconds": t_ray - t_start, "phases": dict(eng.clock.total)}
+    return write_metrics(folder, plan, R, guard, timings, ledger), audit, timings
+
+
 def run(cfg: Config, stream: TextIO | None = None, progress: bool = True, site_cls: type | None = None) -> RunResult:
     """Run one sequential-learning simulation and write its run folder.
 
     ``site_cls`` replaces the site class (tests use it to run deliberately leaking sites).
     """
-    from simulator.driver import engine  # Ray is imported only when a run starts
-    from simulator.driver.audit import build_audit
-
     stream = stream or sys.stderr
     plan = plan_run(cfg)
     folder = RunFolder(plan.out)
@@ -145,40 +189,16 @@ def run(cfg: Config, stream: TextIO | None = None, progress: bool = True, site_c
     start_trace(trace_dir / "driver.jsonl", "driver", [data_root])
     eng = None
     try:
-        url = engine.start_ray(cfg.runtime.num_cpus, cfg.runtime.dashboard)
-        t_ray = time.perf_counter()
-        _start(plan, stream, url)
-        prog = RunProgress(len(plan.order), plan.smd_on, stream=stream, enabled=progress)
-        eng = engine.Engine(plan, ledger, prog, namespace=f"smg-sim-{plan.out.name}", trace_dir=str(trace_dir),
-                            **({"site_cls": site_cls} if site_cls else {}))
-        clock = eng.clock
-        clock.add("ray_start", t_ray - t_start)
-        with clock.phase("actors"):
-            facts = eng.describe_sites()
-            n_channels = _image_channels(facts)
-            eng.start_learner(n_channels)
-        smd_info: dict = {}
-        if plan.smd_on:
-            with clock.phase("smd_pretraining"):
-                smd_info = prepare_smd(cfg, n_channels, stream, progress)
-                eng.enable_replay(smd_info["backbone_path"], n_channels)
-            prog.restart_clock()  # the ETA covers the run, not the pre-training
+        eng, t_ray = _open_engine(plan, ledger, trace_dir, stream, progress, site_cls, t_start)
+        facts, smd_info = _prepare(eng, plan, stream, progress)
         write_json(folder.file("sites.json"), {"sites": plan.sites, "order": plan.order, "facts": facts,
                                                "data_root": str(data_root)})
         stage_logs: list[dict] = []
-        R = eng.run(_stage_writer(folder, plan, prog, stage_logs))
+        R = eng.run(_stage_writer(folder, plan, eng.progress, stage_logs))
         if plan.smd_on:
-            smd_info.update(finish_smd(cfg, eng, folder, plan.order, prog))
+            smd_info.update(finish_smd(cfg, eng, folder, plan.order, eng.progress))
             write_json(folder.file("smd.json"), smd_info)
-        t_write = time.perf_counter()
-        guard = eng.guard_reports()
-        write_results(folder, plan, R, guard, eng.final_weights(), stage_logs)
-        audit = build_audit(folder.path)
-        t_end = time.perf_counter()
-        clock.add("writing", t_end - t_write)
-        timings = {"after_ray_start_seconds": t_end - t_ray, "total_seconds": t_end - t_start,
-                   "ray_start_seconds": t_ray - t_start, "phases": dict(clock.total)}
-        m = write_metrics(folder, plan, R, guard, timings, ledger)
+        m, audit, timings = _finish(eng, plan, folder, ledger, R, stage_logs, t_start, t_ray)
         folder.mark_complete()
         _report(stream, plan, R, m, audit, timings, folder)
         return RunResult(plan.out, plan.order, R, m, timings)
