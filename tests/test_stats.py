@@ -122,3 +122,19 @@ def test_an_unknown_baseline_names_the_known_methods():
     runs = _runs({"a": {(0, "r"): 0.9}, "b": {(0, "r"): 0.5}})
     with pytest.raises(ConfigError, match=r"'zz'.*expected one of a, b"):
         paired_table(runs, ["Mem"], baseline="zz")
+
+
+def test_grid_eta_costs_each_remaining_run_at_its_methods_mean():
+    from simulator.config import build_config, parse_set
+    from simulator.driver.compare import GridEta
+
+    plans = [(m, build_config("smoke", parse_set([f"run.method={m}"])))
+             for m in ("finetune", "smg", "finetune", "smg", "mldg")]
+    grid = GridEta(plans)
+    assert grid.eta() is None and "ETA ?" in grid.line()
+    grid.done("finetune", 10.0)
+    grid.done("smg", 50.0)
+    # left: finetune (10), smg (50), mldg (not timed yet: the mean of every run, 30)
+    assert grid.eta() == pytest.approx(90.0)
+    grid.skip("mldg")
+    assert grid.eta() == pytest.approx(60.0) and "2 run(s) left" in grid.line()

@@ -37,6 +37,8 @@ def measure_step(cfg: Config, name: str, replay_sites: int, steps: int) -> dict[
     per = -(-b // max(replay_sites, 1))
     batch = Batch(*pair(b), {f"r{k}": pair(per) for k in range(replay_sites)})
     model = build_model(1, cfg.model.width, cfg.model.depth, seed=0)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     method = build_method(name, model, method_hparams(cfg, name))
     method.begin_stage(StageContext("a", 2, steps, torch.device("cpu"), gen, list(batch.replay)))
     method.update(batch)  # the first step allocates; it is not timed

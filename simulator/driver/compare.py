@@ -16,6 +16,7 @@ import datetime as dt
 import hashlib
 import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
@@ -89,26 +90,67 @@ def plan_compare(base: Config, methods: list[str], seeds: list[int], orders: lis
     return plans
 
 
+def _fmt(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class GridEta:
+    """The time left in a comparison: each remaining run costs its method's mean run time so far.
+
+    A method not yet timed costs the mean of every run so far (methods differ several-fold).
+    """
+
+    def __init__(self, plans: list[tuple[str, Config]]) -> None:
+        self.remaining = [cfg.run.method for _, cfg in plans]
+        self.seconds: dict[str, list[float]] = {}
+        self.t0 = time.perf_counter()
+
+    def skip(self, method: str) -> None:
+        self.remaining.remove(method)
+
+    def done(self, method: str, seconds: float) -> None:
+        self.remaining.remove(method)
+        self.seconds.setdefault(method, []).append(seconds)
+
+    def eta(self) -> float | None:
+        every = [s for v in self.seconds.values() for s in v]
+        if not every:
+            return None
+        overall = sum(every) / len(every)
+        return sum(sum(self.seconds[m]) / len(self.seconds[m]) if m in self.seconds else overall
+                   for m in self.remaining)
+
+    def line(self) -> str:
+        eta = self.eta()
+        return (f"grid elapsed {_fmt(time.perf_counter() - self.t0)}, "
+                f"{len(self.remaining)} run(s) left, ETA {_fmt(eta) if eta is not None else '?'}")
+
+
 def run_compare(plans: list[tuple[str, Config]], run: Callable[[Config], object], stream: TextIO | None = None
                 ) -> dict[str, str]:
     """Run every planned run that is not finished; unfinished folders are moved aside, not deleted.
 
     A run that fails is reported and left with its ``FAILED`` marker; the others still run,
-    and the next call runs it again. Returns ``{name: "ran" | "skipped" | "failed"}``.
+    and the next call runs it again. Progress over the whole grid (elapsed, runs left, ETA)
+    follows every run. Returns ``{name: "ran" | "skipped" | "failed"}``.
     """
     stream = stream or sys.stderr
     status = {}
+    grid = GridEta(plans)
     for i, (name, cfg) in enumerate(plans, 1):
         folder = Path(cfg.run.out)
         if is_complete(folder):
             stream.write(f"smg-sim compare: [{i}/{len(plans)}] {name}: finished earlier, skipped\n")
             status[name] = "skipped"
+            grid.skip(cfg.run.method)
             continue
         if folder.exists():
             aside = folder.with_name(f"{folder.name}.unfinished-{dt.datetime.now():%Y%m%d-%H%M%S}")
             folder.rename(aside)
             stream.write(f"smg-sim compare: {name}: unfinished folder moved to {aside.name}\n")
-        stream.write(f"smg-sim compare: [{i}/{len(plans)}] {name}\n")
+        stream.write(f"smg-sim compare: [{i}/{len(plans)}] {name} ({grid.line()})\n")
+        t0 = time.perf_counter()
         try:
             run(cfg)
         except (KeyboardInterrupt, ConfigError):
@@ -119,8 +161,11 @@ def run_compare(plans: list[tuple[str, Config]], run: Callable[[Config], object]
             stream.write(f"smg-sim compare: {name}: FAILED ({type(exc).__name__}: {last}); "
                          f"continuing with the next run\n")
             status[name] = "failed"
+            grid.done(cfg.run.method, time.perf_counter() - t0)
             continue
+        grid.done(cfg.run.method, time.perf_counter() - t0)
         status[name] = "ran"
+    stream.write(f"smg-sim compare: {grid.line()}\n")
     return status
 
 
