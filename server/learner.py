@@ -86,6 +86,10 @@ class Learner:
         self._bank().add_prompt(site, prompt.tokens)
         return dict(prompt.logs)
 
+    def add_prompt(self, site: str, tokens: np.ndarray) -> None:
+        """Keep a prompt this site exported in an earlier run of the same grid (same inputs)."""
+        self._bank().add_prompt(site, tokens)
+
     def fidelity_message(self, site: str) -> RecordDict:
         """Send a site the replay of its own prompt, for TSTR and intensity checks."""
         return FidelityRequest(self._bank().arrays([site]), self.cfg.smd.fidelity_steps,

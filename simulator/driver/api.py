@@ -173,13 +173,15 @@ def _finish(eng, plan: RunPlan, folder: RunFolder, ledger: Ledger, R: np.ndarray
     return write_metrics(folder, plan, R, guard, timings, ledger), audit, timings
 
 
-def run(cfg: Config, stream: TextIO | None = None, progress: bool = True, site_cls: type | None = None) -> RunResult:
+def run(cfg: Config, stream: TextIO | None = None, progress: bool = True, site_cls: type | None = None,
+        reuse: Path | None = None) -> RunResult:
     """Run one sequential-learning simulation and write its run folder.
 
     ``site_cls`` replaces the site class (tests use it to run deliberately leaking sites).
+    ``reuse``: a folder where the runs of a comparison share each site's prompt and replay figures.
     """
     stream = stream or sys.stderr
-    plan = plan_run(cfg)
+    plan = plan_run(cfg, reuse)
     folder = RunFolder(plan.out)
     _write_plan(folder, plan)
     t_start = time.perf_counter()
@@ -198,6 +200,8 @@ def run(cfg: Config, stream: TextIO | None = None, progress: bool = True, site_c
         if plan.smd_on:
             smd_info.update(finish_smd(cfg, eng, folder, plan.order, eng.progress))
             write_json(folder.file("smd.json"), smd_info)
+        if eng.reused:
+            write_json(folder.file("reuse.json"), {"folder": str(plan.reuse), "sites": eng.reused})
         m, audit, timings = _finish(eng, plan, folder, ledger, R, stage_logs, t_start, t_ray)
         folder.mark_complete()
         _report(stream, plan, R, m, audit, timings, folder)
@@ -267,6 +271,7 @@ def compare(base: Config, methods: list[str], seeds: list[int], orders: list[str
     out.mkdir(parents=True, exist_ok=True)
     base.write(out / "compare_config.json")
     engine.start_ray(base.runtime.num_cpus, base.runtime.dashboard)
-    status = cmp.run_compare(plans, lambda c: run(c, stream=stream, progress=progress), stream)
+    shared = out / "shared"  # each site's prompt and replay figures, made once per (seed, site)
+    status = cmp.run_compare(plans, lambda c: run(c, stream=stream, progress=progress, reuse=shared), stream)
     table = cmp.summarize(out, baseline=baseline)
     return table, status

@@ -27,12 +27,13 @@ from server.learner import Learner
 from server.methods import build_method
 from simulator.benchmarks import catalog
 from simulator.config import Config
+from simulator.driver.artifacts import ArtifactCache, SiteArtifacts, artifact_key
 from simulator.driver.ledger import Ledger
 from simulator.driver.phases import PhaseClock
 from simulator.driver.plan import RunPlan, site_spec
 from simulator.driver.progress import RunProgress
 from simulator.messages import metrics
-from simulator.payloads import GuardReport, InspectReply, ScoresReply
+from simulator.payloads import GuardReport, InspectReply, PromptReply, ScoresReply
 from sites.site import Site
 
 
@@ -123,7 +124,12 @@ class Engine:
         self.smd_on = False
         #: per site: prompt-tuning logs and the replay's fidelity and memorisation statistics
         self.smd_sites: dict[str, dict[str, float]] = {}
+        self.prompts: dict[str, np.ndarray] = {}
         self.clock = PhaseClock()
+        self.cache = ArtifactCache(plan.reuse) if plan.reuse else None
+        #: per site whose prompt and figures came from the cache: its key and the run that made them
+        self.reused: dict[str, dict[str, str]] = {}
+        self.backbone_key = ""
 
     def _call(self, site: str, method: str, msg: RecordDict | None = None, *args: Any) -> RecordDict:
         """Call a site method, recording the message in and the reply out."""
@@ -155,16 +161,38 @@ class Engine:
     def enable_replay(self, backbone_path: str, channels: int) -> None:
         get(self.actors.learner.enable_replay.remote(backbone_path, channels))
         self.smd_on = True
+        self.backbone_key = Path(backbone_path).parent.name  # the cache folder is named by the spec hash
 
     def _learner_to_site(self, make: str, site: str, site_method: str, *args: Any) -> RecordDict:
         msg = get(getattr(self.actors.learner, make).remote(*args))
         return self._call(site, site_method, msg)
 
     def tune_and_check(self, site: str) -> dict[str, float]:
-        """Prompt tuning at the site, then the fidelity of the replay of that prompt."""
+        """Prompt tuning at the site, then the fidelity of the replay of that prompt.
+
+        With an artifact cache, a prompt and figures an earlier run of the grid obtained for
+        the same inputs are reused, and the site is not asked again.
+        """
+        key = art = None
+        if self.cache is not None:
+            key = artifact_key(self.cfg, site_spec(self.cfg, site, self.plan.indices[site]), self.backbone_key)
+            art = self.cache.load(key)
+        if art is not None:
+            get(self.actors.learner.add_prompt.remote(site, art.tokens))
+            self.reused[site] = {"key": key, "from": art.source}
+            out = dict(art.logs)
+        else:
+            out = self._tune_and_check(site)
+            if self.cache is not None:
+                self.cache.save(key, SiteArtifacts(self.prompts[site], out, self.plan.out.name))
+        self.smd_sites[site] = out
+        return out
+
+    def _tune_and_check(self, site: str) -> dict[str, float]:
         with self.clock.phase("prompt_tuning"):
             reply = self._learner_to_site("tune_message", site, "tune_prompt", site)
             out = get(self.actors.learner.absorb_prompt.remote(reply, site))
+            self.prompts[site] = PromptReply.from_record(reply).tokens
         entries = self.ledger.last["arrays"]
         out["prompt_bytes"] = sum(a["bytes"] for a in entries)  # as serialised in the message
         out["prompt_values_bytes"] = sum(4 * int(np.prod(a["shape"])) for a in entries)
@@ -177,7 +205,6 @@ class Engine:
         self.clock.add("memorisation", memorisation)
         self.clock.add("fidelity", wall - memorisation)
         out.update(fid)
-        self.smd_sites[site] = out
         return out
 
     def attribution(self, public: np.ndarray) -> dict[str, Any]:

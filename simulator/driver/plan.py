@@ -37,6 +37,8 @@ class RunPlan:
     #: the egress guard's mode: the configured one, or ``record`` for a non-private reference
     guard_mode: str
     smd_on: bool
+    #: where prompts and replay figures are shared between the runs of a grid (None: not shared)
+    reuse: Path | None = None
 
 
 def method_hparams(cfg: Config, name: str) -> dict[str, HValue]:
@@ -88,8 +90,11 @@ def check_method(cfg: Config, name: str) -> type[Method]:
     return cls
 
 
-def plan_run(cfg: Config) -> RunPlan:
-    """Validate everything that can be checked before work starts (no side effects)."""
+def plan_run(cfg: Config, reuse: Path | None = None) -> RunPlan:
+    """Validate everything that can be checked before work starts (no side effects).
+
+    ``reuse``: a folder of per-(seed, site) artifacts shared by the runs of a comparison.
+    """
     from simulator.driver.runfolder import check_new
 
     cls = check_method(cfg, cfg.run.method)
@@ -110,4 +115,4 @@ def plan_run(cfg: Config) -> RunPlan:
     out = Path(cfg.run.out) if cfg.run.out else default_out(cfg)
     check_new(out)
     return RunPlan(cfg, sites, order, site_indices(cfg, order), out, cls, method_hparams(cfg, cls.name),
-                   cfg.privacy.mode if cls.private else "record", smd_on)
+                   cfg.privacy.mode if cls.private else "record", smd_on, reuse)
