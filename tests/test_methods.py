@@ -97,3 +97,19 @@ def test_boolean_and_choice_hyper_parameters():
 def test_a_method_refuses_an_unresolved_table():
     with pytest.raises(ConfigError, match="expected resolved hyper-parameters"):
         build_method("smg", build_model(1, 4, 1, seed=0), {"lr": 1e-3})
+
+
+@pytest.mark.parametrize("name, declared", [
+    ("smg", {"lookahead", "lambda_gen", "replay_sites_per_step"}),
+    ("smg_mem", {"lookahead", "lambda_gen", "replay_sites_per_step"}),
+    ("smg_gen", {"lookahead", "lambda_gen", "replay_sites_per_step"}),
+    ("pga_exact", {"lookahead", "lambda_gen", "replay_sites_per_step"}),
+    ("pga_sym", {"lookahead", "lambda_gen", "replay_sites_per_step"}),
+    ("smd_replay_matched", {"lambda_gen", "replay_sites_per_step"}),
+    ("mldg", {"lookahead"}),
+    ("fish", {"lookahead", "meta_step", "views"}),
+])
+def test_inner_steps_are_declared_in_outer_steps(name, declared):
+    assert {p.name for p in method_class(name).hyperparameters} == declared
+    with pytest.raises(ConfigError, match=rf"methods\.{name}\.alpha: unknown hyper-parameter"):
+        resolve_hparams(method_class(name), 1e-3, {"alpha": 1e-3})

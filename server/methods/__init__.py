@@ -14,7 +14,9 @@ from server.methods.joint import Joint
 from server.methods.lwf import LwF
 from server.methods.mldg import MLDG
 from server.methods.pga_exact import PGAExact
+from server.methods.pga_sym import PGASym
 from server.methods.smd_replay import SMDReplay
+from server.methods.smd_replay_matched import SMDReplayMatched
 from server.methods.smg import SMG, SMGGen, SMGMem
 from simulator.errors import UnknownMethodError
 from simulator.method import Method
@@ -22,6 +24,7 @@ from simulator.method import Method
 METHODS: dict[str, type[Method]] = {
     Finetune.name: Finetune,
     SMDReplay.name: SMDReplay,
+    SMDReplayMatched.name: SMDReplayMatched,
     ERReal.name: ERReal,
     Joint.name: Joint,
     EWC.name: EWC,
@@ -32,6 +35,7 @@ METHODS: dict[str, type[Method]] = {
     SMGMem.name: SMGMem,
     SMGGen.name: SMGGen,
     PGAExact.name: PGAExact,
+    PGASym.name: PGASym,
 }
 
 

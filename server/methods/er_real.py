@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from server.methods.streams import method_generator
 from simulator.method import Batch, HParam, Method, StageContext
 from simulator.segmentation import seg_loss
 
@@ -30,7 +31,7 @@ class ERReal(Method):
 
     def begin_stage(self, ctx: StageContext) -> None:
         self.opt = self.adam()
-        self.gen = ctx.generator
+        self.gen = method_generator(ctx)  # buffer draws leave the batch stream alone
         self.seen_x: list[torch.Tensor] = []
         self.seen_y: list[torch.Tensor] = []
 

@@ -1,4 +1,5 @@
-"""The meta-gradient math shared by PGA (``smg``, its ablations, ``pga_exact``), ``mldg`` and ``fish``.
+"""The meta-gradient math shared by PGA (``smg``, its ablations, ``pga_exact``, ``pga_sym``,
+``smd_replay_matched``) and ``mldg``.
 
 What follows the SMG-Learning paper's description: two alignment goals trained together with
 synthetic replay, "orientational gradient alignment" towards previous sites
@@ -9,34 +10,69 @@ What is this project's derivation (the paper's equations are not public to us):
 let L_c be the loss on a current-site batch, L_k on a replay batch of earlier site k,
 and g = the gradient of a loss. The alignment objective is
 
-    L_c + mean_k L_k - beta_o mean_k <sg(g_c), g_k> - beta_a <sg(g_A), g_B>
+    L_c + mean_k L_k - beta_o mean_k <sg(g_c), g_k> + lambda_gen (L_A + L_B - beta_a <sg(g_A), g_B>)
 
 where sg() holds the leading gradient fixed ("direction fixed: current -> earlier";
 for the arbitrary term, group A leads group B). With the Taylor identity
-L_B(theta - alpha g_A) = L_B - alpha <g_A, g_B> + O(alpha^2), the gradient of each
-term equals, up to O(alpha^2) and with beta = alpha, the first-order gradient
-(no backpropagation through the inner step, as in first-order MLDG) of
+L_B(theta - d) = L_B - <d, g_B> + O(|d|^2), the gradient of each term equals, up to
+O(|d|^2), the first-order gradient (no backpropagation through the inner step, as in
+first-order MLDG) of
 
-    J_mem = L_c(theta) + mean_k L_k(theta - alpha g_c)
-    J_gen = L_A(theta) + L_B(theta - alpha g_A)
+    J_mem = L_c(theta) + mean_k L_k(theta_m),   theta_m = theta - d(g_c)
+    J_gen = L_A(theta) + L_B(theta_g),          theta_g = theta - d(g_A)
 
 with A, B a random split of the available domains (current + replayed sites), drawn
 again every step; at stage 1, with no replay, A and B are two differently
 style-augmented views of the current batch (simulated domain shift). Each step takes
-the gradient of J_mem + lambda_gen * J_gen. Losses over several domains are averaged,
-so the step size does not grow with the number of earlier sites.
+the gradient of J_mem + lambda_gen * J_gen. Losses over several domains are averaged
+(L_A is the mean of A's domain losses), so the step size does not grow with the number
+of earlier sites.
 
-``alignment_gradient`` differentiates the alignment objective itself by double
-backpropagation; it is the reference the first-order approximation is tested against.
+Lookahead: the inner step is measured in outer-optimiser steps,
+
+    d(g) = lookahead * lr * g / rms(g),
+
+rms(g) the root mean square of g over all parameters, a detached scalar held constant.
+With Adam each parameter moves by about ``lr`` per outer step, so one unit of lookahead
+is about as long as one outer step whatever the network or the loss scale; a raw SGD
+inner step ``alpha * g`` would instead be some 1000 times shorter than an Adam step on
+our networks, and the meta terms would change the update by about 0.1 %. The matching
+inner-product weight is beta = lookahead * lr / rms(g_lead), with g_lead the leading
+(stop-gradient) gradient, the same scalar the first-order step uses.
+
+Two exact objectives, each differentiated by double backpropagation
+(:func:`alignment_gradient`):
+
+* stop-gradient (``pga_exact``): the objective above, the one first-order ``smg``
+  approximates; the difference between the two gradients is O(lookahead^2);
+* symmetric (``pga_sym``): the same without sg(), so the inner products pull both
+  gradients towards each other; no first-order method approximates it (the Hessian of
+  the leading loss enters).
+
+Every gradient is assembled from one forward/backward pass per domain at theta, reused
+for the plain terms, the leading gradients and the alignment statistics, plus one pass
+per meta-test domain at theta_m and theta_g. ``plain`` is the same step with the
+meta-test losses evaluated at theta (lookahead 0): ``smd_replay_matched`` steps along
+it, and ``align_rel_change`` measures how far the meta terms move the update from it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch.func import functional_call
 
-from simulator.method import Batch
+from simulator.method import HParam
 from simulator.segmentation import seg_loss
+
+Pair = tuple[torch.Tensor, torch.Tensor]
+Grads = list[torch.Tensor]
+
+LOOKAHEAD = HParam("lookahead", 1.0, lo=0.0,
+                   help="inner step in outer-optimiser steps: theta' = theta - lookahead*lr*g/rms(g) "
+                        "(1: as long as one Adam step; 1.0 until a sweep picks it)")
+LAMBDA_GEN = HParam("lambda_gen", 1.0, lo=0.0, help="weight of the generalizability objective J_gen")
 
 
 def style_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -55,13 +91,6 @@ def style_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return y.clamp(0, 1)
 
 
-def domains_of(batch: Batch, gen: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The available domains of a step: current site and each replayed site (or two views)."""
-    if batch.replay:
-        return [(batch.x, batch.y), *batch.replay.values()]
-    return [(style_augment(batch.x, gen), batch.y), (style_augment(batch.x, gen), batch.y)]
-
-
 def split(n: int, gen: torch.Generator) -> tuple[list[int], list[int]]:
     """A random split of ``n >= 2`` domains into two non-empty groups."""
     perm = torch.randperm(n, generator=gen).tolist()
@@ -69,86 +98,213 @@ def split(n: int, gen: torch.Generator) -> tuple[list[int], list[int]]:
     return perm[:cut], perm[cut:]
 
 
+@dataclass(frozen=True)
+class Roles:
+    """Which domain of a step (indices into its domain list) plays which part of the objective.
+
+    ``current``: L_c, always a plain term (None: no L_c, as in MLDG). ``replay``: the replayed
+    domains (J_mem's meta-test when ``use_mem``; always used for ``align_cos_mem``).
+    ``group_a``/``group_b``: the split of J_gen (when ``use_gen``; otherwise only logged).
+    """
+
+    current: int | None
+    replay: tuple[int, ...] = ()
+    group_a: tuple[int, ...] = ()
+    group_b: tuple[int, ...] = ()
+    use_mem: bool = True
+    use_gen: bool = True
+    lambda_gen: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.replay and self.current is None:
+            raise ValueError("replayed domains need a current domain to lead the inner step")
+        if self.use_gen and not (self.group_a and self.group_b):
+            raise ValueError("J_gen needs two non-empty groups")
+
+    @property
+    def mem_active(self) -> bool:
+        return self.use_mem and bool(self.replay)
+
+
+@dataclass
+class PGAGradient:
+    """One step's gradient, its meta-free counterpart and the per-domain gradients it reused."""
+
+    grads: Grads                 # the direction handed to the optimiser
+    plain: Grads                 # the same terms with the meta-test losses at theta
+    domain_grads: list[Grads]    # per domain, at theta
+    inner_rms: float             # RMS of the inner displacement (mean over those taken; 0: none)
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+def rms(grads: Grads) -> float:
+    """Root mean square of a gradient over all its parameters (a detached scalar)."""
+    n = sum(g.numel() for g in grads)
+    return float(torch.nn.utils.get_total_norm([g.detach() for g in grads])) / n ** 0.5
+
+
+def inner_scale(grads: Grads, step: float) -> float:
+    """The scalar s with d = s * g of RMS ``step`` (= lookahead * lr); 0 for a zero gradient."""
+    r = rms(grads)
+    return step / r if r > 0 else 0.0
+
+
 class _Functional:
     """Loss and gradients of the model at arbitrary parameter values."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
-        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
 
     def params(self) -> dict[str, torch.Tensor]:
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
 
-    def loss(self, params: dict[str, torch.Tensor], doms: list[tuple[torch.Tensor, torch.Tensor]]):
-        return torch.stack([seg_loss(functional_call(self.model, params, (x,)), y) for x, y in doms]).mean()
+    def loss(self, params: dict[str, torch.Tensor], pair: Pair) -> torch.Tensor:
+        x, y = pair
+        return seg_loss(functional_call(self.model, params, (x,)), y)
 
-    def grad(self, loss: torch.Tensor, params: dict[str, torch.Tensor], create_graph: bool = False,
-             retain_graph: bool | None = None):
-        return torch.autograd.grad(loss, list(params.values()), create_graph=create_graph,
-                                   retain_graph=retain_graph)
+    def grad(self, loss: torch.Tensor, params: dict[str, torch.Tensor], create_graph: bool = False) -> Grads:
+        return list(torch.autograd.grad(loss, list(params.values()), create_graph=create_graph))
 
-    def step(self, params: dict[str, torch.Tensor], grads, alpha: float) -> dict[str, torch.Tensor]:
-        """theta - alpha * g as new leaves (first order: no graph through the inner step)."""
-        return {n: (p.detach() - alpha * g.detach()).requires_grad_(True)
+    def displaced(self, params: dict[str, torch.Tensor], grads: Grads, scale: float) -> dict[str, torch.Tensor]:
+        """theta - scale * g as new leaves (first order: no graph through the inner step)."""
+        return {n: (p.detach() - scale * g.detach()).requires_grad_(True)
                 for (n, p), g in zip(params.items(), grads, strict=True)}
 
 
-def first_order_meta_gradient(model: torch.nn.Module, current, replay: list, groups, alpha: float,
-                              lambda_gen: float, use_mem: bool = True, use_gen: bool = True):
-    """Gradient of J_mem + lambda_gen J_gen (first order); returns (grads, logs)."""
-    f = _Functional(model)
-    theta = f.params()
-    total = [torch.zeros_like(p) for p in theta.values()]
-    logs = {}
-    if use_mem:
-        loss_c = f.loss(theta, [current])
-        g_c = f.grad(loss_c, theta)
-        total = [t + g for t, g in zip(total, g_c, strict=True)]
-        logs["loss_current"] = float(loss_c.detach())
-        if replay:
-            theta_m = f.step(theta, g_c, alpha)
-            loss_meta = f.loss(theta_m, replay)
-            total = [t + g for t, g in zip(total, f.grad(loss_meta, theta_m), strict=True)]
-            logs["loss_mem_meta"] = float(loss_meta.detach())
-    if use_gen:
-        group_a, group_b = groups
-        loss_a = f.loss(theta, group_a)
-        g_a = f.grad(loss_a, theta)
-        theta_g = f.step(theta, g_a, alpha)
-        loss_b = f.loss(theta_g, group_b)
-        g_b = f.grad(loss_b, theta_g)
-        total = [t + lambda_gen * (ga + gb) for t, ga, gb in zip(total, g_a, g_b, strict=True)]
-        logs["loss_gen_a"] = float(loss_a.detach())
-        logs["loss_gen_meta"] = float(loss_b.detach())
-    return total, logs
+def _mean(grads: list[Grads]) -> Grads:
+    return [sum(parts) / len(grads) for parts in zip(*grads, strict=True)]
 
 
-def alignment_gradient(model: torch.nn.Module, current, replay: list, groups, beta: float,
-                       lambda_gen: float, use_mem: bool = True, use_gen: bool = True):
-    """Gradient of the explicit alignment objective, by double backpropagation."""
+def _dot(a: Grads, b: Grads) -> torch.Tensor:
+    return sum((x * y).sum() for x, y in zip(a, b, strict=True))
+
+
+def _combine(roles: Roles, g: list[Grads], mem: list[Grads], g_a: Grads | None, b: list[Grads]) -> Grads:
+    """g_c + mean_k mem_k + lambda_gen (g_A + mean_B b): one order of summation for every caller."""
+    out = [torch.zeros_like(t) for t in g[0]]
+    terms: list[tuple[float, Grads]] = []
+    if roles.current is not None:
+        terms.append((1.0, g[roles.current]))
+    terms += [(1.0 / len(mem), m) for m in mem]
+    if g_a is not None:
+        terms.append((roles.lambda_gen, g_a))
+        terms += [(roles.lambda_gen / len(b), t) for t in b]
+    for w, grads in terms:
+        for o, t in zip(out, grads, strict=True):
+            o.add_(t.detach(), alpha=w)
+    return out
+
+
+def _per_domain(f: _Functional, theta: dict, doms: list[Pair], create_graph: bool = False):
+    losses, grads = [], []
+    for pair in doms:
+        loss = f.loss(theta, pair)
+        losses.append(loss)
+        grads.append(f.grad(loss, theta, create_graph=create_graph))
+    return losses, grads
+
+
+def _loss_logs(roles: Roles, losses: list) -> dict[str, float]:
+    logs = {}
+    if roles.current is not None:
+        logs["loss_current"] = float(losses[roles.current].detach())
+    if roles.replay:
+        logs["loss_replay"] = float(sum(float(losses[k].detach()) for k in roles.replay) / len(roles.replay))
+    if roles.use_gen:
+        logs["loss_gen_a"] = float(sum(float(losses[i].detach()) for i in roles.group_a) / len(roles.group_a))
+    return logs
+
+
+def first_order_gradient(model: torch.nn.Module, doms: list[Pair], roles: Roles, step: float,
+                         meta: bool = True) -> PGAGradient:
+    """Gradient of J_mem + lambda_gen J_gen, first order, with inner steps of RMS ``step``.
+
+    ``step`` = lookahead * lr. ``meta=False`` evaluates the meta-test losses at theta (the
+    plain step, no inner passes). Per-domain gradients at theta are computed once and reused.
+    """
     f = _Functional(model)
     theta = f.params()
-    objective = torch.zeros(())
-    logs = {}
-    if use_mem:
-        loss_c = f.loss(theta, [current])
-        objective = objective + loss_c
-        logs["loss_current"] = float(loss_c.detach())
-        if replay:
-            g_c = [g.detach() for g in f.grad(loss_c, theta, retain_graph=True)]  # sg(g_c): direction fixed
-            loss_r = f.loss(theta, replay)
-            g_r = f.grad(loss_r, theta, create_graph=True)
-            dot = sum((a * b).sum() for a, b in zip(g_c, g_r, strict=True))
-            objective = objective + loss_r - beta * dot
-            logs["align_mem"] = float(dot.detach())
-    if use_gen:
-        group_a, group_b = groups
-        loss_a = f.loss(theta, group_a)
-        loss_b = f.loss(theta, group_b)
-        g_a = [g.detach() for g in f.grad(loss_a, theta, retain_graph=True)]
-        g_b = f.grad(loss_b, theta, create_graph=True)
-        dot = sum((a * b).sum() for a, b in zip(g_a, g_b, strict=True))
-        objective = objective + lambda_gen * (loss_a + loss_b - beta * dot)
+    losses, g = _per_domain(f, theta, doms)
+    logs = _loss_logs(roles, losses)
+    mem_theta = [g[k] for k in roles.replay] if roles.mem_active else []
+    g_a = _mean([g[i] for i in roles.group_a]) if roles.use_gen else None
+    b_theta = [g[i] for i in roles.group_b] if roles.use_gen else []
+    mem, b, shifts = mem_theta, b_theta, []
+    if meta and mem_theta:
+        scale = inner_scale(g[roles.current], step)
+        theta_m = f.displaced(theta, g[roles.current], scale)
+        meta_losses, mem = _per_domain(f, theta_m, [doms[k] for k in roles.replay])
+        logs["loss_mem_meta"] = float(sum(float(x.detach()) for x in meta_losses) / len(meta_losses))
+        shifts.append(step if scale > 0 else 0.0)  # rms(scale * g) = step
+    if meta and g_a is not None:
+        scale = inner_scale(g_a, step)
+        theta_g = f.displaced(theta, g_a, scale)
+        meta_losses, b = _per_domain(f, theta_g, [doms[i] for i in roles.group_b])
+        logs["loss_gen_meta"] = float(sum(float(x.detach()) for x in meta_losses) / len(meta_losses))
+        shifts.append(step if scale > 0 else 0.0)  # rms(scale * g) = step
+    if not meta:  # the meta-test losses at theta, under the same names
+        if mem_theta:
+            logs["loss_mem_meta"] = logs["loss_replay"]
+        if g_a is not None:
+            logs["loss_gen_meta"] = float(sum(float(losses[i].detach()) for i in roles.group_b)
+                                          / len(roles.group_b))
+    return PGAGradient(grads=_combine(roles, g, mem, g_a, b), plain=_combine(roles, g, mem_theta, g_a, b_theta),
+                       domain_grads=g, inner_rms=sum(shifts) / len(shifts) if shifts else 0.0, logs=logs)
+
+
+def alignment_gradient(model: torch.nn.Module, doms: list[Pair], roles: Roles, step: float,
+                       symmetric: bool = False) -> PGAGradient:
+    """Gradient of the explicit alignment objective, by double backpropagation.
+
+    beta = step / rms(g_lead) (step = lookahead * lr), the scalar the first-order step uses.
+    ``symmetric=False``: the leading gradient is held fixed (what :func:`first_order_gradient`
+    approximates); ``True``: no stop-gradient on either side. ``inner_rms`` reports the
+    equivalent inner displacement, beta * rms(g_lead) = ``step``.
+    """
+    f = _Functional(model)
+    theta = f.params()
+    losses, g_graph = _per_domain(f, theta, doms, create_graph=True)
+    g = [[t.detach() for t in grads] for grads in g_graph]
+    logs = _loss_logs(roles, losses)
+
+    def lead(grads: Grads, detached: Grads) -> Grads:
+        return grads if symmetric else detached
+
+    objective = losses[roles.current] if roles.current is not None else torch.zeros((), dtype=losses[0].dtype)
+    shifts = []
+    if roles.mem_active:
+        c = roles.current
+        loss_r = sum(losses[k] for k in roles.replay) / len(roles.replay)
+        g_r = _mean([g_graph[k] for k in roles.replay])
+        dot = _dot(lead(g_graph[c], g[c]), g_r)
+        beta = inner_scale(g[c], step)
+        objective = objective + loss_r - beta * dot
+        logs["align_mem"] = float(dot.detach())
+        shifts.append(step if beta > 0 else 0.0)
+    g_a = None
+    if roles.use_gen:
+        loss_a = sum(losses[i] for i in roles.group_a) / len(roles.group_a)
+        loss_b = sum(losses[i] for i in roles.group_b) / len(roles.group_b)
+        g_a_graph = _mean([g_graph[i] for i in roles.group_a])
+        g_a = [t.detach() for t in g_a_graph]
+        dot = _dot(lead(g_a_graph, g_a), _mean([g_graph[i] for i in roles.group_b]))
+        beta = inner_scale(g_a, step)
+        objective = objective + roles.lambda_gen * (loss_a + loss_b - beta * dot)
         logs["align_gen"] = float(dot.detach())
-    grads = torch.autograd.grad(objective, list(theta.values()))
-    return grads, logs
+        shifts.append(step if beta > 0 else 0.0)
+    grads = list(torch.autograd.grad(objective, list(theta.values())))
+    mem = [g[k] for k in roles.replay] if roles.mem_active else []
+    b = [g[i] for i in roles.group_b] if roles.use_gen else []
+    return PGAGradient(grads=grads, plain=_combine(roles, g, mem, g_a, b), domain_grads=g,
+                       inner_rms=sum(shifts) / len(shifts) if shifts else 0.0, logs=logs)
+
+
+def apply_gradient(model: torch.nn.Module, opt: torch.optim.Optimizer, grads: Grads) -> float:
+    """One optimiser step along ``grads``; returns the RMS of the parameter change it made."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in params]
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g.detach()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return rms([p.detach() - b for p, b in zip(params, before, strict=True)])

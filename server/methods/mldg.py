@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from server.methods.meta_gradient import first_order_meta_gradient, style_augment
-from simulator.method import Batch, HParam, Method, StageContext
+from server.methods.alignment import alignment_logs, gram, inner_over_outer
+from server.methods.meta_gradient import (
+    LOOKAHEAD,
+    Roles,
+    apply_gradient,
+    first_order_gradient,
+    style_augment,
+)
+from server.methods.streams import method_generator
+from simulator.method import Batch, Method, StageContext
 
 
 class MLDG(Method):
@@ -11,26 +19,28 @@ class MLDG(Method):
 
     With one real domain per visit, meta-train is the current batch and meta-test a
     style-augmented view of it (a simulated unseen site): the gradient of
-    L_train(theta) + L_test(theta - alpha g_train), first order (MLDG's beta = 1). No replay.
+    L_train(theta) + L_test(theta - d), first order (MLDG's beta = 1), with the inner step
+    d = lookahead * lr * g_train / rms(g_train) measured in outer-optimiser steps (see
+    :mod:`server.methods.meta_gradient`). No replay. The views come from the method's own
+    random stream.
     """
 
     name = "mldg"
     private = True
-    hyperparameters = (HParam("alpha", 1e-3, lo=0.0, help="SGD step of the inner (meta-train) update"),)
+    hyperparameters = (LOOKAHEAD,)
+    roles = Roles(current=None, group_a=(0,), group_b=(1,), use_mem=False, use_gen=True, lambda_gen=1.0)
 
     def begin_stage(self, ctx: StageContext) -> None:
         self.opt = self.adam()
-        self.gen = ctx.generator
+        self.gen = method_generator(ctx)
 
     def update(self, batch: Batch) -> dict[str, float]:
         self.model.train()
-        current = (batch.x, batch.y)
-        shifted = (style_augment(batch.x, self.gen), batch.y)
-        grads, logs = first_order_meta_gradient(self.model, current, [], ([current], [shifted]),
-                                                self.hp["alpha"], 1.0, use_mem=False, use_gen=True)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        for p, g in zip(params, grads, strict=True):
-            p.grad = g.detach()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        return {"loss": logs["loss_gen_a"], "loss_meta_test": logs["loss_gen_meta"]}
+        doms = [(batch.x, batch.y), (style_augment(batch.x, self.gen), batch.y)]
+        res = first_order_gradient(self.model, doms, self.roles,
+                                   float(self.hp["lookahead"]) * float(self.hp["lr"]))
+        outer = apply_gradient(self.model, self.opt, res.grads)
+        logs = {"loss": res.logs["loss_gen_a"], "loss_meta_test": res.logs["loss_gen_meta"]}
+        logs.update(alignment_logs(res, self.roles, gram(res.domain_grads)))
+        logs["inner_over_outer"] = inner_over_outer(res.inner_rms, outer)
+        return logs

@@ -1,13 +1,33 @@
 """SMG-Learning: Parallel Gradient Alignment (PGA) with SMD replay, and its two ablations.
 
-The derivation of the two meta-objectives, and which parts follow the paper, are in
-:mod:`server.methods.meta_gradient`.
+The derivation of the two meta-objectives, the lookahead scaling of the inner step, and
+which parts follow the paper are in :mod:`server.methods.meta_gradient`; the alignment
+statistics every step logs are in :mod:`server.methods.alignment`.
 """
 
 from __future__ import annotations
 
-from server.methods.meta_gradient import _Functional, domains_of, first_order_meta_gradient, split
+import torch
+
+from server.methods.alignment import alignment_logs, cosine_summary, gram, inner_over_outer
+from server.methods.meta_gradient import (
+    LAMBDA_GEN,
+    LOOKAHEAD,
+    Pair,
+    PGAGradient,
+    Roles,
+    apply_gradient,
+    first_order_gradient,
+    split,
+    style_augment,
+)
+from server.methods.streams import method_generator
 from simulator.method import Batch, HParam, Method, StageContext
+
+REPLAY_SITES_PER_STEP = HParam(
+    "replay_sites_per_step", 0, lo=0, hi=1_000_000,
+    help="earlier sites replayed per step, drawn from the method's own stream (0: all), "
+         "so a step's cost stops growing with the stage")
 
 
 class SMG(Method):
@@ -15,44 +35,80 @@ class SMG(Method):
 
     Synchronous Memorizability and Generalizability learning (the SMG-Learning paper):
     parallel orientational and arbitrary gradient alignment against replay from a
-    Site-Modulated Diffusion model. See the module docstring for which parts follow
-    the paper's description and which are this project's derivation.
+    Site-Modulated Diffusion model. See :mod:`server.methods.meta_gradient` for which
+    parts follow the paper's description and which are this project's derivation.
+
+    The domains of a step are the current site and the replayed sites (at stage 1 the
+    current batch and two style views of it); their split and the views come from the
+    method's own random stream (:func:`server.methods.streams.method_generator`).
+    Subclasses switch terms off (``use_mem``, ``use_gen``), the meta-test shift off
+    (``meta``) or replace the gradient (``_gradient``); the domains, weights and random
+    draws stay the same.
     """
 
     name = "smg"
     private = True
     uses_replay = True
-    hyperparameters = (HParam("alpha", 1e-3, lo=0.0, help="SGD step of the inner updates"),
-                       HParam("lambda_gen", 1.0, lo=0.0, help="weight of the generalizability objective J_gen"))
+    hyperparameters = (LOOKAHEAD, LAMBDA_GEN, REPLAY_SITES_PER_STEP)
     use_mem = True
     use_gen = True
+    #: False: the meta-test losses are evaluated at theta (plain replay with smg's weighting)
+    meta = True
 
     def begin_stage(self, ctx: StageContext) -> None:
         self.opt = self.adam()
-        self.gen = ctx.generator
+        self.gen = method_generator(ctx)
+        self.site = ctx.site
+        self._last: tuple[list[str], torch.Tensor] | None = None
 
-    def _parts(self, batch: Batch):
-        current = (batch.x, batch.y)
-        replay = list(batch.replay.values())
-        doms = domains_of(batch, self.gen)
-        a, b = split(len(doms), self.gen)
-        return current, replay, ([doms[i] for i in a], [doms[i] for i in b])
+    def _replay(self, batch: Batch) -> dict[str, Pair]:
+        """The replayed sites of this step: all, or ``replay_sites_per_step`` drawn at random."""
+        k, names = int(self.hp["replay_sites_per_step"]), list(batch.replay)
+        if 0 < k < len(names):
+            keep = sorted(torch.randperm(len(names), generator=self.gen)[:k].tolist())
+            names = [names[i] for i in keep]
+        return {n: batch.replay[n] for n in names}
 
-    def _gradient(self, current, replay, groups):
-        return first_order_meta_gradient(self.model, current, replay, groups, self.hp["alpha"],
-                                         self.hp["lambda_gen"], self.use_mem, self.use_gen)
+    def _plan(self, batch: Batch) -> tuple[list[str], list[Pair], Roles]:
+        """Domain names, domain batches and their roles for one step."""
+        replay = self._replay(batch)
+        names, doms = [self.site, *replay], [(batch.x, batch.y), *replay.values()]
+        pool = list(range(len(doms)))
+        if not replay:
+            pool = []
+            if self.use_gen:  # stage 1: two simulated sites from the current batch
+                names += ["view1", "view2"]
+                doms += [(style_augment(batch.x, self.gen), batch.y), (style_augment(batch.x, self.gen), batch.y)]
+                pool = [1, 2]
+        a, b = split(len(pool), self.gen) if len(pool) >= 2 else ([], [])
+        roles = Roles(current=0, replay=tuple(range(1, 1 + len(replay))),
+                      group_a=tuple(pool[i] for i in a), group_b=tuple(pool[i] for i in b),
+                      use_mem=self.use_mem, use_gen=self.use_gen, lambda_gen=float(self.hp["lambda_gen"]))
+        return names, doms, roles
+
+    def _step_length(self) -> float:
+        """RMS of the inner displacement: lookahead outer steps of size lr."""
+        return float(self.hp["lookahead"]) * float(self.hp["lr"])
+
+    def _gradient(self, doms: list[Pair], roles: Roles) -> PGAGradient:
+        return first_order_gradient(self.model, doms, roles, self._step_length(), meta=self.meta)
 
     def update(self, batch: Batch) -> dict[str, float]:
         self.model.train()
-        current, replay, groups = self._parts(batch)
-        grads, logs = self._gradient(current, replay, groups)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        for p, g in zip(params, grads, strict=True):
-            p.grad = g.detach()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        logs["loss"] = logs.get("loss_current", logs.get("loss_gen_a", 0.0))
+        names, doms, roles = self._plan(batch)
+        res = self._gradient(doms, roles)
+        outer = apply_gradient(self.model, self.opt, res.grads)
+        G = gram(res.domain_grads)
+        self._last = (names, G)
+        logs = dict(res.logs)
+        logs.update(alignment_logs(res, roles, G))
+        logs["inner_over_outer"] = inner_over_outer(res.inner_rms, outer)
+        logs["loss"] = logs["loss_current"]
         return logs
+
+    def stage_summary(self) -> dict[str, float]:
+        """The last step's gradient cosine between every ordered pair of its domains."""
+        return cosine_summary(*self._last) if self._last is not None else {}
 
 
 class SMGMem(SMG):
@@ -67,13 +123,3 @@ class SMGGen(SMG):
 
     name = "smg_gen"
     use_mem = False
-
-    def _gradient(self, current, replay, groups):
-        grads, logs = first_order_meta_gradient(self.model, current, replay, groups, self.hp["alpha"],
-                                                self.hp["lambda_gen"], use_mem=False, use_gen=True)
-        f = _Functional(self.model)
-        theta = f.params()
-        loss_c = f.loss(theta, [current])  # the current site is still learned
-        g_c = f.grad(loss_c, theta)
-        logs["loss_current"] = float(loss_c.detach())
-        return [a + b for a, b in zip(grads, g_c, strict=True)], logs

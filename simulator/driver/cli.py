@@ -92,7 +92,7 @@ def _add_bench(sub) -> None:
     bench.add_argument("--profile", default="quick", choices=PROFILES, help="profile (default quick)")
     bench.add_argument("--replay-sites", type=int, default=5, help="earlier sites in the batch (default 5)")
     bench.add_argument("--steps", type=int, default=10, help="timed steps per method (default 10)")
-    _add_set(bench, "override a config value, e.g. --set methods.smg.alpha=0.01 (repeatable)")
+    _add_set(bench, "override a config value, e.g. --set methods.smg.lookahead=2 (repeatable)")
 
 
 def _add_audit(sub) -> None:

@@ -1,0 +1,24 @@
+"""PGA by its symmetric alignment objective (no stop-gradient): a reference with no first-order form."""
+
+from __future__ import annotations
+
+from server.methods.meta_gradient import Pair, PGAGradient, Roles, alignment_gradient
+from server.methods.smg import SMG
+
+
+class PGASym(SMG):
+    """PGA by the symmetric alignment objective, differentiated by double backpropagation.
+
+    L_c + mean_k L_k - beta mean_k <g_c, g_k> + lambda_gen (L_A + L_B - beta <g_A, g_B>),
+    beta = lookahead * lr / rms(g_lead), with no stop-gradient on either side of the inner
+    products, so both gradients are pulled towards each other (the gradient-inner-product
+    regulariser of Fish, Shi et al., ICLR 2022, taken exactly; here between the
+    SMG-Learning paper's site groups). The leading side's Hessian enters, so no
+    first-order meta-step approximates it; it tells whether holding the lead fixed, as
+    ``smg`` and ``pga_exact`` do, matters. Same domains, draws and hyper-parameters as ``smg``.
+    """
+
+    name = "pga_sym"
+
+    def _gradient(self, doms: list[Pair], roles: Roles) -> PGAGradient:
+        return alignment_gradient(self.model, doms, roles, self._step_length(), symmetric=True)

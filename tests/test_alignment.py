@@ -1,0 +1,117 @@
+"""What the PGA methods log about alignment, the matched ablation, and the methods' own streams."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from server.methods import METHODS, build_method, method_class
+from server.methods.alignment import cosine, gram, relative_change
+from simulator.method import Batch, StageContext, resolve_hparams
+from simulator.segmentation import build_model
+
+ALIGN_KEYS = {"align_cos_mem", "align_cos_gen", "inner_over_outer", "align_rel_change"}
+PGA_METHODS = ["smg", "smg_mem", "smg_gen", "pga_exact", "pga_sym", "smd_replay_matched"]
+
+
+def _batches(n, replay_sites=2, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        x = torch.rand((4, 1, 16, 16), generator=gen)
+        replay = {}
+        for k in range(replay_sites):
+            rx = torch.rand((2, 1, 16, 16), generator=gen)
+            replay[f"s{k}"] = (rx, (rx > 0.5).float())
+        out.append(Batch(x, (x > 0.6).float(), replay))
+    return out
+
+
+def _run(name, batches, seed=0, **hp):
+    """A fresh model and method trained on ``batches``; returns (method, logs, weights, ctx)."""
+    model = build_model(1, 4, 2, seed=0)
+    method = build_method(name, model, resolve_hparams(method_class(name), 1e-3, hp))
+    replay_sites = sorted(batches[0].replay)
+    ctx = StageContext(site="a", stage=2 if replay_sites else 1, steps=len(batches), device=torch.device("cpu"),
+                       generator=torch.Generator().manual_seed(seed), replay_sites=replay_sites)
+    method.begin_stage(ctx)
+    logs = [method.update(b) for b in batches]
+    return method, logs, [p.detach().clone() for p in model.parameters()], ctx
+
+
+@pytest.mark.parametrize("name", PGA_METHODS)
+def test_pga_methods_log_the_alignment_statistics(name):
+    _, logs, _, _ = _run(name, _batches(2))
+    for log in logs:
+        assert ALIGN_KEYS <= set(log), sorted(log)
+        assert -1 <= log["align_cos_mem"] <= 1 and -1 <= log["align_cos_gen"] <= 1
+    # at stage 1 there is no replay, so no memory cosine; smg's views still give a group cosine
+    _, logs, _, _ = _run(name, _batches(2, replay_sites=0))
+    assert "align_cos_mem" not in logs[0]
+    assert ("align_cos_gen" in logs[0]) == (name != "smg_mem")
+
+
+@pytest.mark.parametrize("name", ["mldg"])
+def test_mldg_logs_its_group_alignment(name):
+    _, logs, _, _ = _run(name, _batches(2, replay_sites=0))
+    assert {"align_cos_gen", "align_rel_change", "inner_over_outer"} <= set(logs[0])
+
+
+def test_the_meta_terms_change_the_update_with_the_lookahead():
+    batches = _batches(3)
+    rel = {la: np.mean([log["align_rel_change"] for log in _run("smg", batches, lookahead=la)[1]])
+           for la in (0.0, 1.0, 5.0)}
+    assert rel[0.0] == 0.0
+    assert 0.0 < rel[1.0] < rel[5.0] and rel[5.0] > 0.01, rel
+
+
+def test_inner_over_outer_follows_the_lookahead():
+    # Adam's first step moves every parameter with a gradient by about lr, so the inner
+    # displacement of lookahead * lr is about lookahead outer steps
+    for la in (1.0, 4.0):
+        log = _run("smg", _batches(1), lookahead=la)[1][0]
+        assert la <= log["inner_over_outer"] <= 1.5 * la, log
+
+
+def test_matched_replay_is_smg_without_the_inner_step():
+    for replay_sites in (2, 0):
+        batches = _batches(3, replay_sites)
+        *_, w_smg, _ = _run("smg", batches, lookahead=0.0)
+        *_, w_matched, _ = _run("smd_replay_matched", batches)
+        assert all(torch.equal(a, b) for a, b in zip(w_smg, w_matched, strict=True))
+        *_, w_meta, _ = _run("smg", batches, lookahead=1.0)
+        assert any(not torch.equal(a, b) for a, b in zip(w_meta, w_matched, strict=True))
+
+
+@pytest.mark.parametrize("replay_sites, names", [(2, {"a", "s0", "s1"}), (0, {"a", "view1", "view2"})])
+def test_stage_summary_is_the_last_steps_cosine_matrix(replay_sites, names):
+    method, _, _, _ = _run("smg", _batches(2, replay_sites))
+    summary = method.stage_summary()
+    assert set(summary) == {f"cos/{a}/{b}" for a, b in itertools.permutations(names, 2)}
+    for a, b in itertools.permutations(names, 2):
+        assert summary[f"cos/{a}/{b}"] == pytest.approx(summary[f"cos/{b}/{a}"])
+        assert -1 <= summary[f"cos/{a}/{b}"] <= 1
+
+
+def test_replay_sites_per_step_samples_earlier_sites():
+    method, logs, _, _ = _run("smg", _batches(4, replay_sites=4), replay_sites_per_step=2)
+    assert len({k.split("/")[1] for k in method.stage_summary()}) == 3  # the current site and two replayed
+    assert all(ALIGN_KEYS <= set(log) for log in logs)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_methods_leave_the_batch_stream_alone(name):
+    method, _, _, ctx = _run(name, _batches(2))
+    fresh = torch.Generator().manual_seed(0)
+    assert torch.equal(ctx.generator.get_state(), fresh.get_state()), f"{name} drew from ctx.generator"
+
+
+def test_gram_cosines_match_direct_cosines():
+    gen = torch.Generator().manual_seed(0)
+    grads = [[torch.randn(3, 2, generator=gen), torch.randn(5, generator=gen)] for _ in range(3)]
+    G = gram(grads)
+    flat = [torch.cat([t.reshape(-1) for t in g]).double() for g in grads]
+    assert cosine(G, 0, 2) == pytest.approx(float(torch.nn.functional.cosine_similarity(flat[0], flat[2], dim=0)))
+    assert relative_change(grads[0], grads[0]) == 0.0
+    assert relative_change(grads[1], grads[0]) == pytest.approx(float((flat[1] - flat[0]).norm() / flat[0].norm()))
