@@ -139,3 +139,19 @@ def test_smd_replay_run_through_ray(ray_session, smd_backbone, tmp_path):
     for e in ledger:
         if e["src"].startswith("site:"):
             assert all(a["shape"][-2:] != [32, 32] for a in e["arrays"])
+
+
+def test_bench_times_each_method_at_each_stage_and_applies_set(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = cli.main(["bench", "--profile", "smoke", "--methods", "finetune,smg", "--stages", "1,3",
+                     "--steps", "2", "--set", "methods.smg.lookahead=2", "--out", str(out)])
+    assert code == 0
+    rows = json.loads(out.read_text())["steps"]
+    assert sorted((r["method"], r["stage"]) for r in rows) == [("finetune", 1), ("finetune", 3), ("smg", 1),
+                                                               ("smg", 3)]
+    assert all(r["seconds_per_step"] > 0 for r in rows)
+    assert "x finetune" in capsys.readouterr().out
+    # --set reaches bench through the same resolution as a run: a bad value is refused before timing
+    assert cli.main(["bench", "--profile", "smoke", "--methods", "smg", "--set", "methods.smg.lookahead=-1",
+                     "--out", str(out)]) == 2
+    assert "methods.smg.lookahead: -1.0 is out of range" in capsys.readouterr().err

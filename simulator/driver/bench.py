@@ -12,6 +12,7 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from simulator.config import Config
 
@@ -65,6 +66,20 @@ def step_cost(cfg: Config, methods: list[str], replay_sites: int = 5, steps: int
                              text=True, check=True)
         out.append(json.loads(res.stdout.strip().splitlines()[-1]))
     return out
+
+
+def run_phases(cfg: Config, method: str) -> dict:
+    """One whole run of ``method`` (6 sites, random order, seed 0) in a temporary folder: its timings."""
+    import dataclasses
+    import tempfile
+
+    from simulator.driver import api
+
+    with tempfile.TemporaryDirectory(prefix="smg-sim-bench-") as tmp:
+        run_cfg = dataclasses.replace(cfg.run, method=method, sites=6, order="random", seed=0,
+                                      out=str(Path(tmp) / "run"))
+        res = api.run(dataclasses.replace(cfg, run=run_cfg), progress=False)
+        return {"method": method, **res.timings, "metrics": res.metrics}
 
 
 def _child() -> None:

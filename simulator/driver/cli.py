@@ -84,14 +84,18 @@ def _add_compare(sub) -> None:
 
 
 def _add_bench(sub) -> None:
-    bench = sub.add_parser("bench", help="benchmarks: cost of one training step per method",
+    bench = sub.add_parser("bench", help="benchmarks: step cost per method and stage, and where a run's time goes",
                            description="Seconds per outer step and peak resident memory of each method at a "
-                                       "profile's sizes, with replay batches from several earlier sites; "
-                                       "each method runs in its own process.")
-    bench.add_argument("--methods", default="finetune,smd_replay,smg,pga_exact", help="comma list")
+                                       "profile's sizes, at each given stage (stage s replays s-1 earlier "
+                                       "sites; each method and stage in its own process); with --run, one "
+                                       "whole run of that method and its seconds per phase. Writes bench.json.")
+    bench.add_argument("--methods", default="finetune,smd_replay_matched,smg", help="comma list")
+    bench.add_argument("--stages", default="2,6", help="comma list of stages to time (default 2,6)")
     bench.add_argument("--profile", default="quick", choices=PROFILES, help="profile (default quick)")
-    bench.add_argument("--replay-sites", type=int, default=5, help="earlier sites in the batch (default 5)")
-    bench.add_argument("--steps", type=int, default=10, help="timed steps per method (default 10)")
+    bench.add_argument("--steps", type=int, default=10, help="timed steps per method and stage (default 10)")
+    bench.add_argument("--run", default=None, metavar="METHOD",
+                       help="also time one whole run of METHOD (6 sites, random order, seed 0) by phase")
+    bench.add_argument("--out", default="bench.json", help="where to write the figures (default bench.json)")
     _add_set(bench, "override a config value, e.g. --set methods.smg.lookahead=2 (repeatable)")
 
 

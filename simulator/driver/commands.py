@@ -166,14 +166,32 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """``smg-sim bench``: seconds per outer step and peak memory of each method."""
-    from simulator.driver.bench import step_cost
+    """``smg-sim bench``: seconds per step of each method at each stage, and optionally one run by phase."""
+    import json
+
+    from simulator.driver.bench import run_phases, step_cost
 
     cfg = build_config(args.profile, parse_set(args.overrides))
-    rows = step_cost(cfg, _csv(args.methods), args.replay_sites, args.steps)
-    print(f"{'method':18s} {'s/step':>8s} {'peak RSS MB':>12s}")
+    try:
+        stages = [int(s) for s in _csv(args.stages)]
+    except ValueError:
+        raise ConfigError(f"--stages {args.stages!r}: expected comma-separated integers") from None
+    if not stages or min(stages) < 1:
+        raise ConfigError(f"--stages {args.stages!r}: expected stages >= 1")
+    rows = [{**r, "stage": s} for s in stages for r in step_cost(cfg, _csv(args.methods), s - 1, args.steps)]
+    print(f"{'method':18s} {'stage':>5s} {'s/step':>8s} {'x finetune':>10s} {'peak RSS MB':>12s}")
+    base = {r["stage"]: r["seconds_per_step"] for r in rows if r["method"] == "finetune"}
     for r in rows:
-        print(f"{r['method']:18s} {r['seconds_per_step']:8.3f} {r['peak_rss_mb']:12.0f}")
+        ratio = f"{r['seconds_per_step'] / base[r['stage']]:10.2f}" if r["stage"] in base else f"{'-':>10s}"
+        print(f"{r['method']:18s} {r['stage']:5d} {r['seconds_per_step']:8.3f} {ratio} {r['peak_rss_mb']:12.0f}")
+    report: dict = {"profile": args.profile, "steps": rows}
+    if args.run:
+        report["run"] = run_phases(cfg, args.run)
+        print(f"one {args.run} run: {report['run']['after_ray_start_seconds']:.1f} s after Ray start")
+        for phase, sec in report["run"]["phases"].items():
+            print(f"  {phase:16s} {sec:8.1f} s")
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"figures written to {args.out}")
     return EXIT_OK
 
 
