@@ -123,7 +123,8 @@ class Learner:
         replay = self._bank().arrays([s for s in self.visited if s != site]) if self.method.uses_replay else {}
         return VisitRequest(self.arch, self.method.name, self.hparams, stage, train.steps_per_stage,
                             train.batch_size, derive_seed(self.run_seed, "train", stage, site),
-                            train.channels_last, self.weights, self.state, replay).to_record("learner", f"site:{site}")
+                            train.channels_last, int(self.hparams.get("replay_sites_per_step", 0)),
+                            self.weights, self.state, replay).to_record("learner", f"site:{site}")
 
     def absorb(self, reply: RecordDict, site: str, stage: int) -> dict[str, float]:
         """Take the weights and state a site returns after its visit."""

@@ -190,6 +190,8 @@ class VisitRequest(Payload):
     batch_size: int = _role("config")
     seed: int = _role("config")
     channels_last: bool = _role("config")
+    #: how many earlier sites a step replays (0: all); the replay batch is shared out over that many
+    replay_sites_per_step: int = _role("config")
     weights: Arrays = _role("arrays")
     state: Arrays = _role("arrays")
     #: synthetic pairs of earlier sites, keyed ``<site>/x`` and ``<site>/y``

@@ -63,6 +63,7 @@ class _Visit:
     ctx: StageContext
     replay: dict[str, tuple[torch.Tensor, torch.Tensor]]
     batch_size: int
+    replay_sites: int = 0
     step: int = 0
     seconds: float = 0.0
     sums: dict[str, float] = field(default_factory=dict)
@@ -173,7 +174,7 @@ class Site:
         ctx = StageContext(site=self.name, stage=req.stage, steps=req.steps, device=self.device,
                            generator=torch_generator(req.seed), replay_sites=sorted(replay))
         method.begin_stage(ctx)
-        self._visit = _Visit(model, method, ctx, replay, req.batch_size)
+        self._visit = _Visit(model, method, ctx, replay, req.batch_size, req.replay_sites_per_step)
         return self._metrics(steps=ctx.steps, replay_sites=len(replay))
 
     def _batch(self, v: _Visit) -> Batch:
@@ -181,8 +182,10 @@ class Site:
         n = len(train_x)
         idx = torch.randint(n, (min(v.batch_size, n),), generator=v.ctx.generator)
         replay = {}
-        # the replay batch is shared out over the earlier sites, so a step costs about two batches
-        per_site = -(-v.batch_size // max(len(v.replay), 1))
+        # the replay batch is shared out over the sites a step replays (all earlier sites, or the
+        # method's replay_sites_per_step of them), so a step costs about two batches
+        shared = min(len(v.replay), v.replay_sites) if v.replay_sites > 0 else len(v.replay)
+        per_site = -(-v.batch_size // max(shared, 1))
         for site, (x, y) in v.replay.items():
             ridx = torch.randint(len(x), (min(per_site, len(x)),), generator=v.ctx.generator)
             replay[site] = (x[ridx], y[ridx])

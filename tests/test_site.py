@@ -137,3 +137,19 @@ def test_guard_blocks_wrong_kind_and_lists():
         guard.check(make_message("visit", "site:alpha", "learner"))
     with pytest.raises(EgressViolation, match="rule scalar"):
         guard.check(make_message("metrics", "site:alpha", "learner", config={"px": [0.1, 0.2]}))
+
+
+def test_replay_batch_is_shared_over_the_sites_a_step_replays(site):
+    import torch
+
+    from simulator.method import StageContext
+    from sites.site import _Visit
+
+    x = torch.rand((10, 1, 32, 32))
+    replay = {"a": (x, x), "b": (x, x), "c": (x, x), "d": (x, x)}
+    ctx = StageContext("alpha", 5, 1, torch.device("cpu"), torch.Generator().manual_seed(0), sorted(replay))
+    every = site._batch(_Visit(None, None, ctx, replay, batch_size=8))
+    assert {k: len(v[0]) for k, v in every.replay.items()} == dict.fromkeys(replay, 2)
+    two = site._batch(_Visit(None, None, ctx, replay, batch_size=8, replay_sites=2))
+    assert {k: len(v[0]) for k, v in two.replay.items()} == dict.fromkeys(replay, 4)
+    assert len(two.x) == 8
