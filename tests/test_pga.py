@@ -183,3 +183,15 @@ def test_roles_refuse_an_inconsistent_plan():
         Roles(current=0, replay=(1,), group_a=(0, 1))
     with pytest.raises(ValueError, match="need a current domain"):
         Roles(current=None, replay=(1,), use_gen=False)
+
+
+def test_one_pass_over_concatenated_domains_is_the_mean_of_their_losses():
+    """The meta-test's single pass weighs each image 1/(K n_k): the mean of the K domain losses."""
+    model, doms = _setup(seed=2, n_dom=3)
+    doms = [(x[: 1 + i], y[: 1 + i]) for i, (x, y) in enumerate(doms)]  # unequal domain sizes
+    f = _Functional(model)
+    theta = f.params()
+    straight = torch.stack([f.loss(theta, d) for d in doms]).mean()
+    torch.testing.assert_close(f.mean_loss(theta, doms), straight, rtol=1e-12, atol=1e-12)
+    for a, b in zip(f.grad(f.mean_loss(theta, doms), theta), f.grad(straight, theta), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

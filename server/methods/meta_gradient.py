@@ -64,7 +64,7 @@ import torch
 from torch.func import functional_call
 
 from simulator.method import HParam
-from simulator.segmentation import seg_loss
+from simulator.segmentation import seg_loss, seg_loss_weighted
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 Grads = list[torch.Tensor]
@@ -162,6 +162,20 @@ class _Functional:
         x, y = pair
         return seg_loss(functional_call(self.model, params, (x,)), y)
 
+    def mean_loss(self, params: dict[str, torch.Tensor], pairs: list[Pair]) -> torch.Tensor:
+        """The mean of the domains' losses, in one pass over their concatenated batches.
+
+        Every image of domain k weighs 1 / (K n_k), so the result equals the mean of the K
+        per-domain losses (the network treats each image alone: GroupNorm, no batch statistics).
+        """
+        if len(pairs) == 1:
+            return self.loss(params, pairs[0])
+        x = torch.cat([p[0] for p in pairs])
+        y = torch.cat([p[1] for p in pairs])
+        w = torch.cat([torch.full((len(p[0]),), 1.0 / (len(pairs) * len(p[0])), dtype=x.dtype, device=x.device)
+                       for p in pairs])
+        return seg_loss_weighted(functional_call(self.model, params, (x,)), y, w)
+
     def grad(self, loss: torch.Tensor, params: dict[str, torch.Tensor], create_graph: bool = False) -> Grads:
         return list(torch.autograd.grad(loss, list(params.values()), create_graph=create_graph))
 
@@ -179,16 +193,18 @@ def _dot(a: Grads, b: Grads) -> torch.Tensor:
     return sum((x * y).sum() for x, y in zip(a, b, strict=True))
 
 
-def _combine(roles: Roles, g: list[Grads], mem: list[Grads], g_a: Grads | None, b: list[Grads]) -> Grads:
-    """g_c + mean_k mem_k + lambda_gen (g_A + mean_B b): one order of summation for every caller."""
+def _combine(roles: Roles, g: list[Grads], mem: Grads | None, g_a: Grads | None, b: Grads | None) -> Grads:
+    """g_c + mem + lambda_gen (g_A + b), ``mem`` and ``b`` being domain means: one order of summation."""
     out = [torch.zeros_like(t) for t in g[0]]
     terms: list[tuple[float, Grads]] = []
     if roles.current is not None:
         terms.append((1.0, g[roles.current]))
-    terms += [(1.0 / len(mem), m) for m in mem]
+    if mem is not None:
+        terms.append((1.0, mem))
     if g_a is not None:
         terms.append((roles.lambda_gen, g_a))
-        terms += [(roles.lambda_gen / len(b), t) for t in b]
+        if b is not None:
+            terms.append((roles.lambda_gen, b))
     for w, grads in terms:
         for o, t in zip(out, grads, strict=True):
             o.add_(t.detach(), alpha=w)
@@ -219,37 +235,40 @@ def first_order_gradient(model: torch.nn.Module, doms: list[Pair], roles: Roles,
                          meta: bool = True) -> PGAGradient:
     """Gradient of J_mem + lambda_gen J_gen, first order, with inner steps of RMS ``step``.
 
-    ``step`` = lookahead * lr. ``meta=False`` evaluates the meta-test losses at theta (the
-    plain step, no inner passes). Per-domain gradients at theta are computed once and reused.
+    ``step`` = lookahead * lr. ``meta=False`` (or ``step`` 0) evaluates the meta-test losses at
+    theta: the plain step, with no inner passes. Per-domain gradients at theta are computed once
+    and reused; each meta-test is one pass over its domains' concatenated batches.
     """
     f = _Functional(model)
     theta = f.params()
     losses, g = _per_domain(f, theta, doms)
     logs = _loss_logs(roles, losses)
-    mem_theta = [g[k] for k in roles.replay] if roles.mem_active else []
+    mem_theta = _mean([g[k] for k in roles.replay]) if roles.mem_active else None
     g_a = _mean([g[i] for i in roles.group_a]) if roles.use_gen else None
-    b_theta = [g[i] for i in roles.group_b] if roles.use_gen else []
+    b_theta = _mean([g[i] for i in roles.group_b]) if roles.use_gen else None
+    plain = _combine(roles, g, mem_theta, g_a, b_theta)
     mem, b, shifts = mem_theta, b_theta, []
-    if meta and mem_theta:
-        scale = inner_scale(g[roles.current], step)
-        theta_m = f.displaced(theta, g[roles.current], scale)
-        meta_losses, mem = _per_domain(f, theta_m, [doms[k] for k in roles.replay])
-        logs["loss_mem_meta"] = float(sum(float(x.detach()) for x in meta_losses) / len(meta_losses))
-        shifts.append(step if scale > 0 else 0.0)  # rms(scale * g) = step
-    if meta and g_a is not None:
-        scale = inner_scale(g_a, step)
-        theta_g = f.displaced(theta, g_a, scale)
-        meta_losses, b = _per_domain(f, theta_g, [doms[i] for i in roles.group_b])
-        logs["loss_gen_meta"] = float(sum(float(x.detach()) for x in meta_losses) / len(meta_losses))
-        shifts.append(step if scale > 0 else 0.0)  # rms(scale * g) = step
-    if not meta:  # the meta-test losses at theta, under the same names
-        if mem_theta:
-            logs["loss_mem_meta"] = logs["loss_replay"]
-        if g_a is not None:
-            logs["loss_gen_meta"] = float(sum(float(losses[i].detach()) for i in roles.group_b)
-                                          / len(roles.group_b))
-    return PGAGradient(grads=_combine(roles, g, mem, g_a, b), plain=_combine(roles, g, mem_theta, g_a, b_theta),
-                       domain_grads=g, inner_rms=sum(shifts) / len(shifts) if shifts else 0.0, logs=logs)
+
+    def meta_test(lead: Grads, idx: tuple[int, ...], key: str) -> Grads | None:
+        scale = inner_scale(lead, step) if meta else 0.0
+        shifts.append(step if scale > 0 else 0.0)  # rms(scale * lead) = step
+        if scale == 0:  # theta' = theta: the plain terms already hold this gradient
+            logs[key] = float(sum(float(losses[i].detach()) for i in idx) / len(idx))
+            return None
+        shifted = f.displaced(theta, lead, scale)
+        loss = f.mean_loss(shifted, [doms[i] for i in idx])
+        logs[key] = float(loss.detach())
+        return f.grad(loss, shifted)
+
+    if mem_theta is not None:
+        mem = meta_test(g[roles.current], roles.replay, "loss_mem_meta") or mem_theta
+    if g_a is not None:
+        b = meta_test(g_a, roles.group_b, "loss_gen_meta") or b_theta
+    grads = plain if (mem is mem_theta and b is b_theta) else _combine(roles, g, mem, g_a, b)
+    if not meta:
+        shifts = []
+    return PGAGradient(grads=grads, plain=plain, domain_grads=g,
+                       inner_rms=sum(shifts) / len(shifts) if shifts else 0.0, logs=logs)
 
 
 def alignment_gradient(model: torch.nn.Module, doms: list[Pair], roles: Roles, step: float,
@@ -293,8 +312,8 @@ def alignment_gradient(model: torch.nn.Module, doms: list[Pair], roles: Roles, s
         logs["align_gen"] = float(dot.detach())
         shifts.append(step if beta > 0 else 0.0)
     grads = list(torch.autograd.grad(objective, list(theta.values())))
-    mem = [g[k] for k in roles.replay] if roles.mem_active else []
-    b = [g[i] for i in roles.group_b] if roles.use_gen else []
+    mem = _mean([g[k] for k in roles.replay]) if roles.mem_active else None
+    b = _mean([g[i] for i in roles.group_b]) if roles.use_gen else None
     return PGAGradient(grads=grads, plain=_combine(roles, g, mem, g_a, b), domain_grads=g,
                        inner_rms=sum(shifts) / len(shifts) if shifts else 0.0, logs=logs)
 
