@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import RecordDict
 
 from server.methods import method_class
@@ -45,6 +46,7 @@ class Learner:
                  trace_file: str | None = None, data_root: str | None = None) -> None:
         if trace_file and data_root:
             start_trace(trace_file, "learner", [data_root])
+        torch.set_num_threads(max(1, cfg.runtime.torch_threads))  # replay sampling runs here
         self.cfg = cfg
         self.method = method_class(cfg.run.method)
         self.run_seed = cfg.run.seed

@@ -72,6 +72,8 @@ class RuntimeConfig:
     torch_threads: int = field(default=2, metadata=_rng(1, 1024))
     dashboard: bool = field(default=True, metadata=_rng())
     device: str = field(default="auto", metadata=_rng(choices=("auto", "cpu", "cuda")))
+    #: join a running Ray cluster ("auto" or HOST:PORT) instead of starting one ("": start one)
+    address: str = field(default="", metadata=_rng())
 
 
 @dataclass(frozen=True)

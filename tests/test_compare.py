@@ -206,3 +206,48 @@ def test_grid_shares_each_sites_prompt_and_figures_with_identical_results(ray_se
     smd_reused = json.loads((second / "smd.json").read_text())["sites"]
     for site in smd_alone:
         assert smd_reused[site]["tstr_ratio"] == pytest.approx(smd_alone[site]["tstr_ratio"])
+
+
+def test_parallel_compare_runs_each_run_in_its_own_driver_process(ray_session, tmp_path):
+    """--max-parallel 2: two driver processes join the session's Ray; a re-run skips both."""
+    out = tmp_path / "par"
+    base = build_config("smoke", parse_set(["run.sites=2"]))
+    log = io.StringIO()
+    table, status = api.compare(base, ["finetune"], [0, 1], ["fixed"], out, stream=log, max_parallel=2)
+    assert set(status.values()) == {"ran"} and len(status) == 2
+    assert table["runs"].tolist() == [2]
+    for name in status:
+        job = json.loads((out / "jobs" / f"{name}.json").read_text())
+        assert job["config"]["runtime"]["address"] and job["config"]["runtime"]["torch_threads"] == 1
+        assert (out / "runs" / name / "COMPLETE").exists()
+        assert "done in" in (out / "logs" / f"{name}.log").read_text()
+    text = log.getvalue()
+    assert text.count(" started (") == 2 and text.count(" finished in ") == 2
+    _, again = api.compare(base, ["finetune"], [0, 1], ["fixed"], out, max_parallel=2)
+    assert set(again.values()) == {"skipped"}
+
+
+def test_parallel_scheduler_starts_apart_the_runs_of_one_seed():
+    from simulator.driver.compare import _next_job
+
+    queue = [(1, "a", _config("finetune", 0)), (2, "b", _config("finetune", 0)), (3, "c", _config("finetune", 1))]
+    assert _next_job(queue, {0}) == 2
+    assert _next_job(queue, set()) == 0
+    assert _next_job(queue, {0, 1}) == 0  # nothing apart: the first one
+
+
+def test_artifact_lock_lets_one_run_make_a_sites_prompt_and_the_others_wait(tmp_path):
+    import numpy as np
+
+    from simulator.driver.artifacts import ArtifactCache, SiteArtifacts
+
+    cache = ArtifactCache(tmp_path)
+    assert cache.claim("k") and not cache.claim("k")
+    assert cache.wait("k", timeout=0.3, poll=0.1) is None  # held, nothing saved yet
+    cache.save("k", SiteArtifacts(np.ones((2, 3), np.float32), {"tstr_ratio": 0.9}, "run-a"))
+    cache.release("k")
+    art = cache.wait("k", timeout=1.0)
+    assert art is not None and art.source == "run-a" and art.logs == {"tstr_ratio": 0.9}
+    # a lock left by a process that no longer exists is taken over
+    (tmp_path / "j.lock").write_text(f"{__import__('socket').gethostname()}:999999999")
+    assert cache.claim("j")

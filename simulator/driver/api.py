@@ -14,7 +14,14 @@ import numpy as np
 from simulator.benchmarks import catalog
 from simulator.config import Config
 from simulator.driver.ledger import Ledger
-from simulator.driver.plan import RunPlan, check_method, plan_run, run_sites, site_indices
+from simulator.driver.plan import (
+    RunPlan,
+    check_method,
+    plan_run,
+    run_sites,
+    site_indices,
+    smd_needed,
+)
 from simulator.driver.progress import Progress, RunProgress
 from simulator.driver.results import summary_table, write_metrics, write_results
 from simulator.driver.runfolder import RunFolder, write_json
@@ -132,7 +139,7 @@ def _open_engine(plan: RunPlan, ledger: Ledger, trace_dir: Path, stream: TextIO,
     from simulator.driver import engine
 
     cfg = plan.config
-    url = engine.start_ray(cfg.runtime.num_cpus, cfg.runtime.dashboard)
+    url = engine.start_ray(cfg.runtime)
     t_ray = time.perf_counter()
     _start(plan, stream, url)
     prog = RunProgress(len(plan.order), plan.smd_on, stream=stream, enabled=progress)
@@ -221,7 +228,7 @@ def write_site_previews(cfg: Config, folder: Path) -> list[Path]:
     from simulator.driver import engine
 
     sites = run_sites(cfg)
-    engine.start_ray(cfg.runtime.num_cpus, False)
+    engine.start_ray(cfg.runtime, dashboard=False)
     folder = Path(folder).resolve()
     engine.write_previews(cfg, sites, site_indices(cfg, sites), str(folder))
     return [folder / f"{n}.png" for n in sites]
@@ -235,7 +242,7 @@ def inspect_data(cfg: Config) -> dict[str, tuple[dict, list[str]]]:
     from simulator.driver import engine
 
     sites = run_sites(cfg)
-    engine.start_ray(cfg.runtime.num_cpus, False)
+    engine.start_ray(cfg.runtime, dashboard=False)
     return engine.inspect_sites(cfg, sites, site_indices(cfg, sites))
 
 
@@ -251,9 +258,49 @@ def pretrain_backbone(cfg: Config, stream: TextIO | None = None, force: bool = F
     return {"path": str(path), "cached": cached, **info}
 
 
+def _pretrain_backbones(plans: list[tuple[str, Config]], stream: TextIO) -> None:
+    """Every SMD backbone the grid's replay runs need, built once here before parallel runs start."""
+    from simulator.devices import resolve_device
+    from simulator.smd.pretrain import ensure_backbone, smd_spec
+
+    specs = {}
+    for _, cfg in plans:
+        if smd_needed(cfg):
+            spec = smd_spec(cfg, 1)  # the public pools are single-channel; other data fail in the run
+            specs[spec.key()] = (spec, cfg)
+    for spec, cfg in specs.values():
+        _, report = _pretrain_progress(spec.pretrain_steps, stream)
+        ensure_backbone(spec, str(resolve_device(cfg.runtime.device)), report)
+
+
+def _launcher(out: Path, shared: Path, address: str, threads: int):
+    """Starts one run of a parallel comparison: a job file and a driver process with its own log."""
+    import dataclasses
+    import subprocess
+
+    from simulator.driver.worker import write_job
+
+    def launch(name: str, cfg: Config) -> subprocess.Popen:
+        runtime = dataclasses.replace(cfg.runtime, address=address, torch_threads=threads, dashboard=False)
+        job = write_job(out / "jobs" / f"{name}.json", dataclasses.replace(cfg, runtime=runtime), shared)
+        log = out / "logs" / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("w") as fh:
+            return subprocess.Popen([sys.executable, "-m", "simulator.driver.worker", str(job)],
+                                    stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    return launch
+
+
 def compare(base: Config, methods: list[str], seeds: list[int], orders: list[str], out: Path,
-            stream: TextIO | None = None, progress: bool = False, baseline: str | None = None):
-    """Run every (method, seed, order) missing under ``out`` in one Ray instance, then summarise."""
+            stream: TextIO | None = None, progress: bool = False, baseline: str | None = None,
+            max_parallel: int = 1):
+    """Run every (method, seed, order) missing under ``out``, then summarise.
+
+    One run after another in this process, or with ``max_parallel > 1`` that many at once, each in a
+    driver process of its own joined to this comparison's Ray instance, ``runtime.torch_threads``
+    shared out among them (the SMD backbones are pre-trained here first, once).
+    """
     import dataclasses
 
     from simulator.driver import compare as cmp
@@ -266,12 +313,19 @@ def compare(base: Config, methods: list[str], seeds: list[int], orders: list[str
         check_method(new, method)
         return new
 
-    out = Path(out)
+    stream = stream or sys.stderr
+    out = Path(out).resolve()
     plans = cmp.plan_compare(base, methods, seeds, orders, out, make)
     out.mkdir(parents=True, exist_ok=True)
     base.write(out / "compare_config.json")
-    engine.start_ray(base.runtime.num_cpus, base.runtime.dashboard)
+    engine.start_ray(base.runtime)
     shared = out / "shared"  # each site's prompt and replay figures, made once per (seed, site)
-    status = cmp.run_compare(plans, lambda c: run(c, stream=stream, progress=progress, reuse=shared), stream)
+    if max_parallel <= 1:
+        status = cmp.run_compare(plans, lambda c: run(c, stream=stream, progress=progress, reuse=shared), stream)
+    else:
+        _pretrain_backbones(plans, stream)
+        threads = max(1, base.runtime.torch_threads // max_parallel)
+        launch = _launcher(out, shared, engine.cluster_address(), threads)
+        status = cmp.run_parallel(plans, launch, max_parallel, stream)
     table = cmp.summarize(out, baseline=baseline)
     return table, status

@@ -15,6 +15,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +45,22 @@ def artifact_key(cfg: Config, spec: SiteSpec, backbone: str) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class ArtifactCache:
-    """A folder of :class:`SiteArtifacts`, one ``<key>.npz`` each, written atomically."""
+    """A folder of :class:`SiteArtifacts`, one ``<key>.npz`` each, written atomically.
+
+    Runs of a grid that run at once take a lock file per key (``<key>.lock``, holding the host
+    and process id) before they make an artifact, so that one makes it and the others wait for it.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -62,3 +78,39 @@ class ArtifactCache:
         with tmp.open("wb") as fh:
             np.savez(fh, tokens=art.tokens, logs=json.dumps(art.logs, sort_keys=True), source=art.source)
         os.replace(tmp, self.root / f"{key}.npz")
+
+    def _lock(self, key: str) -> Path:
+        return self.root / f"{key}.lock"
+
+    def claim(self, key: str) -> bool:
+        """Take the right to make ``key``; False while another live process of this host holds it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = self._lock(key)
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                host, _, pid = lock.read_text().partition(":") if lock.exists() else ("", "", "")
+                if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+                    lock.unlink(missing_ok=True)  # its maker died: take it over
+                    continue
+                return False
+            with os.fdopen(fd, "w") as fh:
+                fh.write(f"{socket.gethostname()}:{os.getpid()}")
+            return True
+        return False
+
+    def release(self, key: str) -> None:
+        self._lock(key).unlink(missing_ok=True)
+
+    def wait(self, key: str, timeout: float = 3600.0, poll: float = 1.0) -> SiteArtifacts | None:
+        """The artifact another run is making, once it is saved (None if its maker gave up or died)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            art = self.load(key)
+            if art is not None:
+                return art
+            if not self._lock(key).exists():
+                return self.load(key)
+            time.sleep(poll)
+        return None

@@ -81,6 +81,10 @@ def _add_compare(sub) -> None:
     cmp.add_argument("--baseline", default=None, metavar="NAME",
                      help="paired differences only against this method (default: every method against every other)")
     cmp.add_argument("--progress", action="store_true", help="show each run's progress lines")
+    cmp.add_argument("--max-parallel", type=int, default=1, metavar="N",
+                     help="runs at once, each in a driver process of its own that joins this comparison's "
+                          "Ray instance, with runtime.torch_threads shared out among them; its log is "
+                          "OUT/logs/<run>.log (default 1: one run after another in this process)")
 
 
 def _add_bench(sub) -> None:

@@ -154,8 +154,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         method_class(m)
     if args.baseline is not None and args.baseline not in methods:
         raise ConfigError(f"--baseline {args.baseline!r} is not among --methods ({', '.join(methods)})")
+    if args.max_parallel < 1:
+        raise ConfigError(f"--max-parallel must be >= 1, got {args.max_parallel}")
     _, status = api.compare(base, methods, seeds, orders, Path(args.out), progress=args.progress,
-                            baseline=args.baseline)
+                            baseline=args.baseline, max_parallel=args.max_parallel)
     print((Path(args.out) / "compare.md").read_text())
     failed = [name for name, s in status.items() if s == "failed"]
     if failed:
@@ -253,10 +255,10 @@ def _fail(text: str, code: int) -> int:
     return code
 
 
-def dispatch(args: argparse.Namespace) -> int:
-    """Run the parsed command; each kind of failure becomes one line on stderr and an exit code."""
+def guarded(work: Callable[[], int]) -> int:
+    """Run ``work``; each kind of failure becomes one line on stderr and its exit code."""
     try:
-        return COMMANDS[args.command](args)
+        return work()
     except (ConfigError, RunFolderError) as exc:
         return _fail(f"smg-sim: error: {exc}", EXIT_USAGE)
     except DataError as exc:  # a site's reader found bad data: the message names the file
@@ -269,3 +271,8 @@ def dispatch(args: argparse.Namespace) -> int:
         text = str(exc).strip()
         last = text.splitlines()[-1] if text else ""
         return _fail(f"smg-sim: error: {type(exc).__name__}: {last}", EXIT_FAILED)
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed command, its failures mapped to exit codes by :func:`guarded`."""
+    return guarded(lambda: COMMANDS[args.command](args))

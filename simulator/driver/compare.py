@@ -15,6 +15,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from simulator.config import Config, ConfigError  # noqa: E402
-from simulator.driver.runfolder import MARKER, is_complete  # noqa: E402
+from simulator.driver.runfolder import FAILED, MARKER, is_complete  # noqa: E402
 from simulator.driver.stats import paired_table  # noqa: E402
 from simulator.errors import RunFolderError  # noqa: E402
 from simulator.metrics import METRIC_NAMES  # noqa: E402
@@ -98,11 +99,13 @@ def _fmt(seconds: float) -> str:
 class GridEta:
     """The time left in a comparison: each remaining run costs its method's mean run time so far.
 
-    A method not yet timed costs the mean of every run so far (methods differ several-fold).
+    A method not yet timed costs the mean of every run so far (methods differ several-fold);
+    with ``parallel`` runs at once, the remaining time is their sum divided by ``parallel``.
     """
 
-    def __init__(self, plans: list[tuple[str, Config]]) -> None:
+    def __init__(self, plans: list[tuple[str, Config]], parallel: int = 1) -> None:
         self.remaining = [cfg.run.method for _, cfg in plans]
+        self.parallel = max(1, parallel)
         self.seconds: dict[str, list[float]] = {}
         self.t0 = time.perf_counter()
 
@@ -119,7 +122,7 @@ class GridEta:
             return None
         overall = sum(every) / len(every)
         return sum(sum(self.seconds[m]) / len(self.seconds[m]) if m in self.seconds else overall
-                   for m in self.remaining)
+                   for m in self.remaining) / self.parallel
 
     def line(self) -> str:
         eta = self.eta()
@@ -127,17 +130,10 @@ class GridEta:
                 f"{len(self.remaining)} run(s) left, ETA {_fmt(eta) if eta is not None else '?'}")
 
 
-def run_compare(plans: list[tuple[str, Config]], run: Callable[[Config], object], stream: TextIO | None = None
-                ) -> dict[str, str]:
-    """Run every planned run that is not finished; unfinished folders are moved aside, not deleted.
-
-    A run that fails is reported and left with its ``FAILED`` marker; the others still run,
-    and the next call runs it again. Progress over the whole grid (elapsed, runs left, ETA)
-    follows every run. Returns ``{name: "ran" | "skipped" | "failed"}``.
-    """
-    stream = stream or sys.stderr
-    status = {}
-    grid = GridEta(plans)
+def _pending(plans: list[tuple[str, Config]], stream: TextIO, grid: GridEta) -> tuple[list[tuple[int, str, Config]],
+                                                                                     dict[str, str]]:
+    """The planned runs still to do; finished ones are skipped, unfinished folders moved aside."""
+    todo, status = [], {}
     for i, (name, cfg) in enumerate(plans, 1):
         folder = Path(cfg.run.out)
         if is_complete(folder):
@@ -149,6 +145,29 @@ def run_compare(plans: list[tuple[str, Config]], run: Callable[[Config], object]
             aside = folder.with_name(f"{folder.name}.unfinished-{dt.datetime.now():%Y%m%d-%H%M%S}")
             folder.rename(aside)
             stream.write(f"smg-sim compare: {name}: unfinished folder moved to {aside.name}\n")
+        todo.append((i, name, cfg))
+    return todo, status
+
+
+def _failed_line(name: str, exc_type: str, text: str) -> str:
+    text = text.strip()
+    last = text.splitlines()[-1] if text else ""
+    return f"smg-sim compare: {name}: FAILED ({exc_type}: {last}); continuing with the next run\n"
+
+
+def run_compare(plans: list[tuple[str, Config]], run: Callable[[Config], object], stream: TextIO | None = None
+                ) -> dict[str, str]:
+    """Run every planned run that is not finished, one after another, in this process.
+
+    Unfinished folders are moved aside, not deleted. A run that fails is reported and left with
+    its ``FAILED`` marker; the others still run, and the next call runs it again. Progress over
+    the whole grid (elapsed, runs left, ETA) follows every run. Returns
+    ``{name: "ran" | "skipped" | "failed"}``.
+    """
+    stream = stream or sys.stderr
+    grid = GridEta(plans)
+    todo, status = _pending(plans, stream, grid)
+    for i, name, cfg in todo:
         stream.write(f"smg-sim compare: [{i}/{len(plans)}] {name} ({grid.line()})\n")
         t0 = time.perf_counter()
         try:
@@ -156,15 +175,61 @@ def run_compare(plans: list[tuple[str, Config]], run: Callable[[Config], object]
         except (KeyboardInterrupt, ConfigError):
             raise
         except Exception as exc:  # one broken run must not cost the rest of a long comparison
-            text = str(exc).strip()
-            last = text.splitlines()[-1] if text else ""
-            stream.write(f"smg-sim compare: {name}: FAILED ({type(exc).__name__}: {last}); "
-                         f"continuing with the next run\n")
+            stream.write(_failed_line(name, type(exc).__name__, str(exc)))
             status[name] = "failed"
             grid.done(cfg.run.method, time.perf_counter() - t0)
             continue
         grid.done(cfg.run.method, time.perf_counter() - t0)
         status[name] = "ran"
+    stream.write(f"smg-sim compare: {grid.line()}\n")
+    return status
+
+
+def _next_job(queue: list[tuple[int, str, Config]], running_seeds: set[int]) -> int:
+    """Index in ``queue`` of the next run to start: the first whose seed no running run has.
+
+    Runs of one seed share each site's prompt and replay figures; started apart, the first
+    makes them and the later ones reuse them instead of making them twice at once.
+    """
+    for k, (_, _, cfg) in enumerate(queue):
+        if cfg.run.seed not in running_seeds:
+            return k
+    return 0
+
+
+def run_parallel(plans: list[tuple[str, Config]], launch: Callable[[str, Config], subprocess.Popen],
+                 max_parallel: int, stream: TextIO | None = None, poll_seconds: float = 1.0) -> dict[str, str]:
+    """Like :func:`run_compare`, with up to ``max_parallel`` runs at once, each in its own process.
+
+    ``launch(name, cfg)`` starts one run's driver process (its exit code 0 means finished).
+    The grid's ETA divides the remaining work by ``max_parallel``.
+    """
+    stream = stream or sys.stderr
+    grid = GridEta(plans, parallel=max_parallel)
+    queue, status = _pending(plans, stream, grid)
+    running: dict[str, tuple[subprocess.Popen, Config, float]] = {}
+    try:
+        while queue or running:
+            while queue and len(running) < max_parallel:
+                i, name, cfg = queue.pop(_next_job(queue, {c.run.seed for _, c, _ in running.values()}))
+                running[name] = (launch(name, cfg), cfg, time.perf_counter())
+                stream.write(f"smg-sim compare: [{i}/{len(plans)}] {name} started ({grid.line()})\n")
+            time.sleep(poll_seconds)
+            for name in [n for n, (proc, _, _) in running.items() if proc.poll() is not None]:
+                proc, cfg, t0 = running.pop(name)
+                seconds = time.perf_counter() - t0
+                grid.done(cfg.run.method, seconds)
+                if proc.returncode == 0 and is_complete(Path(cfg.run.out)):
+                    status[name] = "ran"
+                    stream.write(f"smg-sim compare: {name} finished in {seconds:.0f} s ({grid.line()})\n")
+                else:
+                    why = Path(cfg.run.out, FAILED)
+                    text = why.read_text() if why.exists() else f"driver process exited with {proc.returncode}"
+                    status[name] = "failed"
+                    stream.write(_failed_line(name, "RunFailed", text))
+    finally:
+        for proc, _, _ in running.values():  # interrupted: stop what is still running
+            proc.terminate()
     stream.write(f"smg-sim compare: {grid.line()}\n")
     return status
 

@@ -26,7 +26,7 @@ from flwr.app import RecordDict
 from server.learner import Learner
 from server.methods import build_method
 from simulator.benchmarks import catalog
-from simulator.config import Config
+from simulator.config import Config, RuntimeConfig
 from simulator.driver.artifacts import ArtifactCache, SiteArtifacts, artifact_key
 from simulator.driver.ledger import Ledger
 from simulator.driver.phases import PhaseClock
@@ -48,25 +48,33 @@ def get(refs: Any) -> Any:
         raise
 
 
-def start_ray(num_cpus: int, dashboard: bool) -> str | None:
-    """Start Ray on this machine (or reuse the running instance); returns the dashboard URL."""
+def start_ray(runtime: RuntimeConfig, dashboard: bool | None = None) -> str | None:
+    """Start Ray on this machine, join the cluster at ``runtime.address``, or reuse the running
+    instance; returns the dashboard URL (None when it is off).
+
+    ``ray.init(address=...)`` takes no resources of its own: joining passes only the address.
+    """
     # keep Ray from rewriting CUDA_VISIBLE_DEVICES for CPU-only actors (and its warning)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    dashboard = runtime.dashboard if dashboard is None else dashboard
     if ray.is_initialized():
         ctx = ray.get_runtime_context()
         return getattr(ctx, "dashboard_url", None) or None
-    info = ray.init(
-        num_cpus=num_cpus,
-        include_dashboard=dashboard,
-        dashboard_host="127.0.0.1",
-        logging_level="ERROR",
-        log_to_driver=True,
-        configure_logging=True,
-    )
+    common = {"logging_level": "ERROR", "log_to_driver": True, "configure_logging": True}
+    if runtime.address:
+        info = ray.init(address=runtime.address, **common)
+    else:
+        info = ray.init(num_cpus=runtime.num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                        **common)
     url = getattr(info, "dashboard_url", None)
     if url and not url.startswith("http"):
         url = f"http://{url}"
-    return url if dashboard else None
+    return url if (dashboard or runtime.address) and url else None
+
+
+def cluster_address() -> str:
+    """The GCS address of the Ray instance this process is connected to (for other drivers to join)."""
+    return ray.get_runtime_context().gcs_address
 
 
 @dataclass
@@ -174,17 +182,26 @@ class Engine:
         the same inputs are reused, and the site is not asked again.
         """
         key = art = None
+        claimed = False
         if self.cache is not None:
             key = artifact_key(self.cfg, site_spec(self.cfg, site, self.plan.indices[site]), self.backbone_key)
             art = self.cache.load(key)
+            if art is None:
+                claimed = self.cache.claim(key)
+                if not claimed:  # another run of the grid is making it right now
+                    art = self.cache.wait(key)
         if art is not None:
             get(self.actors.learner.add_prompt.remote(site, art.tokens))
             self.reused[site] = {"key": key, "from": art.source}
             out = dict(art.logs)
         else:
-            out = self._tune_and_check(site)
-            if self.cache is not None:
-                self.cache.save(key, SiteArtifacts(self.prompts[site], out, self.plan.out.name))
+            try:
+                out = self._tune_and_check(site)
+                if self.cache is not None:
+                    self.cache.save(key, SiteArtifacts(self.prompts[site], out, self.plan.out.name))
+            finally:
+                if claimed:
+                    self.cache.release(key)
         self.smd_sites[site] = out
         return out
 

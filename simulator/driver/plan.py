@@ -81,6 +81,11 @@ def default_out(cfg: Config) -> Path:
     return Path("runs") / f"{stamp}-{cfg.run.method}-{cfg.run.profile}-s{cfg.run.seed}"
 
 
+def smd_needed(cfg: Config) -> bool:
+    """Whether a run of ``cfg`` uses SMD (its method replays, or ``smd.enabled`` is on)."""
+    return method_class(cfg.run.method).uses_replay or cfg.smd.enabled == "on"
+
+
 def check_method(cfg: Config, name: str) -> type[Method]:
     """The method's class, if ``cfg`` may run it (non-private references need the explicit flag)."""
     cls = method_class(name)  # unknown names list the known ones
@@ -100,7 +105,7 @@ def plan_run(cfg: Config, reuse: Path | None = None) -> RunPlan:
     cls = check_method(cfg, cfg.run.method)
     for name in cfg.methods:  # every per-method table is checked, not only the running method's
         method_hparams(cfg, name)
-    smd_on = cls.uses_replay or cfg.smd.enabled == "on"
+    smd_on = smd_needed(cfg)
     if cls.uses_replay and cfg.smd.enabled == "off":
         raise ConfigError(f"smd.enabled: method {cls.name!r} needs SMD replay; use auto or on")
     if smd_on:
