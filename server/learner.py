@@ -146,5 +146,34 @@ class Learner:
                                ).to_record("learner", f"site:{site}")
 
     def weights_checkpoint(self) -> dict[str, np.ndarray]:
-        """The current weights (for the run folder's checkpoint)."""
+        """The current weights (for the run folder's final weights)."""
         return dict(self.weights)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the learner carries from one stage to the next, for a checkpoint.
+
+        Arrays (weights, method state, prompts, replay) keyed by group, and JSON-able facts.
+        No random stream carries state across stages: every stage, site and visit draws from
+        a seed derived from the run seed, so nothing else is needed to continue identically.
+        """
+        arrays = {f"weights/{k}": v for k, v in self.weights.items()}
+        arrays.update({f"state/{k}": v for k, v in self.state.items()})
+        bank = self.bank.state() if self.bank is not None else {"arrays": {}}
+        arrays.update({f"bank/{k}": v for k, v in bank["arrays"].items()})
+        facts = {"visited": list(self.visited), "visits": self.visits,
+                 "bank": {k: v for k, v in bank.items() if k != "arrays"} if self.bank is not None else None}
+        return {"arrays": arrays, "facts": facts}
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        """Continue from :meth:`snapshot`'s output (replay must be enabled first if it was)."""
+        arrays, facts = snap["arrays"], snap["facts"]
+
+        def group(prefix: str) -> dict[str, np.ndarray]:
+            return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+        self.weights = group("weights/")
+        self.state = group("state/")
+        self.visited = list(facts["visited"])
+        self.visits = list(facts["visits"])
+        if facts["bank"] is not None:
+            self._bank().restore({"arrays": group("bank/"), **facts["bank"]})

@@ -63,3 +63,20 @@ class ReplayBank:
             x, y = self.replay(s)
             out[f"{s}/x"], out[f"{s}/y"] = x, y
         return out
+
+    def state(self) -> dict:
+        """Prompts and replay sampled so far (for a checkpoint): arrays keyed ``prompt/<site>``,
+        ``replay/<site>/x`` and ``replay/<site>/y``, and the sampling counters."""
+        arrays = {f"prompt/{s}": p for s, p in self.prompts.items()}
+        for s, (x, y) in self._replay.items():
+            arrays[f"replay/{s}/x"], arrays[f"replay/{s}/y"] = x, y
+        return {"arrays": arrays, "sampled_pairs": self.sampled_pairs, "sample_seconds": self.sample_seconds}
+
+    def restore(self, state: dict) -> None:
+        """Take back what :meth:`state` returned; replay is not sampled again."""
+        arrays = state["arrays"]
+        self.prompts = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("prompt/")}
+        self._replay = {k.split("/")[1]: (arrays[k], arrays[k[:-2] + "/y"])
+                        for k in arrays if k.startswith("replay/") and k.endswith("/x")}
+        self.sampled_pairs = int(state["sampled_pairs"])
+        self.sample_seconds = float(state["sample_seconds"])

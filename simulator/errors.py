@@ -38,3 +38,18 @@ class EgressViolation(RuntimeError):
 
     def __reduce__(self):  # keep the fields when the exception crosses a process boundary
         return (EgressViolation, (self.site, self.key, self.rule, self.detail))
+
+
+class SiteUnavailable(RuntimeError):
+    """A site did not answer in time, or failed more often than it may restart; the run can resume."""
+
+    def __init__(self, site: str, phase: str, detail: str) -> None:
+        self.site, self.phase, self.detail = site, phase, detail
+        super().__init__(f"site {site!r} failed during {phase}: {detail}")
+
+    def __reduce__(self):
+        return (SiteUnavailable, (self.site, self.phase, self.detail))
+
+
+class ResumeError(RunFolderError):
+    """A run folder cannot be resumed: finished, never checkpointed, or made with other settings."""

@@ -304,5 +304,7 @@ class GuardReport(Payload):
     KIND: ClassVar[str] = "metrics"
     site: str = _role("config")
     mode: str = _role("config")
+    #: which start of the site's process the counts are of (a restarted site counts afresh)
+    session: str = _role("config")
     counts: dict[str, float] = _role("metrics")
     violations: tuple[dict[str, str], ...] = _role("rows")

@@ -9,6 +9,7 @@ or scalar metrics. No public method returns pixels.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -92,6 +93,8 @@ class Site:
         self._backbone_path: str | None = None  # the public SMD backbone, once sent
         self._backbone_model = None
         self._prompt: np.ndarray | None = None  # this site's own tuned prompt
+        self._session = f"{os.getpid()}-{time.time():.3f}"  # this start of the site's process
+        self._crash_in: str | None = None  # an injected fault: die in the middle of this phase
 
     @contextmanager
     def _parallel_phase(self) -> Iterator[None]:
@@ -198,6 +201,8 @@ class Site:
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
         for _ in range(n):
+            if self._crash_in == "visit" and v.step > 0:
+                os._exit(70)  # injected fault: the process dies in the middle of its visit
             logs = v.method.update(self._batch(v))
             for k, val in logs.items():
                 sums[k] = sums.get(k, 0.0) + float(val)
@@ -212,6 +217,8 @@ class Site:
     def finish_visit(self) -> RecordDict:
         """End the visit; export the trained weights and the method's state (kind ``model``)."""
         v = self._require_visit()
+        if self._crash_in == "visit":
+            os._exit(70)  # injected fault (a visit too short to die between its steps)
         v.method.end_stage()
         weights = {k: t.detach().cpu().contiguous().numpy() for k, t in v.model.state_dict().items()}
         state = v.method.export_state()
@@ -237,6 +244,8 @@ class Site:
     def evaluate(self, msg: RecordDict) -> RecordDict:
         """Dice of the given weights on this site's test split (only scalars leave)."""
         req = EvaluateRequest.from_record(msg)
+        if self._crash_in == "evaluation":
+            os._exit(70)  # injected fault: the process dies in the middle of its evaluation
         model = build_unet(req.arch, req.weights, self.device)
         test_x, test_y = self._tensors[2:]
         with self._parallel_phase():
@@ -315,4 +324,16 @@ class Site:
         viol = rep.pop("violations")
         site, mode = rep.pop("site"), rep.pop("mode")
         rows = tuple({k: str(v) for k, v in row.items()} for row in viol[:200])
-        return self._send(GuardReport(site, mode, {**rep, "violations": len(viol)}, rows))
+        return self._send(GuardReport(site, mode, self._session, {**rep, "violations": len(viol)}, rows))
+
+    def crash_during(self, phase: str) -> RecordDict:
+        """Fault injection (``--inject-fault kill-site``): this process exits during its next
+        ``phase`` (visit or evaluation), as a crash would; Ray restarts it."""
+        if phase not in ("visit", "evaluation"):
+            raise ValueError(f"crash_during: phase {phase!r}; expected visit or evaluation")
+        self._crash_in = phase
+        return self._metrics(armed=1)
+
+    def ping(self) -> RecordDict:
+        """A liveness probe (after a restart): the site is up; its data is built if it was not."""
+        return self._metrics(alive=1, data_bytes=int(self._data.train_x.nbytes))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,8 +27,11 @@ from simulator.driver.plan import (
 from simulator.driver.progress import Progress, RunProgress
 from simulator.driver.results import summary_table, write_metrics, write_results
 from simulator.driver.runfolder import RunFolder, write_json
-from simulator.errors import ConfigError
+from simulator.errors import ConfigError, ResumeError
 from simulator.filetrace import start_trace, stop_trace
+
+#: the exit code of a driver stopped by ``--inject-fault kill-driver@STAGE``
+EXIT_DRIVER_KILLED = 75
 
 
 @dataclass
@@ -60,7 +65,8 @@ def prepare_smd(cfg: Config, channels: int, stream: TextIO, progress: bool) -> d
     path, cached = ensure_backbone(spec, str(resolve_device(cfg.runtime.device)), report)
     prog.message(f"smg-sim: SMD backbone {'reused from cache' if cached else 'pre-trained and cached'}: {path}")
     info = json.loads((path.parent / "info.json").read_text())
-    return {"backbone_path": str(path), "backbone_cached": cached, "backbone": info}
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    return {"backbone_path": str(path), "backbone_cached": cached, "backbone": info, "backbone_sha256": sha}
 
 
 def finish_smd(cfg: Config, eng, folder: RunFolder, order: list[str], prog: Progress) -> dict:
@@ -103,8 +109,12 @@ def _image_channels(facts: dict[str, dict[str, float]]) -> int:
     return channels.pop()
 
 
-def _stage_writer(folder: RunFolder, plan: RunPlan, prog: RunProgress, kept: list[dict]):
-    """The callback that logs each stage as it completes (stages.jsonl, ``kept``, a progress line)."""
+def _stage_writer(folder: RunFolder, plan: RunPlan, eng, ledger: Ledger, kept: list[dict], R: np.ndarray,
+                  smd_info: dict, t_start: float):
+    """The callback run after each stage: its line in stages.jsonl (and ``kept``), a progress
+    line, then the stage's checkpoint; with ``kill-driver@STAGE`` the process exits right after."""
+    from simulator.driver.checkpoint import Checkpoint, write_checkpoint
+
     T = len(plan.order)
 
     def on_stage(res) -> None:
@@ -112,10 +122,18 @@ def _stage_writer(folder: RunFolder, plan: RunPlan, prog: RunProgress, kept: lis
                 "dice": {s: float(v) for s, v in zip(plan.order, res.row, strict=True)}}
         folder.append_stage(line)
         kept.append(line)
+        R[res.stage] = res.row
         if res.stage > 0:
             seen = res.row[:res.stage]
-            prog.message(f"stage {res.stage}/{T} {res.site}: Dice on visited sites {seen.mean():.3f}"
-                         + (f", on unseen {res.row[res.stage:].mean():.3f}" if res.stage < T else ""))
+            eng.progress.message(f"stage {res.stage}/{T} {res.site}: Dice on visited sites {seen.mean():.3f}"
+                                 + (f", on unseen {res.row[res.stage:].mean():.3f}" if res.stage < T else ""))
+        write_checkpoint(folder.path, Checkpoint(
+            res.stage, R, eng.snapshot(), ledger.offset(), ledger.count, ledger.bytes,
+            folder.file("stages.jsonl").stat().st_size, time.perf_counter() - t_start, smd_info))
+        if eng.faults.take("kill-driver", res.stage):
+            eng.progress.message(f"smg-sim: injected fault: the driver exits after stage {res.stage}'s "
+                                 f"checkpoint; continue with: smg-sim resume {folder.path}")
+            os._exit(EXIT_DRIVER_KILLED)  # as a crash would: no clean-up, no FAILED marker
 
     return on_stage
 
@@ -165,7 +183,8 @@ def _prepare(eng, plan: RunPlan, stream: TextIO, progress: bool) -> tuple[dict, 
 
 
 def _finish(eng, plan: RunPlan, folder: RunFolder, ledger: Ledger, R: np.ndarray, stage_logs: list[dict],
-            t_start: float, t_ray: float) -> tuple[dict[str, float], dict, dict]:
+            t_start: float, t_ray: float, resumed: tuple[int, float] | None = None
+            ) -> tuple[dict[str, float], dict, dict]:
     """Results, plots, the privacy audit and metrics.json; returns (metrics, audit, timings)."""
     from simulator.driver.audit import build_audit
 
@@ -177,39 +196,78 @@ def _finish(eng, plan: RunPlan, folder: RunFolder, ledger: Ledger, R: np.ndarray
     eng.clock.add("writing", t_end - t_write)
     timings = {"after_ray_start_seconds": t_end - t_ray, "total_seconds": t_end - t_start,
                "ray_start_seconds": t_ray - t_start, "phases": dict(eng.clock.total)}
+    if resumed is not None:  # the phases and total include the seconds before the run was resumed
+        timings["resumed_after_stage"], before = resumed
+        timings["total_seconds"] += before
+        timings["seconds_before_resume"] = before
     return write_metrics(folder, plan, R, guard, timings, ledger), audit, timings
 
 
 def run(cfg: Config, stream: TextIO | None = None, progress: bool = True, site_cls: type | None = None,
         reuse: Path | None = None) -> RunResult:
-    """Run one sequential-learning simulation and write its run folder.
+    """Run one sequential-learning simulation and write its run folder (checkpointed every stage).
 
     ``site_cls`` replaces the site class (tests use it to run deliberately leaking sites).
     ``reuse``: a folder where the runs of a comparison share each site's prompt and replay figures.
     """
-    stream = stream or sys.stderr
     plan = plan_run(cfg, reuse)
     folder = RunFolder(plan.out)
     _write_plan(folder, plan)
+    return _execute(plan, folder, stream or sys.stderr, progress, site_cls, None)
+
+
+def resume(run_dir: Path, stream: TextIO | None = None, progress: bool = True) -> RunResult:
+    """Continue an unfinished run from its last checkpoint; the results are those of a run that
+    never stopped. Refused for a finished run, one without a checkpoint, or one whose settings
+    the current code resolves differently (the keys are named)."""
+    from simulator.driver.checkpoint import cut_logs
+    from simulator.driver.resume import check_resumable
+
+    cfg, ckpt, reuse = check_resumable(Path(run_dir))
+    plan = plan_run(cfg, reuse, new_folder=False)
+    folder = RunFolder.existing(plan.out)
+    marked = cut_logs(folder.path, ckpt)
+    stream = stream or sys.stderr
+    stream.write(f"smg-sim: resuming {folder.path} after stage {ckpt.stage}"
+                 + (f" ({marked} ledger lines of the interrupted stage marked as retries)" if marked else "") + "\n")
+    return _execute(plan, folder, stream, progress, None, ckpt)
+
+
+def _execute(plan: RunPlan, folder: RunFolder, stream: TextIO, progress: bool, site_cls: type | None,
+             ckpt) -> RunResult:
+    """The run itself, from the start or from checkpoint ``ckpt``."""
+    cfg = plan.config
     t_start = time.perf_counter()
-    ledger = Ledger(folder.file("ledger.jsonl"))
+    before = ckpt.elapsed_seconds if ckpt else 0.0  # seconds the run spent before it was resumed
+    ledger = Ledger(folder.file("ledger.jsonl"), *((ckpt.ledger_count, ckpt.ledger_total_bytes) if ckpt else ()))
     trace_dir = folder.file("file_access")
     data_root = catalog.data_root(cfg.data.benchmark)
     start_trace(trace_dir / "driver.jsonl", "driver", [data_root])
+    folder.file("FAILED").unlink(missing_ok=True)
     eng = None
     try:
         eng, t_ray = _open_engine(plan, ledger, trace_dir, stream, progress, site_cls, t_start)
         facts, smd_info = _prepare(eng, plan, stream, progress)
-        write_json(folder.file("sites.json"), {"sites": plan.sites, "order": plan.order, "facts": facts,
-                                               "data_root": str(data_root)})
-        stage_logs: list[dict] = []
-        R = eng.run(_stage_writer(folder, plan, eng.progress, stage_logs))
+        R = np.zeros((len(plan.order) + 1, len(plan.order)))
+        if ckpt is None:
+            write_json(folder.file("sites.json"), {"sites": plan.sites, "order": plan.order, "facts": facts,
+                                                   "data_root": str(data_root)})
+            stage_logs: list[dict] = []
+        else:
+            _check_backbone(smd_info, ckpt.smd_info)
+            eng.restore(ckpt.snapshot)
+            eng.progress.skip_to(ckpt.stage)
+            R = ckpt.R
+            stage_logs = [json.loads(line) for line in folder.file("stages.jsonl").read_text().splitlines()]
+        on_stage = _stage_writer(folder, plan, eng, ledger, stage_logs, R, smd_info, t_start - before)
+        R = eng.run(on_stage, start=ckpt.stage + 1 if ckpt else 0, R=R)
         if plan.smd_on:
             smd_info.update(finish_smd(cfg, eng, folder, plan.order, eng.progress))
             write_json(folder.file("smd.json"), smd_info)
         if eng.reused:
             write_json(folder.file("reuse.json"), {"folder": str(plan.reuse), "sites": eng.reused})
-        m, audit, timings = _finish(eng, plan, folder, ledger, R, stage_logs, t_start, t_ray)
+        m, audit, timings = _finish(eng, plan, folder, ledger, R, stage_logs, t_start, t_ray,
+                                    (ckpt.stage, before) if ckpt else None)
         folder.mark_complete()
         _report(stream, plan, R, m, audit, timings, folder)
         return RunResult(plan.out, plan.order, R, m, timings)
@@ -221,6 +279,14 @@ def run(cfg: Config, stream: TextIO | None = None, progress: bool = True, site_c
         stop_trace()
         if eng is not None:
             eng.shutdown()
+
+
+def _check_backbone(now: dict, then: dict) -> None:
+    """A resumed run must replay from the very backbone it started with."""
+    if now.get("backbone_sha256") != then.get("backbone_sha256"):
+        raise ResumeError(f"the SMD backbone differs from the one the run started with "
+                          f"({then.get('backbone_path')}, sha256 {str(then.get('backbone_sha256'))[:12]}...); "
+                          f"the run cannot be resumed")
 
 
 def write_site_previews(cfg: Config, folder: Path) -> list[Path]:

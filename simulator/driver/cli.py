@@ -49,6 +49,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                         "of sites; their privacy audit fails by design")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs Ray may use (default from the profile: 2)")
     p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
+    p.add_argument("--address", default=None, metavar="auto|HOST:PORT",
+                   help="join a running Ray cluster instead of starting one (runtime.address)")
+    p.add_argument("--inject-fault", dest="inject_fault", action="append", default=[], metavar="FAULT",
+                   help="for tests and demos: kill-site:NAME@STAGE (the site's process dies during that "
+                        "stage; it is restarted and the work repeated) or kill-driver@STAGE (the driver "
+                        "exits after that stage's checkpoint; continue with smg-sim resume); repeatable")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
@@ -101,6 +107,16 @@ def _add_bench(sub) -> None:
                        help="also time one whole run of METHOD (6 sites, random order, seed 0) by phase")
     bench.add_argument("--out", default="bench.json", help="where to write the figures (default bench.json)")
     _add_set(bench, "override a config value, e.g. --set methods.smg.lookahead=2 (repeatable)")
+
+
+def _add_resume(sub) -> None:
+    res = sub.add_parser("resume", help="continue an unfinished run from its last checkpoint",
+                         description="Continue RUN_DIR after the last stage it checkpointed; the results "
+                                     "are those of a run that never stopped. A finished run, one without a "
+                                     "checkpoint, or one whose config.json the current code resolves "
+                                     "differently is refused (the differing keys are named).")
+    res.add_argument("run_dir", help="a run folder written by smg-sim run")
+    res.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def _add_audit(sub) -> None:
@@ -167,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
     sub.add_parser("methods", help="list the registered methods")
-    for add in (_add_compare, _add_bench, _add_audit, _add_smd, _add_data):
+    for add in (_add_resume, _add_compare, _add_bench, _add_audit, _add_smd, _add_data):
         add(sub)
     return parser
 

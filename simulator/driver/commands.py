@@ -14,7 +14,13 @@ from pathlib import Path
 
 from simulator.benchmarks.order import ORDER_KEYWORDS
 from simulator.config import Config, build_config, merge, parse_set
-from simulator.errors import ConfigError, DataError, EgressViolation, RunFolderError
+from simulator.errors import (
+    ConfigError,
+    DataError,
+    EgressViolation,
+    RunFolderError,
+    SiteUnavailable,
+)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -51,6 +57,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
         cli.setdefault("privacy", {})["mode"] = args.privacy
     if args.allow_non_private:
         cli.setdefault("privacy", {})["allow_non_private"] = True
+    if args.address:
+        cli.setdefault("runtime", {})["address"] = args.address
+    if args.inject_fault:
+        cli.setdefault("runtime", {})["inject_fault"] = ",".join(args.inject_fault)
     return build_config(args.profile, merge(cli, parse_set(args.overrides)))
 
 
@@ -119,6 +129,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.sites is not None and args.sites < 1:
         raise ConfigError(f"--sites must be >= 1, got {args.sites}")
     api.run(config_from_args(args), progress=not args.quiet)
+    return EXIT_OK
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """``smg-sim resume RUN_DIR``: continue an unfinished run from its last checkpoint."""
+    from simulator.driver import api
+
+    api.resume(Path(args.run_dir), progress=not args.quiet)
     return EXIT_OK
 
 
@@ -245,7 +263,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "methods": cmd_methods, "run": cmd_run, "compare": cmd_compare, "bench": cmd_bench,
+    "methods": cmd_methods, "run": cmd_run, "resume": cmd_resume, "compare": cmd_compare, "bench": cmd_bench,
     "audit": cmd_audit, "smd": cmd_smd, "data": cmd_data,
 }
 
@@ -265,6 +283,8 @@ def guarded(work: Callable[[], int]) -> int:
         return _fail(f"smg-sim: data error: {exc}", EXIT_USAGE)
     except EgressViolation as exc:
         return _fail(f"smg-sim: stopped: {exc}", EXIT_PRIVACY)
+    except SiteUnavailable as exc:  # the run folder keeps its last checkpoint
+        return _fail(f"smg-sim: stopped: {exc}; continue with smg-sim resume RUN_DIR", EXIT_FAILED)
     except KeyboardInterrupt:
         return _fail("smg-sim: interrupted; the run folder is marked FAILED", EXIT_INTERRUPTED)
     except Exception as exc:  # anything else: one line; a run folder says FAILED and why

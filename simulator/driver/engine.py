@@ -28,19 +28,22 @@ from server.methods import build_method
 from simulator.benchmarks import catalog
 from simulator.config import Config, RuntimeConfig
 from simulator.driver.artifacts import ArtifactCache, SiteArtifacts, artifact_key
+from simulator.driver.faults import FaultPlan
 from simulator.driver.ledger import Ledger
 from simulator.driver.phases import PhaseClock
 from simulator.driver.plan import RunPlan, site_spec
 from simulator.driver.progress import RunProgress
+from simulator.driver.results import merge_guard_sessions
+from simulator.errors import SiteUnavailable
 from simulator.messages import metrics
 from simulator.payloads import GuardReport, InspectReply, PromptReply, ScoresReply
 from sites.site import Site
 
 
-def get(refs: Any) -> Any:
+def get(refs: Any, timeout: float | None = None) -> Any:
     """``ray.get``, re-raising an actor's exception as its own type (Ray wraps it otherwise)."""
     try:
-        return ray.get(refs)
+        return ray.get(refs, timeout=timeout)
     except ray.exceptions.RayTaskError as exc:
         cause = exc.cause
         if isinstance(cause, Exception) and not isinstance(cause, ray.exceptions.RayError):
@@ -99,7 +102,8 @@ def create_sites(cfg: Config, names: list[str], indices: dict[str, int], namespa
     for name in names:
         trace = str(Path(trace_dir) / f"site-{name}.jsonl") if trace_dir else None
         sites[name] = remote_site.options(
-            name=f"site-{name}", namespace=namespace, num_cpus=0, max_restarts=0,
+            name=f"site-{name}", namespace=namespace, num_cpus=0, max_restarts=cfg.runtime.site_restarts,
+            max_task_retries=0,  # the engine repeats interrupted work itself, from the stage's inputs
         ).remote(name, site_spec(cfg, name, indices[name]), build_method,
                  cfg.runtime.torch_threads, cfg.runtime.device, privacy_mode or cfg.privacy.mode, trace)
     return Actors(sites)
@@ -138,25 +142,82 @@ class Engine:
         #: per site whose prompt and figures came from the cache: its key and the run that made them
         self.reused: dict[str, dict[str, str]] = {}
         self.backbone_key = ""
+        self.faults = FaultPlan(plan.faults)
+        #: per site, how often its process died and was restarted
+        self.restarts: dict[str, int] = dict.fromkeys(self.order, 0)
+        #: per site and start of its process, the latest guard report of that process
+        self.guard_sessions: dict[str, dict[str, dict[str, Any]]] = {s: {} for s in self.order}
 
-    def _call(self, site: str, method: str, msg: RecordDict | None = None, *args: Any) -> RecordDict:
-        """Call a site method, recording the message in and the reply out."""
+    def _call(self, site: str, method: str, msg: RecordDict | None = None, *args: Any, retry: int = 0,
+              phase: str = "") -> RecordDict:
+        """Call a site method, recording the message in and the reply out (``retry``: see Ledger)."""
         handle = self.actors.sites[site]
         if msg is not None:
-            self.ledger.record(msg, dst=f"site:{site}")
-            reply = get(getattr(handle, method).remote(msg, *args))
+            self.ledger.record(msg, dst=f"site:{site}", retry=retry)
+            ref = getattr(handle, method).remote(msg, *args)
         else:
-            reply = get(getattr(handle, method).remote(*args))
-        self.ledger.record(reply)
+            ref = getattr(handle, method).remote(*args)
+        reply = self._get(ref, site, phase or method)
+        self.ledger.record(reply, retry=retry)
         return reply
+
+    def _get(self, ref: Any, site: str, phase: str) -> Any:
+        """A site's answer, or :class:`SiteUnavailable` if it takes longer than ``runtime.site_timeout``."""
+        timeout = self.cfg.runtime.site_timeout
+        try:
+            return get(ref, timeout=timeout)
+        except ray.exceptions.GetTimeoutError:
+            raise SiteUnavailable(site, phase, f"no answer within {timeout:g} s (runtime.site_timeout); "
+                                               f"the run folder can be resumed") from None
+
+    def _with_retries(self, site: str, phase: str, work: Callable[[int], Any]) -> Any:
+        """``work(attempt)``; when the site's process dies, wait for Ray to restart it and repeat the
+        work from the stage's inputs (the site rebuilds its data from its spec), up to
+        ``runtime.site_restarts`` times."""
+        limit = self.cfg.runtime.site_restarts
+        attempt = 0
+        while True:
+            try:
+                return work(attempt)
+            except ray.exceptions.RayActorError:
+                if attempt >= limit:
+                    raise SiteUnavailable(site, phase, f"its process died {attempt + 1} times "
+                                                       f"(runtime.site_restarts = {limit})") from None
+                attempt += 1
+                self.restarts[site] += 1
+                self.progress.message(f"smg-sim: site {site} died during its {phase}; Ray restarts it and "
+                                      f"the {phase} is repeated from the stage's inputs (retry {attempt})")
+                self._await_restart(site, attempt)
+
+    def _await_restart(self, site: str, retry: int) -> None:
+        """Wait until the restarted site answers a liveness probe (its data rebuilt)."""
+        deadline = time.monotonic() + self.cfg.runtime.site_timeout
+        while True:
+            try:
+                self._call(site, "ping", retry=retry, phase="restart")
+                return
+            except ray.exceptions.RayActorError:
+                if time.monotonic() > deadline:
+                    raise SiteUnavailable(site, "restart", "it did not come back within runtime.site_timeout") from None
+                time.sleep(0.2)
+
+    def _crash_if_planned(self, site: str, stage: int, phase: str) -> None:
+        """An injected fault: the site's process exits in the middle of this call (``kill-site``)."""
+        if self.faults.take("kill-site", stage, site):
+            self._call(site, "crash_during", None, phase)
 
     def describe_sites(self) -> dict[str, dict[str, float]]:
         refs = {s: h.describe.remote() for s, h in self.actors.sites.items()}
         out = {}
         for s, ref in refs.items():
-            reply = get(ref)
-            self.ledger.record(reply)
-            out[s] = metrics(reply)
+            def work(attempt: int, s: str = s, ref: Any = ref) -> dict[str, float]:
+                if attempt:
+                    return metrics(self._call(s, "describe", retry=attempt))
+                reply = self._get(ref, s, "describe")
+                self.ledger.record(reply)
+                return metrics(reply)
+
+            out[s] = self._with_retries(s, "describe", work)
         return out
 
     def start_learner(self, in_channels: int) -> None:
@@ -170,10 +231,6 @@ class Engine:
         get(self.actors.learner.enable_replay.remote(backbone_path, channels))
         self.smd_on = True
         self.backbone_key = Path(backbone_path).parent.name  # the cache folder is named by the spec hash
-
-    def _learner_to_site(self, make: str, site: str, site_method: str, *args: Any) -> RecordDict:
-        msg = get(getattr(self.actors.learner, make).remote(*args))
-        return self._call(site, site_method, msg)
 
     def tune_and_check(self, site: str) -> dict[str, float]:
         """Prompt tuning at the site, then the fidelity of the replay of that prompt.
@@ -196,7 +253,7 @@ class Engine:
             out = dict(art.logs)
         else:
             try:
-                out = self._tune_and_check(site)
+                out = self._with_retries(site, "prompt tuning", lambda attempt: self._tune_and_check(site, attempt))
                 if self.cache is not None:
                     self.cache.save(key, SiteArtifacts(self.prompts[site], out, self.plan.out.name))
             finally:
@@ -205,9 +262,10 @@ class Engine:
         self.smd_sites[site] = out
         return out
 
-    def _tune_and_check(self, site: str) -> dict[str, float]:
+    def _tune_and_check(self, site: str, attempt: int = 0) -> dict[str, float]:
         with self.clock.phase("prompt_tuning"):
-            reply = self._learner_to_site("tune_message", site, "tune_prompt", site)
+            msg = get(self.actors.learner.tune_message.remote(site))
+            reply = self._call(site, "tune_prompt", msg, retry=attempt)
             out = get(self.actors.learner.absorb_prompt.remote(reply, site))
             self.prompts[site] = PromptReply.from_record(reply).tokens
         entries = self.ledger.last["arrays"]
@@ -216,7 +274,7 @@ class Engine:
         with self.clock.phase("replay_sampling"):  # the learner samples the replay to send it
             msg = get(self.actors.learner.fidelity_message.remote(site))
         t0 = time.perf_counter()
-        fid = metrics(self._call(site, "fidelity", msg))
+        fid = metrics(self._call(site, "fidelity", msg, retry=attempt))
         wall = time.perf_counter() - t0
         memorisation = min(wall, fid.get("memorisation_seconds", 0.0))
         self.clock.add("memorisation", memorisation)
@@ -261,48 +319,72 @@ class Engine:
     def replay_stats(self) -> dict[str, float]:
         return get(self.actors.learner.replay_stats.remote())
 
-    def evaluate_all(self) -> np.ndarray:
+    def evaluate_all(self, stage: int = 0) -> np.ndarray:
         """Dice of the learner's current weights on every site, evaluated in parallel."""
         msg = get(self.actors.learner.evaluate_message.remote())
         ref = ray.put(msg)
-        refs = []
+        for site in self.order:  # (the visited site's fault, if any, fired during its visit)
+            self._crash_if_planned(site, stage, "evaluation")
+        refs = {}
         for site in self.order:
             self.ledger.record(msg, dst=f"site:{site}")
-            refs.append(self.actors.sites[site].evaluate.remote(ref))
+            refs[site] = self.actors.sites[site].evaluate.remote(ref)
         row = []
-        for reply in get(refs):
-            self.ledger.record(reply)
-            row.append(metrics(reply)["dice"])
+        for site in self.order:
+            def work(attempt: int, site: str = site) -> float:
+                if attempt:
+                    self.ledger.record(msg, dst=f"site:{site}", retry=attempt)
+                r = self.actors.sites[site].evaluate.remote(ref) if attempt else refs[site]
+                reply = self._get(r, site, "evaluation")
+                self.ledger.record(reply, retry=attempt)
+                return metrics(reply)["dice"]
+
+            row.append(self._with_retries(site, "evaluation", work))
         return np.array(row)
 
     def visit(self, stage: int, site: str) -> dict[str, Any]:
-        """One visit: the learner's message, local training in chunks (for progress), the model back."""
+        """One visit: the learner's message, local training in chunks (for progress), the model back.
+
+        If the site's process dies, the whole visit is repeated from the learner's message, which
+        the learner builds again from the same weights and seeds.
+        """
         steps = self.cfg.train.steps_per_stage
-        msg = get(self.actors.learner.visit_message.remote(site, stage))
-        self._call(site, "start_visit", msg)
-        done = 0
-        while done < steps:
-            chunk = min(self.cfg.train.progress_every, steps - done)
-            logs = metrics(self._call(site, "train", None, chunk))
-            done = int(logs["step"])
-            self.progress.trained(chunk, steps)
-            self.progress.line(f"stage {stage}/{len(self.order)} site {site} step {done}/{steps} "
-                               f"loss {logs.get('loss', float('nan')):.3f}")
-        reply = self._call(site, "finish_visit")
+        self._crash_if_planned(site, stage, "visit")
+
+        def work(attempt: int) -> RecordDict:
+            msg = get(self.actors.learner.visit_message.remote(site, stage))
+            self._call(site, "start_visit", msg, retry=attempt, phase="visit")
+            done = 0
+            while done < steps:
+                chunk = min(self.cfg.train.progress_every, steps - done)
+                logs = metrics(self._call(site, "train", None, chunk, retry=attempt, phase="visit"))
+                done = int(logs["step"])
+                if not attempt:
+                    self.progress.trained(chunk, steps)
+                self.progress.line(f"stage {stage}/{len(self.order)} site {site} step {done}/{steps} "
+                                   f"loss {logs.get('loss', float('nan')):.3f}")
+            return self._call(site, "finish_visit", retry=attempt, phase="visit")
+
+        reply = self._with_retries(site, "visit", work)
         return get(self.actors.learner.absorb.remote(reply, site, stage))
 
-    def run(self, on_stage: Callable[[StageResult], None]) -> np.ndarray:
-        """The sequential loop; ``on_stage`` receives each stage's result as it completes."""
+    def run(self, on_stage: Callable[[StageResult], None], start: int = 0, R: np.ndarray | None = None
+            ) -> np.ndarray:
+        """The sequential loop from stage ``start`` (0: the untrained model's evaluation first);
+        ``R`` holds the rows of the stages before ``start``. ``on_stage`` receives each stage's
+        result as it completes (and may checkpoint it)."""
         T = len(self.order)
-        R = np.zeros((T + 1, T))
-        t0 = time.perf_counter()
-        self.clock.end_stage()  # what came before the loop is not stage 0's
-        with self.clock.phase("evaluation"):
-            R[0] = self.evaluate_all()
-        self.progress.evaluated()
-        on_stage(StageResult(0, None, {"eval_seconds": time.perf_counter() - t0,
-                                       "phases": self.clock.end_stage()}, R[0]))
-        for stage, site in enumerate(self.order, 1):
+        R = np.zeros((T + 1, T)) if R is None else R
+        self.clock.end_stage()  # what came before the loop is not this stage's
+        if start == 0:
+            t0 = time.perf_counter()
+            with self.clock.phase("evaluation"):
+                R[0] = self.evaluate_all(0)
+            self.progress.evaluated()
+            on_stage(StageResult(0, None, {"eval_seconds": time.perf_counter() - t0,
+                                           "phases": self.clock.end_stage()}, R[0]))
+        for stage in range(max(start, 1), T + 1):
+            site = self.order[stage - 1]
             t_stage = time.perf_counter()
             with self.clock.phase("training"):
                 logs = self.visit(stage, site)
@@ -313,26 +395,53 @@ class Engine:
                 logs.update({f"smd_{k}": v for k, v in smd_logs.items()})
             t_eval = time.perf_counter()
             with self.clock.phase("evaluation"):
-                R[stage] = self.evaluate_all()
+                R[stage] = self.evaluate_all(stage)
             self.progress.evaluated()
             logs.update(eval_seconds=time.perf_counter() - t_eval, stage_seconds=time.perf_counter() - t_stage,
                         phases=self.clock.end_stage())
             on_stage(StageResult(stage, site, logs, R[stage]))
         return R
 
+    # -- checkpoints ----------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """What the run carries from one stage to the next, for a checkpoint (the learner's
+        weights, method state, prompts and replay; per-site figures; each site's guard report)."""
+        self.refresh_guard_reports()
+        return {"learner": get(self.actors.learner.snapshot.remote()), "smd_sites": self.smd_sites,
+                "reuse_folder": str(self.plan.reuse) if self.plan.reuse else "",
+                "prompts": self.prompts, "reused": self.reused, "guard_sessions": self.guard_sessions,
+                "restarts": self.restarts, "phases": dict(self.clock.total)}
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        """Continue from :meth:`snapshot` (after :meth:`start_learner` and :meth:`enable_replay`)."""
+        get(self.actors.learner.restore.remote(snap["learner"]))
+        self.smd_sites = dict(snap["smd_sites"])
+        self.prompts = dict(snap["prompts"])
+        self.reused = dict(snap["reused"])
+        self.guard_sessions = {s: dict(v) for s, v in snap["guard_sessions"].items()}
+        self.restarts = dict(snap["restarts"])
+        for phase, sec in snap["phases"].items():
+            self.clock.total[phase] += sec
+
     def final_weights(self) -> dict[str, np.ndarray]:
         return get(self.actors.learner.weights_checkpoint.remote())
 
-    def guard_reports(self) -> dict[str, dict[str, Any]]:
-        """Each site's guard report: counts, seconds, and every violation recorded."""
-        out = {}
+    def refresh_guard_reports(self) -> None:
+        """Ask every site for its guard's report; each start of a site's process keeps its own."""
         for site in self.order:
-            reply = get(self.actors.sites[site].guard_report.remote())
-            self.ledger.record(reply)
-            rep = GuardReport.from_record(reply)
-            out[site] = {**rep.counts, "mode": rep.mode, "site": rep.site,
-                         "violation_list": [dict(v) for v in rep.violations]}
-        return out
+            def work(attempt: int, site: str = site) -> GuardReport:
+                return GuardReport.from_record(self._call(site, "guard_report", retry=attempt))
+
+            rep = self._with_retries(site, "guard report", work)
+            self.guard_sessions[site][rep.session] = {**rep.counts, "mode": rep.mode, "site": rep.site,
+                                                      "violation_list": [dict(v) for v in rep.violations]}
+
+    def guard_reports(self) -> dict[str, dict[str, Any]]:
+        """Each site's guard report: counts, seconds and every violation, summed over the starts of
+        its process (a process killed between two reports loses what it counted since the last)."""
+        self.refresh_guard_reports()
+        return {site: merge_guard_sessions(list(sessions.values()), self.restarts[site])
+                for site, sessions in self.guard_sessions.items()}
 
     def shutdown(self) -> None:
         self.actors.kill()

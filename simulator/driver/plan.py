@@ -15,6 +15,7 @@ from server.methods import method_class
 from simulator.benchmarks import catalog
 from simulator.benchmarks.order import resolve_order, resolve_sites
 from simulator.config import Config
+from simulator.driver.faults import Fault, parse_faults
 from simulator.errors import ConfigError
 from simulator.method import HValue, Method, resolve_hparams
 from simulator.paths import site_data_root
@@ -39,6 +40,8 @@ class RunPlan:
     smd_on: bool
     #: where prompts and replay figures are shared between the runs of a grid (None: not shared)
     reuse: Path | None = None
+    #: faults to inject (``runtime.inject_fault``), checked against the sites and stages
+    faults: tuple[Fault, ...] = ()
 
 
 def method_hparams(cfg: Config, name: str) -> dict[str, HValue]:
@@ -95,10 +98,11 @@ def check_method(cfg: Config, name: str) -> type[Method]:
     return cls
 
 
-def plan_run(cfg: Config, reuse: Path | None = None) -> RunPlan:
+def plan_run(cfg: Config, reuse: Path | None = None, new_folder: bool = True) -> RunPlan:
     """Validate everything that can be checked before work starts (no side effects).
 
     ``reuse``: a folder of per-(seed, site) artifacts shared by the runs of a comparison.
+    ``new_folder``: the run folder must not hold a run yet (False: resuming one).
     """
     from simulator.driver.runfolder import check_new
 
@@ -118,6 +122,8 @@ def plan_run(cfg: Config, reuse: Path | None = None) -> RunPlan:
     sites = run_sites(cfg)
     order = resolve_order(cfg.run.order, sites, cfg.run.seed)
     out = Path(cfg.run.out) if cfg.run.out else default_out(cfg)
-    check_new(out)
+    if new_folder:
+        check_new(out)
     return RunPlan(cfg, sites, order, site_indices(cfg, order), out, cls, method_hparams(cfg, cls.name),
-                   cfg.privacy.mode if cls.private else "record", smd_on, reuse)
+                   cfg.privacy.mode if cls.private else "record", smd_on, reuse,
+                   parse_faults(cfg.runtime.inject_fault, order))

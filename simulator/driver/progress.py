@@ -67,6 +67,7 @@ class RunProgress(Progress):
     def __init__(self, stages: int, smd: bool, stream: TextIO | None = None, enabled: bool = True) -> None:
         total = (stages + 1) * self.EVALUATION + stages * self.VISIT + (stages * self.SMD if smd else 0.0)
         super().__init__(total, stream, enabled)
+        self.smd = smd
 
     def evaluated(self) -> None:
         self.advance(self.EVALUATION)
@@ -76,6 +77,11 @@ class RunProgress(Progress):
 
     def smd_checked(self) -> None:
         self.advance(self.SMD)
+
+    def skip_to(self, stage: int) -> None:
+        """A resumed run: the units of stages 0..``stage`` are done."""
+        done = (stage + 1) * self.EVALUATION + stage * self.VISIT + (stage * self.SMD if self.smd else 0.0)
+        self.done = min(self.total, done)
 
     def restart_clock(self) -> None:
         """Start the ETA's clock now (after pre-training, which the ETA does not cover)."""

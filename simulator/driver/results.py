@@ -35,6 +35,19 @@ def guard_totals(guard: dict[str, dict]) -> dict[str, float]:
             "violations": sum(g["violations"] for g in guard.values())}
 
 
+def merge_guard_sessions(sessions: list[dict], restarts: int = 0) -> dict:
+    """One site's guard report from the reports of each start of its process: counts and seconds
+    summed, violations concatenated, and how often the process was restarted."""
+    out = dict(sessions[0])
+    for rep in sessions[1:]:
+        for k, v in rep.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[k] = out.get(k, 0) + v
+        out["violation_list"] = out["violation_list"] + rep["violation_list"]
+    out["restarts"] = restarts
+    return out
+
+
 def write_results(folder: RunFolder, plan: RunPlan, R: np.ndarray, guard: dict[str, dict],
                   weights: dict[str, np.ndarray], stage_logs: list[dict]) -> None:
     """Write R, guard reports, final weights and plots (metrics.json comes last, with the timings)."""

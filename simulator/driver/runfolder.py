@@ -10,6 +10,7 @@ Layout::
     metrics.json     Mem, Gen, Final, BWT, FWT, Forgetting and per-stage curves
     R.png, mem_gen.png
     weights.npz      final segmentation weights
+    checkpoint/      the latest stage's checkpoint (see simulator.driver.checkpoint)
     COMPLETE         written last; a folder without it is unfinished (see FAILED)
 """
 
@@ -64,10 +65,16 @@ def check_new(path: Path) -> None:
 class RunFolder:
     """Writes one run's results."""
 
-    def __init__(self, path: Path) -> None:
-        check_new(path)
+    def __init__(self, path: Path, new: bool = True) -> None:
+        if new:
+            check_new(path)
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def existing(cls, path: Path) -> RunFolder:
+        """The folder of a run that is continued (see ``smg-sim resume``)."""
+        return cls(path, new=False)
 
     def file(self, name: str) -> Path:
         return self.path / name

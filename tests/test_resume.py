@@ -1,0 +1,105 @@
+"""Checkpoints, resume and site faults: an interrupted run ends exactly as one that never stopped."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from simulator.config import build_config, parse_set
+from simulator.driver import api
+from simulator.driver.api import EXIT_DRIVER_KILLED
+from simulator.driver.faults import Fault, parse_faults
+from simulator.errors import ConfigError, ResumeError
+
+SETS = ["run.sites=3", "run.order=random", "run.seed=7", "run.method=finetune"]
+
+
+def _cfg(out, *extra):
+    return build_config("smoke", parse_set([*SETS, f"run.out={out}", *extra]))
+
+
+@pytest.fixture(scope="module")
+def reference(ray_session, tmp_path_factory):
+    """One uninterrupted smoke run the interrupted ones must reproduce."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    api.run(_cfg(out), progress=False)
+    return out
+
+
+def _metrics(run):
+    return json.loads((run / "metrics.json").read_text())["metrics"]
+
+
+def test_every_stage_leaves_a_checkpoint(reference):
+    latest = (reference / "checkpoint" / "LATEST").read_text().strip()
+    assert latest == "stage-003"
+    assert sorted(p.name for p in (reference / "checkpoint").iterdir()) == ["LATEST", "stage-003"]
+    state = json.loads((reference / "checkpoint" / latest / "state.json").read_text())
+    assert state["stage"] == 3 and len(state["R"]) == 4
+
+
+def test_driver_killed_after_stage_2_then_resumed_gives_identical_results(reference, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "simulator.driver.cli", "run", "--profile", "smoke", "--quiet", "--no-dashboard",
+           "--inject-fault", "kill-driver@2", *[a for s in SETS for a in ("--set", s)], "--out", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == EXIT_DRIVER_KILLED, res.stderr[-2000:]
+    assert not (out / "COMPLETE").exists() and not (out / "R.csv").exists()
+    assert (out / "checkpoint" / "LATEST").read_text().strip() == "stage-002"
+    api.resume(out, progress=False)
+    assert (out / "R.csv").read_bytes() == (reference / "R.csv").read_bytes()
+    assert _metrics(out) == _metrics(reference)
+    lines = [json.loads(line) for line in (out / "stages.jsonl").read_text().splitlines()]
+    assert [line["stage"] for line in lines] == [0, 1, 2, 3]
+    with pytest.raises(ResumeError, match="finished run"):
+        api.resume(out)
+
+
+def test_a_site_killed_during_its_evaluation_is_restarted_with_identical_results(reference, tmp_path):
+    out = tmp_path / "run"
+    api.run(_cfg(out, "runtime.inject_fault=kill-site:bravo@3"), progress=False)
+    assert (out / "R.csv").read_bytes() == (reference / "R.csv").read_bytes()
+    assert _metrics(out) == _metrics(reference)
+    ledger = [json.loads(line) for line in (out / "ledger.jsonl").read_text().splitlines()]
+    retried = [e for e in ledger if e.get("retry")]
+    assert retried and {e.get("src", e.get("dst")) for e in retried} <= {"site:bravo", "learner"}
+    guard = json.loads((out / "guard.json").read_text())
+    assert guard["bravo"]["restarts"] == 1 and guard["alpha"]["restarts"] == 0
+
+
+def test_resume_refuses_other_settings_and_names_the_keys(reference, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(reference, out)
+    (out / "COMPLETE").unlink()
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["train"]["lr"] = "fast"
+    cfg["model"]["colour"] = "blue"
+    (out / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ResumeError, match="cannot read"):
+        api.resume(out)
+    cfg["train"]["lr"] = 0.5
+    del cfg["model"]["colour"]
+    del cfg["runtime"]["site_timeout"]  # as a folder from code without that key would hold
+    (out / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ResumeError, match=r"differently at runtime\.site_timeout"):
+        api.resume(out)
+
+
+def test_a_run_without_a_checkpoint_cannot_resume(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(_cfg(tmp_path).to_dict()))
+    (tmp_path / "method.json").write_text(json.dumps({"hyperparameters": {"lr": 0.001, "weight_decay": 0.0}}))
+    with pytest.raises(ResumeError, match="no checkpoint"):
+        api.resume(tmp_path)
+
+
+def test_faults_are_checked_against_the_run():
+    order = ["alpha", "bravo", "charlie"]
+    assert parse_faults("kill-site:bravo@3, kill-driver@2", order) == (Fault("kill-site", 3, "bravo"),
+                                                                       Fault("kill-driver", 2))
+    for bad, why in [("kill-site:zulu@1", "not a site of this run"), ("kill-driver@4", "out of range"),
+                     ("explode@1", "not a fault")]:
+        with pytest.raises(ConfigError, match=why):
+            parse_faults(bad, order)
