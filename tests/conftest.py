@@ -12,14 +12,26 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 os.environ["SMG_SIM_CACHE"] = tempfile.mkdtemp(prefix="smg-sim-test-cache-")
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+#: where the session's Ray exports its metrics (Prometheus text format)
+METRICS_PORT = _free_port()
+
+
 @pytest.fixture(scope="session")
 def ray_session():
-    """Start Ray once (2 CPUs, no dashboard) and share it across the session."""
+    """Start Ray once (2 CPUs, no dashboard, metrics on METRICS_PORT) and share it across the session."""
     import ray
 
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
-                 configure_logging=True, log_to_driver=False)
+                 configure_logging=True, log_to_driver=False, _metrics_export_port=METRICS_PORT)
     yield ray
     ray.shutdown()
 

@@ -26,8 +26,10 @@ def test_explicit_list():
 
 def test_twelve_sites_and_more():
     assert len(resolve_sites("random", 12)) == 12
-    with pytest.raises(ConfigError, match="26 sites at most"):
-        resolve_sites("fixed", 27)
+    many = resolve_sites("fixed", 48)
+    assert many[25:28] == ["zulu", "alpha2", "bravo2"] and len(set(many)) == 48
+    with pytest.raises(ConfigError, match="260 sites at most"):
+        resolve_sites("fixed", 261)
 
 
 def test_zero_sites_means_the_benchmark_default():

@@ -22,7 +22,7 @@ def _cfg(out, *extra):
 @pytest.fixture(scope="module")
 def reference(ray_session, tmp_path_factory):
     """One uninterrupted smoke run the interrupted ones must reproduce."""
-    out = tmp_path_factory.mktemp("ref") / "run"
+    out = tmp_path_factory.mktemp("ref") / "reference-run"
     api.run(_cfg(out), progress=False)
     return out
 
@@ -103,3 +103,34 @@ def test_faults_are_checked_against_the_run():
                      ("explode@1", "not a fault")]:
         with pytest.raises(ConfigError, match=why):
             parse_faults(bad, order)
+
+
+def test_the_dashboard_metrics_show_a_running_run(ray_session, tmp_path):
+    """While a run runs, its stage, step, loss, Dice per site and each site's guard traffic can be
+    scraped from Ray's metrics export endpoint, tagged with the run's name."""
+    import threading
+    import time
+    import urllib.request
+
+    from conftest import METRICS_PORT
+
+    out = tmp_path / "metered-run"
+    cfg = build_config("smoke", parse_set(["run.sites=2", "run.method=finetune", "train.steps_per_stage=60",
+                                           f"run.out={out}"]))
+    worker = threading.Thread(target=api.run, args=(cfg,), kwargs={"progress": False})
+    worker.start()
+    want = {"ray_smg_stage", "ray_smg_dice", "ray_smg_step", "ray_smg_loss", "ray_smg_site_messages_total",
+            "ray_smg_site_bytes_total"}
+    seen: dict[str, list[str]] = {}
+    while worker.is_alive() and not want <= set(seen):
+        text = urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).read().decode()
+        for line in text.splitlines():
+            name = line.split("{", 1)[0]
+            if name.startswith("ray_smg_") and f'run="{out.name}"' in line:
+                seen.setdefault(name, []).append(line)
+        time.sleep(1)
+    worker.join()
+    assert (out / "COMPLETE").exists()
+    assert want <= set(seen), sorted(seen)
+    assert any('site="alpha"' in x for x in seen["ray_smg_dice"])
+    assert any('site="bravo"' in x for x in seen["ray_smg_site_messages_total"])

@@ -3,7 +3,7 @@
 A benchmark is named by ``data.benchmark`` (``--benchmark``):
 
 * ``phantom`` and ``mni152`` are generated inside each site actor; their sites are
-  named alpha, bravo, ... (26 at most).
+  named alpha, bravo, ..., zulu, then alpha2, ..., zulu2, alpha3, ... (260 at most).
 * ``folder:PATH``, ``prostate:PATH`` and ``fundus:PATH`` are user data: one folder
   per site under ``PATH``, named after the folder. The driver lists the folder
   names and nothing else; the files are read only by the site that owns them.
@@ -25,11 +25,13 @@ TARGETS = {"phantom": (), "mni152": (), "folder": (), "prostate": (), "fundus": 
 #: Number of sites of a generated benchmark when ``--sites`` is not given.
 DEFAULT_GENERATED_SITES = 6
 
-SITE_NAMES = (
+_ALPHABET = (
     "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
     "juliett", "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo",
     "sierra", "tango", "uniform", "victor", "whiskey", "xray", "yankee", "zulu",
 )
+#: The sites of a generated benchmark, in order: the alphabet, then the alphabet again with 2, 3, ...
+SITE_NAMES = tuple(f"{name}{'' if lap == 1 else lap}" for lap in range(1, 11) for name in _ALPHABET)
 _SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 

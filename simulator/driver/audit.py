@@ -57,6 +57,8 @@ class RunFiles:
     smd: dict[str, Any]
     ledger: list[dict[str, Any]]
     trace: list[dict[str, Any]]
+    #: where each actor ran, per start of the run's driver (actors.json; empty for older folders)
+    actors: dict[str, Any]
 
     @property
     def sites(self) -> list[str]:
@@ -90,6 +92,7 @@ def read_run_files(run_dir: Path) -> RunFiles:
         smd=_read_optional_json(run_dir / "smd.json"),
         ledger=read_ledger(run_dir / "ledger.jsonl"),
         trace=read_trace(trace_dir) if trace_dir.exists() else [],
+        actors=_read_optional_json(run_dir / "actors.json"),
     )
 
 
@@ -234,6 +237,9 @@ def assemble_audit(f: RunFiles) -> dict[str, Any]:
         "file_access": [{"role": r, "site_data": o, "opens": n}
                         for (r, o), n in sorted(file_rows.items())],
         "ledger": {"messages": len(f.ledger), "bytes": sum(e["bytes"] for e in f.ledger)},
+        "placement": [{"session": i, "actor": name, **where}
+                      for i, sess in enumerate(f.actors.get("sessions", []))
+                      for name, where in sorted(sess["actors"].items())],
     }
 
 
@@ -275,6 +281,11 @@ def audit_markdown(a: dict[str, Any]) -> str:
                    f"{e.get('metrics', 0)} | {info['data_bytes']} |")
     out += ["", "## File access to site data", "", "| process | site data opened | opens |", "|---|---|---|"]
     out += [f"| {r['role']} | {r['site_data']} | {r['opens']} |" for r in a["file_access"]] or ["| (none) | | |"]
+    if a.get("placement"):
+        out += ["", "## Where each process ran", "", "| driver start | actor | node | node address | pid |",
+                "|---|---|---|---|---|"]
+        out += [f"| {r['session']} | {r['actor']} | {r['node_id'][:12]} | {r['node_ip']} | {r['pid']} |"
+                for r in a["placement"]]
     mem = {s: i["memorisation"] for s, i in a["sites"].items() if i["memorisation"]}
     if mem:
         keys = ["nn_distance_min", "nn_distance_median", "real_nn_distance_min", "nn_fraction_under_threshold",

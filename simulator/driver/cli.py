@@ -20,6 +20,14 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
                    help="what to segment: auto (the benchmark's target) or, for fundus, disc or cup")
 
 
+def _add_cluster_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default=None, metavar="auto|HOST:PORT",
+                   help="join a running Ray cluster instead of starting one (runtime.address)")
+    p.add_argument("--site-resources", default=None, metavar="NAME=RESOURCE,...",
+                   help="pin each named site's actor to a node that offers that custom Ray resource, as a "
+                        "hospital's data stays on its own machine (runtime.site_resources)")
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     _add_data_options(p)
     p.add_argument("--sites", type=int, default=None,
@@ -49,8 +57,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                         "of sites; their privacy audit fails by design")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs Ray may use (default from the profile: 2)")
     p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
-    p.add_argument("--address", default=None, metavar="auto|HOST:PORT",
-                   help="join a running Ray cluster instead of starting one (runtime.address)")
+    _add_cluster_options(p)
     p.add_argument("--inject-fault", dest="inject_fault", action="append", default=[], metavar="FAULT",
                    help="for tests and demos: kill-site:NAME@STAGE (the site's process dies during that "
                         "stage; it is restarted and the work repeated) or kill-driver@STAGE (the driver "
@@ -84,6 +91,7 @@ def _add_compare(sub) -> None:
     cmp.add_argument("--allow-non-private", action="store_true",
                      help="allow the non-private references (joint, er_real); their audits fail by design")
     cmp.add_argument("--num-cpus", type=int, default=None, help="CPUs Ray may use (default 2)")
+    _add_cluster_options(cmp)
     cmp.add_argument("--baseline", default=None, metavar="NAME",
                      help="paired differences only against this method (default: every method against every other)")
     cmp.add_argument("--progress", action="store_true", help="show each run's progress lines")
@@ -117,6 +125,14 @@ def _add_resume(sub) -> None:
                                      "differently is refused (the differing keys are named).")
     res.add_argument("run_dir", help="a run folder written by smg-sim run")
     res.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def _add_status(sub) -> None:
+    st = sub.add_parser("status", help="the state of every run under runs/ (or of the folder given)",
+                        description="Per run folder: complete, running, resumable or failed; the stage "
+                                    "reached, the latest Mem and Gen, an ETA for a running run, and its live "
+                                    "actors from the Ray dashboard's state API when the dashboard is on.")
+    st.add_argument("path", nargs="?", default="runs", help="a run folder or a folder of them (default runs)")
 
 
 def _add_audit(sub) -> None:
@@ -183,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
     sub.add_parser("methods", help="list the registered methods")
-    for add in (_add_resume, _add_compare, _add_bench, _add_audit, _add_smd, _add_data):
+    for add in (_add_resume, _add_status, _add_compare, _add_bench, _add_audit, _add_smd, _add_data):
         add(sub)
     return parser
 

@@ -38,6 +38,15 @@ def _data_overrides(args: argparse.Namespace) -> dict[str, dict]:
     return {"data": data} if data else {}
 
 
+def _cluster_overrides(args: argparse.Namespace) -> dict[str, dict]:
+    runtime = {}
+    if args.address:
+        runtime["address"] = args.address
+    if args.site_resources:
+        runtime["site_resources"] = args.site_resources
+    return {"runtime": runtime} if runtime else {}
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     """The resolved config for ``smg-sim run``."""
     cli: dict[str, dict] = {"run": {"order": args.order}}
@@ -57,8 +66,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         cli.setdefault("privacy", {})["mode"] = args.privacy
     if args.allow_non_private:
         cli.setdefault("privacy", {})["allow_non_private"] = True
-    if args.address:
-        cli.setdefault("runtime", {})["address"] = args.address
+    cli = merge(cli, _cluster_overrides(args))
     if args.inject_fault:
         cli.setdefault("runtime", {})["inject_fault"] = ",".join(args.inject_fault)
     return build_config(args.profile, merge(cli, parse_set(args.overrides)))
@@ -140,11 +148,21 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """``smg-sim status [PATH]``: every run's state, stage, Mem, Gen and ETA."""
+    from simulator.driver.status import status
+
+    if not Path(args.path).exists():
+        raise RunFolderError(f"{args.path}: no such folder")
+    print(status(Path(args.path)))
+    return EXIT_OK
+
+
 def _compare_config(args: argparse.Namespace) -> Config:
     overrides = parse_set(args.overrides)
     if args.sites is not None:
         overrides.setdefault("run", {})["sites"] = args.sites
-    overrides = merge(_data_overrides(args), overrides)
+    overrides = merge(_data_overrides(args), _cluster_overrides(args), overrides)
     if args.num_cpus is not None:
         overrides.setdefault("runtime", {})["num_cpus"] = args.num_cpus
     if args.allow_non_private:
@@ -263,7 +281,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "methods": cmd_methods, "run": cmd_run, "resume": cmd_resume, "compare": cmd_compare, "bench": cmd_bench,
+    "methods": cmd_methods, "run": cmd_run, "resume": cmd_resume, "status": cmd_status, "compare": cmd_compare, "bench": cmd_bench,
     "audit": cmd_audit, "smd": cmd_smd, "data": cmd_data,
 }
 

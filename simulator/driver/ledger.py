@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from flwr.app import RecordDict
@@ -21,6 +22,8 @@ class Ledger:
         self.bytes = total_bytes
         #: the entry written last (what the ledger recorded of the latest crossing)
         self.last: dict = {}
+        #: called with every entry written (the engine counts each site's traffic for the dashboard)
+        self.on_record: Callable[[dict], None] | None = None
         self._fh = self.path.open("a", encoding="utf-8")
 
     def record(self, rd: RecordDict, src: str | None = None, dst: str | None = None, retry: int = 0) -> None:
@@ -41,6 +44,8 @@ class Ledger:
         self.count += 1
         self.bytes += entry["bytes"]
         self.last = entry
+        if self.on_record is not None:
+            self.on_record(entry)
 
     def offset(self) -> int:
         """Bytes written so far (where a checkpoint cuts the file)."""

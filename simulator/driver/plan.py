@@ -89,6 +89,20 @@ def smd_needed(cfg: Config) -> bool:
     return method_class(cfg.run.method).uses_replay or cfg.smd.enabled == "on"
 
 
+def site_resources(mapping: str, names: list[str]) -> dict[str, str]:
+    """``runtime.site_resources`` (NAME=RESOURCE,...) as {site: resource}, checked against the run."""
+    out = {}
+    for item in (t.strip() for t in mapping.split(",") if t.strip()):
+        site, sep, resource = item.partition("=")
+        if not sep or not site or not resource:
+            raise ConfigError(f"runtime.site_resources: {item!r}; expected NAME=RESOURCE")
+        if site not in names:
+            raise ConfigError(f"runtime.site_resources: {site!r} is not a site of this run; "
+                              f"expected one of {', '.join(names)}")
+        out[site] = resource
+    return out
+
+
 def check_method(cfg: Config, name: str) -> type[Method]:
     """The method's class, if ``cfg`` may run it (non-private references need the explicit flag)."""
     cls = method_class(name)  # unknown names list the known ones
@@ -121,6 +135,7 @@ def plan_run(cfg: Config, reuse: Path | None = None, new_folder: bool = True) ->
             raise ConfigError(f"method {cls.name!r} needs SMD replay: {exc}") from None
     sites = run_sites(cfg)
     order = resolve_order(cfg.run.order, sites, cfg.run.seed)
+    site_resources(cfg.runtime.site_resources, order)  # a mapping that names other sites fails here
     out = Path(cfg.run.out) if cfg.run.out else default_out(cfg)
     if new_folder:
         check_new(out)

@@ -16,13 +16,6 @@ from simulator.config import Config
 from simulator.driver.commands import guarded
 
 
-def write_job(path: Path, cfg: Config, reuse: Path | None) -> Path:
-    """The job file of one run (its config, and the shared-artifact folder or none)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"config": cfg.to_dict(), "reuse": str(reuse) if reuse else ""}, indent=1) + "\n")
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the job named by the single argument."""
     from simulator.driver import api

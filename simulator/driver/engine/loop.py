@@ -1,18 +1,14 @@
-"""The engine: the one module that imports Ray and wires sites to the learner.
+"""The stage loop: one run's site actors and learner, every message between them, and recovery.
 
-It starts (or joins) Ray with the dashboard on 127.0.0.1, creates one named actor per
-site and one learner actor, routes every message between them, writes each crossing to
-the ledger, and drives the sequential loop: evaluate the untrained model everywhere,
-then per stage visit one site, tune its prompt (with SMD replay), and evaluate every site.
-
-An exception raised inside an actor reaches the caller as its own type (a
-:class:`~simulator.errors.DataError`, an :class:`~simulator.errors.EgressViolation`, ...),
-not wrapped in Ray's error, so the driver classifies failures by type.
+It creates one named actor per site and one learner actor, routes every message between them,
+writes each crossing to the ledger, and drives the sequential loop: evaluate the untrained model
+everywhere, then per stage visit one site, tune its prompt (with SMD replay), and evaluate every
+site. A site whose process dies is restarted by Ray and the interrupted work is repeated from the
+stage's inputs; a site that does not answer in time fails the run, which can then be resumed.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,10 +20,10 @@ import ray
 from flwr.app import RecordDict
 
 from server.learner import Learner
-from server.methods import build_method
 from simulator.benchmarks import catalog
-from simulator.config import Config, RuntimeConfig
 from simulator.driver.artifacts import ArtifactCache, SiteArtifacts, artifact_key
+from simulator.driver.attribution import attribution_summary
+from simulator.driver.engine.runtime import RayMetricsSink, actor_placement, create_sites, get
 from simulator.driver.faults import FaultPlan
 from simulator.driver.ledger import Ledger
 from simulator.driver.phases import PhaseClock
@@ -36,77 +32,8 @@ from simulator.driver.progress import RunProgress
 from simulator.driver.results import merge_guard_sessions
 from simulator.errors import SiteUnavailable
 from simulator.messages import metrics
-from simulator.payloads import GuardReport, InspectReply, PromptReply, ScoresReply
+from simulator.payloads import GuardReport, PromptReply, ScoresReply
 from sites.site import Site
-
-
-def get(refs: Any, timeout: float | None = None) -> Any:
-    """``ray.get``, re-raising an actor's exception as its own type (Ray wraps it otherwise)."""
-    try:
-        return ray.get(refs, timeout=timeout)
-    except ray.exceptions.RayTaskError as exc:
-        cause = exc.cause
-        if isinstance(cause, Exception) and not isinstance(cause, ray.exceptions.RayError):
-            raise cause from None
-        raise
-
-
-def start_ray(runtime: RuntimeConfig, dashboard: bool | None = None) -> str | None:
-    """Start Ray on this machine, join the cluster at ``runtime.address``, or reuse the running
-    instance; returns the dashboard URL (None when it is off).
-
-    ``ray.init(address=...)`` takes no resources of its own: joining passes only the address.
-    """
-    # keep Ray from rewriting CUDA_VISIBLE_DEVICES for CPU-only actors (and its warning)
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    dashboard = runtime.dashboard if dashboard is None else dashboard
-    if ray.is_initialized():
-        ctx = ray.get_runtime_context()
-        return getattr(ctx, "dashboard_url", None) or None
-    common = {"logging_level": "ERROR", "log_to_driver": True, "configure_logging": True}
-    if runtime.address:
-        info = ray.init(address=runtime.address, **common)
-    else:
-        info = ray.init(num_cpus=runtime.num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                        **common)
-    url = getattr(info, "dashboard_url", None)
-    if url and not url.startswith("http"):
-        url = f"http://{url}"
-    return url if (dashboard or runtime.address) and url else None
-
-
-def cluster_address() -> str:
-    """The GCS address of the Ray instance this process is connected to (for other drivers to join)."""
-    return ray.get_runtime_context().gcs_address
-
-
-@dataclass
-class Actors:
-    """Handles of one run's actors."""
-
-    sites: dict[str, Any]
-    learner: Any | None = None
-
-    def kill(self) -> None:
-        for handle in [*self.sites.values(), self.learner]:
-            if handle is not None:
-                ray.kill(handle)
-
-
-def create_sites(cfg: Config, names: list[str], indices: dict[str, int], namespace: str,
-                 trace_dir: str | None = None, privacy_mode: str | None = None,
-                 site_cls: type = Site) -> Actors:
-    """One named Ray actor per site (visible by name in the dashboard)."""
-    remote_site = ray.remote(site_cls)
-    sites = {}
-    for name in names:
-        trace = str(Path(trace_dir) / f"site-{name}.jsonl") if trace_dir else None
-        sites[name] = remote_site.options(
-            name=f"site-{name}", namespace=namespace, num_cpus=0, max_restarts=cfg.runtime.site_restarts,
-            max_task_retries=0,  # the engine repeats interrupted work itself, from the stage's inputs
-        ).remote(name, site_spec(cfg, name, indices[name]), build_method,
-                 cfg.runtime.torch_threads, cfg.runtime.device, privacy_mode or cfg.privacy.mode, trace)
-    return Actors(sites)
 
 
 @dataclass
@@ -147,6 +74,23 @@ class Engine:
         self.restarts: dict[str, int] = dict.fromkeys(self.order, 0)
         #: per site and start of its process, the latest guard report of that process
         self.guard_sessions: dict[str, dict[str, dict[str, Any]]] = {s: {} for s in self.order}
+        self.sink = RayMetricsSink()
+        self.dashboard_url: str | None = None
+        self.tag = plan.out.name  # the run's tag on every figure in the dashboard
+        ledger.on_record = self._count_traffic
+
+    def _count_traffic(self, entry: dict[str, Any]) -> None:
+        src = str(entry.get("src", ""))
+        if src.startswith("site:"):
+            site = src[len("site:"):]
+            self.sink.count("smg_site_messages", 1, run=self.tag, site=site)
+            self.sink.count("smg_site_bytes", entry["bytes"], run=self.tag, site=site)
+
+    def placement(self) -> dict[str, dict[str, Any]]:
+        """Where each actor runs: node id, node address and process id."""
+        get(self.actors.learner.replay_stats.remote())  # the learner's process is up, its pid known
+        return actor_placement({**{f"site-{n}": h for n, h in self.actors.sites.items()},
+                                "learner": self.actors.learner})
 
     def _call(self, site: str, method: str, msg: RecordDict | None = None, *args: Any, retry: int = 0,
               phase: str = "") -> RecordDict:
@@ -298,19 +242,7 @@ class Engine:
             reply = get(refs[site])
             self.ledger.record(reply)
             scores.append(ScoresReply.from_record(reply).scores)
-        S = np.stack(scores)  # detectors x samples
-        n = S.shape[1] // len(self.order)
-        truth = np.repeat(np.arange(len(self.order)), n)
-        pred = S.argmax(0)
-        set_pred = [int(S[:, k * n:(k + 1) * n].mean(1).argmax()) for k in range(len(self.order))]
-        return {
-            "sample_accuracy": float((pred == truth).mean()),
-            "set_accuracy": float(np.mean([p == k for k, p in enumerate(set_pred)])),
-            "chance": 1.0 / len(self.order),
-            "per_site_accuracy": {s: float((pred[truth == k] == k).mean()) for k, s in enumerate(self.order)},
-            "mean_scores": {d: {s: float(S[i, k * n:(k + 1) * n].mean()) for k, s in enumerate(self.order)}
-                            for i, d in enumerate(self.order)},
-        }
+        return attribution_summary(np.stack(scores), self.order)
 
     def replay_grid(self) -> bytes:
         """A PNG of replay samples of every site (rows), as bytes."""
@@ -359,6 +291,9 @@ class Engine:
                 chunk = min(self.cfg.train.progress_every, steps - done)
                 logs = metrics(self._call(site, "train", None, chunk, retry=attempt, phase="visit"))
                 done = int(logs["step"])
+                self.sink.gauge("smg_step", done, run=self.tag, site=site)
+                self.sink.gauge("smg_loss", logs.get("loss", float("nan")), run=self.tag, site=site)
+                self.sink.gauge("smg_step_seconds", logs["seconds"] / max(chunk, 1), run=self.tag, site=site)
                 if not attempt:
                     self.progress.trained(chunk, steps)
                 self.progress.line(f"stage {stage}/{len(self.order)} site {site} step {done}/{steps} "
@@ -399,8 +334,18 @@ class Engine:
             self.progress.evaluated()
             logs.update(eval_seconds=time.perf_counter() - t_eval, stage_seconds=time.perf_counter() - t_stage,
                         phases=self.clock.end_stage())
+            self._report_stage(stage, R[stage])
             on_stage(StageResult(stage, site, logs, R[stage]))
         return R
+
+    def _report_stage(self, stage: int, row: np.ndarray) -> None:
+        self.sink.gauge("smg_stage", stage, run=self.tag)
+        for site, dice in zip(self.order, row, strict=True):
+            self.sink.gauge("smg_dice", dice, run=self.tag, site=site)
+        if stage >= 2:
+            self.sink.gauge("smg_mem", float(row[: stage - 1].mean()), run=self.tag)
+        if stage < len(self.order):
+            self.sink.gauge("smg_gen", float(row[stage:].mean()), run=self.tag)
 
     # -- checkpoints ----------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -444,34 +389,7 @@ class Engine:
                 for site, sessions in self.guard_sessions.items()}
 
     def shutdown(self) -> None:
+        self.sink.close()
         self.actors.kill()
 
 
-def write_previews(cfg: Config, names: list[str], indices: dict[str, int], folder: str) -> dict[str, int]:
-    """Each site writes a preview PNG of its own (simulated) data into ``folder``."""
-    actors = create_sites(cfg, names, indices, namespace=f"smg-sim-preview-{os.getpid()}")
-    try:
-        refs = {n: h.write_preview.remote(folder) for n, h in actors.sites.items()}
-        return {n: int(metrics(get(r))["bytes_written"]) for n, r in refs.items()}
-    finally:
-        actors.kill()
-
-
-def inspect_sites(cfg: Config, names: list[str], indices: dict[str, int]) -> dict[str, tuple[dict, list[str]]]:
-    """Each site reads its own data (in its own actor) and returns statistics and problems."""
-    from sites.inspect import SiteInspector
-
-    remote = ray.remote(SiteInspector)
-    handles = {n: remote.options(name=f"site-{n}", namespace=f"smg-sim-inspect-{os.getpid()}", num_cpus=0,
-                                 max_restarts=0).remote(n, site_spec(cfg, n, indices[n]), cfg.privacy.mode)
-               for n in names}
-    try:
-        refs = {n: h.inspect.remote() for n, h in handles.items()}
-        out = {}
-        for n, ref in refs.items():
-            reply = InspectReply.from_record(get(ref))
-            out[n] = (dict(reply.values), list(reply.problems))
-        return out
-    finally:
-        for h in handles.values():
-            ray.kill(h)

@@ -1,0 +1,296 @@
+"""One run's pipeline, from its start or from a checkpoint: engine, stages, results, audit.
+
+:func:`execute` is what ``smg-sim run`` and ``smg-sim resume`` both do once the run is planned:
+start (or join) Ray and the actors, build or find the SMD backbone, run the stages with a
+checkpoint after each, then write the results, plots, privacy audit and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from simulator.benchmarks import catalog
+from simulator.config import Config
+from simulator.driver.ledger import Ledger
+from simulator.driver.plan import RunPlan
+from simulator.driver.progress import Progress, RunProgress
+from simulator.driver.results import summary_table, write_metrics, write_results
+from simulator.driver.runfolder import RunFolder, write_json
+from simulator.errors import ConfigError, ResumeError
+from simulator.filetrace import start_trace, stop_trace
+
+#: the exit code of a driver stopped by ``--inject-fault kill-driver@STAGE``
+EXIT_DRIVER_KILLED = 75
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced."""
+
+    out: Path
+    order: list[str]
+    R: np.ndarray
+    metrics: dict[str, float]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def pretrain_progress(total: int, stream: TextIO, enabled: bool = True):
+    prog = Progress(total_units=total, stream=stream, enabled=enabled)
+
+    def report(step: int, steps: int, loss: float) -> None:
+        prog.done = step
+        prog.line(f"SMD pre-training (public data only) step {step}/{steps} loss {loss:.4f}")
+
+    return prog, report
+
+
+def prepare_smd(cfg: Config, channels: int, stream: TextIO, progress: bool) -> dict:
+    """Find the cached SMD backbone for this config, or pre-train it on public data."""
+    from simulator.devices import resolve_device
+    from simulator.smd.pretrain import ensure_backbone, smd_spec
+
+    spec = smd_spec(cfg, channels)
+    prog, report = pretrain_progress(spec.pretrain_steps, stream, progress)
+    path, cached = ensure_backbone(spec, str(resolve_device(cfg.runtime.device)), report)
+    prog.message(f"smg-sim: SMD backbone {'reused from cache' if cached else 'pre-trained and cached'}: {path}")
+    info = json.loads((path.parent / "info.json").read_text())
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    return {"backbone_path": str(path), "backbone_cached": cached, "backbone": info, "backbone_sha256": sha}
+
+
+def finish_smd(cfg: Config, eng, folder: RunFolder, order: list[str], prog: Progress) -> dict:
+    """Per-site fidelity (kept by the engine), the attribution test, and a grid of replay samples."""
+    from simulator.seeding import derive_seed
+    from simulator.smd.pretrain import PUBLIC_POOLS, pool_name
+
+    out: dict = {"sites": dict(eng.smd_sites)}
+    if len(order) >= 2:
+        prog.line("SMD attribution: every site scores every site's replay")
+        make_pool, _ = PUBLIC_POOLS[pool_name(cfg)]
+        public, _, _ = make_pool(derive_seed(cfg.smd.public_seed, "attribution-negatives"), 128,
+                                 cfg.data.image_size)
+        out["attribution"] = eng.attribution(public)
+    folder.file("replay_samples.png").write_bytes(eng.replay_grid())
+    out["replay"] = eng.replay_stats()
+    return out
+
+
+def write_plan(folder: RunFolder, plan: RunPlan) -> None:
+    """The resolved config and the method's resolved hyper-parameters, before any work."""
+    plan.config.write(folder.file("config.json"))
+    cls = plan.method
+    write_json(folder.file("method.json"), {
+        "method": cls.name, "private": cls.private, "uses_replay": cls.uses_replay,
+        "hyperparameters": plan.hparams, "description": (cls.__doc__ or "").strip()})
+
+
+def _start(plan: RunPlan, stream: TextIO, url: str | None) -> None:
+    stream.write(f"smg-sim: run folder {plan.out}\n")
+    stream.write(f"smg-sim: Ray dashboard {url}\n" if url else "smg-sim: Ray dashboard off\n")
+    stream.write(f"smg-sim: method {plan.config.run.method}, profile {plan.config.run.profile}, "
+                 f"order {' -> '.join(plan.order)}\n")
+
+
+def _image_channels(facts: dict[str, dict[str, float]]) -> int:
+    channels = {int(f["channels"]) for f in facts.values()}
+    if len(channels) != 1:
+        raise ConfigError(f"sites disagree on image channels: {sorted(channels)}")
+    return channels.pop()
+
+
+def _stage_writer(folder: RunFolder, plan: RunPlan, eng, ledger: Ledger, kept: list[dict], R: np.ndarray,
+                  smd_info: dict, t_start: float):
+    """The callback run after each stage: its line in stages.jsonl (and ``kept``), a progress
+    line, then the stage's checkpoint; with ``kill-driver@STAGE`` the process exits right after."""
+    from simulator.driver.checkpoint import Checkpoint, write_checkpoint
+
+    T = len(plan.order)
+
+    def on_stage(res) -> None:
+        line = {"stage": res.stage, "site": res.site, **res.logs,
+                "dice": {s: float(v) for s, v in zip(plan.order, res.row, strict=True)}}
+        folder.append_stage(line)
+        kept.append(line)
+        R[res.stage] = res.row
+        if res.stage > 0:
+            seen = res.row[:res.stage]
+            eng.progress.message(f"stage {res.stage}/{T} {res.site}: Dice on visited sites {seen.mean():.3f}"
+                                 + (f", on unseen {res.row[res.stage:].mean():.3f}" if res.stage < T else ""))
+        write_checkpoint(folder.path, Checkpoint(
+            res.stage, R, eng.snapshot(), ledger.offset(), ledger.count, ledger.bytes,
+            folder.file("stages.jsonl").stat().st_size, time.perf_counter() - t_start, smd_info))
+        if eng.faults.take("kill-driver", res.stage):
+            eng.progress.message(f"smg-sim: injected fault: the driver exits after stage {res.stage}'s "
+                                 f"checkpoint; continue with: smg-sim resume {folder.path}")
+            os._exit(EXIT_DRIVER_KILLED)  # as a crash would: no clean-up, no FAILED marker
+
+    return on_stage
+
+
+def _report(stream: TextIO, plan: RunPlan, R: np.ndarray, m: dict[str, float], audit: dict,
+            timings: dict[str, float], folder: RunFolder) -> None:
+    stream.write(summary_table(R, plan.order, m) + "\n")
+    stream.write(f"smg-sim: privacy audit {audit['verdict'].upper()} "
+                 f"(structural {audit['claims']['structural']['verdict']}, empirical "
+                 f"{audit['claims']['empirical']['verdict']}, formal DP none): "
+                 f"{folder.file('privacy_audit.md')}\n")
+    phases = ", ".join(f"{k} {v:.1f}" for k, v in timings["phases"].items() if v >= 0.05)
+    stream.write(f"smg-sim: seconds per phase: {phases}\n")
+    stream.write(f"smg-sim: done in {timings['total_seconds']:.1f} s "
+                 f"({timings['after_ray_start_seconds']:.1f} s after Ray start); results in {plan.out}\n")
+
+
+def _open_engine(plan: RunPlan, ledger: Ledger, trace_dir: Path, stream: TextIO, progress: bool,
+                 site_cls: type | None, t_start: float):
+    """Start Ray and the site actors; returns (engine, the time Ray was ready)."""
+    from simulator.driver import engine
+
+    cfg = plan.config
+    url = engine.start_ray(cfg.runtime)
+    t_ray = time.perf_counter()
+    _start(plan, stream, url)
+    prog = RunProgress(len(plan.order), plan.smd_on, stream=stream, enabled=progress)
+    eng = engine.Engine(plan, ledger, prog, namespace=f"smg-sim-{plan.out.name}", trace_dir=str(trace_dir),
+                        **({"site_cls": site_cls} if site_cls else {}))
+    eng.clock.add("ray_start", t_ray - t_start)
+    eng.dashboard_url = url
+    return eng, t_ray
+
+
+def _prepare(eng, plan: RunPlan, stream: TextIO, progress: bool) -> tuple[dict, dict]:
+    """Site facts, the learner, and the SMD backbone when replay is on; returns (facts, smd info)."""
+    with eng.clock.phase("actors"):
+        facts = eng.describe_sites()
+        n_channels = _image_channels(facts)
+        eng.start_learner(n_channels)
+    smd_info: dict = {}
+    if plan.smd_on:
+        with eng.clock.phase("smd_pretraining"):
+            smd_info = prepare_smd(plan.config, n_channels, stream, progress)
+            eng.enable_replay(smd_info["backbone_path"], n_channels)
+        eng.progress.restart_clock()  # the ETA covers the run, not the pre-training
+    return facts, smd_info
+
+
+def _finish(eng, plan: RunPlan, folder: RunFolder, ledger: Ledger, R: np.ndarray, stage_logs: list[dict],
+            t_start: float, t_ray: float, resumed: tuple[int, float] | None = None
+            ) -> tuple[dict[str, float], dict, dict]:
+    """Results, plots, the privacy audit and metrics.json; returns (metrics, audit, timings)."""
+    from simulator.driver.audit import build_audit
+
+    t_write = time.perf_counter()
+    guard = eng.guard_reports()
+    write_results(folder, plan, R, guard, eng.final_weights(), stage_logs)
+    audit = build_audit(folder.path)
+    t_end = time.perf_counter()
+    eng.clock.add("writing", t_end - t_write)
+    timings = {"after_ray_start_seconds": t_end - t_ray, "total_seconds": t_end - t_start,
+               "ray_start_seconds": t_ray - t_start, "phases": dict(eng.clock.total)}
+    if resumed is not None:  # the phases and total include the seconds before the run was resumed
+        timings["resumed_after_stage"], before = resumed
+        timings["total_seconds"] += before
+        timings["seconds_before_resume"] = before
+    return write_metrics(folder, plan, R, guard, timings, ledger), audit, timings
+
+
+def execute(plan: RunPlan, folder: RunFolder, stream: TextIO, progress: bool, site_cls: type | None,
+             ckpt) -> RunResult:
+    """The run itself, from the start or from checkpoint ``ckpt``."""
+    cfg = plan.config
+    t_start = time.perf_counter()
+    before = ckpt.elapsed_seconds if ckpt else 0.0  # seconds the run spent before it was resumed
+    ledger = Ledger(folder.file("ledger.jsonl"), *((ckpt.ledger_count, ckpt.ledger_total_bytes) if ckpt else ()))
+    trace_dir = folder.file("file_access")
+    data_root = catalog.data_root(cfg.data.benchmark)
+    start_trace(trace_dir / "driver.jsonl", "driver", [data_root])
+    folder.file("FAILED").unlink(missing_ok=True)
+    eng = None
+    try:
+        eng, t_ray = _open_engine(plan, ledger, trace_dir, stream, progress, site_cls, t_start)
+        facts, smd_info = _prepare(eng, plan, stream, progress)
+        _record_processes(folder, eng)
+        R = np.zeros((len(plan.order) + 1, len(plan.order)))
+        if ckpt is None:
+            write_json(folder.file("sites.json"), {"sites": plan.sites, "order": plan.order, "facts": facts,
+                                                   "data_root": str(data_root)})
+            stage_logs: list[dict] = []
+        else:
+            _check_backbone(smd_info, ckpt.smd_info)
+            eng.restore(ckpt.snapshot)
+            eng.progress.skip_to(ckpt.stage)
+            R = ckpt.R
+            stage_logs = [json.loads(line) for line in folder.file("stages.jsonl").read_text().splitlines()]
+        on_stage = _stage_writer(folder, plan, eng, ledger, stage_logs, R, smd_info, t_start - before)
+        R = eng.run(on_stage, start=ckpt.stage + 1 if ckpt else 0, R=R)
+        if plan.smd_on:
+            smd_info.update(finish_smd(cfg, eng, folder, plan.order, eng.progress))
+            write_json(folder.file("smd.json"), smd_info)
+        if eng.reused:
+            write_json(folder.file("reuse.json"), {"folder": str(plan.reuse), "sites": eng.reused})
+        m, audit, timings = _finish(eng, plan, folder, ledger, R, stage_logs, t_start, t_ray,
+                                    (ckpt.stage, before) if ckpt else None)
+        folder.mark_complete()
+        _report(stream, plan, R, m, audit, timings, folder)
+        return RunResult(plan.out, plan.order, R, m, timings)
+    except BaseException as exc:
+        folder.mark_failed(f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        ledger.close()
+        stop_trace()
+        if eng is not None:
+            eng.shutdown()
+
+
+def _record_processes(folder: RunFolder, eng) -> None:
+    """``runtime.json`` (this driver: host, pid, Ray, dashboard) and ``actors.json`` (the node and
+    process of every actor, one entry per start of the driver; the audit lists them)."""
+    import socket
+
+    from simulator.driver import engine
+
+    write_json(folder.file("runtime.json"), {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
+                                             "ray_address": engine.cluster_address(), "dashboard": eng.dashboard_url})
+    path = folder.file("actors.json")
+    sessions = json.loads(path.read_text())["sessions"] if path.exists() else []
+    write_json(path, {"sessions": [*sessions, {"started": time.time(), "actors": eng.placement()}]})
+
+
+def _check_backbone(now: dict, then: dict) -> None:
+    """A resumed run must replay from the very backbone it started with."""
+    if now.get("backbone_sha256") != then.get("backbone_sha256"):
+        raise ResumeError(f"the SMD backbone differs from the one the run started with "
+                          f"({then.get('backbone_path')}, sha256 {str(then.get('backbone_sha256'))[:12]}...); "
+                          f"the run cannot be resumed")
+
+
+def _record_processes(folder: RunFolder, eng) -> None:
+    """``runtime.json`` (this driver: host, pid, Ray, dashboard) and ``actors.json`` (the node and
+    process of every actor, one entry per start of the driver; the audit lists them)."""
+    import socket
+
+    from simulator.driver import engine
+
+    write_json(folder.file("runtime.json"), {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
+                                             "ray_address": engine.cluster_address(), "dashboard": eng.dashboard_url})
+    path = folder.file("actors.json")
+    sessions = json.loads(path.read_text())["sessions"] if path.exists() else []
+    write_json(path, {"sessions": [*sessions, {"started": time.time(), "actors": eng.placement()}]})
+
+
+def _check_backbone(now: dict, then: dict) -> None:
+    """A resumed run must replay from the very backbone it started with."""
+    if now.get("backbone_sha256") != then.get("backbone_sha256"):
+        raise ResumeError(f"the SMD backbone differs from the one the run started with "
+                          f"({then.get('backbone_path')}, sha256 {str(then.get('backbone_sha256'))[:12]}...); "
+                          f"the run cannot be resumed")
+
+
