@@ -99,10 +99,11 @@ class Learner:
                                ).to_record("learner", f"site:{site}")
 
     def attribution_message(self, site: str, sites: list[str], public: np.ndarray) -> RecordDict:
-        """Send a site every site's synthetic images and public images, for its detector."""
-        queries = np.concatenate([self._bank().replay(s)[0] for s in sites])
-        return AttributeRequest(queries, public, self.cfg.smd.detector_steps,
-                                derive_seed(self.run_seed, "detector", site)).to_record("learner", f"site:{site}")
+        """Send a site every site's replay (one set per site) and public images, for its detector."""
+        sets = [self._bank().replay(s)[0] for s in sites]
+        return AttributeRequest(tuple(sites), tuple(len(x) for x in sets), np.concatenate(sets), public,
+                                self.cfg.smd.detector_steps, derive_seed(self.run_seed, "detector", site)
+                                ).to_record("learner", f"site:{site}")
 
     def replay_grid(self, sites: list[str], n: int = 6) -> bytes:
         """A PNG grid of synthetic samples (rows: sites; mask outline in red), as bytes."""

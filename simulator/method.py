@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from simulator.errors import ConfigError
+from simulator.schemas import LOSS, MetricRule
 
 HValue = int | float | bool | str
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
@@ -126,6 +127,21 @@ class Method(ABC):
     uses_replay: ClassVar[bool] = False
     #: the hyper-parameters it declares besides ``lr`` (typed by their defaults)
     hyperparameters: ClassVar[tuple[HParam, ...]] = ()
+    #: the scalars ``update`` may log, each with its range and resolution: the only metric names
+    #: (besides the model reply's own) the site's egress guard lets a model reply carry
+    log_names: ClassVar[Mapping[str, MetricRule]] = {"loss": LOSS}
+
+    @classmethod
+    def state_spec(cls, params: Mapping[str, tuple[tuple[int, ...], str]]) -> dict[str, tuple[tuple[int, ...], str]]:
+        """The entries :meth:`export_state` may produce, name -> (shape, dtype), given the model's
+        parameters name -> (shape, dtype): what the egress guard lets the model reply's state hold."""
+        return {}
+
+    @classmethod
+    def summary_names(cls, domains: list[str]) -> dict[str, MetricRule]:
+        """The names :meth:`stage_summary` may use when the visit's domains are ``domains`` (the
+        visited site, then the replayed sites)."""
+        return {}
 
     def __init__(self, model: nn.Module, hparams: Mapping[str, HValue]) -> None:
         """``hparams``: the resolved table of :func:`resolve_hparams` (every declared name, typed)."""

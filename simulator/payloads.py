@@ -13,6 +13,7 @@ arch       the model architecture, its three fields in ``config``
 table      a dict of typed scalars as a ConfigRecord of its own, named after the field
 rows       a tuple of ``{str: str}`` rows as a ConfigRecord keyed ``<row>.<column>``
 strings    a tuple of strings as a ConfigRecord keyed ``000``, ``001``, ...
+ints       a tuple of integers, the same way
 arrays     a dict of named arrays as an ArrayRecord named after the field
 array      one array as an ArrayRecord (``group``/``key`` from the field's metadata)
 metric     a scalar in the ``metrics`` MetricRecord
@@ -75,6 +76,8 @@ class Payload:
                 extra[f.name] = {f"{i}.{k}": str(v) for i, row in enumerate(value) for k, v in row.items()}
             elif role == "strings":
                 extra[f.name] = {f"{i:03d}": str(v) for i, v in enumerate(value)}
+            elif role == "ints":
+                extra[f.name] = {f"{i:03d}": int(v) for i, v in enumerate(value)}
             elif role == "arrays":
                 groups[f.name] = dict(value)
             elif role == "array":
@@ -105,7 +108,7 @@ class Payload:
             elif role == "arch":
                 kwargs[f.name] = ModelArch(**{k: int(cls._take(config, k, used_config))
                                              for k in ("in_channels", "width", "depth")})
-            elif role in ("table", "rows", "strings"):
+            elif role in ("table", "rows", "strings", "ints"):
                 used_records.add(f.name)
                 table = dict(rd[f.name]) if f.name in rd.config_records else {}
                 kwargs[f.name] = cls._table(role, table)
@@ -145,7 +148,7 @@ class Payload:
     def _table(role: str, table: dict[str, Any]) -> Any:
         if role == "table":
             return table
-        if role == "strings":
+        if role in ("strings", "ints"):
             return tuple(table[k] for k in sorted(table))
         rows: dict[int, dict[str, str]] = {}
         for key, value in table.items():
@@ -237,6 +240,9 @@ class AttributeRequest(Payload):
     """Synthetic images of every site and public images, for the site's real-vs-public detector."""
 
     KIND: ClassVar[str] = "attribute"
+    #: the replay sets the queries hold, in order, and how many images each has
+    sets: tuple[str, ...] = _role("strings")
+    set_sizes: tuple[int, ...] = _role("ints")
     queries: np.ndarray = _role("array", group="queries", key="x")
     public: np.ndarray = _role("array", group="public", key="x")
     steps: int = _role("config")
@@ -280,15 +286,6 @@ class MetricsReply(Payload):
 
 
 @dataclass(frozen=True)
-class ScoresReply(Payload):
-    """The attribution detector's score of each query image."""
-
-    KIND: ClassVar[str] = "metrics"
-    scores: np.ndarray = _role("array", group="scores", key="score")
-    values: dict[str, float] = _role("metrics")
-
-
-@dataclass(frozen=True)
 class InspectReply(Payload):
     """A site's data statistics and the problems its reader found (short strings)."""
 
@@ -305,6 +302,6 @@ class GuardReport(Payload):
     site: str = _role("config")
     mode: str = _role("config")
     #: which start of the site's process the counts are of (a restarted site counts afresh)
-    session: str = _role("config")
+    session: int = _role("config")
     counts: dict[str, float] = _role("metrics")
     violations: tuple[dict[str, str], ...] = _role("rows")

@@ -117,3 +117,69 @@ class Blocklist:
                             break
             if hit:
                 yield hit
+
+
+#: values per window of the offset scan, and the resolution values are compared at
+WINDOW = 16
+QUANTUM = 1e-6
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+_COEF = np.random.default_rng(20261201).integers(1, 2**63, size=WINDOW, dtype=np.uint64) | np.uint64(1)
+
+
+def _quantised(values: np.ndarray) -> np.ndarray:
+    """|v| at the comparison resolution, as integers (sign-invariant; non-finite values map to -1)."""
+    v = np.abs(np.asarray(values, dtype=np.float64).ravel())
+    q = np.full(v.shape, -1, dtype=np.int64)
+    ok = np.isfinite(v) & (v < 9e12)
+    q[ok] = np.rint(v[ok] / QUANTUM).astype(np.int64)
+    return q
+
+
+def _window_hashes(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A 64-bit hash of every window of ``WINDOW`` consecutive values, and whether it varies.
+
+    Constant windows (a mask's zeros, a flat background) identify nothing and are left out.
+    """
+    if q.size < WINDOW:
+        return np.zeros(0, np.uint64), np.zeros(0, bool)
+    w = np.lib.stride_tricks.sliding_window_view(q.view(np.uint64), WINDOW)
+    with np.errstate(over="ignore"):
+        mixed = (w ^ (w >> np.uint64(29))) * _MIX
+        h = (mixed * _COEF).sum(axis=1, dtype=np.uint64)
+    varies = w.min(axis=1) != w.max(axis=1)
+    return h, varies
+
+
+class WindowIndex:
+    """Every run of ``WINDOW`` consecutive real values (rows and columns of each image and mask),
+    for finding copies at any offset inside any outgoing array or run of scalars.
+
+    Values are compared sign-invariantly at a resolution of ``QUANTUM`` (a copy that was negated,
+    cast to another float type, or rounded as the guard rounds metrics still matches).
+    """
+
+    def __init__(self, named: dict[str, np.ndarray]) -> None:
+        hashes = []
+        for arr in named.values():
+            for i in range(arr.shape[0]):
+                for c in range(arr.shape[1]):
+                    s = arr[i, c].astype(np.float64)
+                    for stream in (s.ravel(), s.T.ravel()):
+                        h, varies = _window_hashes(_quantised(stream))
+                        hashes.append(h[varies])
+        self.hashes = np.unique(np.concatenate(hashes)) if hashes else np.zeros(0, np.uint64)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.hashes.nbytes)
+
+    def find(self, values: np.ndarray) -> int | None:
+        """The offset of the first window of ``values`` that copies real values, else None."""
+        if not self.hashes.size:
+            return None
+        h, varies = _window_hashes(_quantised(values))
+        if not h.size:
+            return None
+        pos = np.minimum(np.searchsorted(self.hashes, h), self.hashes.size - 1)
+        hit = (self.hashes[pos] == h) & varies
+        return int(np.argmax(hit)) if hit.any() else None

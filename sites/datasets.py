@@ -94,22 +94,22 @@ BENCHMARKS: dict[str, Callable[[SiteSpec], SiteData]] = {
 }
 
 
-def inspect_site(spec: SiteSpec) -> tuple[dict[str, float], list[str], np.ndarray | None]:
+def inspect_site(spec: SiteSpec) -> tuple[dict[str, float], list[str], np.ndarray | None, np.ndarray | None]:
     """Statistics of one site's data, every problem found (nothing raised for bad files), and the
-    images read (kept in the site: they seed its egress guard)."""
+    images and masks read (kept in the site: they seed its egress guard)."""
     if spec.benchmark not in ("folder", "prostate", "fundus"):
         d = build_site_data(spec)
         stats = _array_stats(d.train_x, d.train_y, d.test_x, d.test_y)
         stats.update(cases_train=len(d.train_x), cases_test=len(d.test_x), problems=0)
-        return stats, [], np.concatenate([d.train_x, d.test_x])
+        return stats, [], np.concatenate([d.train_x, d.test_x]), np.concatenate([d.train_y, d.test_y])
     site_dir = Path(spec.data_dir)
     try:
         read = read_site(spec.benchmark, site_dir, spec.image_size, spec.target, collect=True)
     except DataError as exc:
-        return {"cases_train": 0, "cases_test": 0, "problems": 1}, [str(exc)], None
+        return {"cases_train": 0, "cases_test": 0, "problems": 1}, [str(exc)], None, None
     problems = list(read.problems)
     stats: dict[str, float] = {"files": read.files}
-    images = None
+    images = masks = None
     if read.cases:
         try:
             train, test = split_cases(read.cases, spec.test_fraction, spec.seed, site_dir)
@@ -117,8 +117,8 @@ def inspect_site(spec: SiteSpec) -> tuple[dict[str, float], list[str], np.ndarra
         except DataError as exc:
             problems.append(str(exc))
         try:
-            images, y = stack(read.cases)
-            stats.update(_array_stats(images, y))
+            images, masks = stack(read.cases)
+            stats.update(_array_stats(images, masks))
         except DataError as exc:
             problems.append(str(exc))
         raw = [c.raw for c in read.cases]
@@ -128,7 +128,7 @@ def inspect_site(spec: SiteSpec) -> tuple[dict[str, float], list[str], np.ndarra
         stats["raw_intensity_min"] = min(r["min"] for r in raw)
         stats["raw_intensity_max"] = max(r["max"] for r in raw)
     stats["problems"] = len(problems)
-    return stats, problems, images
+    return stats, problems, images, masks
 
 
 def _array_stats(*arrays: np.ndarray) -> dict[str, float]:

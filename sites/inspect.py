@@ -9,7 +9,8 @@ from flwr.app import RecordDict
 
 from simulator.filetrace import start_trace
 from simulator.payloads import InspectReply, SiteSpec
-from sites.blocklist import Blocklist
+from simulator.schemas import INSPECT, Schema
+from sites.blocklist import Blocklist, WindowIndex
 from sites.datasets import inspect_site
 from sites.egress import EgressGuard
 
@@ -30,10 +31,16 @@ class SiteInspector:
         self.privacy_mode = privacy_mode
 
     def inspect(self) -> RecordDict:
-        stats, problems, images = inspect_site(self.spec)
+        """The site's statistics and problems; the guard holds its images and masks."""
+        stats, problems, images, masks = inspect_site(self.spec)
         size = self.spec.image_size
-        seen = images if images is not None and len(images) else np.zeros((1, 1, size, size), np.float32)
-        guard = EgressGuard(self.name, Blocklist({"image": seen}), mode=self.privacy_mode)
+        empty = np.zeros((1, 1, size, size), np.float32)
+        seen = {"image": images if images is not None and len(images) else empty,
+                "mask": masks if masks is not None and len(masks) else empty.astype(np.uint8)}
+        guard = EgressGuard(self.name, Blocklist(seen), mode=self.privacy_mode, windows=WindowIndex(seen))
         notes = tuple(p[:MAX_PROBLEM_CHARS] for p in problems[:MAX_PROBLEMS])
         reply = InspectReply({k: float(v) for k, v in stats.items()}, notes)
-        return guard.check(reply.to_record(src=f"site:{self.name}", dst="driver"))
+        # a site operator's own command: its problems name the site's files (free text, bounded)
+        schema = Schema("metrics", f"site:{self.name}", ("driver",), metrics=INSPECT,
+                        records={"problems": {f"{i:03d}": str for i in range(MAX_PROBLEMS)}})
+        return guard.check(reply.to_record(src=f"site:{self.name}", dst="driver"), schema)

@@ -22,8 +22,10 @@ import numpy as np
 import torch
 from flwr.app import RecordDict
 
+from simulator import schemas
 from simulator.devices import resolve_device
 from simulator.filetrace import start_trace
+from simulator.messages import EGRESS_KINDS
 from simulator.method import Batch, Method, StageContext
 from simulator.outlines import encode_png, label, outlined_tile
 from simulator.payloads import (
@@ -36,16 +38,19 @@ from simulator.payloads import (
     ModelReply,
     Payload,
     PromptReply,
-    ScoresReply,
     SiteSpec,
     TuneRequest,
     VisitRequest,
 )
+from simulator.schemas import MetricRule, Schema
 from simulator.seeding import torch_generator
 from simulator.segmentation import UNet, dice_per_image, predict
-from sites.blocklist import Blocklist
+from sites.blocklist import Blocklist, WindowIndex
 from sites.datasets import SiteData, build_site_data
-from sites.egress import EgressGuard
+from sites.egress import MODES, EgressGuard
+
+#: the fewest images a replay set must hold for the attribution detector to score it
+MIN_SET = 4
 
 MethodFactory = Callable[[str, torch.nn.Module, Mapping[str, Any]], Method]
 
@@ -65,6 +70,8 @@ class _Visit:
     replay: dict[str, tuple[torch.Tensor, torch.Tensor]]
     batch_size: int
     replay_sites: int = 0
+    #: the weights the visit was sent, name -> (shape, dtype): exactly what its model reply may carry
+    received: dict[str, tuple[tuple[int, ...], str]] = field(default_factory=dict)
     step: int = 0
     seconds: float = 0.0
     sums: dict[str, float] = field(default_factory=dict)
@@ -93,7 +100,7 @@ class Site:
         self._backbone_path: str | None = None  # the public SMD backbone, once sent
         self._backbone_model = None
         self._prompt: np.ndarray | None = None  # this site's own tuned prompt
-        self._session = f"{os.getpid()}-{time.time():.3f}"  # this start of the site's process
+        self._session = time.time_ns() // 1000  # this start of the site's process (microseconds)
         self._crash_in: str | None = None  # an injected fault: die in the middle of this phase
 
     @contextmanager
@@ -120,7 +127,9 @@ class Site:
         t0 = time.perf_counter()
         blocklist = Blocklist({"train_image": d.train_x, "train_mask": d.train_y,
                                "test_image": d.test_x, "test_mask": d.test_y})
-        guard = EgressGuard(self.name, blocklist, mode=self._privacy_mode)
+        windows = WindowIndex({"train_image": d.train_x, "train_mask": d.train_y, "test_image": d.test_x,
+                               "test_mask": d.test_y})
+        guard = EgressGuard(self.name, blocklist, mode=self._privacy_mode, windows=windows)
         guard.build_seconds = time.perf_counter() - t0
         return guard
 
@@ -131,15 +140,23 @@ class Site:
                 torch.from_numpy(d.test_x).to(dev), torch.from_numpy(d.test_y.astype(np.float32)).to(dev))
 
     # -- what leaves goes through here -------------------------------------------------
-    def _send(self, payload: Payload) -> RecordDict:
-        return self._emit(payload.to_record(src=f"site:{self.name}", dst="learner"))
+    def _schema(self, kind: str = "metrics", metrics: Mapping[str, MetricRule] | None = None,
+                arrays: Mapping[str, tuple[tuple[int | None, ...], str]] | None = None,
+                config: Mapping[str, Any] | None = None, records: Mapping[str, Mapping[str, Any]] | None = None,
+                dst: str = "learner", groups: tuple[str, ...] = ()) -> Schema:
+        """The declared shape of one message this site is about to send."""
+        return Schema(kind, f"site:{self.name}", (dst,), arrays or {}, metrics or {}, config or {}, records or {},
+                      groups)
 
-    def _emit(self, rd: RecordDict) -> RecordDict:
-        """The last step of every outgoing message: the egress guard."""
-        return self._guard.check(rd)
+    def _send(self, payload: Payload, schema: Schema) -> RecordDict:
+        return self._emit(payload.to_record(src=schema.src, dst=schema.dsts[0]), schema)
 
-    def _metrics(self, **values: float) -> RecordDict:
-        return self._send(MetricsReply(values))
+    def _emit(self, rd: RecordDict, schema: Schema) -> RecordDict:
+        """The last step of every outgoing message: the egress guard, against its declared schema."""
+        return self._guard.check(rd, schema)
+
+    def _metrics(self, declared: Mapping[str, MetricRule], dst: str = "learner", **values: float) -> RecordDict:
+        return self._send(MetricsReply(values), self._schema(metrics=declared, dst=dst))
 
     def describe(self) -> RecordDict:
         """Scalar facts about the site's data (counts, size, foreground fraction)."""
@@ -156,7 +173,7 @@ class Site:
             "data_bytes": int(d.train_x.nbytes + d.train_y.nbytes + d.test_x.nbytes + d.test_y.nbytes),
         }
         stats.update({f"acq_{k}": v for k, v in d.description.items()})
-        return self._metrics(**stats)
+        return self._metrics(schemas.DESCRIBE, **stats)
 
     # -- a visit: start, train in chunks (for progress), finish ---------------------------
     def start_visit(self, msg: RecordDict) -> RecordDict:
@@ -177,8 +194,9 @@ class Site:
         ctx = StageContext(site=self.name, stage=req.stage, steps=req.steps, device=self.device,
                            generator=torch_generator(req.seed), replay_sites=sorted(replay))
         method.begin_stage(ctx)
-        self._visit = _Visit(model, method, ctx, replay, req.batch_size, req.replay_sites_per_step)
-        return self._metrics(steps=ctx.steps, replay_sites=len(replay))
+        received = {k: (tuple(v.shape), str(v.dtype)) for k, v in req.weights.items()}
+        self._visit = _Visit(model, method, ctx, replay, req.batch_size, req.replay_sites_per_step, received)
+        return self._metrics(schemas.VISIT_START, steps=ctx.steps, replay_sites=len(replay))
 
     def _batch(self, v: _Visit) -> Batch:
         train_x, train_y = self._tensors[:2]
@@ -212,7 +230,8 @@ class Site:
         for k, val in sums.items():
             v.sums[k] = v.sums.get(k, 0.0) + val
         means = {k: s / max(n, 1) for k, s in sums.items()}
-        return self._metrics(step=v.step, steps=v.ctx.steps, seconds=dt, **means)
+        return self._metrics({**schemas.TRAIN, **v.method.log_names}, step=v.step, steps=v.ctx.steps, seconds=dt,
+                             **means)
 
     def finish_visit(self) -> RecordDict:
         """End the visit; export the trained weights and the method's state (kind ``model``)."""
@@ -226,8 +245,13 @@ class Site:
         steps = max(v.step, 1)
         logs = {k: s / steps for k, s in v.sums.items() if k != "loss"}
         logs.update(v.method.stage_summary())
+        method = type(v.method)
+        arrays = {f"weights/{k}": spec for k, spec in v.received.items()}
+        arrays.update({f"state/{k}": spec for k, spec in method.state_spec(v.received).items() if k in state})
+        declared = {**schemas.MODEL, **method.log_names, **method.summary_names([self.name, *v.ctx.replay_sites])}
         return self._send(ModelReply(weights, state, steps=v.step, train_seconds=v.seconds,
-                                     mean_loss=v.sums.get("loss", 0.0) / steps, logs=logs))
+                                     mean_loss=v.sums.get("loss", 0.0) / steps, logs=logs),
+                          self._schema("model", declared, arrays, groups=("weights", "state")))
 
     def visit(self, msg: RecordDict) -> RecordDict:
         """A whole visit in one call (the form a Flower ClientApp uses)."""
@@ -251,7 +275,7 @@ class Site:
         with self._parallel_phase():
             pred = predict(model, test_x, req.eval_batch_size)
         dice = dice_per_image(pred, test_y).cpu().numpy()
-        return self._metrics(dice=float(dice.mean()), dice_std=float(dice.std()), n=len(dice))
+        return self._metrics(schemas.EVALUATE, dice=float(dice.mean()), dice_std=float(dice.std()), n=len(dice))
 
     def write_preview(self, folder: str, n: int = 3) -> RecordDict:
         """Save ``n`` train images with mask outlines as one PNG on this site's own disk.
@@ -264,7 +288,7 @@ class Site:
         tiles = [outlined_tile(d.train_x[i, 0], d.train_y[i, 0], 128) for i in range(min(n, len(d.train_x)))]
         label(tiles[0], self.name)
         path.write_bytes(encode_png(np.concatenate(tiles, axis=0)))
-        return self._metrics(bytes_written=path.stat().st_size)
+        return self._metrics(schemas.PREVIEW, dst="driver", bytes_written=path.stat().st_size)
 
     # -- Site-Modulated Diffusion: prompt tuning and replay checks -----------------------
     def _backbone(self, path: str):
@@ -286,7 +310,9 @@ class Site:
                                    torch_generator(req.seed), candidates=req.candidates)
         self._prompt = prompt
         logs["data_bytes"] = int(d.train_x.nbytes + d.train_y.nbytes)
-        return self._send(PromptReply(prompt, logs))
+        spec = backbone.spec
+        return self._send(PromptReply(prompt, logs), self._schema(
+            "prompt", schemas.PROMPT_LOGS, {"prompt/tokens": ((spec.tokens, spec.token_dim), "float32")}))
 
     def fidelity(self, msg: RecordDict) -> RecordDict:
         """Fidelity (TSTR, intensity distance) and memorisation of this site's replay; scalars leave."""
@@ -307,16 +333,27 @@ class Site:
             out.update(membership_inference(self._backbone_model, self._prompt, (d.train_x, d.train_y),
                                             (d.test_x, d.test_y), seed=req.seed))
         out.update(fidelity_seconds=t1 - t0, memorisation_seconds=time.perf_counter() - t1)
-        return self._metrics(**out)
+        return self._metrics(schemas.FIDELITY, **out)
 
     def attribute(self, msg: RecordDict) -> RecordDict:
-        """Score synthetic images with a real-vs-public detector trained on this site's data."""
+        """Score each replay set with a real-vs-public detector trained on this site's data.
+
+        Only the mean score of each set leaves (``score/<set>``), never a score per image, so the
+        detector cannot be queried image by image; sets smaller than ``MIN_SET`` are refused.
+        """
         from sites.attribution import train_detector_and_score
 
         req = AttributeRequest.from_record(msg)
+        if min(req.set_sizes, default=0) < MIN_SET or sum(req.set_sizes) != len(req.queries):
+            raise ValueError(f"site {self.name!r}: attribute: sets of {list(req.set_sizes)} images; expected "
+                             f"at least {MIN_SET} each, {len(req.queries)} in all")
         with self._parallel_phase():
             scores = train_detector_and_score(self._data.train_x, req.public, req.queries, req.steps, req.seed)
-        return self._send(ScoresReply(scores, {"n_scored": len(scores)}))
+        bounds = np.cumsum([0, *req.set_sizes])
+        means = {f"score/{s}": float(scores[a:b].mean()) for s, a, b in zip(req.sets, bounds[:-1], bounds[1:],
+                                                                             strict=True)}
+        declared = {**schemas.SCORES, **{f"score/{s}": schemas.FRACTION for s in req.sets}}
+        return self._metrics(declared, n_scored=len(scores), **means)
 
     def guard_report(self) -> RecordDict:
         """What the egress guard checked and every violation it recorded (one short row each)."""
@@ -324,7 +361,12 @@ class Site:
         viol = rep.pop("violations")
         site, mode = rep.pop("site"), rep.pop("mode")
         rows = tuple({k: str(v) for k, v in row.items()} for row in viol[:200])
-        return self._send(GuardReport(site, mode, self._session, {**rep, "violations": len(viol)}, rows))
+        columns = {"site": (self.name,), "kind": (*EGRESS_KINDS, "?"), "key": str, "rule": schemas.RULES,
+                   "detail": str, "action": schemas.ACTIONS}
+        schema = self._schema(metrics=schemas.GUARD_COUNTS, config={"site": (self.name,), "mode": MODES,
+                                                                    "session": int},
+                              records={"violations": columns})
+        return self._send(GuardReport(site, mode, self._session, {**rep, "violations": len(viol)}, rows), schema)
 
     def crash_during(self, phase: str) -> RecordDict:
         """Fault injection (``--inject-fault kill-site``): this process exits during its next
@@ -332,8 +374,8 @@ class Site:
         if phase not in ("visit", "evaluation"):
             raise ValueError(f"crash_during: phase {phase!r}; expected visit or evaluation")
         self._crash_in = phase
-        return self._metrics(armed=1)
+        return self._metrics(schemas.ARMED, armed=1)
 
     def ping(self) -> RecordDict:
         """A liveness probe (after a restart): the site is up; its data is built if it was not."""
-        return self._metrics(alive=1, data_bytes=int(self._data.train_x.nbytes))
+        return self._metrics(schemas.PING, alive=1, data_bytes=int(self._data.train_x.nbytes))

@@ -126,7 +126,7 @@ def test_smd_replay_run_through_ray(ray_session, smd_backbone, tmp_path):
         assert info["prompt_bytes"] < info["prompt_values_bytes"] + 256, site
         assert 0 <= info["tstr_dice_synthetic"] <= 1 and info["tstr_dice_real"] > 0
     att = smd["attribution"]
-    assert 0 <= att["sample_accuracy"] <= 1 and att["chance"] == pytest.approx(1 / 3)
+    assert 0 <= att["set_accuracy"] <= 1 and att["chance"] == pytest.approx(1 / 3)
     assert (out / "replay_samples.png").stat().st_size > 0
     ledger = [json.loads(line) for line in (out / "ledger.jsonl").read_text().splitlines()]
     prompts = [e for e in ledger if e["kind"] == "prompt"]

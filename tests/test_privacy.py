@@ -1,18 +1,21 @@
 """Leaking sites: each tries one way to smuggle real pixels out; the guard catches every one."""
 
+import base64
 import json
 import sys
+import zlib
 
 import cv2
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from server.learner import Learner
 from server.methods import build_method
 from simulator.config import build_config, parse_set
 from simulator.driver.plan import method_hparams
 from simulator.messages import arrays, make_message
+from simulator.schemas import Schema
 from sites.blocklist import Blocklist
 from sites.egress import EgressGuard, EgressViolation
 from sites.site import Site
@@ -31,44 +34,95 @@ def _mask(site):
     return site._data.train_y[5, 0]
 
 
-# name -> what the leaking site adds to its model message (array groups, metrics, config)
+def _weight_key(rd):
+    return sorted(rd["weights"].keys(), key=lambda k: -rd["weights"][k].numpy().size)[0]
+
+
+def _set_weight(rd, values, offset=100):
+    """Overwrite part of the largest declared weight with ``values`` (same name, shape and dtype)."""
+    key = _weight_key(rd)
+    w = rd["weights"][key].numpy().copy()
+    flat = w.reshape(-1)
+    flat[offset:offset + len(values)] = values
+    rd["weights"][key] = Array(w)
+
+
+def _put_array(rd, group, key, value):
+    if group not in rd.array_records:
+        rd[group] = ArrayRecord()
+    rd[group][key] = Array(np.ascontiguousarray(value))
+
+
+# name -> how the leaking site tampers with its model message after the payload is built. The
+# first fourteen are the original suite; the rest add encodings no content check can recognise
+# (stopped by the schema) and copies at an offset inside declared weights (stopped by the offset scan).
 LEAKS = {
-    "image under a harmless name": lambda s: {"arrays": {"stats": {"histogram": _img(s)}}},
-    "flattened image": lambda s: {"arrays": {"stats": {"v": _img(s).ravel()}}},
-    "image batch (N, 1, H, W)": lambda s: {"arrays": {"stats": {"v": s._data.test_x[:2]}}},
-    "rescaled copy (half size)": lambda s: {"arrays": {"stats": {"v": cv2.resize(_img(s), (16, 16),
-                                                                                  interpolation=cv2.INTER_AREA)}}},
-    "rescaled copy (double size)": lambda s: {"arrays": {"stats": {"v": cv2.resize(_img(s), (64, 64))}}},
-    "cast to uint8": lambda s: {"arrays": {"stats": {"v": np.round(_img(s) * 255).astype(np.uint8)}}},
-    "cast to float16": lambda s: {"arrays": {"stats": {"v": _img(s).astype(np.float16)}}},
-    "intensity-shifted copy": lambda s: {"arrays": {"stats": {"v": _img(s) * 0.5 + 0.2}}},
-    "crop": lambda s: {"arrays": {"stats": {"v": _img(s)[6:26, 4:28].copy()}}},
-    "transposed copy": lambda s: {"arrays": {"stats": {"v": _img(s).T.copy()}}},
-    "mask as int64": lambda s: {"arrays": {"stats": {"v": _mask(s).astype(np.int64)}}},
-    "image hidden among model weights": lambda s: {"weights": {"head.extra_bias": _img(s).ravel()[:1024]}},
-    "pixels as many MetricRecord scalars": lambda s: {"metrics": {f"m{i}": float(v) for i, v in
-                                                                  enumerate(_img(s).ravel()[:400])}},
-    "pixels in a ConfigRecord string": lambda s: {"config": {"note": json.dumps(_img(s).ravel()[:200].tolist())}},
+    "image under a harmless name": lambda s, rd: _put_array(rd, "stats", "histogram", _img(s)),
+    "flattened image": lambda s, rd: _put_array(rd, "stats", "v", _img(s).ravel()),
+    "image batch (N, 1, H, W)": lambda s, rd: _put_array(rd, "stats", "v", s._data.test_x[:2]),
+    "rescaled copy (half size)": lambda s, rd: _put_array(rd, "stats", "v", cv2.resize(
+        _img(s), (16, 16), interpolation=cv2.INTER_AREA)),
+    "rescaled copy (double size)": lambda s, rd: _put_array(rd, "stats", "v", cv2.resize(_img(s), (64, 64))),
+    "cast to uint8": lambda s, rd: _put_array(rd, "stats", "v", np.round(_img(s) * 255).astype(np.uint8)),
+    "cast to float16": lambda s, rd: _put_array(rd, "stats", "v", _img(s).astype(np.float16)),
+    "intensity-shifted copy": lambda s, rd: _put_array(rd, "stats", "v", _img(s) * 0.5 + 0.2),
+    "crop": lambda s, rd: _put_array(rd, "stats", "v", _img(s)[6:26, 4:28].copy()),
+    "transposed copy": lambda s, rd: _put_array(rd, "stats", "v", _img(s).T.copy()),
+    "mask as int64": lambda s, rd: _put_array(rd, "stats", "v", _mask(s).astype(np.int64)),
+    "image hidden among model weights": lambda s, rd: _put_array(rd, "weights", "head.extra_bias",
+                                                                 _img(s).ravel()[:1024]),
+    "pixels as many MetricRecord scalars": lambda s, rd: [rd["metrics"].__setitem__(f"m{i}", float(v))
+                                                          for i, v in enumerate(_img(s).ravel()[:400])],
+    "pixels in a ConfigRecord string": lambda s, rd: rd["config"].__setitem__(
+        "note", json.dumps(_img(s).ravel()[:200].tolist())),
+    # -- encodings that content matching cannot see: the schema closes their channel -------------
+    "base64 of the image bytes in a config string": lambda s, rd: rd["config"].__setitem__(
+        "note", base64.b64encode(_img(s).tobytes()).decode()),
+    "zlib-compressed image as a uint8 array": lambda s, rd: _put_array(
+        rd, "stats", "blob", np.frombuffer(zlib.compress(_img(s).tobytes()), np.uint8)),
+    "keyed permutation of the pixels (a cipher)": lambda s, rd: _put_array(
+        rd, "stats", "v", _img(s).ravel()[np.random.default_rng(42).permutation(_img(s).size)]),
+    "image bytes spelled out in metric names": lambda s, rd: [rd["metrics"].__setitem__(
+        f"k{i}_{chunk}", 0.0) for i, chunk in enumerate(_img(s).tobytes()[:64].hex()[j:j + 16]
+                                                        for j in range(0, 128, 16))],
+    "pixels in a record of its own": lambda s, rd: rd.__setitem__("extra", ConfigRecord(
+        {"px": ",".join(f"{v:.4f}" for v in _img(s).ravel()[:64])})),
+    "weights re-sent as float64 with the image appended": lambda s, rd: rd["weights"].__setitem__(
+        _weight_key(rd), Array(np.concatenate([rd["weights"][_weight_key(rd)].numpy().ravel().astype(np.float64),
+                                               _img(s).ravel()]))),
+    "a message posing as another site": lambda s, rd: rd["meta"].__setitem__("src", "site:bravo"),
+    "pixels in an extra meta key": lambda s, rd: rd["meta"].__setitem__("trace", base64.b64encode(
+        _img(s).tobytes()[:512]).decode()),
+    # -- values inside a declared weight (right name, shape and dtype): the offset scan ------------
+    "pixels written into a declared weight at an offset": lambda s, rd: _set_weight(rd, _img(s).ravel()[200:264]),
+    "negated pixels inside a declared weight": lambda s, rd: _set_weight(rd, -_img(s).ravel()[300:340], 33),
+    "an image column inside a declared weight": lambda s, rd: _set_weight(rd, _img(s)[:, 9], 7),
+    "mask boundary values inside a declared weight": lambda s, rd: _set_weight(
+        rd, _mask(s).ravel()[_boundary(_mask(s)):_boundary(_mask(s)) + 48].astype(np.float32), 50),
+}
+#: channels the schema leaves open in model mode (values inside declared weights and metrics that are
+#: not exact copies): what is measured and bounded by the audit's capacity table, not caught here
+OPEN = {
+    "a thumbnail (resampled pixels) inside a declared weight": lambda s, rd: _set_weight(
+        rd, cv2.resize(_img(s), (8, 8), interpolation=cv2.INTER_AREA).ravel() * 0.01, 10),
 }
 
 
+def _boundary(mask):
+    """An index of the flattened mask where its values change (a run that is not constant)."""
+    flat = mask.ravel()
+    return int(np.flatnonzero(np.diff(flat.astype(int)))[0]) - 8
+
+
 class LeakySite(Site):
-    """A site whose ``finish_visit`` adds a leak to its model message, after the payload is built."""
+    """A site whose outgoing model message is tampered with after its payload is built."""
 
     how = ""
 
-    def _emit(self, rd):
+    def _emit(self, rd, schema):
         if rd["meta"]["kind"] == "model" and self.how:
-            leak = LEAKS[self.how](self)
-            for group, named in leak.get("arrays", {}).items():
-                rd[group] = ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in named.items()})
-            for key, value in leak.get("weights", {}).items():
-                rd["weights"][key] = Array(np.ascontiguousarray(value))
-            for key, value in leak.get("metrics", {}).items():
-                rd["metrics"][key] = value
-            for key, value in leak.get("config", {}).items():
-                rd["config"][key] = value
-        return super()._emit(rd)
+            {**LEAKS, **OPEN}[self.how](self, rd)
+        return super()._emit(rd, schema)
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +140,22 @@ def test_every_leak_is_caught_in_strict_mode(how, smoke_spec, learner):
         site.finish_visit()
     assert err.value.site == "alpha" and "privacy guard: site 'alpha' blocked" in str(err.value)
     assert site._guard.violations and site._guard.violations[0].action == "stopped"
+
+
+def test_the_leak_suite_counts_its_techniques():
+    assert len(LEAKS) >= 24  # the fourteen of the first suite and at least ten more
+
+
+@pytest.mark.parametrize("how", sorted(OPEN))
+def test_an_open_channel_is_not_caught_and_is_counted_as_open(how, smoke_spec, learner):
+    """Transformed values inside a declared weight pass the guard: the audit reports this channel's
+    capacity instead (model mode's weights are bounded only by a formal mechanism)."""
+    site = LeakySite("alpha", smoke_spec, build_method, torch_threads=1, device="cpu")
+    site.how = how
+    site.start_visit(learner.visit_message("alpha", 1))
+    site.train(2)
+    site.finish_visit()
+    assert site._guard.violations == []
 
 
 def test_warn_mode_blocks_the_entry_and_continues(smoke_spec, learner):
@@ -110,15 +180,17 @@ def test_no_false_alarm_on_unrelated_arrays():
     real = rng.random((6, 1, 32, 32)).astype(np.float32)
     guard = EgressGuard("alpha", Blocklist({"img": real}))
     other = rng.random((4, 32, 32)).astype(np.float32)  # unrelated noise of image shape, in a model message
+    schema = Schema("model", "site:alpha", arrays={"w/a": ((4, 32, 32), "float32"), "w/b": ((64, 64), "float64")})
     guard.check(make_message("model", "site:alpha", "learner", arrays={"w": {"a": other,
-                                                                           "b": rng.normal(size=(64, 64))}}))
+                                                                           "b": rng.normal(size=(64, 64))}}), schema)
     assert guard.violations == []
 
 
 def test_record_mode_lists_exactly_which_images_left(smoke_spec):
     data_guard = Site("alpha", smoke_spec, build_method, device="cpu", privacy_mode="record")._guard
     x = Site("alpha", smoke_spec, build_method, device="cpu")._data.train_x
-    data_guard.check(make_message("model", "site:alpha", "learner", arrays={"state": {"buf": x[[2, 7]]}}))
+    schema = Schema("model", "site:alpha", arrays={"state/buf": ((2, 1, 32, 32), "float32")})
+    data_guard.check(make_message("model", "site:alpha", "learner", arrays={"state": {"buf": x[[2, 7]]}}), schema)
     details = [v.detail for v in data_guard.violations]
     assert any("train_image[2]" in d for d in details) and any("train_image[7]" in d for d in details)
 
@@ -137,7 +209,7 @@ def test_leaking_site_stops_a_run_through_ray(ray_session, tmp_path):
 
     out = tmp_path / "leak"
     cfg = build_config("smoke", parse_set(["run.sites=2", f"run.out={out}"]))
-    with pytest.raises(Exception, match=r"privacy guard: site 'alpha' blocked 'stats/v' \(rule (exact|near)"):
+    with pytest.raises(Exception, match=r"privacy guard: site 'alpha' blocked '<undeclared #1, 5 chars>' \(rule schema"):
         api.run(cfg, progress=False, site_cls=FlattenLeak)
     assert (out / FAILED).exists() and not (out / MARKER).exists()
     assert "privacy guard" in (out / FAILED).read_text()
@@ -163,3 +235,34 @@ def test_non_private_reference_fails_its_audit(ray_session, tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["audit", str(out)]) == 1
     assert "verdict: FAIL" in capsys.readouterr().out
+
+
+def test_warn_mode_removes_only_the_offending_scalars(smoke_spec, learner):
+    """A scalar leak in warn mode takes out the undeclared metrics; the weights still go."""
+    site = LeakySite("alpha", smoke_spec, build_method, torch_threads=1, device="cpu", privacy_mode="warn")
+    site.how = "pixels as many MetricRecord scalars"
+    site.start_visit(learner.visit_message("alpha", 1))
+    site.train(2)
+    reply = site.finish_visit()
+    assert arrays(reply, "weights") and not [k for k in reply["metrics"].keys() if k[1:].isdigit()]
+    assert {"steps", "train_seconds", "mean_loss"} <= set(reply["metrics"].keys())
+    assert {v.rule for v in site._guard.violations} == {"schema"}
+
+
+@pytest.mark.parametrize("name", sorted(n for n, c in __import__("server.methods", fromlist=["METHODS"]).METHODS.items()
+                                        if c.private))
+def test_no_honest_message_of_a_private_method_raises_an_alarm(name, smoke_spec, smd_backbone):
+    """Every message a site sends for every private method, at a stage with replay, in strict mode."""
+    cfg = build_config("smoke", parse_set([f"run.method={name}", "train.steps_per_stage=3"]))
+    lrn = _learner(cfg)
+    lrn.enable_replay(str(smd_backbone), 1)
+    lrn.add_prompt("bravo", np.random.default_rng(0).normal(size=(cfg.smd.tokens, cfg.smd.token_dim))
+                   .astype(np.float32))
+    lrn.visited.append("bravo")
+    site = Site("alpha", smoke_spec, build_method, torch_threads=1, device="cpu")
+    site.describe()
+    lrn.absorb(site.visit(lrn.visit_message("alpha", 2)), "alpha", 2)
+    site.evaluate(lrn.evaluate_message())
+    site.visit(lrn.visit_message("alpha", 3))  # with the state the method exported at stage 2
+    site.guard_report()
+    assert site._guard.violations == [], [(v.key, v.rule, v.detail) for v in site._guard.violations]

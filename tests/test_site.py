@@ -13,6 +13,7 @@ from simulator.driver.plan import method_hparams
 from simulator.errors import MessageError
 from simulator.messages import array_groups, arrays, make_message, metrics
 from simulator.payloads import EvaluateRequest, GuardReport, VisitRequest
+from simulator.schemas import FRACTION, Schema
 from sites.blocklist import Blocklist
 from sites.egress import EgressGuard, EgressViolation
 from sites.site import Site
@@ -76,6 +77,8 @@ def test_no_site_method_returns_an_image_shaped_array(site, smoke_spec, tmp_path
         "evaluate": (learner.evaluate_message(),),
         "guard_report": (),
         "write_preview": (str(tmp_path),),
+        "ping": (),
+        "crash_during": ("evaluation",),  # armed only: nothing here evaluates afterwards
     }
     public = {n for n, _ in inspect.getmembers(Site, inspect.isfunction) if not n.startswith("_")}
     assert public == set(calls), f"new public Site method(s) must be covered here: {public ^ set(calls)}"
@@ -110,33 +113,43 @@ def test_payloads_round_trip_and_refuse_other_shapes(learner):
         EvaluateRequest.from_record(msg)
     with pytest.raises(MessageError, match="expected a 'visit' message, got 'evaluate'"):
         VisitRequest.from_record(learner.evaluate_message())
-    report = GuardReport("alpha", "strict", {"violations": 1.0},
+    report = GuardReport("alpha", "strict", 17, {"violations": 1.0},
                          ({"rule": "exact", "key": "weights/w", "detail": "3 of 4"},))
     again = GuardReport.from_record(report.to_record("site:alpha", "learner"))
     assert again == report
 
 
-@pytest.mark.parametrize(
-    "arrays_, rule",
-    [
-        ({"g": {"w": np.zeros((32, 32), np.float32)}}, "shape"),
-        ({"g": {"w": np.zeros((2, 1, 32, 32), np.float32)}}, "shape"),
-        ({"g": {"w": np.zeros((1024,), np.float32)}}, "shape"),
-    ],
-)
-def test_guard_blocks_image_shaped_arrays(arrays_, rule):
+METRICS_ONLY = Schema("metrics", "site:alpha", ("learner",), metrics={"dice": FRACTION})
+
+
+@pytest.mark.parametrize("arrays_", [
+    {"g": {"w": np.zeros((32, 32), np.float32)}},
+    {"g": {"w": np.zeros((2, 1, 32, 32), np.float32)}},
+    {"g": {"w": np.zeros((1024,), np.float32)}},
+    {"g": {"w": np.zeros((3,), np.float32)}},  # not image-sized at all: still undeclared
+])
+def test_guard_blocks_every_undeclared_array(arrays_):
     guard = EgressGuard("alpha", Blocklist({"img": np.random.default_rng(0).random((2, 1, 32, 32))}))
-    with pytest.raises(EgressViolation, match=f"rule {rule}") as err:
-        guard.check(make_message("metrics", "site:alpha", "learner", arrays=arrays_))
-    assert err.value.site == "alpha" and err.value.key == "g/w"
+    with pytest.raises(EgressViolation, match="rule schema") as err:
+        guard.check(make_message("metrics", "site:alpha", "learner", arrays=arrays_), METRICS_ONLY)
+    assert err.value.site == "alpha" and err.value.key.startswith("<undeclared")  # its name is not repeated
 
 
-def test_guard_blocks_wrong_kind_and_lists():
+def test_guard_blocks_wrong_kind_undeclared_scalars_and_values_out_of_range():
     guard = EgressGuard("alpha", Blocklist({"img": np.random.default_rng(0).random((2, 1, 32, 32))}))
     with pytest.raises(EgressViolation, match="rule kind"):
-        guard.check(make_message("visit", "site:alpha", "learner"))
-    with pytest.raises(EgressViolation, match="rule scalar"):
-        guard.check(make_message("metrics", "site:alpha", "learner", config={"px": [0.1, 0.2]}))
+        guard.check(make_message("visit", "site:alpha", "learner"), METRICS_ONLY)
+    with pytest.raises(EgressViolation, match="rule kind"):
+        guard.check(make_message("metrics", "site:bravo", "learner"), METRICS_ONLY)  # posing as another site
+    with pytest.raises(EgressViolation, match="rule schema"):
+        guard.check(make_message("metrics", "site:alpha", "learner", config={"px": "0.1,0.2"}), METRICS_ONLY)
+    with pytest.raises(EgressViolation, match="rule schema"):
+        guard.check(make_message("metrics", "site:alpha", "learner", metrics={"dice": 0.5, "px0": 0.3}),
+                    METRICS_ONLY)
+    with pytest.raises(EgressViolation, match="rule range"):
+        guard.check(make_message("metrics", "site:alpha", "learner", metrics={"dice": 1.5}), METRICS_ONLY)
+    out = guard.check(make_message("metrics", "site:alpha", "learner", metrics={"dice": 0.123456789}), METRICS_ONLY)
+    assert out["metrics"]["dice"] == pytest.approx(0.123457, abs=1e-12)  # rounded to the declared resolution
 
 
 def test_replay_batch_is_shared_over_the_sites_a_step_replays(site):

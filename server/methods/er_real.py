@@ -7,6 +7,7 @@ import torch
 
 from server.methods.streams import method_generator
 from simulator.method import Batch, HParam, Method, StageContext
+from simulator.schemas import LOSS
 from simulator.segmentation import seg_loss
 
 
@@ -22,6 +23,12 @@ class ERReal(Method):
 
     name = "er_real"
     private = False
+    log_names = {"loss": LOSS, "loss_current": LOSS}
+
+    @classmethod
+    def state_spec(cls, params):
+        """The buffer of real pairs (any number of them: ``None`` stands for that dimension)."""
+        return {"buffer_x": ((None, None, None, None), "float32"), "buffer_y": ((None, None, None, None), "uint8")}
     hyperparameters = (HParam("buffer_per_site", 8, lo=1, hi=100000, help="real pairs kept per site"),)
 
     def __init__(self, model: torch.nn.Module, hparams: dict) -> None:

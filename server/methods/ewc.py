@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from simulator.method import Batch, HParam, Method, StageContext
+from simulator.schemas import LOSS, RATIO
 from simulator.segmentation import seg_loss
 
 
@@ -21,6 +22,12 @@ class EWC(Method):
 
     name = "ewc"
     private = True
+    log_names = {"loss": LOSS, "loss_current": LOSS, "ewc_penalty": RATIO}
+
+    @classmethod
+    def state_spec(cls, params):
+        """The running Fisher and the anchor weights of every parameter (float32, its shape)."""
+        return {f"{kind}.{n}": (shape, "float32") for kind in ("fisher", "anchor") for n, (shape, _) in params.items()}
     hyperparameters = (HParam("lambda_ewc", 100.0, lo=0.0, help="weight of the EWC penalty"),
                        HParam("fisher_batches", 8, lo=1, hi=10000, help="last batches the Fisher is estimated on"))
 

@@ -8,6 +8,7 @@ from torch.func import functional_call
 from server.methods.meta_gradient import apply_gradient, inner_scale, rms, style_augment
 from server.methods.streams import method_generator
 from simulator.method import Batch, HParam, Method, StageContext
+from simulator.schemas import LOSS, RATIO
 from simulator.segmentation import seg_loss
 
 
@@ -30,6 +31,7 @@ class Fish(Method):
 
     name = "fish"
     private = True
+    log_names = {"loss": LOSS, "inner_over_outer": RATIO}
     hyperparameters = (HParam("lookahead", 1.0, lo=0.0,
                               help="each inner step in outer-optimiser steps: lookahead*lr*g/rms(g) "
                                    "(1.0 until a sweep picks it)"),

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from simulator.method import Batch, HParam, Method, StageContext
+from simulator.schemas import LOSS
 from simulator.segmentation import seg_loss
 
 
@@ -22,6 +23,7 @@ class LwF(Method):
 
     name = "lwf"
     private = True
+    log_names = {"loss": LOSS, "loss_current": LOSS, "distill": LOSS}
     hyperparameters = (HParam("lambda_distill", 1.0, lo=0.0, help="weight of the distillation loss"),
                        HParam("temperature", 2.0, lo=1e-3, help="distillation temperature"))
 

@@ -12,6 +12,7 @@ from server.methods.meta_gradient import (
 )
 from server.methods.streams import method_generator
 from simulator.method import Batch, Method, StageContext
+from simulator.schemas import COSINE, LOSS, RATIO
 
 
 class MLDG(Method):
@@ -27,6 +28,8 @@ class MLDG(Method):
 
     name = "mldg"
     private = True
+    log_names = {"loss": LOSS, "loss_meta_test": LOSS, "align_cos_gen": COSINE, "align_rel_change": RATIO,
+                 "inner_over_outer": RATIO}
     hyperparameters = (LOOKAHEAD,)
     roles = Roles(current=None, group_a=(0,), group_b=(1,), use_mem=False, use_gen=True, lambda_gen=1.0)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from simulator.method import Batch, Method, StageContext
+from simulator.schemas import LOSS
 from simulator.segmentation import seg_loss
 
 
@@ -20,6 +21,7 @@ class SMDReplay(Method):
     name = "smd_replay"
     private = True
     uses_replay = True
+    log_names = {"loss": LOSS, "loss_current": LOSS, "loss_replay": LOSS}
 
     def begin_stage(self, ctx: StageContext) -> None:
         self.opt = self.adam()

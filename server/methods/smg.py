@@ -23,6 +23,7 @@ from server.methods.meta_gradient import (
 )
 from server.methods.streams import method_generator
 from simulator.method import Batch, HParam, Method, StageContext
+from simulator.schemas import COSINE, LOSS, RATIO, SIGNED, MetricRule, rules
 
 REPLAY_SITES_PER_STEP = HParam(
     "replay_sites_per_step", 0, lo=0, hi=1_000_000,
@@ -50,6 +51,16 @@ class SMG(Method):
     private = True
     uses_replay = True
     hyperparameters = (LOOKAHEAD, LAMBDA_GEN, REPLAY_SITES_PER_STEP)
+    log_names = {**rules(("loss", "loss_current", "loss_replay", "loss_gen_a", "loss_mem_meta", "loss_gen_meta"), LOSS),
+                 "align_cos_mem": COSINE, "align_cos_gen": COSINE, "align_rel_change": RATIO,
+                 "inner_over_outer": RATIO, "align_mem": SIGNED, "align_gen": SIGNED}
+
+    @classmethod
+    def summary_names(cls, domains: list[str]) -> dict[str, MetricRule]:
+        """``cos/<a>/<b>`` for every two domains of a step: the visited site, the replayed sites, and
+        at stage 1 the two style views."""
+        names = [*domains, "view1", "view2"]
+        return {f"cos/{a}/{b}": COSINE for a in names for b in names if a != b}
     use_mem = True
     use_gen = True
     #: False: the meta-test losses are evaluated at theta (plain replay with smg's weighting)

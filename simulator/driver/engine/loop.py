@@ -32,7 +32,7 @@ from simulator.driver.progress import RunProgress
 from simulator.driver.results import merge_guard_sessions
 from simulator.errors import SiteUnavailable
 from simulator.messages import metrics
-from simulator.payloads import GuardReport, PromptReply, ScoresReply
+from simulator.payloads import GuardReport, PromptReply
 from sites.site import Site
 
 
@@ -241,8 +241,9 @@ class Engine:
         for site in self.order:
             reply = get(refs[site])
             self.ledger.record(reply)
-            scores.append(ScoresReply.from_record(reply).scores)
-        return attribution_summary(np.stack(scores), self.order)
+            got = metrics(reply)  # only each replay set's mean score leaves a site
+            scores.append([got[f"score/{s}"] for s in self.order])
+        return attribution_summary(np.array(scores), self.order)
 
     def replay_grid(self) -> bytes:
         """A PNG of replay samples of every site (rows), as bytes."""

@@ -1,0 +1,129 @@
+"""The declared shape of every message a site may send: what the egress guard locks each one to.
+
+A site never sends a free-form message. Before a message leaves, the site states its
+:class:`Schema` (which arrays, with which shapes and dtypes; which metric names; which config
+keys with which types and allowed strings), and the guard refuses anything else under the rule
+``schema``, in every mode:
+
+* a model reply carries exactly the weights it was sent (names, shapes, dtypes) plus the state
+  entries its method declares (:meth:`simulator.method.Method.state_spec`), and only the metric
+  names the method declares (:attr:`~simulator.method.Method.log_names`);
+* a prompt reply carries exactly the prompt's declared K x D float32 shape;
+* a metrics reply carries only its declared metric names;
+* config values only declared keys with typed values, strings only from declared enumerations.
+
+Every declared metric has a :class:`MetricRule`: a range and a resolution. The guard refuses a
+value outside the range and rounds it to the resolution, so a declared metric can carry at most
+``log2((hi - lo) / quantum + 1)`` bits; :func:`metric_bits` gives that figure for the audit's
+table of open channels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class MetricRule:
+    """A declared metric's allowed range and resolution (values are rounded to ``quantum``)."""
+
+    lo: float
+    hi: float
+    quantum: float
+
+    def bits(self) -> float:
+        """The most information one value can carry."""
+        return math.log2((self.hi - self.lo) / self.quantum + 1)
+
+
+FRACTION = MetricRule(0.0, 1.0, 1e-6)       # Dice, shares, AUCs, ratios in [0, 1]
+COSINE = MetricRule(-1.0, 1.0, 1e-6)
+LOSS = MetricRule(0.0, 1e3, 1e-6)
+SECONDS = MetricRule(0.0, 1e7, 1e-3)
+COUNT = MetricRule(0.0, 1e12, 1.0)
+RATIO = MetricRule(0.0, 1e3, 1e-6)            # non-negative figures without a natural bound
+SIGNED = MetricRule(-1e6, 1e6, 1e-6)          # signed figures (inner products, brightness, ...)
+
+
+@dataclass(frozen=True)
+class Schema:
+    """What one message may hold; anything else is a ``schema`` violation.
+
+    ``arrays``: ``"group/key"`` -> (shape, dtype), exactly these. ``metrics``: name -> rule (a
+    subset may be sent). ``config``: key -> allowed strings (a tuple), or the type of the value
+    (``int``, ``float``, ``bool``). ``records``: further ConfigRecords by name, each with its own
+    key -> rule table (for rows of a report); ``meta`` is checked against ``src``/``dsts``.
+    """
+
+    kind: str
+    src: str
+    dsts: tuple[str, ...] = ("learner",)
+    arrays: Mapping[str, tuple[tuple[int, ...], str]] = field(default_factory=dict)
+    metrics: Mapping[str, MetricRule] = field(default_factory=dict)
+    config: Mapping[str, tuple[str, ...] | type] = field(default_factory=dict)
+    records: Mapping[str, Mapping[str, tuple[str, ...] | type]] = field(default_factory=dict)
+    #: array groups the message may hold even when empty (a model reply's ``state`` of a stateless method)
+    groups: tuple[str, ...] = ()
+
+    def array_groups(self) -> set[str]:
+        return {k.split("/", 1)[0] for k in self.arrays} | set(self.groups)
+
+
+def metric_bits(schema: Schema, names: Iterable[str]) -> float:
+    """Bits the declared metrics ``names`` of a message can carry at most."""
+    return sum(schema.metrics[n].bits() for n in names if n in schema.metrics)
+
+
+def array_bits(shapes: Iterable[tuple[tuple[int, ...], str]]) -> int:
+    """Bits the declared arrays can carry at most (every value at its dtype's width)."""
+    return int(sum(int(np.prod(s)) * np.dtype(d).itemsize * 8 for s, d in shapes))
+
+
+# -- the metric names each kind of site message declares ---------------------------------------
+
+def rules(names: Iterable[str], rule: MetricRule) -> dict[str, MetricRule]:
+    return dict.fromkeys(names, rule)
+
+
+#: ``describe``: facts about the site's data; a generated site adds its acquisition parameters
+#: (``acq_<name>``), a user data set its case and file counts
+DESCRIBE = {**rules(("n_train", "n_test", "height", "width", "channels", "data_bytes", "acq_family",
+                     "acq_cases_train", "acq_cases_test", "acq_files"), COUNT),
+            **rules(("foreground_fraction", "intensity_mean", "intensity_std"), FRACTION),
+            **rules(("acq_gamma", "acq_contrast", "acq_bias", "acq_noise", "acq_blur", "acq_resolution",
+                     "acq_organ_scale"), RATIO),
+            "acq_brightness": SIGNED}
+TRAIN = {"step": COUNT, "steps": COUNT, "seconds": SECONDS}
+VISIT_START = {"steps": COUNT, "replay_sites": COUNT}
+EVALUATE = {"dice": FRACTION, "dice_std": FRACTION, "n": COUNT}
+PROMPT_LOGS = {"prompt_steps": COUNT, "prompt_seconds": SECONDS, "prompt_loss_init": LOSS,
+               "prompt_loss_search": LOSS, "prompt_loss_final": LOSS, "data_bytes": COUNT}
+FIDELITY = {**rules(("tstr_dice_synthetic", "tstr_dice_real", "intensity_w1", "synthetic_foreground",
+                     "real_foreground", "nn_distance_min", "nn_distance_p05", "nn_distance_median",
+                     "nn_threshold", "nn_fraction_under_threshold", "nn_ratio_flagged_fraction",
+                     "real_nn_distance_min", "real_nn_distance_median", "mia_auc", "mia_auc_low",
+                     "mia_auc_high"), FRACTION),
+            "tstr_ratio": RATIO, "histogram_l1": RATIO, "mia_members": COUNT, "mia_nonmembers": COUNT,
+            "fidelity_seconds": SECONDS, "memorisation_seconds": SECONDS}
+SCORES = {"n_scored": COUNT}
+#: ``data inspect``: a site's statistics as its reader found them
+INSPECT = {**rules(("cases_train", "cases_test", "problems", "files", "slices", "height", "width", "channels",
+                    "empty_masks", "raw_height_min", "raw_height_max", "raw_width_min", "raw_width_max"), COUNT),
+           **rules(("intensity_mean", "intensity_std", "intensity_p01", "intensity_p99", "foreground_fraction"),
+                   FRACTION),
+           **rules(("raw_intensity_min", "raw_intensity_max"), MetricRule(-1e9, 1e9, 1e-6))}
+PING = {"alive": COUNT, "data_bytes": COUNT}
+ARMED = {"armed": COUNT}
+PREVIEW = {"bytes_written": COUNT}
+#: a model reply's own figures, besides the method's declared logs
+MODEL = {"steps": COUNT, "train_seconds": SECONDS, "mean_loss": LOSS}
+GUARD_COUNTS = {**rules(("checked_messages", "checked_bytes", "checked_arrays", "violations"), COUNT),
+                **rules(("seconds", "build_seconds"), SECONDS)}
+#: the rules a violation row may name, and what the guard did
+RULES = ("kind", "schema", "exact", "near-duplicate", "crop", "offset-copy", "scalar-run", "shape", "scalar",
+         "budget", "range")
+ACTIONS = ("stopped", "blocked", "allowed (non-private method)")
