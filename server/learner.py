@@ -10,6 +10,7 @@ site's egress guard.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ from simulator.payloads import (
 )
 from simulator.seeding import derive_seed
 from simulator.segmentation import build_model
+from simulator.smd.cache import file_sha256
 
 
 class Learner:
@@ -59,6 +61,7 @@ class Learner:
         self.visits: list[dict[str, Any]] = []
         self.bank: ReplayBank | None = None
         self.backbone_path: str | None = None
+        self.backbone_sha256 = ""
         self.visited: list[str] = []
 
     # -- SMD replay --------------------------------------------------------------------
@@ -66,6 +69,7 @@ class Learner:
         """Load the public backbone; prompts and replay are kept from here on."""
         smd = self.cfg.smd
         self.backbone_path = backbone_path
+        self.backbone_sha256 = file_sha256(Path(backbone_path))
         self.bank = ReplayBank(backbone_path, self.run_seed, smd.replay_per_site, smd.sample_steps,
                                self.cfg.data.image_size, channels,
                                device=str(resolve_device(self.cfg.runtime.device)))
@@ -78,7 +82,8 @@ class Learner:
     def tune_message(self, site: str) -> RecordDict:
         """Ask a site to tune its prompt against the public backbone."""
         smd = self.cfg.smd
-        return TuneRequest(str(self.backbone_path), smd.prompt_steps, smd.prompt_lr, smd.prompt_batch,
+        return TuneRequest(str(self.backbone_path), self.backbone_sha256, smd.prompt_steps, smd.prompt_lr,
+                           smd.prompt_batch,
                            smd.prompt_candidates, derive_seed(self.run_seed, "prompt", site)
                            ).to_record("learner", f"site:{site}")
 

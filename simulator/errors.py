@@ -51,5 +51,9 @@ class SiteUnavailable(RuntimeError):
         return (SiteUnavailable, (self.site, self.phase, self.detail))
 
 
+class AccessViolation(RuntimeError):
+    """A process touched another site's data (the file-access trace shows it)."""
+
+
 class ResumeError(RunFolderError):
     """A run folder cannot be resumed: finished, never checkpointed, or made with other settings."""

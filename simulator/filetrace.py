@@ -1,10 +1,15 @@
-"""File-access trace: a Python audit hook (PEP 578) that records opens under data folders.
+"""File-access trace: a Python audit hook (PEP 578) that records file access under data folders.
 
-Each process of a run (driver, learner, every site) installs the hook once and
-points it at its own trace file with its role. Every ``open`` of a path under one
-of the watched data folders is appended as a JSON line: time, role, pid, path,
-mode. The privacy audit reads these files to show which processes opened which
-site's data.
+Each process that can touch site data (driver, learner, every site of a run, and the site
+actors of ``data inspect`` and ``data preview``) installs the hook once and points it at its
+own trace file with its role. Every ``open`` of a path under one of the watched data folders,
+and every directory listing, removal and rename there, is appended as a JSON line: time, role,
+pid, path (resolved: symlinks and relative paths followed), mode or event. The privacy audit
+reads these files to show which processes touched which site's data.
+
+Access from C code raises no Python audit event (``cv2.imread``/``cv2.imwrite`` open files
+themselves): the readers read bytes in Python and decode them, and any other C-level access is
+written down with :func:`record`.
 """
 
 from __future__ import annotations
@@ -20,26 +25,48 @@ _state = {"installed": False, "sink": None, "role": None, "roots": (), "busy": t
 _lock = threading.Lock()
 
 
+#: the audit events recorded besides ``open``, and the name each is recorded under
+_EVENTS = {"os.listdir": "list", "os.scandir": "list", "os.remove": "remove", "os.rename": "rename",
+           "os.rmdir": "remove", "os.mkdir": "mkdir"}
+
+
+def _write(path: object, mode: str, anywhere: bool = False) -> None:
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        return
+    p = os.path.realpath(os.fsdecode(path))
+    if not anywhere and not any(p == r or p.startswith(r + os.sep) for r in _state["roots"]):
+        return
+    line = json.dumps({"time": time.time(), "role": _state["role"], "pid": os.getpid(), "path": p, "mode": mode})
+    with _lock:
+        _state["sink"].write(line + "\n")
+        _state["sink"].flush()
+
+
 def _hook(event: str, args: tuple) -> None:
-    if event != "open" or _state["sink"] is None:
+    if _state["sink"] is None or (event != "open" and event not in _EVENTS):
         return
     busy = _state["busy"]
     if getattr(busy, "on", False):
         return
-    path = args[0]
-    if not isinstance(path, (str, bytes, os.PathLike)):
-        return
     try:
         busy.on = True
-        p = os.path.abspath(os.fsdecode(path))
-        if not any(p == r or p.startswith(r + os.sep) for r in _state["roots"]):
-            return
-        mode = args[1] if len(args) > 1 and isinstance(args[1], str) else "r"
-        line = json.dumps({"time": time.time(), "role": _state["role"], "pid": os.getpid(), "path": p,
-                           "mode": mode})
-        with _lock:
-            _state["sink"].write(line + "\n")
-            _state["sink"].flush()
+        if event == "open":
+            _write(args[0], args[1] if len(args) > 1 and isinstance(args[1], str) else "r")
+        elif args:
+            _write(args[0] if args[0] is not None else ".", _EVENTS[event])
+    finally:
+        busy.on = False
+
+
+def record(path: str | Path, mode: str) -> None:
+    """Write down an access that raises no audit event (a file opened from C code), or one outside
+    the data folders that the record should show (a preview of real images written elsewhere)."""
+    if _state["sink"] is None:
+        return
+    busy = _state["busy"]
+    busy.on = True
+    try:
+        _write(path, mode, anywhere=True)
     finally:
         busy.on = False
 
@@ -57,7 +84,7 @@ def start_trace(trace_file: str | Path, role: str, roots: list[str | Path]) -> N
     finally:
         _state["busy"].on = False
     _state["role"] = role
-    _state["roots"] = tuple(os.path.abspath(str(r)) for r in roots)
+    _state["roots"] = tuple(os.path.realpath(str(r)) for r in roots)
 
 
 def stop_trace() -> None:
@@ -69,8 +96,14 @@ def stop_trace() -> None:
 
 
 def read_trace(folder: Path) -> list[dict]:
-    """All trace lines of a run's ``file_access`` folder."""
+    """All trace lines of a run's ``file_access`` folder, each with the trace file it came from."""
     out = []
     for f in sorted(Path(folder).glob("*.jsonl")):
-        out += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        out += [{**json.loads(line), "file": f.name} for line in f.read_text().splitlines() if line.strip()]
     return out
+
+
+def trace_files(folder: Path) -> dict[str, int]:
+    """Each trace file of a ``file_access`` folder and how many accesses it holds."""
+    return {f.name: sum(1 for line in f.read_text().splitlines() if line.strip())
+            for f in sorted(Path(folder).glob("*.jsonl"))}

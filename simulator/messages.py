@@ -25,7 +25,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from simulator.errors import MessageError
 
 EGRESS_KINDS = ("prompt", "model", "metrics")
-INGRESS_KINDS = ("spec", "visit", "evaluate", "tune", "fidelity", "attribute")
+INGRESS_KINDS = ("spec", "visit", "evaluate", "tune", "fidelity", "attribute", "preview")
 KINDS = EGRESS_KINDS + INGRESS_KINDS
 RESERVED = ("meta", "config", "metrics")
 
@@ -114,7 +114,7 @@ def describe(rd: RecordDict) -> dict[str, Any]:
     for name, record in [*rd.config_records.items(), *rd.metric_records.items()]:
         if name != "meta":
             scalars[name] = sorted(dict(record).keys())
-    return {
+    out = {
         "kind": meta["kind"],
         "src": meta["src"],
         "dst": meta["dst"],
@@ -122,3 +122,7 @@ def describe(rd: RecordDict) -> dict[str, Any]:
         "scalar_keys": scalars,
         "bytes": total,
     }
+    if meta["kind"] in INGRESS_KINDS and "config" in rd.config_records:
+        # what a site was told (method, seeds, the backbone's path and sha256): public, and recorded
+        out["config"] = {k: v for k, v in rd["config"].items() if isinstance(v, (str, int, float, bool))}
+    return out

@@ -217,6 +217,8 @@ class TuneRequest(Payload):
 
     KIND: ClassVar[str] = "tune"
     backbone_path: str = _role("config")
+    #: the sha256 of that file: the site loads it only if it matches (recorded in the ledger)
+    backbone_sha256: str = _role("config")
     steps: int = _role("config")
     lr: float = _role("config")
     batch: int = _role("config")
@@ -247,6 +249,20 @@ class AttributeRequest(Payload):
     public: np.ndarray = _role("array", group="public", key="x")
     steps: int = _role("config")
     seed: int = _role("config")
+
+
+@dataclass(frozen=True)
+class PreviewRequest(Payload):
+    """Write a preview PNG of ``n`` train images into ``folder`` (``""``: the site's own data folder).
+
+    ``real``: the site holds real (user) data and its operator allowed previews of it; a site with
+    real data refuses without it, and writes only inside its own folder unless ``folder`` is given.
+    """
+
+    KIND: ClassVar[str] = "preview"
+    folder: str = _role("config")
+    n: int = _role("config")
+    real: bool = _role("config")
 
 
 # -- site -> learner / driver --------------------------------------------------------------------

@@ -24,6 +24,8 @@ from flwr.app import RecordDict
 
 from simulator import schemas
 from simulator.devices import resolve_device
+from simulator.errors import ConfigError
+from simulator.filetrace import record as record_access
 from simulator.filetrace import start_trace
 from simulator.messages import EGRESS_KINDS
 from simulator.method import Batch, Method, StageContext
@@ -37,6 +39,7 @@ from simulator.payloads import (
     ModelArch,
     ModelReply,
     Payload,
+    PreviewRequest,
     PromptReply,
     SiteSpec,
     TuneRequest,
@@ -277,26 +280,42 @@ class Site:
         dice = dice_per_image(pred, test_y).cpu().numpy()
         return self._metrics(schemas.EVALUATE, dice=float(dice.mean()), dice_std=float(dice.std()), n=len(dice))
 
-    def write_preview(self, folder: str, n: int = 3) -> RecordDict:
+    def write_preview(self, msg: RecordDict) -> RecordDict:
         """Save ``n`` train images with mask outlines as one PNG on this site's own disk.
 
-        The file stays where the site runs; only its size leaves.
+        The file stays where the site runs; only its size leaves. A site with real (user) data
+        writes one only if its operator allowed it, and by default inside its own data folder.
         """
+        req = PreviewRequest.from_record(msg)
+        real = self.spec.benchmark in ("folder", "prostate", "fundus")
+        if real and not req.real:
+            raise ConfigError(f"site {self.name!r} holds real images: a preview needs --allow-real-previews")
+        folder = req.folder or (self.spec.data_dir if real else "")
+        if not folder:
+            raise ConfigError(f"site {self.name!r}: no folder to write its preview into")
+        n = req.n
         path = Path(folder) / f"{self.name}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         d = self._data
         tiles = [outlined_tile(d.train_x[i, 0], d.train_y[i, 0], 128) for i in range(min(n, len(d.train_x)))]
         label(tiles[0], self.name)
         path.write_bytes(encode_png(np.concatenate(tiles, axis=0)))
+        record_access(path, "preview")  # where real images went, even outside the data folders
         return self._metrics(schemas.PREVIEW, dst="driver", bytes_written=path.stat().st_size)
 
     # -- Site-Modulated Diffusion: prompt tuning and replay checks -----------------------
-    def _backbone(self, path: str):
+    def _backbone(self, path: str, sha256: str):
+        """The public backbone the learner named, loaded only from the SMD cache folder, only if its
+        sha256 is the announced one, and without running code (``weights_only``)."""
+        from simulator.paths import cache_root
         from simulator.smd.cache import load_backbone
 
-        if self._backbone_path != path:
-            self._backbone_model = load_backbone(Path(path), self.device)
-            self._backbone_path = path
+        real = Path(path).resolve()
+        if not real.is_relative_to((cache_root() / "smd").resolve()):
+            raise ValueError(f"site {self.name!r}: backbone {path} is outside the SMD cache folder; not loaded")
+        if self._backbone_path != str(real):
+            self._backbone_model = load_backbone(real, self.device, sha256=sha256)
+            self._backbone_path = str(real)
         return self._backbone_model
 
     def tune_prompt(self, msg: RecordDict) -> RecordDict:
@@ -304,7 +323,7 @@ class Site:
         from sites.prompt import tune_prompt
 
         req = TuneRequest.from_record(msg)
-        backbone = self._backbone(req.backbone_path)
+        backbone = self._backbone(req.backbone_path, req.backbone_sha256)
         d = self._data
         prompt, logs = tune_prompt(backbone, d.train_x, d.train_y, req.steps, req.lr, req.batch,
                                    torch_generator(req.seed), candidates=req.candidates)

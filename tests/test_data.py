@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,8 +112,11 @@ def test_user_layouts_are_read_inside_site_actors(ray_session, tmp_path):
     for kind, root in (("folder", make_folder(tmp_path / "f")), ("prostate", make_prostate(tmp_path / "p")),
                        ("fundus", make_fundus(tmp_path / "u"))):
         cfg = build_config("smoke", parse_set([f"data.benchmark={kind}:{root}"]))
-        report = api.inspect_data(cfg)
+        record = tmp_path / f"inspect-{kind}"
+        report = api.inspect_data(cfg, record=record)
         assert set(report) == set(benchmarks.site_names(cfg.data.benchmark))
+        traced = {f.name for f in (record / "file_access").iterdir()}  # every site's reads were traced
+        assert traced == {f"site-{s}.jsonl" for s in report} and (record / "ledger.jsonl").exists()
         for stats, problems in report.values():
             assert problems == [] and stats["problems"] == 0
             assert stats["cases_train"] >= 1 and stats["cases_test"] >= 1 and stats["slices"] >= 4
@@ -235,3 +239,21 @@ def test_smd_pretraining_pool_follows_the_benchmark(tmp_path):
     fundus = build_config("smoke", parse_set([f"data.benchmark=fundus:{make_fundus(tmp_path)}", "smd.pool=mni152"]))
     with pytest.raises(ConfigError, match="single-channel but the sites' images have 3 channels"):
         smd_spec(fundus, 3)
+
+
+def test_previews_of_real_data_need_consent_and_stay_in_the_site_folder(ray_session, tmp_path):
+    from simulator.driver import api
+
+    root = make_folder(tmp_path / "f")
+    cfg = build_config("smoke", parse_set([f"data.benchmark=folder:{root}"]))
+    with pytest.raises(ConfigError, match="--allow-real-previews"):
+        api.write_site_previews(cfg, None, record=tmp_path / "r0")
+    paths, record = api.write_site_previews(cfg, None, allow_real=True, record=tmp_path / "r1")
+    assert [p.parent for p in paths] == [root / "siteA", root / "siteB"] and all(p.exists() for p in paths)
+    ledger = [json.loads(x) for x in (record / "ledger.jsonl").read_text().splitlines()]
+    assert [e["kind"] for e in ledger].count("preview") == 2
+    trace = [json.loads(x) for f in sorted((record / "file_access").iterdir()) for x in f.read_text().splitlines()]
+    assert {(t["role"], Path(t["path"]).name) for t in trace if t["mode"] == "preview"} == {
+        ("site:siteA", "siteA.png"), ("site:siteB", "siteB.png")}
+    with pytest.raises(ConfigError, match="--out is needed"):
+        api.write_site_previews(build_config("smoke"), None, record=tmp_path / "r2")

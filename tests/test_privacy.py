@@ -4,6 +4,7 @@ import base64
 import json
 import sys
 import zlib
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -266,3 +267,44 @@ def test_no_honest_message_of_a_private_method_raises_an_alarm(name, smoke_spec,
     site.visit(lrn.visit_message("alpha", 3))  # with the state the method exported at stage 2
     site.guard_report()
     assert site._guard.violations == [], [(v.key, v.rule, v.detail) for v in site._guard.violations]
+
+
+class PeekingSite(Site):
+    """alpha opens one of bravo's data files during its evaluation (what the audit must catch)."""
+
+    def evaluate(self, msg):
+        if self.name == "alpha":
+            other = Path(self.spec.data_dir).parent / "bravo"
+            for f in sorted(other.glob("*.npz"))[:1]:
+                f.read_bytes()
+        return super().evaluate(msg)
+
+
+def test_a_site_that_opens_another_sites_data_fails_the_audit(ray_session, tmp_path):
+    import ray.cloudpickle
+
+    from simulator.driver import api
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    out = tmp_path / "peek"
+    cfg = build_config("smoke", parse_set(["run.sites=2", "run.method=finetune", "train.steps_per_stage=2",
+                                           f"run.out={out}"]))
+    api.run(cfg, progress=False, site_cls=PeekingSite)
+    audit = json.loads((out / "privacy_audit.json").read_text())
+    check = next(c for c in audit["claims"]["structural"]["checks"] if c["check"] == "only each site opened its own data")
+    assert audit["verdict"] == "fail" and check["verdict"] == "fail"
+    assert "site:alpha opened" in check["detail"] and "data of site bravo" in check["detail"]
+
+
+def test_a_run_whose_site_left_no_trace_fails_the_audit(ray_session, tmp_path):
+    from simulator.driver import api
+    from simulator.driver.audit import build_audit
+
+    out = tmp_path / "run"
+    api.run(build_config("smoke", parse_set(["run.sites=2", "run.method=finetune", "train.steps_per_stage=2",
+                                             f"run.out={out}"])), progress=False)
+    assert build_audit(out, write=False)["verdict"] == "pass"
+    (out / "file_access" / "site-bravo.jsonl").unlink()
+    audit = build_audit(out, write=False)
+    check = next(c for c in audit["claims"]["structural"]["checks"] if c["check"].startswith("every data-reading"))
+    assert audit["verdict"] == "fail" and "no trace site-bravo.jsonl" in check["detail"]

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from simulator.benchmarks import catalog
 from simulator.config import Config
 from simulator.driver.plan import check_method, plan_run, run_sites, site_indices, smd_needed
 from simulator.driver.runfolder import RunFolder
@@ -17,6 +18,7 @@ from simulator.driver.runner import (
     pretrain_progress,
     write_plan,
 )
+from simulator.errors import AccessViolation, ConfigError
 
 __all__ = ["EXIT_DRIVER_KILLED", "RunResult", "compare", "inspect_data", "pretrain_backbone", "resume", "run",
            "write_site_previews"]
@@ -52,27 +54,68 @@ def resume(run_dir: Path, stream: TextIO | None = None, progress: bool = True) -
     return execute(plan, folder, stream, progress, None, ckpt)
 
 
-def write_site_previews(cfg: Config, folder: Path) -> list[Path]:
-    """Have every site of ``cfg`` save a preview of its data (one PNG per site) into ``folder``."""
+def _site_command_record(kind: str, record: Path | None) -> Path:
+    """The folder where a ``data`` command keeps its ledger and file-access trace."""
+    import datetime as dt
+
+    record = Path(record) if record else Path("runs") / f"{kind}-{dt.datetime.now():%Y%m%d-%H%M%S-%f}"
+    record.mkdir(parents=True, exist_ok=False)
+    return record.resolve()
+
+
+def _check_trace(record: Path, cfg: Config) -> None:
+    """Each site of a ``data`` command touched only its own data, or a PrivacyError names who did what."""
+    from simulator.driver.audit import _file_access
+    from simulator.filetrace import read_trace
+
+    check, _ = _file_access(read_trace(record / "file_access"), str(catalog.data_root(cfg.data.benchmark)))
+    (record / "file_access_check.json").write_text(json.dumps(check, indent=2) + "\n")
+    if check["verdict"] != "pass":
+        raise AccessViolation(f"{record}: {check['detail']}")
+
+
+def write_site_previews(cfg: Config, folder: Path | None, allow_real: bool = False,
+                        record: Path | None = None) -> tuple[list[Path], Path]:
+    """Have every site of ``cfg`` save a preview of its data (one PNG per site).
+
+    Generated (simulated) sites write into ``folder``. Sites of a user data set hold real images:
+    they write only with ``allow_real``, into their own data folder unless ``folder`` is given.
+    The messages and every site's file access go to ``record`` (default ``runs/preview-<time>``);
+    returns the PNG paths and that folder.
+    """
     from simulator.driver import engine
 
+    real = catalog.is_user_data(cfg.data.benchmark)
+    if real and not allow_real:
+        raise ConfigError(f"data preview: {cfg.data.benchmark} holds real images; pass --allow-real-previews to "
+                          f"write previews of them (each into its own site folder unless --out is given)")
+    if folder is None and not real:
+        raise ConfigError("data preview: --out is needed for a generated benchmark")
     sites = run_sites(cfg)
+    rec = _site_command_record("preview", record)
     engine.start_ray(cfg.runtime, dashboard=False)
-    folder = Path(folder).resolve()
-    engine.write_previews(cfg, sites, site_indices(cfg, sites), str(folder))
-    return [folder / f"{n}.png" for n in sites]
+    target = str(Path(folder).resolve()) if folder is not None else ""
+    engine.write_previews(cfg, sites, site_indices(cfg, sites), target, real, rec)
+    _check_trace(rec, cfg)
+    where = [Path(target) / f"{n}.png" if target else catalog.site_dir(cfg.data.benchmark, n) / f"{n}.png"
+             for n in sites]
+    return where, rec
 
 
-def inspect_data(cfg: Config) -> dict[str, tuple[dict, list[str]]]:
+def inspect_data(cfg: Config, record: Path | None = None) -> dict[str, tuple[dict, list[str]]]:
     """Per site of ``cfg``: statistics of its data and the problems its reader found.
 
-    The readers run inside one actor per site; only scalars and short messages come back.
+    The readers run inside one actor per site; only scalars and short messages come back. The
+    replies and every site's file access go to ``record`` (default ``runs/inspect-<time>``).
     """
     from simulator.driver import engine
 
     sites = run_sites(cfg)
+    rec = _site_command_record("inspect", record)
     engine.start_ray(cfg.runtime, dashboard=False)
-    return engine.inspect_sites(cfg, sites, site_indices(cfg, sites))
+    out = engine.inspect_sites(cfg, sites, site_indices(cfg, sites), rec)
+    _check_trace(rec, cfg)
+    return out
 
 
 def pretrain_backbone(cfg: Config, stream: TextIO | None = None, force: bool = False) -> dict:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Any
 
 from simulator.driver.ledger import read_ledger
 from simulator.driver.runfolder import write_json
-from simulator.filetrace import read_trace
+from simulator.filetrace import read_trace, trace_files
 from simulator.messages import EGRESS_KINDS
 
 PASS, FAIL, WARN, NA = "pass", "fail", "warn", "not applicable"
@@ -59,6 +60,8 @@ class RunFiles:
     trace: list[dict[str, Any]]
     #: where each actor ran, per start of the run's driver (actors.json; empty for older folders)
     actors: dict[str, Any]
+    #: each trace file of the run and how many accesses it holds
+    trace_files: dict[str, int]
 
     @property
     def sites(self) -> list[str]:
@@ -93,6 +96,7 @@ def read_run_files(run_dir: Path) -> RunFiles:
         ledger=read_ledger(run_dir / "ledger.jsonl"),
         trace=read_trace(trace_dir) if trace_dir.exists() else [],
         actors=_read_optional_json(run_dir / "actors.json"),
+        trace_files=trace_files(trace_dir) if trace_dir.exists() else {},
     )
 
 
@@ -157,10 +161,14 @@ def _guard_check(site: str, g: dict[str, Any] | None) -> dict[str, str]:
                   f"({g['mode']}); no violation", site)
 
 
+DATA_ROOT = "(the data root)"
+
+
 def _data_owner(path: Path, data_root: str | None) -> str:
-    """The site whose data a traced path belongs to."""
-    if data_root and path.is_relative_to(data_root) and len(path.relative_to(data_root).parts) > 1:
-        return path.relative_to(data_root).parts[0]  # <data root>/<site>/...
+    """The site whose data a traced path belongs to (the data root itself belongs to no site)."""
+    if data_root and path.is_relative_to(data_root):
+        parts = path.relative_to(data_root).parts
+        return parts[0] if parts else DATA_ROOT  # <data root>/<site>/...
     return path.parent.name  # run folders written before data_root was recorded
 
 
@@ -170,15 +178,33 @@ def _file_access(
     """The check that only each site opened its own data, and opens per (process, site data)."""
     file_rows: dict[tuple[str, str], int] = defaultdict(int)
     bad = []
+    data_root = os.path.realpath(data_root) if data_root else None  # traces hold resolved paths
     for t in trace:
+        if data_root and not Path(t["path"]).is_relative_to(data_root):
+            continue  # recorded for the record (a preview written elsewhere), not site data
         owner = _data_owner(Path(t["path"]), data_root)
         file_rows[(t["role"], owner)] += 1
+        if owner == DATA_ROOT and t.get("mode") == "list":
+            continue  # listing the site folders' names (the driver does, to know the sites)
         if t["role"] != f"site:{owner}":
-            bad.append(f"{t['role']} opened {t['path']}")
+            what = {"list": "listed", "remove": "removed", "rename": "renamed", "mkdir": "created"}.get(
+                t.get("mode"), "opened")
+            bad.append(f"{t['role']} {what} {t['path']} ({'data of site ' + owner if owner != DATA_ROOT else owner})")
     check = _check("only each site opened its own data", FAIL if bad else PASS,
                    "; ".join(sorted(set(bad))[:10]) or
                    f"{len(trace)} opens of site data, all by the owning site's process")
     return check, file_rows
+
+
+def _trace_coverage(files: dict[str, int], sites: list[str]) -> dict[str, str]:
+    """Every process that held or could reach site data left a trace; every site's shows access."""
+    missing = [f for f in ("driver.jsonl", "learner.jsonl", *(f"site-{s}.jsonl" for s in sites)) if f not in files]
+    empty = [s for s in sites if files.get(f"site-{s}.jsonl") == 0]
+    problems = ([f"no trace {f}" for f in missing]
+                + [f"site {s}'s trace is empty although the site holds data" for s in empty])
+    return _check("every data-reading process was traced", FAIL if problems else PASS,
+                  "; ".join(problems) or f"{len(files)} trace files (driver, learner, {len(sites)} sites); "
+                                         f"every site's shows its data being read")
 
 
 def _empirical_checks(smd: dict[str, Any]) -> list[dict[str, str]]:
@@ -224,7 +250,8 @@ def assemble_audit(f: RunFiles) -> dict[str, Any]:
     counts, exported = _exported(f.ledger)
     file_check, file_rows = _file_access(f.trace, f.sites_info.get("data_root"))
     structural = [_egress_kind_check(f.ledger), _image_shape_check(f.ledger, f.facts),
-                  *(_guard_check(s, f.guard.get(s)) for s in f.sites), file_check]
+                  *(_guard_check(s, f.guard.get(s)) for s in f.sites), file_check,
+                  _trace_coverage(f.trace_files, f.sites)]
     claims = _claims(structural, _empirical_checks(f.smd))
     return {
         "run": str(f.run_dir),

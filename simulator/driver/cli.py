@@ -171,7 +171,11 @@ def _add_data(sub) -> None:
                     "between processes but the file size.")
     _add_data_options(preview)
     _add_site_selection(preview)
-    preview.add_argument("--out", default="docs/sites", help="folder for the PNG files (default docs/sites)")
+    preview.add_argument("--out", default=None,
+                         help="folder for the PNG files (needed for a generated benchmark, e.g. docs/sites; "
+                              "user data: each site's own folder unless given)")
+    preview.add_argument("--allow-real-previews", action="store_true",
+                         help="let the sites of a user data set write previews of their real images")
     inspect = data_sub.add_parser(
         "inspect", help="per site: cases, slices, image size, intensities, foreground, problems",
         description="Each site's reader runs inside that site's actor and reports statistics only: "

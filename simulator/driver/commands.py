@@ -15,6 +15,7 @@ from pathlib import Path
 from simulator.benchmarks.order import ORDER_KEYWORDS
 from simulator.config import Config, build_config, merge, parse_set
 from simulator.errors import (
+    AccessViolation,
     ConfigError,
     DataError,
     EgressViolation,
@@ -275,8 +276,11 @@ def cmd_data(args: argparse.Namespace) -> int:
         args.benchmark = args.spec
         cfg = _data_config(args, args.overrides)
         return _print_inspection(cfg, api.inspect_data(cfg))
-    for path in api.write_site_previews(_data_config(args, []), args.out):
+    paths, record = api.write_site_previews(_data_config(args, []), Path(args.out) if args.out else None,
+                                            allow_real=args.allow_real_previews)
+    for path in paths:
         print(path)
+    print(f"smg-sim: messages and file-access trace in {record}")
     return EXIT_OK
 
 
@@ -300,6 +304,8 @@ def guarded(work: Callable[[], int]) -> int:
     except DataError as exc:  # a site's reader found bad data: the message names the file
         return _fail(f"smg-sim: data error: {exc}", EXIT_USAGE)
     except EgressViolation as exc:
+        return _fail(f"smg-sim: stopped: {exc}", EXIT_PRIVACY)
+    except AccessViolation as exc:
         return _fail(f"smg-sim: stopped: {exc}", EXIT_PRIVACY)
     except SiteUnavailable as exc:  # the run folder keeps its last checkpoint
         return _fail(f"smg-sim: stopped: {exc}; continue with smg-sim resume RUN_DIR", EXIT_FAILED)

@@ -167,31 +167,56 @@ def create_sites(cfg: Config, names: list[str], indices: dict[str, int], namespa
     return Actors(sites)
 
 
-def write_previews(cfg: Config, names: list[str], indices: dict[str, int], folder: str) -> dict[str, int]:
-    """Each site writes a preview PNG of its own (simulated) data into ``folder``."""
-    actors = create_sites(cfg, names, indices, namespace=f"smg-sim-preview-{os.getpid()}")
+def write_previews(cfg: Config, names: list[str], indices: dict[str, int], folder: str, real: bool,
+                   record: Path) -> dict[str, int]:
+    """Each site writes a preview PNG of its own data into ``folder`` (``""``: its own data folder);
+    every message goes to ``record/ledger.jsonl`` and every site's file access to ``record/file_access``."""
+    from simulator.driver.ledger import Ledger
+    from simulator.payloads import PreviewRequest
+
+    actors = create_sites(cfg, names, indices, namespace=f"smg-sim-preview-{os.getpid()}",
+                          trace_dir=str(record / "file_access"))
+    ledger = Ledger(record / "ledger.jsonl")
     try:
-        refs = {n: h.write_preview.remote(folder) for n, h in actors.sites.items()}
-        return {n: int(metrics(get(r))["bytes_written"]) for n, r in refs.items()}
+        refs = {}
+        for n, h in actors.sites.items():
+            msg = PreviewRequest(folder, 3, real).to_record("driver", f"site:{n}")
+            ledger.record(msg)
+            refs[n] = h.write_preview.remote(msg)
+        out = {}
+        for n, r in refs.items():
+            reply = get(r)
+            ledger.record(reply)
+            out[n] = int(metrics(reply)["bytes_written"])
+        return out
     finally:
+        ledger.close()
         actors.kill()
 
 
-def inspect_sites(cfg: Config, names: list[str], indices: dict[str, int]) -> dict[str, tuple[dict, list[str]]]:
-    """Each site reads its own data (in its own actor) and returns statistics and problems."""
+def inspect_sites(cfg: Config, names: list[str], indices: dict[str, int], record: Path
+                  ) -> dict[str, tuple[dict, list[str]]]:
+    """Each site reads its own data (in its own actor) and returns statistics and problems; every
+    reply goes to ``record/ledger.jsonl`` and every site's file access to ``record/file_access``."""
+    from simulator.driver.ledger import Ledger
     from sites.inspect import SiteInspector
 
     remote = ray.remote(SiteInspector)
     handles = {n: remote.options(name=f"site-{n}", namespace=f"smg-sim-inspect-{os.getpid()}", num_cpus=0,
-                                 max_restarts=0).remote(n, site_spec(cfg, n, indices[n]), cfg.privacy.mode)
+                                 max_restarts=0).remote(n, site_spec(cfg, n, indices[n]), cfg.privacy.mode,
+                                                        str(record / "file_access" / f"site-{n}.jsonl"))
                for n in names}
+    ledger = Ledger(record / "ledger.jsonl")
     try:
         refs = {n: h.inspect.remote() for n, h in handles.items()}
         out = {}
         for n, ref in refs.items():
-            reply = InspectReply.from_record(get(ref))
+            raw = get(ref)
+            ledger.record(raw)
+            reply = InspectReply.from_record(raw)
             out[n] = (dict(reply.values), list(reply.problems))
         return out
     finally:
+        ledger.close()
         for h in handles.values():
             ray.kill(h)
