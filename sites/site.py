@@ -13,7 +13,6 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from simulator.errors import ConfigError
 from simulator.filetrace import record as record_access
 from simulator.filetrace import start_trace
 from simulator.messages import EGRESS_KINDS
-from simulator.method import Batch, Method, StageContext
+from simulator.method import Method
 from simulator.outlines import encode_png, label, outlined_tile
 from simulator.payloads import (
     AttributeRequest,
@@ -36,7 +35,6 @@ from simulator.payloads import (
     FidelityRequest,
     GuardReport,
     MetricsReply,
-    ModelArch,
     ModelReply,
     Payload,
     PreviewRequest,
@@ -47,7 +45,8 @@ from simulator.payloads import (
 )
 from simulator.schemas import MetricRule, Schema
 from simulator.seeding import torch_generator
-from simulator.segmentation import UNet, dice_per_image, predict
+from simulator.segmentation import dice_per_image, predict
+from simulator.visit import LocalVisit, build_unet
 from sites.blocklist import Blocklist, WindowIndex
 from sites.datasets import SiteData, build_site_data
 from sites.egress import MODES, EgressGuard
@@ -56,28 +55,6 @@ from sites.egress import MODES, EgressGuard
 MIN_SET = 4
 
 MethodFactory = Callable[[str, torch.nn.Module, Mapping[str, Any]], Method]
-
-
-def build_unet(arch: ModelArch, weights: dict[str, np.ndarray], device: torch.device) -> UNet:
-    """Rebuild the segmentation network of ``arch`` with the given weights."""
-    model = UNet(arch.in_channels, arch.width, arch.depth)
-    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in weights.items()})
-    return model.to(device)
-
-
-@dataclass
-class _Visit:
-    model: UNet
-    method: Method
-    ctx: StageContext
-    replay: dict[str, tuple[torch.Tensor, torch.Tensor]]
-    batch_size: int
-    replay_sites: int = 0
-    #: the weights the visit was sent, name -> (shape, dtype): exactly what its model reply may carry
-    received: dict[str, tuple[tuple[int, ...], str]] = field(default_factory=dict)
-    step: int = 0
-    seconds: float = 0.0
-    sums: dict[str, float] = field(default_factory=dict)
 
 
 class Site:
@@ -99,7 +76,7 @@ class Site:
         self.device = resolve_device(device)
         self._method_factory = method_factory
         self._privacy_mode = privacy_mode
-        self._visit: _Visit | None = None
+        self._visit: LocalVisit | None = None
         self._backbone_path: str | None = None  # the public SMD backbone, once sent
         self._backbone_model = None
         self._prompt: np.ndarray | None = None  # this site's own tuned prompt
@@ -182,57 +159,17 @@ class Site:
     def start_visit(self, msg: RecordDict) -> RecordDict:
         """Receive the learner's weights, method and replay; prepare local training."""
         req = VisitRequest.from_record(msg)
-        model = build_unet(req.arch, req.weights, self.device)
-        if req.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        method = self._method_factory(req.method, model, req.hparams)
-        method.load_state(req.state)
-        replay = {}
-        for key in req.replay:
-            if key.endswith("/x"):
-                site = key[:-2]
-                x = torch.from_numpy(req.replay[key].copy()).float().to(self.device)
-                y = torch.from_numpy(req.replay[f"{site}/y"].copy()).float().to(self.device)
-                replay[site] = (x, y)
-        ctx = StageContext(site=self.name, stage=req.stage, steps=req.steps, device=self.device,
-                           generator=torch_generator(req.seed), replay_sites=sorted(replay))
-        method.begin_stage(ctx)
-        received = {k: (tuple(v.shape), str(v.dtype)) for k, v in req.weights.items()}
-        self._visit = _Visit(model, method, ctx, replay, req.batch_size, req.replay_sites_per_step, received)
-        return self._metrics(schemas.VISIT_START, steps=ctx.steps, replay_sites=len(replay))
+        self._visit = LocalVisit.start(req, self.name, self._tensors[:2], self.device, self._method_factory)
+        return self._metrics(schemas.VISIT_START, steps=req.steps, replay_sites=len(self._visit.replay))
 
-    def _batch(self, v: _Visit) -> Batch:
-        train_x, train_y = self._tensors[:2]
-        n = len(train_x)
-        idx = torch.randint(n, (min(v.batch_size, n),), generator=v.ctx.generator)
-        replay = {}
-        # the replay batch is shared out over the sites a step replays (all earlier sites, or the
-        # method's replay_sites_per_step of them), so a step costs about two batches
-        shared = min(len(v.replay), v.replay_sites) if v.replay_sites > 0 else len(v.replay)
-        per_site = -(-v.batch_size // max(shared, 1))
-        for site, (x, y) in v.replay.items():
-            ridx = torch.randint(len(x), (min(per_site, len(x)),), generator=v.ctx.generator)
-            replay[site] = (x[ridx], y[ridx])
-        return Batch(train_x[idx], train_y[idx], replay)
+    def _crash_point(self, step: int) -> None:
+        if self._crash_in == "visit" and step > 0:
+            os._exit(70)  # injected fault: the process dies in the middle of its visit
 
     def train(self, n_steps: int) -> RecordDict:
         """Run up to ``n_steps`` outer steps of the current visit; returns scalar logs."""
         v = self._require_visit()
-        n = min(int(n_steps), v.ctx.steps - v.step)
-        t0 = time.perf_counter()
-        sums: dict[str, float] = {}
-        for _ in range(n):
-            if self._crash_in == "visit" and v.step > 0:
-                os._exit(70)  # injected fault: the process dies in the middle of its visit
-            logs = v.method.update(self._batch(v))
-            for k, val in logs.items():
-                sums[k] = sums.get(k, 0.0) + float(val)
-            v.step += 1
-        dt = time.perf_counter() - t0
-        v.seconds += dt
-        for k, val in sums.items():
-            v.sums[k] = v.sums.get(k, 0.0) + val
-        means = {k: s / max(n, 1) for k, s in sums.items()}
+        means, dt = v.run(n_steps, self._crash_point)
         return self._metrics({**schemas.TRAIN, **v.method.log_names}, step=v.step, steps=v.ctx.steps, seconds=dt,
                              **means)
 
@@ -241,19 +178,14 @@ class Site:
         v = self._require_visit()
         if self._crash_in == "visit":
             os._exit(70)  # injected fault (a visit too short to die between its steps)
-        v.method.end_stage()
-        weights = {k: t.detach().cpu().contiguous().numpy() for k, t in v.model.state_dict().items()}
-        state = v.method.export_state()
+        weights, state, logs, mean_loss = v.finish()
         self._visit = None
-        steps = max(v.step, 1)
-        logs = {k: s / steps for k, s in v.sums.items() if k != "loss"}
-        logs.update(v.method.stage_summary())
         method = type(v.method)
         arrays = {f"weights/{k}": spec for k, spec in v.received.items()}
         arrays.update({f"state/{k}": spec for k, spec in method.state_spec(v.received).items() if k in state})
         declared = {**schemas.MODEL, **method.log_names, **method.summary_names([self.name, *v.ctx.replay_sites])}
-        return self._send(ModelReply(weights, state, steps=v.step, train_seconds=v.seconds,
-                                     mean_loss=v.sums.get("loss", 0.0) / steps, logs=logs),
+        return self._send(ModelReply(weights, state, steps=v.step, train_seconds=v.seconds, mean_loss=mean_loss,
+                                     logs=logs),
                           self._schema("model", declared, arrays, groups=("weights", "state")))
 
     def visit(self, msg: RecordDict) -> RecordDict:
@@ -262,7 +194,7 @@ class Site:
         self.train(self._require_visit().ctx.steps)
         return self.finish_visit()
 
-    def _require_visit(self) -> _Visit:
+    def _require_visit(self) -> LocalVisit:
         if self._visit is None:
             raise RuntimeError(f"site {self.name!r}: no visit in progress; call start_visit first")
         return self._visit

@@ -12,7 +12,7 @@ from simulator.config import build_config, parse_set
 from simulator.driver.plan import method_hparams
 from simulator.errors import MessageError
 from simulator.messages import array_groups, arrays, make_message, metrics
-from simulator.payloads import EvaluateRequest, GuardReport, VisitRequest
+from simulator.payloads import EvaluateRequest, GuardReport, PreviewRequest, VisitRequest
 from simulator.schemas import FRACTION, Schema
 from sites.blocklist import Blocklist
 from sites.egress import EgressGuard, EgressViolation
@@ -76,7 +76,7 @@ def test_no_site_method_returns_an_image_shaped_array(site, smoke_spec, tmp_path
         "visit": (learner.visit_message("alpha", 2),),
         "evaluate": (learner.evaluate_message(),),
         "guard_report": (),
-        "write_preview": (str(tmp_path),),
+        "write_preview": (PreviewRequest(str(tmp_path), 3, False).to_record("driver", "site:alpha"),),
         "ping": (),
         "crash_during": ("evaluation",),  # armed only: nothing here evaluates afterwards
     }
@@ -152,17 +152,17 @@ def test_guard_blocks_wrong_kind_undeclared_scalars_and_values_out_of_range():
     assert out["metrics"]["dice"] == pytest.approx(0.123457, abs=1e-12)  # rounded to the declared resolution
 
 
-def test_replay_batch_is_shared_over_the_sites_a_step_replays(site):
+def test_replay_batch_is_shared_over_the_sites_a_step_replays():
     import torch
 
     from simulator.method import StageContext
-    from sites.site import _Visit
+    from simulator.visit import LocalVisit
 
     x = torch.rand((10, 1, 32, 32))
     replay = {"a": (x, x), "b": (x, x), "c": (x, x), "d": (x, x)}
     ctx = StageContext("alpha", 5, 1, torch.device("cpu"), torch.Generator().manual_seed(0), sorted(replay))
-    every = site._batch(_Visit(None, None, ctx, replay, batch_size=8))
+    every = LocalVisit(None, None, ctx, (x, x), replay, batch_size=8).batch()
     assert {k: len(v[0]) for k, v in every.replay.items()} == dict.fromkeys(replay, 2)
-    two = site._batch(_Visit(None, None, ctx, replay, batch_size=8, replay_sites=2))
+    two = LocalVisit(None, None, ctx, (x, x), replay, batch_size=8, replay_sites=2).batch()
     assert {k: len(v[0]) for k, v in two.replay.items()} == dict.fromkeys(replay, 4)
     assert len(two.x) == 8

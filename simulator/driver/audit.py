@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from simulator import schemas
 from simulator.driver.ledger import read_ledger
 from simulator.driver.runfolder import write_json
 from simulator.filetrace import read_trace, trace_files
@@ -207,6 +208,49 @@ def _trace_coverage(files: dict[str, int], sites: list[str]) -> dict[str, str]:
                                          f"every site's shows its data being read")
 
 
+def _metric_rules(method: str) -> dict[str, Any]:
+    """Every metric name a site may send in a run of ``method``, with its declared rule."""
+    from server.methods import method_class
+
+    out: dict[str, Any] = {}
+    for table in (schemas.DESCRIBE, schemas.TRAIN, schemas.VISIT_START, schemas.EVALUATE, schemas.PROMPT_LOGS,
+                  schemas.FIDELITY, schemas.SCORES, schemas.PING, schemas.ARMED, schemas.PREVIEW, schemas.MODEL,
+                  schemas.GUARD_COUNTS, method_class(method).log_names):
+        out.update(table)
+    return out
+
+
+def open_channels(ledger: list[Entry], method: str) -> list[dict[str, Any]]:
+    """What the messages sites sent could carry at most, by channel, in bits for the whole run.
+
+    The schema fixes every message's shape, so what stays open is the values in declared places:
+    each value of a declared array at its dtype's width, and each declared metric at the bits its
+    range and resolution allow (``cos/...`` cosines and ``score/...`` set scores at theirs).
+    """
+    rules = _metric_rules(method)
+    rows = {"weights": [0, 0], "prompt": [0, 0], "metrics": [0.0, 0]}
+    for _, e in _site_messages(ledger):
+        kind = e["kind"]
+        if e["arrays"]:
+            bits = schemas.array_bits((tuple(a["shape"]), a["dtype"]) for a in e["arrays"])
+            row = rows["prompt" if kind == "prompt" else "weights"]
+            row[0] += bits
+            row[1] += 1
+        names = e.get("scalar_keys", {}).get("metrics", [])
+        if names:
+            bits = sum(rules[n].bits() if n in rules else schemas.COSINE.bits() if n.startswith("cos/")
+                       else schemas.FRACTION.bits() if n.startswith("score/") else 64.0 for n in names)
+            rows["metrics"][0] += bits
+            rows["metrics"][1] += 1
+    what = {"weights": "values inside the declared weights and method state of model replies",
+            "prompt": "values of the declared K x D prompt of prompt replies",
+            "metrics": "declared metric values, each within its range at its resolution"}
+    bound = {"weights": "none (a formal bound would need DP training of the model)",
+             "prompt": "DP prompt tuning when privacy.dp_epsilon is set", "metrics": "range and resolution"}
+    return [{"channel": k, "what": what[k], "messages": v[1], "bits": float(v[0]), "bounded_by": bound[k]}
+            for k, v in rows.items()]
+
+
 def _empirical_checks(smd: dict[str, Any]) -> list[dict[str, str]]:
     """Memorisation verdicts for each site that measured its replay."""
     out = []
@@ -264,6 +308,7 @@ def assemble_audit(f: RunFiles) -> dict[str, Any]:
         "file_access": [{"role": r, "site_data": o, "opens": n}
                         for (r, o), n in sorted(file_rows.items())],
         "ledger": {"messages": len(f.ledger), "bytes": sum(e["bytes"] for e in f.ledger)},
+        "open_channels": open_channels(f.ledger, f.config["run"]["method"]),
         "placement": [{"session": i, "actor": name, **where}
                       for i, sess in enumerate(f.actors.get("sessions", []))
                       for name, where in sorted(sess["actors"].items())],
@@ -308,6 +353,13 @@ def audit_markdown(a: dict[str, Any]) -> str:
                    f"{e.get('metrics', 0)} | {info['data_bytes']} |")
     out += ["", "## File access to site data", "", "| process | site data opened | opens |", "|---|---|---|"]
     out += [f"| {r['role']} | {r['site_data']} | {r['opens']} |" for r in a["file_access"]] or ["| (none) | | |"]
+    if a.get("open_channels"):
+        out += ["", "## Open channels (what the schema still lets through, at most)", "",
+                "Every message a site sent had a declared shape; what remains is the values in declared "
+                "places. Capacity in bits for the whole run:", "",
+                "| channel | what | messages | bits | bounded by |", "|---|---|---|---|---|"]
+        out += [f"| {c['channel']} | {c['what']} | {c['messages']} | {c['bits']:.3g} | {c['bounded_by']} |"
+                for c in a["open_channels"]]
     if a.get("placement"):
         out += ["", "## Where each process ran", "", "| driver start | actor | node | node address | pid |",
                 "|---|---|---|---|---|"]

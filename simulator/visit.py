@@ -1,0 +1,120 @@
+"""One visit's local training, wherever it runs: the model, the method and the batches it draws.
+
+In the default export mode a site trains on its own data inside its own process
+(:class:`sites.site.Site`); in prompt-only mode the learner trains on synthetic images of the
+visited site (:class:`server.learner.Learner`). Both run the same :class:`LocalVisit`, so a
+method behaves the same whichever side runs it: the same batches from the same seeds, the
+same outer steps, the same exported weights, state and logs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from simulator.method import Batch, Method, StageContext
+from simulator.payloads import ModelArch, VisitRequest
+from simulator.seeding import torch_generator
+from simulator.segmentation import UNet
+
+Pair = tuple[torch.Tensor, torch.Tensor]
+MethodFactory = Callable[[str, torch.nn.Module, Mapping[str, Any]], Method]
+
+
+def build_unet(arch: ModelArch, weights: dict[str, np.ndarray], device: torch.device) -> UNet:
+    """Rebuild the segmentation network of ``arch`` with the given weights."""
+    model = UNet(arch.in_channels, arch.width, arch.depth)
+    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in weights.items()})
+    return model.to(device)
+
+
+def replay_pairs(arrays: Mapping[str, np.ndarray], device: torch.device) -> dict[str, Pair]:
+    """The ``<site>/x`` and ``<site>/y`` arrays of a visit as float tensors per site."""
+    out = {}
+    for key in arrays:
+        if key.endswith("/x"):
+            site = key[:-2]
+            out[site] = (torch.from_numpy(arrays[key].copy()).float().to(device),
+                         torch.from_numpy(arrays[f"{site}/y"].copy()).float().to(device))
+    return out
+
+
+@dataclass
+class LocalVisit:
+    """A visit in progress: train it in chunks of steps, then finish it."""
+
+    model: UNet
+    method: Method
+    ctx: StageContext
+    train: Pair
+    replay: dict[str, Pair]
+    batch_size: int
+    replay_sites: int = 0
+    #: the weights the visit was sent, name -> (shape, dtype): exactly what its model reply may carry
+    received: dict[str, tuple[tuple[int, ...], str]] = field(default_factory=dict)
+    step: int = 0
+    seconds: float = 0.0
+    sums: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, req: VisitRequest, site: str, train: Pair, device: torch.device,
+              method_factory: MethodFactory) -> LocalVisit:
+        """Build the model from the request's weights, the method by name, and prepare the visit."""
+        model = build_unet(req.arch, req.weights, device)
+        if req.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        method = method_factory(req.method, model, req.hparams)
+        method.load_state(req.state)
+        replay = replay_pairs(req.replay, device)
+        ctx = StageContext(site=site, stage=req.stage, steps=req.steps, device=device,
+                           generator=torch_generator(req.seed), replay_sites=sorted(replay))
+        method.begin_stage(ctx)
+        received = {k: (tuple(v.shape), str(v.dtype)) for k, v in req.weights.items()}
+        return cls(model, method, ctx, train, replay, req.batch_size, req.replay_sites_per_step, received)
+
+    def batch(self) -> Batch:
+        """The next step's batch: current-site pairs, and the replay batch shared out over the sites
+        a step replays (all earlier sites, or the method's ``replay_sites_per_step`` of them)."""
+        train_x, train_y = self.train
+        n = len(train_x)
+        idx = torch.randint(n, (min(self.batch_size, n),), generator=self.ctx.generator)
+        replay = {}
+        shared = min(len(self.replay), self.replay_sites) if self.replay_sites > 0 else len(self.replay)
+        per_site = -(-self.batch_size // max(shared, 1))
+        for site, (x, y) in self.replay.items():
+            ridx = torch.randint(len(x), (min(per_site, len(x)),), generator=self.ctx.generator)
+            replay[site] = (x[ridx], y[ridx])
+        return Batch(train_x[idx], train_y[idx], replay)
+
+    def run(self, n_steps: int, before_step: Callable[[int], None] | None = None) -> tuple[dict[str, float], float]:
+        """Up to ``n_steps`` outer steps; returns the mean of each logged scalar and the seconds taken."""
+        n = min(int(n_steps), self.ctx.steps - self.step)
+        t0 = time.perf_counter()
+        sums: dict[str, float] = {}
+        for _ in range(n):
+            if before_step is not None:
+                before_step(self.step)
+            for k, val in self.method.update(self.batch()).items():
+                sums[k] = sums.get(k, 0.0) + float(val)
+            self.step += 1
+        dt = time.perf_counter() - t0
+        self.seconds += dt
+        for k, val in sums.items():
+            self.sums[k] = self.sums.get(k, 0.0) + val
+        return {k: s / max(n, 1) for k, s in sums.items()}, dt
+
+    def finish(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, float], float]:
+        """End the visit: the trained weights, the method's state, the visit's mean logs (besides the
+        loss) with the method's end-of-visit summary, and the mean loss."""
+        self.method.end_stage()
+        weights = {k: t.detach().cpu().contiguous().numpy() for k, t in self.model.state_dict().items()}
+        state = self.method.export_state()
+        steps = max(self.step, 1)
+        logs = {k: s / steps for k, s in self.sums.items() if k != "loss"}
+        logs.update(self.method.stage_summary())
+        return weights, state, logs, self.sums.get("loss", 0.0) / steps
