@@ -36,6 +36,7 @@ from simulator.payloads import (
 from simulator.seeding import derive_seed
 from simulator.segmentation import build_model
 from simulator.smd.cache import file_sha256
+from simulator.visit import LocalVisit
 
 
 class Learner:
@@ -125,14 +126,37 @@ class Learner:
             return {}
         return {"sampled_pairs": self.bank.sampled_pairs, "sample_seconds": self.bank.sample_seconds}
 
-    def visit_message(self, site: str, stage: int) -> RecordDict:
-        """The message that starts a visit of ``site`` at ``stage``."""
+    def _visit_request(self, site: str, stage: int) -> VisitRequest:
         train = self.cfg.train
         replay = self._bank().arrays([s for s in self.visited if s != site]) if self.method.uses_replay else {}
         return VisitRequest(self.arch, self.method.name, self.hparams, stage, train.steps_per_stage,
                             train.batch_size, derive_seed(self.run_seed, "train", stage, site),
                             train.channels_last, int(self.hparams.get("replay_sites_per_step", 0)),
-                            self.weights, self.state, replay).to_record("learner", f"site:{site}")
+                            self.weights, self.state, replay)
+
+    def visit_message(self, site: str, stage: int) -> RecordDict:
+        """The message that starts a visit of ``site`` at ``stage``."""
+        return self._visit_request(site, stage).to_record("learner", f"site:{site}")
+
+    def train_locally(self, site: str, stage: int) -> dict[str, float]:
+        """Prompt-only mode: the visit of ``site`` runs here, on synthetic pairs of that site sampled
+        from the prompt it exported, with the same method, replay, seeds and steps as a visit at the
+        site would use; nothing is sent to the site."""
+        from server.methods import build_method
+
+        dev = resolve_device(self.cfg.runtime.device)
+        x, y = self._bank().synthetic(site, self.cfg.smd.synthetic_per_site,
+                                      derive_seed(self.run_seed, "synthetic-train", site))
+        pair = (torch.from_numpy(x).float().to(dev), torch.from_numpy(y.astype(np.float32)).to(dev))
+        visit = LocalVisit.start(self._visit_request(site, stage), site, pair, dev, build_method)
+        visit.run(visit.ctx.steps)
+        self.weights, self.state, logs, mean_loss = visit.finish()
+        logs = {"steps": visit.step, "train_seconds": visit.seconds, "mean_loss": mean_loss,
+                "synthetic_pairs": len(x), **logs}
+        self.visits.append({"site": site, "stage": stage, **logs})
+        if site not in self.visited:
+            self.visited.append(site)
+        return logs
 
     def absorb(self, reply: RecordDict, site: str, stage: int) -> dict[str, float]:
         """Take the weights and state a site returns after its visit."""

@@ -56,6 +56,15 @@ class ReplayBank:
             self._replay[site] = from_model_space(x, self.data_size, self.channels)
         return self._replay[site]
 
+    def synthetic(self, site: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` fresh synthetic pairs of ``site`` from its prompt (not kept): what the learner trains
+        on during the site's visit in prompt-only mode."""
+        t0 = time.perf_counter()
+        x = self.backbone.sample(torch.from_numpy(self.prompts[site]), n, self.steps, torch_generator(seed)).cpu()
+        self.sample_seconds += time.perf_counter() - t0
+        self.sampled_pairs += n
+        return from_model_space(x, self.data_size, self.channels)
+
     def arrays(self, sites: list[str]) -> dict[str, np.ndarray]:
         """Replay of several sites as one array group: ``<site>/x`` and ``<site>/y``."""
         out = {}

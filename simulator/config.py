@@ -124,6 +124,8 @@ class SMDConfig:
     prompt_candidates: int = field(default=32, metadata=_rng(1, 4096))
     sample_steps: int = field(default=10, metadata=_rng(1, 1000))
     replay_per_site: int = field(default=32, metadata=_rng(1, 100000))
+    #: prompt-only mode: synthetic pairs of the visited site the learner trains on during its visit
+    synthetic_per_site: int = field(default=96, metadata=_rng(1, 1000000))
     fidelity_steps: int = field(default=100, metadata=_rng(0, 1000000))
     detector_steps: int = field(default=150, metadata=_rng(1, 1000000))
 
@@ -142,6 +144,10 @@ class PrivacyConfig:
     """The egress guard and the non-private reference methods."""
 
     mode: str = field(default="strict", metadata=_rng(choices=("strict", "warn", "off")))
+    #: what a site exports: model (the model travels to the site and back, as in the SMG-Learning
+    #: paper) or prompt (only its SMD prompt and scalar metrics; the learner trains on synthetic
+    #: images of the visited site, the strictest reading of the privacy model)
+    exports: str = field(default="model", metadata=_rng(choices=("model", "prompt")))
     allow_non_private: bool = field(default=False, metadata=_rng())
     nn_threshold: float = field(default=0.02, metadata=_rng(0.0, 1.0))
 

@@ -13,7 +13,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from server.learner import Learner
 from server.methods import build_method
-from simulator.config import build_config, parse_set
+from simulator.config import ConfigError, build_config, parse_set
 from simulator.driver.plan import method_hparams
 from simulator.messages import arrays, make_message
 from simulator.schemas import Schema
@@ -308,3 +308,23 @@ def test_a_run_whose_site_left_no_trace_fails_the_audit(ray_session, tmp_path):
     audit = build_audit(out, write=False)
     check = next(c for c in audit["claims"]["structural"]["checks"] if c["check"].startswith("every data-reading"))
     assert audit["verdict"] == "fail" and "no trace site-bravo.jsonl" in check["detail"]
+
+
+def test_prompt_only_mode_exports_nothing_but_prompts_and_scalars(ray_session, smd_backbone, tmp_path):
+    from simulator.driver import api
+
+    out = tmp_path / "prompt-only"
+    cfg = build_config("smoke", parse_set(["run.sites=2", "run.method=smg", "train.steps_per_stage=3",
+                                           "privacy.exports=prompt", f"run.out={out}"]))
+    res = api.run(cfg, progress=False)
+    assert res.R[2].max() > 0  # the learner trained on the sites' synthetic images
+    ledger = [json.loads(line) for line in (out / "ledger.jsonl").read_text().splitlines()]
+    sent = {(e["src"], e["kind"]) for e in ledger if e["src"].startswith("site:")}
+    assert {k for _, k in sent} == {"prompt", "metrics"}
+    assert not [e for e in ledger if e["kind"] in ("visit", "model")]
+    audit = json.loads((out / "privacy_audit.json").read_text())
+    check = next(c for c in audit["claims"]["structural"]["checks"] if c["check"] == "export mode")
+    assert audit["exports"] == "prompt" and check["verdict"] == "pass" and "nothing but prompts" in check["detail"]
+    with pytest.raises(ConfigError, match="prompt-only"):
+        api.plan_run(build_config("smoke", parse_set(["run.method=joint", "privacy.allow_non_private=true",
+                                                      "privacy.exports=prompt"])))

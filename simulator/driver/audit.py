@@ -14,7 +14,6 @@ returns the audit; ``smg-sim audit RUN_DIR`` calls it and exits non-zero on fail
 
 from __future__ import annotations
 
-import html
 import json
 import os
 from collections import defaultdict
@@ -130,6 +129,21 @@ def _egress_kind_check(ledger: list[Entry]) -> dict[str, str]:
             bad.append(f"seq {e['seq']}: {site} sent kind {e['kind']!r}")
     return _check("egress kinds", FAIL if bad else PASS, "; ".join(bad[:10])
                   or f"all {n} site messages are of kinds {', '.join(EGRESS_KINDS)}")
+
+
+def _exports_check(ledger: list[Entry], exports: str) -> dict[str, str]:
+    """What the export mode allows left each site: in prompt-only mode, prompts and scalars alone."""
+    if exports != "prompt":
+        return _check("export mode", PASS, "model mode: sites export their model after a visit, the SMD prompt "
+                                           "and scalar metrics (the returned weights are an open channel, below)")
+    bad = []
+    for site, e in _site_messages(ledger):
+        keys = [a["key"] for a in e["arrays"]]
+        if e["kind"] not in ("prompt", "metrics") or (e["kind"] == "prompt" and keys != ["prompt/tokens"]) or (
+                e["kind"] == "metrics" and keys):
+            bad.append(f"seq {e['seq']}: {site} sent a {e['kind']} message with arrays {keys}")
+    return _check("export mode", FAIL if bad else PASS, "; ".join(bad[:10]) or
+                  "prompt-only mode: the ledger shows nothing but prompts and scalar metrics leaving any site")
 
 
 def _image_shape_check(ledger: list[Entry], facts: dict[str, dict[str, Any]]) -> dict[str, str]:
@@ -293,7 +307,8 @@ def assemble_audit(f: RunFiles) -> dict[str, Any]:
     """The audit of the files read from one run folder."""
     counts, exported = _exported(f.ledger)
     file_check, file_rows = _file_access(f.trace, f.sites_info.get("data_root"))
-    structural = [_egress_kind_check(f.ledger), _image_shape_check(f.ledger, f.facts),
+    exports = f.config.get("privacy", {}).get("exports", "model")
+    structural = [_egress_kind_check(f.ledger), _exports_check(f.ledger, exports), _image_shape_check(f.ledger, f.facts),
                   *(_guard_check(s, f.guard.get(s)) for s in f.sites), file_check,
                   _trace_coverage(f.trace_files, f.sites)]
     claims = _claims(structural, _empirical_checks(f.smd))
@@ -301,6 +316,7 @@ def assemble_audit(f: RunFiles) -> dict[str, Any]:
         "run": str(f.run_dir),
         "method": f.config["run"]["method"],
         "privacy_mode": f.config.get("privacy", {}).get("mode", "strict"),
+        "exports": exports,
         "private_method": not f.guard or all(g.get("mode") != "record" for g in f.guard.values()),
         "verdict": claims["structural"]["verdict"],
         "claims": claims,
@@ -318,9 +334,11 @@ def assemble_audit(f: RunFiles) -> dict[str, Any]:
 def write_audit(run_dir: Path, audit: dict[str, Any]) -> None:
     """Write the audit as ``privacy_audit.json``, ``.md`` and ``.html`` into the run folder."""
     write_json(run_dir / "privacy_audit.json", audit)
+    from simulator.driver.audit_report import audit_html, audit_markdown
+
     md = audit_markdown(audit)
     (run_dir / "privacy_audit.md").write_text(md)
-    (run_dir / "privacy_audit.html").write_text(_html(audit, md))
+    (run_dir / "privacy_audit.html").write_text(audit_html(audit, md))
 
 
 def build_audit(run_dir: Path, write: bool = True) -> dict[str, Any]:
@@ -330,56 +348,3 @@ def build_audit(run_dir: Path, write: bool = True) -> dict[str, Any]:
     if write:
         write_audit(run_dir, audit)
     return audit
-
-
-def audit_markdown(a: dict[str, Any]) -> str:
-    """A readable report of one audit."""
-    out = [f"# Privacy audit: {a['verdict'].upper()}", "",
-           f"Run `{a['run']}`, method `{a['method']}`, guard mode `{a['privacy_mode']}`"
-           + ("" if a["private_method"] else " (NON-PRIVATE reference method: real data leaves sites by design)"),
-           ""]
-    for name in ("structural", "empirical", "formal"):
-        c = a["claims"][name]
-        out += [f"## {name.capitalize()}: {c['verdict']}", "", c["claim"] + ".", ""]
-        if c.get("checks"):
-            out += ["| check | scope | verdict | detail |", "|---|---|---|---|"]
-            out += [f"| {k['check']} | {k['scope']} | {k['verdict']} | {k['detail']} |" for k in c["checks"]]
-            out.append("")
-    out += ["## Bytes exported per site", "", "| site | messages | prompt | model | metrics | site data |",
-            "|---|---|---|---|---|---|"]
-    for s, info in a["sites"].items():
-        e = info["exported_bytes"]
-        out.append(f"| {s} | {info['messages']} | {e.get('prompt', 0)} | {e.get('model', 0)} | "
-                   f"{e.get('metrics', 0)} | {info['data_bytes']} |")
-    out += ["", "## File access to site data", "", "| process | site data opened | opens |", "|---|---|---|"]
-    out += [f"| {r['role']} | {r['site_data']} | {r['opens']} |" for r in a["file_access"]] or ["| (none) | | |"]
-    if a.get("open_channels"):
-        out += ["", "## Open channels (what the schema still lets through, at most)", "",
-                "Every message a site sent had a declared shape; what remains is the values in declared "
-                "places. Capacity in bits for the whole run:", "",
-                "| channel | what | messages | bits | bounded by |", "|---|---|---|---|---|"]
-        out += [f"| {c['channel']} | {c['what']} | {c['messages']} | {c['bits']:.3g} | {c['bounded_by']} |"
-                for c in a["open_channels"]]
-    if a.get("placement"):
-        out += ["", "## Where each process ran", "", "| driver start | actor | node | node address | pid |",
-                "|---|---|---|---|---|"]
-        out += [f"| {r['session']} | {r['actor']} | {r['node_id'][:12]} | {r['node_ip']} | {r['pid']} |"
-                for r in a["placement"]]
-    mem = {s: i["memorisation"] for s, i in a["sites"].items() if i["memorisation"]}
-    if mem:
-        keys = ["nn_distance_min", "nn_distance_median", "real_nn_distance_min", "nn_fraction_under_threshold",
-                "nn_ratio_flagged_fraction", "mia_auc", "mia_auc_low", "mia_auc_high"]
-        out += ["", "## Memorisation of the replay (computed inside each site)", "",
-                "| site | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-        out += [f"| {s} | " + " | ".join(f"{m.get(k, float('nan')):.3f}" for k in keys) + " |"
-                for s, m in mem.items()]
-    out += ["", f"Ledger: {a['ledger']['messages']} messages, {a['ledger']['bytes']} array bytes.", ""]
-    return "\n".join(out)
-
-
-def _html(a: dict[str, Any], md: str) -> str:
-    color = {"pass": "#1a7f37", "fail": "#cf222e"}.get(a["verdict"], "#9a6700")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Privacy audit</title></head>"
-            f"<body style='font-family:sans-serif;max-width:1100px'>"
-            f"<h1 style='color:{color}'>Privacy audit: {a['verdict'].upper()}</h1>"
-            f"<pre style='white-space:pre-wrap'>{html.escape(md)}</pre></body></html>")

@@ -52,6 +52,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="egress guard: strict (default) stops the run on a violation; warn blocks the "
                         "offending entry, records it and continues (the audit fails); off checks nothing "
                         "(only to measure the guard's cost; the audit fails)")
+    p.add_argument("--exports", choices=("model", "prompt"), default=None,
+                   help="what a site exports: model (default; the model travels to the site, as in the paper) "
+                        "or prompt (only its SMD prompt and scalar metrics; the learner trains on synthetic "
+                        "images of each site)")
     p.add_argument("--allow-non-private", action="store_true",
                    help="allow the non-private reference methods (er_real), which move real images out "
                         "of sites; their privacy audit fails by design")

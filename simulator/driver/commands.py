@@ -65,6 +65,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         cli.setdefault("runtime", {})["dashboard"] = False
     if args.privacy:
         cli.setdefault("privacy", {})["mode"] = args.privacy
+    if args.exports:
+        cli.setdefault("privacy", {})["exports"] = args.exports
     if args.allow_non_private:
         cli.setdefault("privacy", {})["allow_non_private"] = True
     cli = merge(cli, _cluster_overrides(args))

@@ -85,8 +85,9 @@ def default_out(cfg: Config) -> Path:
 
 
 def smd_needed(cfg: Config) -> bool:
-    """Whether a run of ``cfg`` uses SMD (its method replays, or ``smd.enabled`` is on)."""
-    return method_class(cfg.run.method).uses_replay or cfg.smd.enabled == "on"
+    """Whether a run of ``cfg`` uses SMD (its method replays, prompt-only exports, or ``smd.enabled``)."""
+    return (method_class(cfg.run.method).uses_replay or cfg.smd.enabled == "on"
+            or cfg.privacy.exports == "prompt")
 
 
 def site_resources(mapping: str, names: list[str]) -> dict[str, str]:
@@ -124,8 +125,12 @@ def plan_run(cfg: Config, reuse: Path | None = None, new_folder: bool = True) ->
     for name in cfg.methods:  # every per-method table is checked, not only the running method's
         method_hparams(cfg, name)
     smd_on = smd_needed(cfg)
-    if cls.uses_replay and cfg.smd.enabled == "off":
-        raise ConfigError(f"smd.enabled: method {cls.name!r} needs SMD replay; use auto or on")
+    if smd_on and cfg.smd.enabled == "off":
+        why = f"method {cls.name!r} needs SMD replay" if cls.uses_replay else "prompt-only exports need SMD"
+        raise ConfigError(f"smd.enabled: {why}; use auto or on")
+    if cfg.privacy.exports == "prompt" and not cls.private:
+        raise ConfigError(f"privacy.exports=prompt: {cls.name!r} needs real images at the learner; prompt-only "
+                          f"mode trains on synthetic images of each site")
     if smd_on:
         from simulator.smd.pretrain import pool_name
 

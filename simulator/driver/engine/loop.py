@@ -21,18 +21,18 @@ from flwr.app import RecordDict
 
 from server.learner import Learner
 from simulator.benchmarks import catalog
-from simulator.driver.artifacts import ArtifactCache, SiteArtifacts, artifact_key
-from simulator.driver.attribution import attribution_summary
+from simulator.driver.artifacts import ArtifactCache
 from simulator.driver.engine.runtime import RayMetricsSink, actor_placement, create_sites, get
+from simulator.driver.engine.smd_steps import SMDSteps
 from simulator.driver.faults import FaultPlan
 from simulator.driver.ledger import Ledger
 from simulator.driver.phases import PhaseClock
-from simulator.driver.plan import RunPlan, site_spec
+from simulator.driver.plan import RunPlan
 from simulator.driver.progress import RunProgress
 from simulator.driver.results import merge_guard_sessions
 from simulator.errors import SiteUnavailable
 from simulator.messages import metrics
-from simulator.payloads import GuardReport, PromptReply
+from simulator.payloads import GuardReport
 from sites.site import Site
 
 
@@ -46,7 +46,7 @@ class StageResult:
     row: np.ndarray
 
 
-class Engine:
+class Engine(SMDSteps):
     """Runs one sequential-learning run over site actors."""
 
     def __init__(self, plan: RunPlan, ledger: Ledger, progress: RunProgress, namespace: str,
@@ -176,82 +176,6 @@ class Engine:
         self.smd_on = True
         self.backbone_key = Path(backbone_path).parent.name  # the cache folder is named by the spec hash
 
-    def tune_and_check(self, site: str) -> dict[str, float]:
-        """Prompt tuning at the site, then the fidelity of the replay of that prompt.
-
-        With an artifact cache, a prompt and figures an earlier run of the grid obtained for
-        the same inputs are reused, and the site is not asked again.
-        """
-        key = art = None
-        claimed = False
-        if self.cache is not None:
-            key = artifact_key(self.cfg, site_spec(self.cfg, site, self.plan.indices[site]), self.backbone_key)
-            art = self.cache.load(key)
-            if art is None:
-                claimed = self.cache.claim(key)
-                if not claimed:  # another run of the grid is making it right now
-                    art = self.cache.wait(key)
-        if art is not None:
-            get(self.actors.learner.add_prompt.remote(site, art.tokens))
-            self.reused[site] = {"key": key, "from": art.source}
-            out = dict(art.logs)
-        else:
-            try:
-                out = self._with_retries(site, "prompt tuning", lambda attempt: self._tune_and_check(site, attempt))
-                if self.cache is not None:
-                    self.cache.save(key, SiteArtifacts(self.prompts[site], out, self.plan.out.name))
-            finally:
-                if claimed:
-                    self.cache.release(key)
-        self.smd_sites[site] = out
-        return out
-
-    def _tune_and_check(self, site: str, attempt: int = 0) -> dict[str, float]:
-        with self.clock.phase("prompt_tuning"):
-            msg = get(self.actors.learner.tune_message.remote(site))
-            reply = self._call(site, "tune_prompt", msg, retry=attempt)
-            out = get(self.actors.learner.absorb_prompt.remote(reply, site))
-            self.prompts[site] = PromptReply.from_record(reply).tokens
-        entries = self.ledger.last["arrays"]
-        out["prompt_bytes"] = sum(a["bytes"] for a in entries)  # as serialised in the message
-        out["prompt_values_bytes"] = sum(4 * int(np.prod(a["shape"])) for a in entries)
-        with self.clock.phase("replay_sampling"):  # the learner samples the replay to send it
-            msg = get(self.actors.learner.fidelity_message.remote(site))
-        t0 = time.perf_counter()
-        fid = metrics(self._call(site, "fidelity", msg, retry=attempt))
-        wall = time.perf_counter() - t0
-        memorisation = min(wall, fid.get("memorisation_seconds", 0.0))
-        self.clock.add("memorisation", memorisation)
-        self.clock.add("fidelity", wall - memorisation)
-        out.update(fid)
-        return out
-
-    def attribution(self, public: np.ndarray) -> dict[str, Any]:
-        """Each site scores every site's replay with its own detector; argmax attributes."""
-        with self.clock.phase("attribution"):
-            return self._attribution(public)
-
-    def _attribution(self, public: np.ndarray) -> dict[str, Any]:
-        refs = {}
-        for site in self.order:
-            msg = get(self.actors.learner.attribution_message.remote(site, self.order, public))
-            self.ledger.record(msg, dst=f"site:{site}")
-            refs[site] = self.actors.sites[site].attribute.remote(msg)
-        scores = []
-        for site in self.order:
-            reply = get(refs[site])
-            self.ledger.record(reply)
-            got = metrics(reply)  # only each replay set's mean score leaves a site
-            scores.append([got[f"score/{s}"] for s in self.order])
-        return attribution_summary(np.array(scores), self.order)
-
-    def replay_grid(self) -> bytes:
-        """A PNG of replay samples of every site (rows), as bytes."""
-        return get(self.actors.learner.replay_grid.remote(self.order))
-
-    def replay_stats(self) -> dict[str, float]:
-        return get(self.actors.learner.replay_stats.remote())
-
     def evaluate_all(self, stage: int = 0) -> np.ndarray:
         """Dice of the learner's current weights on every site, evaluated in parallel."""
         msg = get(self.actors.learner.evaluate_message.remote())
@@ -319,16 +243,21 @@ class Engine:
             self.progress.evaluated()
             on_stage(StageResult(0, None, {"eval_seconds": time.perf_counter() - t0,
                                            "phases": self.clock.end_stage()}, R[0]))
+        prompt_only = self.cfg.privacy.exports == "prompt"
         for stage in range(max(start, 1), T + 1):
             site = self.order[stage - 1]
             t_stage = time.perf_counter()
-            with self.clock.phase("training"):
-                logs = self.visit(stage, site)
-            if self.smd_on:
-                self.progress.line(f"stage {stage}/{T} site {site} prompt tuning and replay check")
-                smd_logs = self.tune_and_check(site)
-                self.progress.smd_checked()
-                logs.update({f"smd_{k}": v for k, v in smd_logs.items()})
+            if prompt_only:  # the site exports its prompt first; the learner trains on its synthetic images
+                smd_logs = self._smd_stage(stage, site)
+                with self.clock.phase("training"):
+                    self.progress.line(f"stage {stage}/{T} site {site}: the learner trains on synthetic images")
+                    logs = get(self.actors.learner.train_locally.remote(site, stage))
+                self.progress.trained(1, 1)
+            else:
+                with self.clock.phase("training"):
+                    logs = self.visit(stage, site)
+                smd_logs = self._smd_stage(stage, site) if self.smd_on else {}
+            logs.update({f"smd_{k}": v for k, v in smd_logs.items()})
             t_eval = time.perf_counter()
             with self.clock.phase("evaluation"):
                 R[stage] = self.evaluate_all(stage)
