@@ -328,3 +328,19 @@ def test_prompt_only_mode_exports_nothing_but_prompts_and_scalars(ray_session, s
     with pytest.raises(ConfigError, match="prompt-only"):
         api.plan_run(build_config("smoke", parse_set(["run.method=joint", "privacy.allow_non_private=true",
                                                       "privacy.exports=prompt"])))
+
+
+def test_creating_the_empty_data_root_is_no_access_but_creating_inside_another_site_is(tmp_path):
+    """A site that writes its data first creates the shared root above the site folders (a fresh cache
+    does, in CI); that reads nothing. Creating, opening or listing inside another site's folder does."""
+    from simulator.driver.audit import _file_access
+
+    root = tmp_path / "sites"
+    ok = [{"role": "site:alpha", "path": str(root), "mode": "mkdir"},
+          {"role": "site:alpha", "path": str(root / "alpha"), "mode": "mkdir"},
+          {"role": "site:alpha", "path": str(root / "alpha" / "case-000.npz"), "mode": "r"}]
+    check, rows = _file_access(ok, str(root))
+    assert check["verdict"] == "pass", check["detail"]
+    for bad_mode, word in (("mkdir", "created"), ("r", "opened"), ("list", "listed")):
+        check, _ = _file_access(ok + [{"role": "site:alpha", "path": str(root / "bravo"), "mode": bad_mode}], str(root))
+        assert check["verdict"] == "fail" and f"site:alpha {word}" in check["detail"] and "data of site bravo" in check["detail"]

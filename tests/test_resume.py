@@ -117,19 +117,28 @@ def test_the_dashboard_metrics_show_a_running_run(ray_session, tmp_path):
     out = tmp_path / "metered-run"
     cfg = build_config("smoke", parse_set(["run.sites=2", "run.method=finetune", "train.steps_per_stage=60",
                                            f"run.out={out}"]))
-    worker = threading.Thread(target=api.run, args=(cfg,), kwargs={"progress": False})
+    worker = threading.Thread(target=api.run, args=(cfg,), kwargs={"progress": False}, daemon=True)
     worker.start()
     want = {"ray_smg_stage", "ray_smg_dice", "ray_smg_step", "ray_smg_loss", "ray_smg_site_messages_total",
             "ray_smg_site_bytes_total"}
     seen: dict[str, list[str]] = {}
-    while worker.is_alive() and not want <= set(seen):
-        text = urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).read().decode()
-        for line in text.splitlines():
-            name = line.split("{", 1)[0]
-            if name.startswith("ray_smg_") and f'run="{out.name}"' in line:
-                seen.setdefault(name, []).append(line)
-        time.sleep(1)
-    worker.join()
+    deadline = None
+    try:  # scrape while the run runs, and for a minute after (Ray exports what was recorded every few seconds)
+        while not want <= set(seen) and (deadline is None or time.monotonic() < deadline):
+            if deadline is None and not worker.is_alive():
+                deadline = time.monotonic() + 60
+            try:  # the metrics agent answers slowly while training holds both cores: wait, then ask again
+                text = urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=30).read().decode()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                name = line.split("{", 1)[0]
+                if name.startswith("ray_smg_") and f'run="{out.name}"' in line:
+                    seen.setdefault(name, []).append(line)
+            time.sleep(1)
+    finally:
+        worker.join(timeout=600)  # never leave a run behind in the shared Ray instance
+    assert not worker.is_alive()
     assert (out / "COMPLETE").exists()
     assert want <= set(seen), sorted(seen)
     assert any('site="alpha"' in x for x in seen["ray_smg_dice"])

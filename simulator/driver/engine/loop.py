@@ -308,7 +308,7 @@ class Engine(SMDSteps):
                 return GuardReport.from_record(self._call(site, "guard_report", retry=attempt))
 
             rep = self._with_retries(site, "guard report", work)
-            self.guard_sessions[site][rep.session] = {**rep.counts, "mode": rep.mode, "site": rep.site,
+            self.guard_sessions[site][str(rep.session)] = {**rep.counts, "mode": rep.mode, "site": rep.site,
                                                       "violation_list": [dict(v) for v in rep.violations]}
 
     def guard_reports(self) -> dict[str, dict[str, Any]]:
