@@ -82,11 +82,11 @@ class Learner:
 
     def tune_message(self, site: str) -> RecordDict:
         """Ask a site to tune its prompt against the public backbone."""
-        smd = self.cfg.smd
+        smd, priv = self.cfg.smd, self.cfg.privacy
         return TuneRequest(str(self.backbone_path), self.backbone_sha256, smd.prompt_steps, smd.prompt_lr,
                            smd.prompt_batch,
-                           smd.prompt_candidates, derive_seed(self.run_seed, "prompt", site)
-                           ).to_record("learner", f"site:{site}")
+                           smd.prompt_candidates, derive_seed(self.run_seed, "prompt", site),
+                           priv.dp_epsilon, priv.dp_delta, priv.dp_clip).to_record("learner", f"site:{site}")
 
     def absorb_prompt(self, reply: RecordDict, site: str) -> dict[str, float]:
         """Keep a site's exported prompt; its replay is sampled when first needed."""

@@ -150,6 +150,12 @@ class PrivacyConfig:
     exports: str = field(default="model", metadata=_rng(choices=("model", "prompt")))
     allow_non_private: bool = field(default=False, metadata=_rng())
     nn_threshold: float = field(default=0.02, metadata=_rng(0.0, 1.0))
+    #: tune each site's prompt with DP-SGD to this epsilon (0: off); the bound covers the prompt
+    dp_epsilon: float = field(default=0.0, metadata=_rng(0.0, 1e4))
+    #: the delta of that bound; 0: 1 / (10 n), n the site's number of train cases
+    dp_delta: float = field(default=0.0, metadata=_rng(0.0, 0.1))
+    #: the norm each case's prompt gradient is clipped to
+    dp_clip: float = field(default=0.05, metadata=_rng(1e-8, 1e6))
 
 
 SECTIONS: dict[str, type] = {

@@ -224,6 +224,11 @@ class TuneRequest(Payload):
     batch: int = _role("config")
     candidates: int = _role("config")
     seed: int = _role("config")
+    #: DP-SGD prompt tuning to this epsilon (0: off), at ``dp_delta`` (0: 1 / (10 cases)), each
+    #: case's gradient clipped to ``dp_clip``
+    dp_epsilon: float = field(default=0.0, metadata={"role": "config"})
+    dp_delta: float = field(default=0.0, metadata={"role": "config"})
+    dp_clip: float = field(default=0.05, metadata={"role": "config"})
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,11 @@ VISIT_START = {"steps": COUNT, "replay_sites": COUNT}
 EVALUATE = {"dice": FRACTION, "dice_std": FRACTION, "n": COUNT}
 PROMPT_LOGS = {"prompt_steps": COUNT, "prompt_seconds": SECONDS, "prompt_loss_init": LOSS,
                "prompt_loss_search": LOSS, "prompt_loss_final": LOSS, "data_bytes": COUNT}
+#: under DP no loss on private data leaves: steps, seconds and the privacy parameters only
+DELTA = MetricRule(0.0, 1.0, 1e-12)
+PROMPT_LOGS_DP = {"prompt_steps": COUNT, "prompt_seconds": SECONDS, "data_bytes": COUNT, "dp_epsilon": RATIO,
+                  "dp_delta": DELTA, "dp_noise_multiplier": RATIO, "dp_sample_rate": FRACTION, "dp_cases": COUNT,
+                  "dp_clip": RATIO}
 FIDELITY = {**rules(("tstr_dice_synthetic", "tstr_dice_real", "intensity_w1", "synthetic_foreground",
                      "real_foreground", "nn_distance_min", "nn_distance_p05", "nn_distance_median",
                      "nn_threshold", "nn_fraction_under_threshold", "nn_ratio_flagged_fraction",

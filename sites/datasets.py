@@ -32,6 +32,9 @@ class SiteData:
     test_x: np.ndarray
     test_y: np.ndarray
     description: dict[str, float] = field(default_factory=dict)
+    #: the case (patient) each train slice belongs to, the unit of differential privacy; None:
+    #: every slice is a case of its own (the generated benchmarks draw one slice per case)
+    train_cases: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         for name in ("train_x", "train_y", "test_x", "test_y"):
@@ -42,6 +45,14 @@ class SiteData:
             raise ValueError("SiteData: images and masks differ in count")
         if len(self.train_x) == 0 or len(self.test_x) == 0:
             raise ValueError("SiteData: a site needs at least one train and one test pair")
+        if self.train_cases is not None and len(self.train_cases) != len(self.train_x):
+            raise ValueError(f"SiteData.train_cases: {len(self.train_cases)} case ids for {len(self.train_x)} slices")
+
+    def case_ids(self) -> np.ndarray:
+        """The case of every train slice (0 .. cases - 1)."""
+        if self.train_cases is None:
+            return np.arange(len(self.train_x))
+        return np.unique(self.train_cases, return_inverse=True)[1].reshape(-1)
 
     @property
     def image_shape(self) -> tuple[int, int]:
@@ -81,8 +92,9 @@ def _user_data(spec: SiteSpec) -> SiteData:
     if x.shape[1] != tx.shape[1]:
         raise DataError(f"{site_dir}: train images have {x.shape[1]} channels but test images "
                         f"{tx.shape[1]}; expected one channel count per site")
+    cases = np.concatenate([np.full(len(c.images), i) for i, c in enumerate(train)])
     return SiteData(x, y, tx, ty, description={"cases_train": len(train), "cases_test": len(test),
-                                                "files": read.files})
+                                                "files": read.files}, train_cases=cases)
 
 
 BENCHMARKS: dict[str, Callable[[SiteSpec], SiteData]] = {

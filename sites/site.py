@@ -257,13 +257,21 @@ class Site:
         req = TuneRequest.from_record(msg)
         backbone = self._backbone(req.backbone_path, req.backbone_sha256)
         d = self._data
-        prompt, logs = tune_prompt(backbone, d.train_x, d.train_y, req.steps, req.lr, req.batch,
-                                   torch_generator(req.seed), candidates=req.candidates)
+        if req.dp_epsilon > 0:  # DP-SGD: every read of private data accounted, no private loss sent
+            from sites.dp_prompt import dp_tune_prompt
+
+            prompt, logs = dp_tune_prompt(backbone, d.train_x, d.train_y, d.case_ids(), req.steps, req.lr,
+                                          req.batch, torch_generator(req.seed), req.dp_epsilon, req.dp_delta,
+                                          req.dp_clip)
+        else:
+            prompt, logs = tune_prompt(backbone, d.train_x, d.train_y, req.steps, req.lr, req.batch,
+                                       torch_generator(req.seed), candidates=req.candidates)
         self._prompt = prompt
         logs["data_bytes"] = int(d.train_x.nbytes + d.train_y.nbytes)
         spec = backbone.spec
         return self._send(PromptReply(prompt, logs), self._schema(
-            "prompt", schemas.PROMPT_LOGS, {"prompt/tokens": ((spec.tokens, spec.token_dim), "float32")}))
+            "prompt", schemas.PROMPT_LOGS_DP if req.dp_epsilon > 0 else schemas.PROMPT_LOGS,
+            {"prompt/tokens": ((spec.tokens, spec.token_dim), "float32")}))
 
     def fidelity(self, msg: RecordDict) -> RecordDict:
         """Fidelity (TSTR, intensity distance) and memorisation of this site's replay; scalars leave."""

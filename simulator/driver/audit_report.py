@@ -20,6 +20,13 @@ def audit_markdown(a: dict[str, Any]) -> str:
             out += ["| check | scope | verdict | detail |", "|---|---|---|---|"]
             out += [f"| {k['check']} | {k['scope']} | {k['verdict']} | {k['detail']} |" for k in c["checks"]]
             out.append("")
+        if c.get("sites"):
+            out += ["| site | epsilon | delta | noise multiplier | sample rate | steps | cases |",
+                    "|---|---|---|---|---|---|---|"]
+            out += [f"| {s} | {r['epsilon']:.3g} | {r['delta']:.3g} | {r['noise_multiplier']:.3g} | "
+                    f"{r['sample_rate']:.3g} | {r['steps']} | {r['cases']} |"
+                    for s, r in c["sites"].items() if r.get("epsilon") is not None]
+            out.append("")
     out += ["## Bytes exported per site", "", "| site | messages | prompt | model | metrics | site data |",
             "|---|---|---|---|---|---|"]
     for s, info in a["sites"].items():

@@ -135,12 +135,17 @@ def _stage_writer(folder: RunFolder, plan: RunPlan, eng, ledger: Ledger, kept: l
     return on_stage
 
 
+def _formal_words(audit: dict) -> str:
+    f = audit["claims"]["formal"]
+    return f"eps {f['epsilon']:.3g}, delta {f['delta']:.3g}" if f["verdict"] == "bounded" else f["verdict"]
+
+
 def _report(stream: TextIO, plan: RunPlan, R: np.ndarray, m: dict[str, float], audit: dict,
             timings: dict[str, float], folder: RunFolder) -> None:
     stream.write(summary_table(R, plan.order, m) + "\n")
     stream.write(f"smg-sim: privacy audit {audit['verdict'].upper()} "
                  f"(structural {audit['claims']['structural']['verdict']}, empirical "
-                 f"{audit['claims']['empirical']['verdict']}, formal DP none): "
+                 f"{audit['claims']['empirical']['verdict']}, formal DP {_formal_words(audit)}): "
                  f"{folder.file('privacy_audit.md')}\n")
     phases = ", ".join(f"{k} {v:.1f}" for k, v in timings["phases"].items() if v >= 0.05)
     stream.write(f"smg-sim: seconds per phase: {phases}\n")

@@ -1,0 +1,122 @@
+"""Differentially private prompt tuning inside a site (``privacy.dp_epsilon``).
+
+DP-SGD on the prompt alone, with the case (patient) as the privacy unit:
+
+* sampling: every step draws each case independently with probability ``q = batch / cases``
+  (Poisson sampling, which the RDP accountant assumes) and one random slice of each drawn case,
+  so a case adds at most one gradient to a step;
+* per-case gradients: the parameter is replicated once per drawn slice and the per-slice losses
+  are summed; the backbone is frozen and treats the samples of a batch independently (group
+  norm, per-sample cross-attention), so the gradient of each replica is exactly that slice's
+  gradient, in one backward pass;
+* each per-case gradient is clipped to norm ``clip``; the sum gets Gaussian noise of standard
+  deviation ``sigma * clip`` and is divided by the expected batch ``q * cases``; Adam then steps
+  (post-processing, which costs no privacy);
+* ``sigma`` is calibrated in advance, by Opacus's RDP accountant, so that the fixed number of
+  steps spends at most ``epsilon`` at ``delta`` (``1 / (10 cases)`` unless set); the spent
+  (epsilon, delta) is computed by the same accountant afterwards.
+
+Every step that reads private data is one of these steps. What the non-private tuner does with
+private data beyond them is replaced: the candidate search starts from the public prior's mean
+(the zero appearance vector) instead of scoring candidates on the site's images, the step count
+is fixed (no early stop), and no loss on private data is computed or sent.
+
+The noise is drawn from the run's seeded generator so that runs reproduce; a deployment would
+draw it from a cryptographically secure source.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from simulator.smd.backbone import SMDBackbone, to_model_space
+
+
+def noise_multiplier(epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
+    """The smallest sigma whose ``steps`` steps at ``sample_rate`` spend at most ``epsilon`` at ``delta``."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate,
+                                      steps=steps, accountant="rdp", epsilon_tolerance=0.005))
+
+
+def spent_epsilon(sigma: float, sample_rate: float, steps: int, delta: float) -> float:
+    """The epsilon that ``steps`` DP-SGD steps of noise ``sigma`` at ``sample_rate`` spend at ``delta``."""
+    from opacus.accountants import RDPAccountant
+
+    acc = RDPAccountant()
+    acc.history = [(sigma, sample_rate, steps)]
+    return float(acc.get_epsilon(delta))
+
+
+def per_sample_grads(param: torch.Tensor, to_tokens: Callable[[torch.Tensor], torch.Tensor],
+                     backbone: SMDBackbone, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The gradient of each sample's denoising loss with respect to ``param``, (B, *param.shape)."""
+    rep = param.detach().unsqueeze(0).expand(len(x), *param.shape).clone().requires_grad_(True)
+    losses = backbone.denoise_loss(x, to_tokens(rep), gen, reduce=False)
+    (grad,) = torch.autograd.grad(losses.sum(), rep)
+    return grad
+
+
+def _draw(cases: list[np.ndarray], q: float, gen: torch.Generator) -> list[int]:
+    """Poisson sampling of cases at rate ``q``, then one random slice of each drawn case."""
+    drawn = (torch.rand(len(cases), generator=gen) < q).nonzero().flatten().tolist()
+    return [int(cases[c][int(torch.randint(len(cases[c]), (1,), generator=gen))]) for c in drawn]
+
+
+def _dp_step(param: torch.Tensor, opt: torch.optim.Optimizer, to_tokens: Callable, backbone: SMDBackbone,
+             x: torch.Tensor, idx: list[int], clip: float, sigma: float, expected: float,
+             gen: torch.Generator) -> None:
+    """One DP-SGD step (nothing about the drawn gradients is returned: it would be unaccounted)."""
+    total = torch.zeros(param.numel())
+    if idx:
+        g = per_sample_grads(param, to_tokens, backbone, x[idx], gen).flatten(1)
+        total = (g * (clip / (g.norm(dim=1) + 1e-12)).clamp(max=1.0)[:, None]).sum(0)
+    noisy = total + sigma * clip * torch.randn(total.shape, generator=gen)
+    opt.zero_grad(set_to_none=True)
+    param.grad = (noisy / expected).view_as(param).to(param.dtype)
+    opt.step()
+
+
+def dp_tune_prompt(backbone: SMDBackbone, images: np.ndarray, masks: np.ndarray, case_ids: np.ndarray,
+                   steps: int, lr: float, batch: int, gen: torch.Generator, epsilon: float, delta: float,
+                   clip: float) -> tuple[np.ndarray, dict[str, float]]:
+    """The (epsilon, delta)-DP prompt (K, D) float32, and logs that hold no function of private data
+    beyond the accounted steps (steps, seconds, the privacy parameters)."""
+    if steps < 1:
+        raise ValueError("privacy.dp_epsilon needs smd.prompt_steps >= 1 (the accountant counts steps)")
+    t0 = time.perf_counter()
+    backbone.requires_grad_(False)
+    backbone.eval()
+    x = to_model_space(images, masks, backbone.spec.image_size)
+    cases = [np.flatnonzero(case_ids == c) for c in np.unique(case_ids)]
+    n = len(cases)
+    delta = delta if delta > 0 else 1.0 / (10 * n)
+    q = min(1.0, batch / n)
+    sigma = noise_multiplier(epsilon, delta, q, steps)
+    expected = q * n
+    # the public start: the appearance MLP at the prior's mean (no candidate scored on private data)
+    cond = torch.zeros(backbone.spec.cond_dim, requires_grad=True)
+    opt = torch.optim.Adam([cond], lr=0.05)
+    coarse = steps // 2
+    for _ in range(coarse):
+        _dp_step(cond, opt, backbone.tokens_from_condition, backbone, x, _draw(cases, q, gen), clip, sigma,
+                 expected, gen)
+    with torch.no_grad():
+        start = backbone.tokens_from_condition(cond.detach()[None])[0]
+    prompt = start.clone().requires_grad_(True)
+    opt = torch.optim.Adam([prompt], lr=lr)
+    for _ in range(steps - coarse):
+        _dp_step(prompt, opt, lambda p: p, backbone, x, _draw(cases, q, gen), clip, sigma, expected, gen)
+    eps = spent_epsilon(sigma, q, steps, delta)
+    logs = {"prompt_steps": steps, "prompt_seconds": time.perf_counter() - t0, "dp_epsilon": eps,
+            "dp_delta": delta, "dp_noise_multiplier": sigma, "dp_sample_rate": q, "dp_cases": n,
+            "dp_clip": clip}
+    if not math.isfinite(eps):
+        raise ValueError(f"DP prompt tuning: the accountant found no finite epsilon for sigma {sigma}")
+    return prompt.detach().cpu().numpy().astype(np.float32), logs
