@@ -155,7 +155,7 @@ class PrivacyConfig:
     #: the delta of that bound; 0: 1 / (10 n), n the site's number of train cases
     dp_delta: float = field(default=0.0, metadata=_rng(0.0, 0.1))
     #: the norm each case's prompt gradient is clipped to
-    dp_clip: float = field(default=0.05, metadata=_rng(1e-8, 1e6))
+    dp_clip: float = field(default=0.03, metadata=_rng(1e-8, 1e6))
 
 
 SECTIONS: dict[str, type] = {

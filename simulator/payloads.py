@@ -228,7 +228,7 @@ class TuneRequest(Payload):
     #: case's gradient clipped to ``dp_clip``
     dp_epsilon: float = field(default=0.0, metadata={"role": "config"})
     dp_delta: float = field(default=0.0, metadata={"role": "config"})
-    dp_clip: float = field(default=0.05, metadata={"role": "config"})
+    dp_clip: float = field(default=0.03, metadata={"role": "config"})
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,11 @@ DP-SGD on the prompt alone, with the case (patient) as the privacy unit:
   are summed; the backbone is frozen and treats the samples of a batch independently (group
   norm, per-sample cross-attention), so the gradient of each replica is exactly that slice's
   gradient, in one backward pass;
-* each per-case gradient is clipped to norm ``clip``; the sum gets Gaussian noise of standard
-  deviation ``sigma * clip`` and is divided by the expected batch ``q * cases``; Adam then steps
+* each per-case gradient is clipped to norm ``clip`` (on the appearance vector, the first half
+  of the steps) or ``clip / 4`` (on the free tokens, the second half: their gradients are about
+  a quarter as long, medians 0.03 and 0.008 over the quick profile's phantom sites, from
+  ``docs/diagnostics/dp_tstr.py --norms``); the sum gets Gaussian noise of standard deviation
+  ``sigma`` times that clip and is divided by the expected batch ``q * cases``; Adam then steps
   (post-processing, which costs no privacy);
 * ``sigma`` is calibrated in advance, by Opacus's RDP accountant, so that the fixed number of
   steps spends at most ``epsilon`` at ``delta`` (``1 / (10 cases)`` unless set); the spent
@@ -85,7 +88,8 @@ def _dp_step(param: torch.Tensor, opt: torch.optim.Optimizer, to_tokens: Callabl
 
 def dp_tune_prompt(backbone: SMDBackbone, images: np.ndarray, masks: np.ndarray, case_ids: np.ndarray,
                    steps: int, lr: float, batch: int, gen: torch.Generator, epsilon: float, delta: float,
-                   clip: float) -> tuple[np.ndarray, dict[str, float]]:
+                   clip: float, fine_fraction: float = 0.5,
+                   fine_clip_scale: float = 0.25) -> tuple[np.ndarray, dict[str, float]]:
     """The (epsilon, delta)-DP prompt (K, D) float32, and logs that hold no function of private data
     beyond the accounted steps (steps, seconds, the privacy parameters)."""
     if steps < 1:
@@ -103,7 +107,7 @@ def dp_tune_prompt(backbone: SMDBackbone, images: np.ndarray, masks: np.ndarray,
     # the public start: the appearance MLP at the prior's mean (no candidate scored on private data)
     cond = torch.zeros(backbone.spec.cond_dim, requires_grad=True)
     opt = torch.optim.Adam([cond], lr=0.05)
-    coarse = steps // 2
+    coarse = steps - int(round(steps * fine_fraction))
     for _ in range(coarse):
         _dp_step(cond, opt, backbone.tokens_from_condition, backbone, x, _draw(cases, q, gen), clip, sigma,
                  expected, gen)
@@ -112,7 +116,8 @@ def dp_tune_prompt(backbone: SMDBackbone, images: np.ndarray, masks: np.ndarray,
     prompt = start.clone().requires_grad_(True)
     opt = torch.optim.Adam([prompt], lr=lr)
     for _ in range(steps - coarse):
-        _dp_step(prompt, opt, lambda p: p, backbone, x, _draw(cases, q, gen), clip, sigma, expected, gen)
+        _dp_step(prompt, opt, lambda p: p, backbone, x, _draw(cases, q, gen), clip * fine_clip_scale, sigma,
+                 expected, gen)
     eps = spent_epsilon(sigma, q, steps, delta)
     logs = {"prompt_steps": steps, "prompt_seconds": time.perf_counter() - t0, "dp_epsilon": eps,
             "dp_delta": delta, "dp_noise_multiplier": sigma, "dp_sample_rate": q, "dp_cases": n,

@@ -31,13 +31,23 @@ def run_cli(*args):
         (["--benchmark", "fundus"], "fundus needs a data folder, as fundus:PATH"),
     ],
 )
-def test_bad_input_one_line_no_traceback_no_folder(tmp_path, args, message):
+def test_bad_input_one_line_no_traceback_no_folder(tmp_path, capsys, args, message):
+    """In-process (the same entry point as the console script; one case below runs it as a process)."""
     out = tmp_path / "run"
-    res = run_cli("run", "--profile", "smoke", "--out", str(out), *args)
-    assert res.returncode == 2
-    assert message in res.stderr
-    assert "Traceback" not in res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1
+    code = cli.main(["run", "--profile", "smoke", "--out", str(out), *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_bad_input_from_the_console_entry_point_is_one_line(tmp_path):
+    out = tmp_path / "run"
+    res = run_cli("run", "--profile", "smoke", "--out", str(out), "--sites", "3", "--order", "alpha,bravo")
+    assert res.returncode == 2 and "--order lists 2 sites but --sites is 3" in res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not out.exists()
 
 

@@ -52,8 +52,11 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--norms", action="store_true")
     ap.add_argument("--out", default="")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--fine", type=float, default=None, help="share of DP steps on the free tokens")
+    ap.add_argument("--fine-clip", type=float, default=None, help="their clip norm over privacy.dp_clip")
     a = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
     cfg = build_config("quick", parse_set(a.set))
     path, _ = ensure_backbone(smd_spec(cfg, 1))
     model = load_backbone(path)
@@ -78,7 +81,9 @@ def main() -> None:
                                            gen, candidates=s.prompt_candidates)
             else:
                 prompt, logs = dp_tune_prompt(model, d.train_x, d.train_y, d.case_ids(), s.prompt_steps, s.prompt_lr,
-                                              s.prompt_batch, gen, float(eps), p.dp_delta, p.dp_clip)
+                                              s.prompt_batch, gen, float(eps), p.dp_delta, p.dp_clip,
+                                              **({"fine_fraction": a.fine} if a.fine is not None else {}),
+                                              **({"fine_clip_scale": a.fine_clip} if a.fine_clip is not None else {}))
             tune_s = time.perf_counter() - t0
             x = model.sample(torch.from_numpy(prompt), s.replay_per_site, s.sample_steps,
                              torch_generator(derive_seed(a.seed, "replay", n)))
