@@ -1,13 +1,14 @@
 """Replay fidelity (TSTR) of the six phantom sites' prompts against the DP budget epsilon.
 
 The quick profile's cached SMD backbone (pre-trained first if the cache lacks it); for each site
-and each epsilon (``none`` is the non-private tuner) the site's prompt is tuned, its replay
+and each epsilon (``none`` is the non-private tuner; ``public`` is no tuning at all, the prompt
+DP tuning starts from) the site's prompt is tuned, its replay
 sampled and a segmenter trained on the replay alone is tested on the site's real test split
 (TSTR ratio: that Dice over the Dice of one trained on the real train split), exactly as a run
 does it inside the site. ``--norms`` first prints the spread of per-case prompt-gradient norms,
 the scale ``privacy.dp_clip`` is chosen against. Writes one JSON file. Usage::
 
-    .venv/bin/python docs/diagnostics/dp_tstr.py --eps none,16,4,1 --out docs/diagnostics/dp_tstr.json
+    .venv/bin/python docs/diagnostics/dp_tstr.py --eps none,16,4,1,public --out docs/diagnostics/dp_tstr.json
 """
 
 from __future__ import annotations
@@ -76,7 +77,11 @@ def main() -> None:
             d = data[n]
             gen = torch_generator(derive_seed(a.seed, "prompt", n))
             t0 = time.perf_counter()
-            if eps == "none":
+            if eps == "public":  # no tuning: where DP tuning starts (the prior at the zero appearance vector)
+                with torch.no_grad():
+                    prompt = model.tokens_from_condition(torch.zeros(1, model.spec.cond_dim))[0].numpy()
+                logs = {}
+            elif eps == "none":
                 prompt, logs = tune_prompt(model, d.train_x, d.train_y, s.prompt_steps, s.prompt_lr, s.prompt_batch,
                                            gen, candidates=s.prompt_candidates)
             else:
