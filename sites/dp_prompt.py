@@ -10,9 +10,9 @@ DP-SGD on the prompt alone, with the case (patient) as the privacy unit:
   norm, per-sample cross-attention), so the gradient of each replica is exactly that slice's
   gradient, in one backward pass;
 * each per-case gradient is clipped to norm ``clip`` (on the appearance vector, the first half
-  of the steps) or ``clip / 4`` (on the free tokens, the second half: their gradients are about
-  a quarter as long, medians 0.03 and 0.008 over the quick profile's phantom sites, from
-  ``docs/diagnostics/dp_tstr.py --norms``); the sum gets Gaussian noise of standard deviation
+  of the steps) or ``clip / 4`` (on the free tokens, the second half: their gradients are a
+  quarter to a third as long; per-site medians 0.013-0.084 and 0.005-0.020 over the quick
+  profile's phantom sites, from ``docs/diagnostics/dp_tstr.py --norms``); the sum gets Gaussian noise of standard deviation
   ``sigma`` times that clip and is divided by the expected batch ``q * cases``; Adam then steps
   (post-processing, which costs no privacy);
 * ``sigma`` is calibrated in advance, by Opacus's RDP accountant, so that the fixed number of
@@ -20,8 +20,8 @@ DP-SGD on the prompt alone, with the case (patient) as the privacy unit:
   (epsilon, delta) is computed by the same accountant afterwards.
 
 Every step that reads private data is one of these steps. What the non-private tuner does with
-private data beyond them is replaced: the candidate search starts from the public prior's mean
-(the zero appearance vector) instead of scoring candidates on the site's images, the step count
+private data beyond them is replaced: the candidate search is replaced by the zero appearance
+vector (the centre the search draws its candidates around) instead of scoring candidates on the site's images, the step count
 is fixed (no early stop), and no loss on private data is computed or sent.
 
 The noise is drawn from the run's seeded generator so that runs reproduce; a deployment would
