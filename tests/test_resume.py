@@ -105,41 +105,56 @@ def test_faults_are_checked_against_the_run():
             parse_faults(bad, order)
 
 
-def test_the_dashboard_metrics_show_a_running_run(ray_session, tmp_path):
+def test_the_dashboard_metrics_show_a_running_run(tmp_path):
     """While a run runs, its stage, step, loss, Dice per site and each site's guard traffic can be
-    scraped from Ray's metrics export endpoint, tagged with the run's name."""
-    import threading
+    scraped from Ray's metrics export endpoint, tagged with the run's name.
+
+    The run is a CLI process with its own Ray instance: the session's shared instance has seen
+    sites killed on purpose by the fault tests, and once its metrics agent has failed to report
+    such an event to the (absent) dashboard it can stop taking metrics.
+    """
+    import os
+    import socket
     import time
     import urllib.request
 
-    from conftest import METRICS_PORT
-
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     out = tmp_path / "metered-run"
-    cfg = build_config("smoke", parse_set(["run.sites=2", "run.method=finetune", "train.steps_per_stage=60",
-                                           f"run.out={out}"]))
-    worker = threading.Thread(target=api.run, args=(cfg,), kwargs={"progress": False}, daemon=True)
-    worker.start()
+    cmd = [sys.executable, "-m", "simulator.driver.cli", "run", "--profile", "smoke", "--quiet", "--no-dashboard",
+           "--sites", "2", "--method", "finetune", "--set", "train.steps_per_stage=120",
+           "--set", f"runtime.metrics_port={port}", "--out", str(out)]
+    # the run's processes hand Ray's agent what they recorded every 2 s (10 s by default)
+    env = {**os.environ, "RAY_metrics_report_interval_ms": "2000"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     want = {"ray_smg_stage", "ray_smg_dice", "ray_smg_step", "ray_smg_loss", "ray_smg_site_messages_total",
             "ray_smg_site_bytes_total"}
     seen: dict[str, list[str]] = {}
-    deadline = None
-    try:  # scrape while the run runs, and for a minute after (Ray exports what was recorded every few seconds)
-        while not want <= set(seen) and (deadline is None or time.monotonic() < deadline):
-            if deadline is None and not worker.is_alive():
-                deadline = time.monotonic() + 60
-            try:  # the metrics agent answers slowly while training holds both cores: wait, then ask again
-                text = urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=30).read().decode()
-            except OSError:
+    scrapes, errors = 0, []
+    try:
+        while proc.poll() is None and not want <= set(seen):
+            try:  # the endpoint is up once Ray has started, and answers slowly while training holds the cores
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=20).read().decode()
+            except OSError as e:
+                errors.append(repr(e))
+                time.sleep(1)
                 continue
+            scrapes += 1
             for line in text.splitlines():
                 name = line.split("{", 1)[0]
                 if name.startswith("ray_smg_") and f'run="{out.name}"' in line:
                     seen.setdefault(name, []).append(line)
             time.sleep(1)
     finally:
-        worker.join(timeout=600)  # never leave a run behind in the shared Ray instance
-    assert not worker.is_alive()
+        try:
+            _, stderr = proc.communicate(timeout=600)
+        finally:
+            if proc.poll() is None:  # never leave a run behind
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0, stderr[-2000:]
     assert (out / "COMPLETE").exists()
-    assert want <= set(seen), sorted(seen)
+    assert want <= set(seen), (sorted(seen), scrapes, errors[-3:])
     assert any('site="alpha"' in x for x in seen["ray_smg_dice"])
     assert any('site="bravo"' in x for x in seen["ray_smg_site_messages_total"])
