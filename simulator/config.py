@@ -71,6 +71,9 @@ class RuntimeConfig:
     num_cpus: int = field(default=2, metadata=_rng(1, 1024))
     torch_threads: int = field(default=2, metadata=_rng(1, 1024))
     dashboard: bool = field(default=True, metadata=_rng())
+    #: how the learner reaches the sites: Ray actors (ray), or Flower messages to one SuperNode per
+    #: site in Flower's simulation (flower)
+    engine: str = field(default="ray", metadata=_rng(choices=("ray", "flower")))
     device: str = field(default="auto", metadata=_rng(choices=("auto", "cpu", "cuda")))
     #: join a running Ray cluster ("auto" or HOST:PORT) instead of starting one ("": start one)
     address: str = field(default="", metadata=_rng())

@@ -42,6 +42,8 @@ def audit_markdown(a: dict[str, Any]) -> str:
                 "| channel | what | messages | bits | bounded by |", "|---|---|---|---|---|"]
         out += [f"| {c['channel']} | {c['what']} | {c['messages']} | {c['bits']:.3g} | {c['bounded_by']} |"
                 for c in a["open_channels"]]
+    if a.get("isolation"):
+        out += ["", f"## One process per site: {a['isolation']['verdict']}", "", a["isolation"]["detail"] + "."]
     if a.get("placement"):
         out += ["", "## Where each process ran", "", "| driver start | actor | node | node address | pid |",
                 "|---|---|---|---|---|"]

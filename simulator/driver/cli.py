@@ -61,6 +61,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                         "of sites; their privacy audit fails by design")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs Ray may use (default from the profile: 2)")
     p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
+    p.add_argument("--engine", choices=("ray", "flower"), default=None,
+                   help="ray: every site a Ray actor (default); flower: the same run as a Flower app in "
+                        "Flower's simulation, one SuperNode per site")
     _add_cluster_options(p)
     p.add_argument("--inject-fault", dest="inject_fault", action="append", default=[], metavar="FAULT",
                    help="for tests and demos: kill-site:NAME@STAGE (the site's process dies during that "

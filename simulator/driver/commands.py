@@ -63,6 +63,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         cli.setdefault("runtime", {})["num_cpus"] = args.num_cpus
     if args.no_dashboard:
         cli.setdefault("runtime", {})["dashboard"] = False
+    if args.engine:
+        cli.setdefault("runtime", {})["engine"] = args.engine
     if args.privacy:
         cli.setdefault("privacy", {})["mode"] = args.privacy
     if args.exports:

@@ -154,17 +154,20 @@ def _report(stream: TextIO, plan: RunPlan, R: np.ndarray, m: dict[str, float], a
 
 
 def _open_engine(plan: RunPlan, ledger: Ledger, trace_dir: Path, stream: TextIO, progress: bool,
-                 site_cls: type | None, t_start: float):
-    """Start Ray and the site actors; returns (engine, the time Ray was ready)."""
+                 site_cls: type | None, t_start: float, grid=None):
+    """Start Ray and the site actors (or, with a Flower ``grid``, reach the sites' nodes); returns
+    (engine, the time Ray was ready)."""
     from simulator.driver import engine
 
     cfg = plan.config
     url = engine.start_ray(cfg.runtime)
     t_ray = time.perf_counter()
     _start(plan, stream, url)
+    if grid is not None:
+        stream.write(f"smg-sim: engine flower: {len(plan.order)} sites on Flower nodes, reached by Flower messages\n")
     prog = RunProgress(len(plan.order), plan.smd_on, stream=stream, enabled=progress)
     eng = engine.Engine(plan, ledger, prog, namespace=f"smg-sim-{plan.out.name}", trace_dir=str(trace_dir),
-                        **({"site_cls": site_cls} if site_cls else {}))
+                        **({"site_cls": site_cls} if site_cls else {}), grid=grid)
     eng.clock.add("ray_start", t_ray - t_start)
     eng.dashboard_url = url
     return eng, t_ray
@@ -207,9 +210,17 @@ def _finish(eng, plan: RunPlan, folder: RunFolder, ledger: Ledger, R: np.ndarray
 
 
 def execute(plan: RunPlan, folder: RunFolder, stream: TextIO, progress: bool, site_cls: type | None,
-             ckpt) -> RunResult:
-    """The run itself, from the start or from checkpoint ``ckpt``."""
+             ckpt, grid=None) -> RunResult:
+    """The run itself, from the start or from checkpoint ``ckpt``.
+
+    With ``runtime.engine = flower`` it runs inside a Flower ServerApp in Flower's simulation
+    (:mod:`simulator.driver.flower_sim`), which calls back here with the ServerApp's ``grid``.
+    """
     cfg = plan.config
+    if cfg.runtime.engine == "flower" and grid is None:
+        from simulator.driver.flower_sim import execute_in_simulation
+
+        return execute_in_simulation(plan, folder, stream, progress, site_cls, ckpt)
     t_start = time.perf_counter()
     before = ckpt.elapsed_seconds if ckpt else 0.0  # seconds the run spent before it was resumed
     ledger = Ledger(folder.file("ledger.jsonl"), *((ckpt.ledger_count, ckpt.ledger_total_bytes) if ckpt else ()))
@@ -219,7 +230,7 @@ def execute(plan: RunPlan, folder: RunFolder, stream: TextIO, progress: bool, si
     folder.file("FAILED").unlink(missing_ok=True)
     eng = None
     try:
-        eng, t_ray = _open_engine(plan, ledger, trace_dir, stream, progress, site_cls, t_start)
+        eng, t_ray = _open_engine(plan, ledger, trace_dir, stream, progress, site_cls, t_start, grid)
         facts, smd_info = _prepare(eng, plan, stream, progress)
         _record_processes(folder, eng)
         R = np.zeros((len(plan.order) + 1, len(plan.order)))

@@ -22,7 +22,7 @@ from flwr.app import RecordDict
 from server.learner import Learner
 from simulator.benchmarks import catalog
 from simulator.driver.artifacts import ArtifactCache
-from simulator.driver.engine.runtime import RayMetricsSink, actor_placement, create_sites, get
+from simulator.driver.engine.runtime import Actors, RayMetricsSink, actor_placement, create_sites, get
 from simulator.driver.engine.smd_steps import SMDSteps
 from simulator.driver.faults import FaultPlan
 from simulator.driver.ledger import Ledger
@@ -50,15 +50,20 @@ class Engine(SMDSteps):
     """Runs one sequential-learning run over site actors."""
 
     def __init__(self, plan: RunPlan, ledger: Ledger, progress: RunProgress, namespace: str,
-                 trace_dir: str | None = None, site_cls: type = Site) -> None:
+                 trace_dir: str | None = None, site_cls: type = Site, grid: Any = None) -> None:
         self.plan = plan
         self.cfg = plan.config
         self.order = plan.order
         self.ledger = ledger
         self.progress = progress
         self.trace_dir = trace_dir
-        self.actors = create_sites(self.cfg, self.order, plan.indices, namespace, trace_dir, plan.guard_mode,
-                                   site_cls)
+        #: the Flower grid when the engine runs inside a ServerApp (sites are Flower nodes), else None
+        self.grid = grid
+        if grid is None:
+            self.actors = create_sites(self.cfg, self.order, plan.indices, namespace, trace_dir, plan.guard_mode,
+                                       site_cls)
+        else:
+            self.actors = self._connect_flower_sites(grid)
         self.namespace = namespace
         self.smd_on = False
         #: per site: prompt-tuning logs and the replay's fidelity and memorisation statistics
@@ -79,6 +84,17 @@ class Engine(SMDSteps):
         self.tag = plan.out.name  # the run's tag on every figure in the dashboard
         ledger.on_record = self._count_traffic
 
+    def _connect_flower_sites(self, grid: Any) -> Actors:
+        from simulator.driver.engine.flower import connect_sites
+        from simulator.driver.plan import site_spec
+
+        specs = {n: site_spec(self.cfg, n, self.plan.indices[n]) for n in self.order}
+        by_partition = sorted(self.order, key=self.plan.indices.__getitem__)
+        rt = self.cfg.runtime
+        setup = {"torch_threads": rt.torch_threads, "device": rt.device, "privacy_mode": self.plan.guard_mode}
+        return Actors(connect_sites(grid, self.order, by_partition, specs, setup, self.trace_dir, self.ledger,
+                                    rt.site_timeout))
+
     def _count_traffic(self, entry: dict[str, Any]) -> None:
         src = str(entry.get("src", ""))
         if src.startswith("site:"):
@@ -89,6 +105,10 @@ class Engine(SMDSteps):
     def placement(self) -> dict[str, dict[str, Any]]:
         """Where each actor runs: node id, node address and process id."""
         get(self.actors.learner.replay_stats.remote())  # the learner's process is up, its pid known
+        if self.grid is not None:
+            from simulator.driver.engine.flower import placement
+
+            return {**placement(self.actors.sites), **actor_placement({"learner": self.actors.learner})}
         return actor_placement({**{f"site-{n}": h for n, h in self.actors.sites.items()},
                                 "learner": self.actors.learner})
 
@@ -179,7 +199,7 @@ class Engine(SMDSteps):
     def evaluate_all(self, stage: int = 0) -> np.ndarray:
         """Dice of the learner's current weights on every site, evaluated in parallel."""
         msg = get(self.actors.learner.evaluate_message.remote())
-        ref = ray.put(msg)
+        ref = ray.put(msg) if self.grid is None else msg  # (a Flower message carries its own copy)
         for site in self.order:  # (the visited site's fault, if any, fired during its visit)
             self._crash_if_planned(site, stage, "evaluation")
         refs = {}

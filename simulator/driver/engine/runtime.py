@@ -28,6 +28,8 @@ from sites.site import Site
 
 def get(refs: Any, timeout: float | None = None) -> Any:
     """``ray.get``, re-raising an actor's exception as its own type (Ray wraps it otherwise)."""
+    if hasattr(refs, "result") and not isinstance(refs, ray.ObjectRef):  # a Flower message's reply
+        return refs.result(timeout)
     try:
         return ray.get(refs, timeout=timeout)
     except ray.exceptions.RayTaskError as exc:
@@ -138,7 +140,7 @@ class Actors:
 
     def kill(self) -> None:
         for handle in [*self.sites.values(), self.learner]:
-            if handle is not None:
+            if isinstance(handle, ray.actor.ActorHandle):  # (a Flower site's node is not this run's to stop)
                 ray.kill(handle)
 
 
