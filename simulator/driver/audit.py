@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from simulator import schemas
+from simulator.driver.isolation import process_isolation
 from simulator.driver.ledger import read_ledger
 from simulator.driver.runfolder import write_json
 from simulator.filetrace import read_trace, trace_files
@@ -214,6 +215,11 @@ def _file_access(
     return check, file_rows
 
 
+def _process_count(trace: list[Entry], role: str) -> int:
+    """How many processes (by pid) wrote trace lines as ``role``."""
+    return len({t.get("pid") for t in trace if t["role"] == role})
+
+
 def _trace_coverage(files: dict[str, int], sites: list[str]) -> dict[str, str]:
     """Every process that held or could reach site data left a trace; every site's shows access."""
     missing = [f for f in ("driver.jsonl", "learner.jsonl", *(f"site-{s}.jsonl" for s in sites)) if f not in files]
@@ -341,29 +347,6 @@ def _claims(structural: list[dict[str, str]], empirical: list[dict[str, str]],
     }
 
 
-def _isolation(f: RunFiles) -> dict[str, Any]:
-    """Whether every site ran in a process of its own (per start of the driver), from ``actors.json``.
-
-    The Ray engine gives every site its own actor process; Flower's simulation pools its ClientApp
-    workers, so there one process serves several sites: the check is then not met, and says so.
-    """
-    shared = []
-    for i, sess in enumerate(f.actors.get("sessions", [])):
-        by_process: dict[tuple[str, Any], list[str]] = defaultdict(list)
-        for name, where in sess["actors"].items():
-            if name.startswith("site-") and where.get("pid") is not None:
-                by_process[(str(where.get("node_ip", "")), where["pid"])].append(name[len("site-"):])
-        shared += [f"sites {', '.join(sorted(s))} shared process {pid}" + (f" (driver start {i})" if i else "")
-                   for (_, pid), s in by_process.items() if len(s) > 1]
-    engine = f.config.get("runtime", {}).get("engine", "ray")
-    if shared:
-        why = (" (Flower's simulation pools its ClientApp workers; `smg-sim flower up` runs every site in a "
-               "SuperNode process of its own)" if engine == "flower" else "")
-        return {"verdict": "not met", "detail": "; ".join(shared) + why}
-    return {"verdict": "met" if f.actors.get("sessions") else NA,
-            "detail": "every site ran in a process of its own" if f.actors.get("sessions") else "no actors.json"}
-
-
 def assemble_audit(f: RunFiles) -> dict[str, Any]:
     """The audit of the files read from one run folder."""
     counts, exported = _exported(f.ledger)
@@ -382,11 +365,11 @@ def assemble_audit(f: RunFiles) -> dict[str, Any]:
         "verdict": FAIL if FAIL in (claims["structural"]["verdict"], claims["formal"]["verdict"]) else PASS,
         "claims": claims,
         "sites": _site_summary(f, counts, exported),
-        "file_access": [{"role": r, "site_data": o, "opens": n}
+        "file_access": [{"role": r, "site_data": o, "opens": n, "processes": _process_count(f.trace, r)}
                         for (r, o), n in sorted(file_rows.items())],
         "ledger": {"messages": len(f.ledger), "bytes": sum(e["bytes"] for e in f.ledger)},
         "open_channels": open_channels(f.ledger, f.config["run"]["method"]),
-        "isolation": _isolation(f),
+        "isolation": process_isolation(f.actors, f.config.get("runtime", {}).get("engine", "ray")),
         "placement": [{"session": i, "actor": name, **where}
                       for i, sess in enumerate(f.actors.get("sessions", []))
                       for name, where in sorted(sess["actors"].items())],

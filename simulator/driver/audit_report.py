@@ -33,8 +33,10 @@ def audit_markdown(a: dict[str, Any]) -> str:
         e = info["exported_bytes"]
         out.append(f"| {s} | {info['messages']} | {e.get('prompt', 0)} | {e.get('model', 0)} | "
                    f"{e.get('metrics', 0)} | {info['data_bytes']} |")
-    out += ["", "## File access to site data", "", "| process | site data opened | opens |", "|---|---|---|"]
-    out += [f"| {r['role']} | {r['site_data']} | {r['opens']} |" for r in a["file_access"]] or ["| (none) | | |"]
+    out += ["", "## File access to site data", "", "| process (role) | site data opened | opens | processes |",
+            "|---|---|---|---|"]
+    out += [f"| {r['role']} | {r['site_data']} | {r['opens']} | {r.get('processes', '')} |"
+            for r in a["file_access"]] or ["| (none) | | | |"]
     if a.get("open_channels"):
         out += ["", "## Open channels (what the schema still lets through, at most)", "",
                 "Every message a site sent had a declared shape; what remains is the values in declared "

@@ -196,6 +196,22 @@ def _add_data(sub) -> None:
     _add_set(inspect, "override a config value, e.g. --set data.image_size=128 (repeatable)")
 
 
+def _add_flower(sub) -> None:
+    fl = sub.add_parser("flower", help="a local Flower deployment: a SuperLink and one SuperNode per site",
+                        description="up: start flower-superlink and one flower-supernode per site on 127.0.0.1 "
+                                    "(insecure mode; every SuperNode a process of its own, its site in its "
+                                    "node config), record their ids in DIR/deployment.json and print the "
+                                    "flwr run command; down: stop exactly the processes up started.")
+    fl_sub = fl.add_subparsers(dest="flower_command", required=True)
+    up = fl_sub.add_parser("up", help="start the SuperLink and the SuperNodes")
+    up.add_argument("--sites", type=int, default=6, help="number of sites, one SuperNode each (default 6)")
+    up.add_argument("--benchmark", default="phantom", metavar="SPEC", help="a generated benchmark (default phantom)")
+    up.add_argument("--dir", default="runs/flower-local", help="where the deployment's state and logs go "
+                                                               "(default runs/flower-local)")
+    down = fl_sub.add_parser("down", help="stop the processes a `flower up` started")
+    down.add_argument("--dir", default="runs/flower-local", help="the folder given to flower up")
+
+
 def _add_set(p: argparse.ArgumentParser, text: str) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", help=text)
 
@@ -210,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
     sub.add_parser("methods", help="list the registered methods")
-    for add in (_add_resume, _add_status, _add_compare, _add_bench, _add_audit, _add_smd, _add_data):
+    for add in (_add_resume, _add_status, _add_compare, _add_bench, _add_audit, _add_smd, _add_data,
+                _add_flower):
         add(sub)
     return parser
 

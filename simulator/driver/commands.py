@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from simulator.benchmarks import catalog
 from simulator.benchmarks.order import ORDER_KEYWORDS
 from simulator.config import Config, build_config, merge, parse_set
 from simulator.errors import (
@@ -288,9 +289,29 @@ def cmd_data(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_flower(args: argparse.Namespace) -> int:
+    """``smg-sim flower up|down``: a local Flower deployment, every site its own SuperNode process."""
+    from simulator.driver import flower_deploy
+
+    if args.flower_command == "down":
+        for what in flower_deploy.down(Path(args.dir)):
+            print(f"smg-sim: stopped {what}")
+        return EXIT_OK
+    if catalog.is_user_data(args.benchmark):
+        raise ConfigError("smg-sim flower up: a user data set needs each SuperNode's data spec in its node "
+                          "config; this command starts generated benchmarks only")
+    state = flower_deploy.up(Path(args.dir), args.sites, args.benchmark)
+    for p in state["processes"]:
+        print(f"smg-sim: {p['role']}: pid {p['pid']}, log {p['log']}")
+    print(f"smg-sim: SuperLink on {state['superlink']}; from the project folder run the app with:")
+    print(f"  {flower_deploy.run_command(state)}")
+    print(f"smg-sim: stop it with: smg-sim flower down --dir {args.dir}")
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "methods": cmd_methods, "run": cmd_run, "resume": cmd_resume, "status": cmd_status, "compare": cmd_compare, "bench": cmd_bench,
-    "audit": cmd_audit, "smd": cmd_smd, "data": cmd_data,
+    "audit": cmd_audit, "smd": cmd_smd, "data": cmd_data, "flower": cmd_flower,
 }
 
 

@@ -214,13 +214,13 @@ def execute(plan: RunPlan, folder: RunFolder, stream: TextIO, progress: bool, si
     """The run itself, from the start or from checkpoint ``ckpt``.
 
     With ``runtime.engine = flower`` it runs inside a Flower ServerApp in Flower's simulation
-    (:mod:`simulator.driver.flower_sim`), which calls back here with the ServerApp's ``grid``.
+    (:mod:`simulator.driver.engine.flower_sim`), which calls back here with the ServerApp's ``grid``.
     """
     cfg = plan.config
     if cfg.runtime.engine == "flower" and grid is None:
-        from simulator.driver.flower_sim import execute_in_simulation
+        from simulator.driver.engine.flower_sim import execute_in_simulation
 
-        return execute_in_simulation(plan, folder, stream, progress, site_cls, ckpt)
+        return execute_in_simulation(plan, folder, stream, progress, site_cls, ckpt, execute)
     t_start = time.perf_counter()
     before = ckpt.elapsed_seconds if ckpt else 0.0  # seconds the run spent before it was resumed
     ledger = Ledger(folder.file("ledger.jsonl"), *((ckpt.ledger_count, ckpt.ledger_total_bytes) if ckpt else ()))

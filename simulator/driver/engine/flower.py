@@ -2,7 +2,7 @@
 
 With ``runtime.engine = flower`` the stage loop runs in a Flower ``ServerApp`` and every call it
 makes on a site becomes a Flower ``Message`` to that site's SuperNode, answered by the
-``ClientApp`` of :mod:`sites.flower_client`. A :class:`FlowerSite` has the shape of a Ray actor
+``ClientApp`` of :mod:`simulator.driver.flower_client`. A :class:`FlowerSite` has the shape of a Ray actor
 handle (``site.evaluate.remote(msg)`` returns a reference; :func:`~simulator.driver.engine.runtime.get`
 waits for it), so the engine, its ledger and its recovery code are the same for both engines.
 
@@ -14,36 +14,14 @@ guarded methods return: the same messages the Ray engine's actors return.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import Message, RecordDict
 
 from simulator.errors import ConfigError, SiteUnavailable
+from simulator.flower_calls import CALL, POLL_SECONDS, SITE_CALLS, call_message
 from simulator.payloads import SiteSpec
-
-#: the record of a Flower message that names the site method to call (and its scalar arguments)
-CALL = "smg.call"
-#: site methods a message may call, and the Flower message type of each (nothing else is reachable)
-SITE_CALLS = {
-    "describe": "query", "ping": "query", "guard_report": "query", "crash_during": "query",
-    "tune_prompt": "query", "fidelity": "query", "attribute": "query", "write_preview": "query",
-    "start_visit": "train", "train": "train", "finish_visit": "train", "visit": "train",
-    "evaluate": "evaluate",
-}
-#: how often a reply is polled for (seconds)
-POLL_SECONDS = 0.05
-
-
-def call_message(node_id: int, method: str, site: str, payload: RecordDict | None = None,
-                 args: tuple = (), **extra: Any) -> Message:
-    """A Flower message that calls ``method`` of ``site`` on node ``node_id`` with ``payload``."""
-    content = RecordDict(dict(payload.items()) if payload is not None else {})
-    content[CALL] = ConfigRecord({"method": method, "site": site, "args": json.dumps(list(args)),
-                                  **{k: v for k, v in extra.items()}})
-    mtype = SITE_CALLS.get(method, "query")
-    return Message(content=content, dst_node_id=int(node_id), message_type=mtype)
 
 
 class FlowerRef:
@@ -153,3 +131,13 @@ def placement(sites: dict[str, FlowerSite]) -> dict[str, dict[str, Any]]:
     """Where each site runs: its Flower node and the process that answered its node's messages."""
     return {f"site-{n}": {"node_id": f"flower:{h.node_id}", "node_ip": "", "pid": h.pid, "state": "ALIVE"}
             for n, h in sites.items()}
+
+
+def await_ray(seconds: float = 120.0) -> None:
+    """Under ``flwr run`` Flower's simulation starts Ray for its ClientApp workers while the
+    ServerApp starts; the learner joins that instance rather than racing it with a second ``ray.init``."""
+    import ray
+
+    deadline = time.monotonic() + seconds
+    while not ray.is_initialized() and time.monotonic() < deadline:
+        time.sleep(0.5)

@@ -22,7 +22,13 @@ from flwr.app import RecordDict
 from server.learner import Learner
 from simulator.benchmarks import catalog
 from simulator.driver.artifacts import ArtifactCache
-from simulator.driver.engine.runtime import Actors, RayMetricsSink, actor_placement, create_sites, get
+from simulator.driver.engine.runtime import (
+    Actors,
+    RayMetricsSink,
+    actor_placement,
+    create_sites,
+    get,
+)
 from simulator.driver.engine.smd_steps import SMDSteps
 from simulator.driver.faults import FaultPlan
 from simulator.driver.ledger import Ledger
@@ -227,6 +233,12 @@ class Engine(SMDSteps):
         """
         steps = self.cfg.train.steps_per_stage
         self._crash_if_planned(site, stage, "visit")
+        if self.grid is not None:  # one message: a deployed node answers each message in a new process
+            msg = get(self.actors.learner.visit_message.remote(site, stage))
+            self.progress.line(f"stage {stage}/{len(self.order)} site {site}: visit of {steps} steps on its node")
+            reply = self._call(site, "visit", msg, phase="visit")
+            self.progress.trained(steps, steps)
+            return get(self.actors.learner.absorb.remote(reply, site, stage))
 
         def work(attempt: int) -> RecordDict:
             msg = get(self.actors.learner.visit_message.remote(site, stage))

@@ -2,7 +2,7 @@
 
 The ServerApp's main function is the same pipeline as the Ray engine's
 (:func:`~simulator.driver.runner.execute`), given the ServerApp's ``Grid``: every site call is a
-Flower message to the site's SuperNode, answered by the ClientApp of :mod:`sites.flower_client`.
+Flower message to the site's SuperNode, answered by the ClientApp of :mod:`simulator.driver.flower_client`.
 Flower's simulation runs the ClientApps in a pool of Ray actors of this run's Ray instance: one
 worker holding all of Ray's CPUs, so that the sites' state lives across messages in one process
 (the audit's one-process-per-site check reports that it is not met).
@@ -11,7 +11,8 @@ worker holding all of Ray's CPUs, so that the sites' state lives across messages
 from __future__ import annotations
 
 import logging
-from typing import TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 from simulator.driver.plan import RunPlan
 from simulator.driver.runfolder import RunFolder
@@ -19,8 +20,9 @@ from simulator.errors import ConfigError
 
 
 def execute_in_simulation(plan: RunPlan, folder: RunFolder, stream: TextIO, progress: bool, site_cls: type | None,
-                          ckpt):
-    """Run the plan as a Flower app in Flower's simulation, one SuperNode per site."""
+                          ckpt, execute: Callable[..., Any]):
+    """Run the plan as a Flower app in Flower's simulation, one SuperNode per site; ``execute`` is
+    the run's pipeline (:func:`simulator.driver.runner.execute`), called with the ServerApp's grid."""
     import ray
 
     from simulator.driver import engine
@@ -38,8 +40,7 @@ def execute_in_simulation(plan: RunPlan, folder: RunFolder, stream: TextIO, prog
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
-    from simulator.driver.runner import execute
-    from sites.flower_client import app as client_app
+    from simulator.driver.flower_client import app as client_app
 
     cpus = int(ray.cluster_resources().get("CPU", 1))
     done: dict = {}

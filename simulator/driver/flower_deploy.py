@@ -1,0 +1,178 @@
+"""``smg-sim flower up`` / ``down``: a local Flower deployment, every site a SuperNode process.
+
+``up`` starts one ``flower-superlink`` and one ``flower-supernode`` per site on 127.0.0.1
+(insecure mode), each in a process group of its own, with the site's name in the node's config
+(``site=NAME``); it records the process ids in ``DIR/deployment.json`` and writes a Flower
+config (``DIR/flwr/config.toml``) naming the SuperLink, then prints the ``flwr run`` command.
+A SuperNode starts a ``flwr-clientapp`` process for every message it receives, so each site's
+data is read only by processes of its own SuperNode. ``down`` stops exactly the process groups
+it recorded (the SuperLink's, and every SuperNode's with the ClientApp processes they started).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from simulator.benchmarks import catalog
+from simulator.errors import ConfigError
+
+STATE = "deployment.json"
+#: how long each process may take to start listening (seconds)
+START_SECONDS = 120.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _binary(name: str) -> str:
+    path = Path(sys.executable).parent / name
+    found = str(path) if path.exists() else shutil.which(name)
+    if not found:
+        raise ConfigError(f"{name} not found next to {sys.executable} or on PATH; install flwr[simulation]")
+    return found
+
+
+def _start(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
+    fh = log.open("ab")
+    try:  # a process group of its own: down stops it with every process it started
+        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True)
+    finally:
+        fh.close()
+
+
+def _wait_listening(proc: subprocess.Popen, port: int, what: str, log: Path) -> None:
+    deadline = time.monotonic() + START_SECONDS
+    while not _listening(port):
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode}; see {log}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {START_SECONDS:g} s; see {log}")
+        time.sleep(0.3)
+
+
+def read_state(folder: Path) -> dict | None:
+    path = Path(folder) / STATE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def up(folder: Path, sites: int, benchmark: str = "phantom") -> dict:
+    """Start the SuperLink and one SuperNode per site; returns the recorded deployment."""
+    folder = Path(folder).resolve()
+    old = read_state(folder)
+    if old and any(_alive(p["pid"]) for p in old["processes"]):
+        raise ConfigError(f"{folder / STATE}: a deployment started there is still running; "
+                          f"stop it first with: smg-sim flower down --dir {folder}")
+    names = list(catalog.site_names(benchmark))
+    if not 1 <= sites <= len(names):
+        raise ConfigError(f"--sites {sites}: the benchmark {benchmark} has {len(names)} sites")
+    names = names[:sites]
+    folder.mkdir(parents=True, exist_ok=True)
+    # the SuperLink and SuperNodes start Flower's other executables (flower-superexec, flwr-serverapp,
+    # flwr-clientapp) by name: this environment's come first
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "PATH": path, "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    link_port = _free_port()
+    processes: list[dict] = []
+    state = {"dir": str(folder), "superlink": f"127.0.0.1:{link_port}", "sites": names, "benchmark": benchmark,
+             "started": time.time(), "processes": processes}
+
+    def record() -> None:
+        (folder / STATE).write_text(json.dumps(state, indent=2))
+
+    try:
+        log = folder / "superlink.log"
+        link = _start([_binary("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(link_port),
+                       "--database", str(folder / "superlink.db"), "--disable-runtime-dependency-installation"],
+                      log, env)
+        processes.append({"role": "superlink", "pid": link.pid, "pgid": link.pid, "log": str(log)})
+        record()
+        _wait_listening(link, link_port, "flower-superlink", log)
+        nodes = []
+        for name in names:
+            port = _free_port()
+            log = folder / f"supernode-{name}.log"
+            node = _start([_binary("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link_port}",
+                           "--node-config", f"site='{name}'", "--host", "127.0.0.1", "--port", str(port)],
+                          log, env)
+            processes.append({"role": f"supernode:{name}", "site": name, "pid": node.pid, "pgid": node.pid,
+                              "port": port, "log": str(log)})
+            record()
+            nodes.append((node, port, name, log))
+        for node, port, name, log in nodes:
+            _wait_listening(node, port, f"flower-supernode of site {name}", log)
+    except BaseException:
+        down(folder)
+        raise
+    home = folder / "flwr"
+    home.mkdir(exist_ok=True)
+    (home / "config.toml").write_text(f'[superlink]\ndefault = "smg-local"\n\n[superlink.smg-local]\n'
+                                      f'address = "127.0.0.1:{link_port}"\ninsecure = true\n')
+    state["flwr_home"] = str(home)
+    record()
+    return state
+
+
+def run_command(state: dict, out: str = "", profile: str = "smoke") -> str:
+    """The ``flwr run`` command that runs the app against the deployment (from the project folder)."""
+    cfg = f"sites={len(state['sites'])} order='fixed' profile='{profile}' benchmark='{state['benchmark']}'"
+    if out:
+        cfg += f" out='{out}'"
+    return f'FLWR_HOME={state["flwr_home"]} flwr run . smg-local --stream --run-config "{cfg}"'
+
+
+def down(folder: Path) -> list[str]:
+    """Stop every process group the deployment in ``folder`` recorded; returns what was stopped."""
+    folder = Path(folder).resolve()
+    state = read_state(folder)
+    if state is None:
+        raise ConfigError(f"{folder / STATE}: no deployment recorded there")
+    stopped = []
+    for p in reversed(state["processes"]):
+        try:
+            os.killpg(p["pgid"], signal.SIGTERM)
+            stopped.append(f"{p['role']} (process group {p['pgid']})")
+        except ProcessLookupError:
+            continue
+    deadline = time.monotonic() + 20
+    for p in state["processes"]:
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(p["pgid"], 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            try:
+                os.killpg(p["pgid"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    (folder / STATE).rename(folder / f"{STATE}.stopped-{int(time.time())}")
+    return stopped
