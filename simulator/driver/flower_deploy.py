@@ -148,6 +148,19 @@ def run_command(state: dict, out: str = "", profile: str = "smoke") -> str:
     return f'FLWR_HOME={state["flwr_home"]} flwr run . smg-local --stream --run-config "{cfg}"'
 
 
+def _group_gone(p: dict) -> bool:
+    """Whether no process of the recorded group is left (a leader this process started is reaped)."""
+    try:
+        os.waitpid(p["pid"], os.WNOHANG)
+    except ChildProcessError:  # not this process's child (up ran in another process)
+        pass
+    try:
+        os.killpg(p["pgid"], 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
 def down(folder: Path) -> list[str]:
     """Stop every process group the deployment in ``folder`` recorded; returns what was stopped."""
     folder = Path(folder).resolve()
@@ -163,16 +176,13 @@ def down(folder: Path) -> list[str]:
             continue
     deadline = time.monotonic() + 20
     for p in state["processes"]:
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(p["pgid"], 0)
-            except ProcessLookupError:
+        while not _group_gone(p):
+            if time.monotonic() > deadline:
+                try:
+                    os.killpg(p["pgid"], signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
                 break
             time.sleep(0.2)
-        else:
-            try:
-                os.killpg(p["pgid"], signal.SIGKILL)
-            except ProcessLookupError:
-                pass
     (folder / STATE).rename(folder / f"{STATE}.stopped-{int(time.time())}")
     return stopped
