@@ -24,14 +24,21 @@ def _free_port() -> int:
 METRICS_PORT = _free_port()
 
 
-@pytest.fixture(scope="session")
-def ray_session():
-    """Start Ray once (2 CPUs, no dashboard, metrics on METRICS_PORT) and share it across the session."""
+def start_session_ray() -> None:
+    """The session's Ray instance (2 CPUs, no dashboard, metrics on METRICS_PORT), if none runs."""
     import ray
 
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
                  configure_logging=True, log_to_driver=False, _metrics_export_port=METRICS_PORT)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """Start Ray once and share it across the session (a test that ends it starts it again)."""
+    import ray
+
+    start_session_ray()
     yield ray
     ray.shutdown()
 

@@ -17,8 +17,13 @@ def _cfg(out, *extra):
 
 
 def test_the_flower_engine_gives_the_ray_engines_results(ray_session, tmp_path):
+    from conftest import start_session_ray
+
     ray_run = api.run(_cfg(tmp_path / "ray"), progress=False)
-    flower_run = api.run(_cfg(tmp_path / "flower", "runtime.engine=flower"), progress=False)
+    try:
+        flower_run = api.run(_cfg(tmp_path / "flower", "runtime.engine=flower"), progress=False)
+    finally:  # Flower's simulation shuts Ray down when it ends; the later tests share the session's
+        start_session_ray()
     assert (tmp_path / "flower" / "R.csv").read_bytes() == (tmp_path / "ray" / "R.csv").read_bytes()
     assert flower_run.metrics == ray_run.metrics
     audit = json.loads((tmp_path / "flower" / "privacy_audit.json").read_text())
