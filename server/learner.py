@@ -100,8 +100,10 @@ class Learner:
 
     def fidelity_message(self, site: str) -> RecordDict:
         """Send a site the replay of its own prompt, for TSTR and intensity checks."""
-        return FidelityRequest(self._bank().arrays([site]), self.cfg.smd.fidelity_steps,
-                               self.cfg.privacy.nn_threshold, derive_seed(self.run_seed, "tstr", site)
+        bank = self._bank()
+        return FidelityRequest(bank.arrays([site]), self.cfg.smd.fidelity_steps,
+                               self.cfg.privacy.nn_threshold, derive_seed(self.run_seed, "tstr", site),
+                               {"tokens": bank.prompts[site]}, str(self.backbone_path), self.backbone_sha256,
                                ).to_record("learner", f"site:{site}")
 
     def attribution_message(self, site: str, sites: list[str], public: np.ndarray) -> RecordDict:

@@ -20,8 +20,9 @@ SITE_CALLS = {
     "start_visit": "train", "train": "train", "finish_visit": "train", "visit": "train",
     "evaluate": "evaluate",
 }
-#: how often a reply is polled for (seconds)
-POLL_SECONDS = 0.05
+#: how long the first wait for a reply is, and the longest (seconds; the wait doubles in between)
+POLL_SECONDS = 0.005
+MAX_POLL_SECONDS = 0.5
 
 
 def call_message(node_id: int, method: str, site: str, payload: RecordDict | None = None,

@@ -240,6 +240,12 @@ class FidelityRequest(Payload):
     steps: int = _role("config")
     nn_threshold: float = _role("config")
     seed: int = _role("config")
+    #: the prompt the site exported (``tokens``) and the public backbone (path, sha256), for the
+    #: membership test where the process that answers did not tune the prompt itself (a deployed
+    #: Flower node starts a process per message)
+    prompt: Arrays = _role("arrays")
+    backbone_path: str = _role("config")
+    backbone_sha256: str = _role("config")
 
 
 @dataclass(frozen=True)

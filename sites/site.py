@@ -288,9 +288,13 @@ class Site:
         out["real_foreground"] = float(d.train_y.mean())
         t1 = time.perf_counter()
         out.update(nearest_neighbours(synth[0], d.train_x, req.nn_threshold))
-        if self._prompt is not None and self._backbone_model is not None:
-            out.update(membership_inference(self._backbone_model, self._prompt, (d.train_x, d.train_y),
-                                            (d.test_x, d.test_y), seed=req.seed))
+        prompt = self._prompt if self._prompt is not None else req.prompt.get("tokens")
+        backbone = self._backbone_model
+        if backbone is None and prompt is not None and req.backbone_path:  # a process that did not tune it
+            backbone = self._backbone(req.backbone_path, req.backbone_sha256)
+        if prompt is not None and backbone is not None:
+            out.update(membership_inference(backbone, prompt, (d.train_x, d.train_y), (d.test_x, d.test_y),
+                                            seed=req.seed))
         out.update(fidelity_seconds=t1 - t0, memorisation_seconds=time.perf_counter() - t1)
         return self._metrics(schemas.FIDELITY, **out)
 

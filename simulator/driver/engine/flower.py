@@ -20,7 +20,7 @@ from typing import Any
 from flwr.app import Message, RecordDict
 
 from simulator.errors import ConfigError, SiteUnavailable
-from simulator.flower_calls import CALL, POLL_SECONDS, SITE_CALLS, call_message
+from simulator.flower_calls import CALL, MAX_POLL_SECONDS, POLL_SECONDS, SITE_CALLS, call_message
 from simulator.payloads import SiteSpec
 
 
@@ -32,6 +32,7 @@ class FlowerRef:
 
     def result(self, timeout: float | None = None) -> RecordDict:
         deadline = None if timeout is None else time.monotonic() + timeout
+        wait = POLL_SECONDS
         while True:
             replies = list(self.grid.pull_messages([self.message_id]))
             if replies:
@@ -43,7 +44,8 @@ class FlowerRef:
             if deadline is not None and time.monotonic() > deadline:
                 raise SiteUnavailable(self.site, self.method, f"no answer from its node within {timeout:g} s "
                                                               f"(runtime.site_timeout)")
-            time.sleep(POLL_SECONDS)
+            time.sleep(wait)  # quick answers are picked up at once; a long visit is polled every half second
+            wait = min(wait * 2, MAX_POLL_SECONDS)
 
 
 class _FlowerMethod:
