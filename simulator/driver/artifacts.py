@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from simulator.config import Config
+from simulator.driver.processes import pid_alive
 from simulator.payloads import SiteSpec
 
 
@@ -45,16 +46,6 @@ def artifact_key(cfg: Config, spec: SiteSpec, backbone: str) -> str:
     if cfg.privacy.dp_epsilon > 0:  # keys of runs without DP stay what they were
         inputs["dp"] = [cfg.privacy.dp_epsilon, cfg.privacy.dp_delta, cfg.privacy.dp_clip]
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class ArtifactCache:
@@ -93,7 +84,7 @@ class ArtifactCache:
                 fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
                 host, _, pid = lock.read_text().partition(":") if lock.exists() else ("", "", "")
-                if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+                if host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
                     lock.unlink(missing_ok=True)  # its maker died: take it over
                     continue
                 return False

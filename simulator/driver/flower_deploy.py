@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from simulator.benchmarks import catalog
+from simulator.driver.processes import pid_alive
 from simulator.errors import ConfigError
 
 STATE = "deployment.json"
@@ -39,16 +40,6 @@ def _listening(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
         return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _binary(name: str) -> str:
@@ -87,7 +78,7 @@ def up(folder: Path, sites: int, benchmark: str = "phantom") -> dict:
     """Start the SuperLink and one SuperNode per site; returns the recorded deployment."""
     folder = Path(folder).resolve()
     old = read_state(folder)
-    if old and any(_alive(p["pid"]) for p in old["processes"]):
+    if old and any(pid_alive(p["pid"]) for p in old["processes"]):
         raise ConfigError(f"{folder / STATE}: a deployment started there is still running; "
                           f"stop it first with: smg-sim flower down --dir {folder}")
     names = list(catalog.site_names(benchmark))

@@ -9,13 +9,13 @@ its live actors come from the dashboard's state API over HTTP; otherwise from th
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from simulator.driver.processes import pid_alive
 from simulator.driver.runfolder import FAILED, MARKER
 
 
@@ -35,23 +35,13 @@ class RunStatus:
     actors: list[str] = field(default_factory=list)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _state(run: Path) -> tuple[str, str]:
     if (run / MARKER).exists():
         return "complete", ""
     rt = run / "runtime.json"
     if rt.exists():
         info = json.loads(rt.read_text())
-        if info.get("host") == socket.gethostname() and _alive(int(info.get("pid", 0))):
+        if info.get("host") == socket.gethostname() and pid_alive(int(info.get("pid", 0))):
             return "running", ""
     why = (run / FAILED).read_text().strip() if (run / FAILED).exists() else "its driver is gone"
     if (run / "checkpoint" / "LATEST").exists():
