@@ -101,18 +101,19 @@ def _setup(msg: Message, call: ConfigRecord, context: Context) -> Message:
 
 def _site(name: str, context: Context):
     """This node's site: kept in this process, or rebuilt from the spec in ``Context.state`` (a
-    deployed SuperNode starts a ClientApp process per message)."""
-    if name in _SITES:
-        return _SITES[name]
-    rec = context.state.get(SITE_STATE) if SITE_STATE in context.state else None
-    if rec is None or str(rec["site"]) != name:
-        raise ValueError(f"site {name!r} was not set up on this node (process {os.getpid()})")
-    entry = _build(name, rec)
-    if GUARD_STATE in context.state:  # the counts of the earlier processes, then this one's on top
+    deployed SuperNode starts a ClientApp process per message). Its guard starts from the counts
+    the node's state holds, whichever process answered the node's earlier messages."""
+    entry = _SITES.get(name)
+    if entry is None:
+        rec = context.state.get(SITE_STATE) if SITE_STATE in context.state else None
+        if rec is None or str(rec["site"]) != name:
+            raise ValueError(f"site {name!r} was not set up on this node (process {os.getpid()})")
+        entry = _build(name, rec)
+    if GUARD_STATE in context.state:
         g, saved = entry[0]._guard, context.state[GUARD_STATE]
         for k in _COUNTS:
             setattr(g, k, type(getattr(g, k))(saved[k]))
-        g.violations.extend(Violation(**v) for v in json.loads(str(saved["violations"])))
+        g.violations[:] = [Violation(**v) for v in json.loads(str(saved["violations"]))]
     return entry
 
 
