@@ -20,9 +20,6 @@ SITE_CALLS = {
     "start_visit": "train", "train": "train", "finish_visit": "train", "visit": "train",
     "evaluate": "evaluate",
 }
-#: how long the first wait for a reply is, and the longest (seconds; the wait doubles in between)
-POLL_SECONDS = 0.005
-MAX_POLL_SECONDS = 0.5
 
 
 def call_message(node_id: int, method: str, site: str, payload: RecordDict | None = None,
@@ -33,3 +30,8 @@ def call_message(node_id: int, method: str, site: str, payload: RecordDict | Non
                                   **{k: v for k, v in extra.items()}})
     mtype = SITE_CALLS.get(method, "query")
     return Message(content=content, dst_node_id=int(node_id), message_type=mtype)
+
+
+def payload_of(content: RecordDict) -> RecordDict:
+    """A Flower message's content without its call record: the site message it carries."""
+    return RecordDict({k: v for k, v in content.items() if k != CALL})

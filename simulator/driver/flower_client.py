@@ -27,7 +27,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from simulator.filetrace import start_trace
-from simulator.flower_calls import CALL, SITE_CALLS
+from simulator.flower_calls import CALL, SITE_CALLS, payload_of
 from simulator.payloads import SiteSpec
 from sites.egress import Violation
 
@@ -86,7 +86,7 @@ def _build(name: str, rec: ConfigRecord):
 
 def _setup(msg: Message, call: ConfigRecord, context: Context) -> Message:
     name = str(call["site"])
-    spec = SiteSpec.from_record(RecordDict({k: v for k, v in msg.content.items() if k != CALL}))
+    spec = SiteSpec.from_record(payload_of(msg.content))
     if spec.site != name:
         raise ValueError(f"setup for site {name!r} carries the spec of site {spec.site!r}")
     context.state[SITE_STATE] = ConfigRecord({
@@ -136,7 +136,7 @@ def _handle(msg: Message, context: Context) -> Message:
     site, trace, root = _site(name, context)
     if trace and root:  # this process's file access is this site's while it answers this message
         start_trace(trace, f"site:{name}", [root])
-    payload = RecordDict({k: v for k, v in msg.content.items() if k != CALL})
+    payload = payload_of(msg.content)
     args = json.loads(str(call["args"]))
     out = getattr(site, method)(*([payload] if len(payload) else []), *args)
     _save_guard(site, context)

@@ -20,8 +20,12 @@ from typing import Any
 from flwr.app import Message, RecordDict
 
 from simulator.errors import ConfigError, SiteUnavailable
-from simulator.flower_calls import CALL, MAX_POLL_SECONDS, POLL_SECONDS, SITE_CALLS, call_message
+from simulator.flower_calls import CALL, SITE_CALLS, call_message, payload_of
 from simulator.payloads import SiteSpec
+
+#: how long the first wait for a reply is, and the longest (seconds; the wait doubles in between)
+POLL_SECONDS = 0.005
+MAX_POLL_SECONDS = 0.5
 
 
 class FlowerRef:
@@ -40,7 +44,7 @@ class FlowerRef:
                 if reply.has_error():
                     raise SiteUnavailable(self.site, self.method, f"its node answered with an error: "
                                                                   f"{reply.error.reason}")
-                return RecordDict({k: v for k, v in reply.content.items() if k != CALL})
+                return payload_of(reply.content)
             if deadline is not None and time.monotonic() > deadline:
                 raise SiteUnavailable(self.site, self.method, f"no answer from its node within {timeout:g} s "
                                                               f"(runtime.site_timeout)")
@@ -125,7 +129,7 @@ def connect_sites(grid: Any, names: list[str], all_sites: list[str], specs: dict
         trace = f"{trace_dir}/site-{s}.jsonl" if trace_dir else ""
         msgs.append(call_message(node, "setup", s, spec, trace=trace, **setup))
     for reply in _ask(grid, msgs, timeout, "setup"):
-        ledger.record(RecordDict({k: v for k, v in reply.content.items() if k != CALL}))
+        ledger.record(payload_of(reply.content))
     return {s: FlowerSite(grid, where[s][0], s, where[s][1]) for s in names}
 
 
