@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from simulator.errors import ConfigError
+from simulator.optim import Adam
 from simulator.schemas import LOSS, MetricRule
 
 HValue = int | float | bool | str
@@ -151,10 +152,9 @@ class Method(ABC):
         self.model = model
         self.hp = dict(hparams)
 
-    def adam(self) -> torch.optim.Adam:
+    def adam(self) -> Adam:
         """The optimiser most methods use: Adam with ``lr`` and ``weight_decay`` from the hyper-parameters."""
-        return torch.optim.Adam(self.model.parameters(), lr=self.hp["lr"],
-                                weight_decay=self.hp["weight_decay"])
+        return Adam(self.model.parameters(), lr=self.hp["lr"], weight_decay=self.hp["weight_decay"])
 
     @abstractmethod
     def begin_stage(self, ctx: StageContext) -> None:

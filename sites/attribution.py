@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from simulator.optim import Adam
 from simulator.seeding import torch_generator
 
 
@@ -36,7 +37,7 @@ def train_detector_and_score(real: np.ndarray, public: np.ndarray, queries: np.n
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = _detector(pos.shape[1])
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    opt = Adam(model.parameters(), lr=2e-3)
     gen = torch_generator(seed)
     half = batch // 2
     for _ in range(steps):

@@ -37,6 +37,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from simulator.optim import Adam
 from simulator.smd.backbone import SMDBackbone, to_model_space
 
 
@@ -72,7 +73,7 @@ def _draw(cases: list[np.ndarray], q: float, gen: torch.Generator) -> list[int]:
     return [int(cases[c][int(torch.randint(len(cases[c]), (1,), generator=gen))]) for c in drawn]
 
 
-def _dp_step(param: torch.Tensor, opt: torch.optim.Optimizer, to_tokens: Callable, backbone: SMDBackbone,
+def _dp_step(param: torch.Tensor, opt: Adam, to_tokens: Callable, backbone: SMDBackbone,
              x: torch.Tensor, idx: list[int], clip: float, sigma: float, expected: float,
              gen: torch.Generator) -> None:
     """One DP-SGD step (nothing about the drawn gradients is returned: it would be unaccounted)."""
@@ -106,7 +107,7 @@ def dp_tune_prompt(backbone: SMDBackbone, images: np.ndarray, masks: np.ndarray,
     expected = q * n
     # the public start: the appearance MLP at the prior's mean (no candidate scored on private data)
     cond = torch.zeros(backbone.spec.cond_dim, requires_grad=True)
-    opt = torch.optim.Adam([cond], lr=0.05)
+    opt = Adam([cond], lr=0.05)
     coarse = steps - int(round(steps * fine_fraction))
     for _ in range(coarse):
         _dp_step(cond, opt, backbone.tokens_from_condition, backbone, x, _draw(cases, q, gen), clip, sigma,
@@ -114,7 +115,7 @@ def dp_tune_prompt(backbone: SMDBackbone, images: np.ndarray, masks: np.ndarray,
     with torch.no_grad():
         start = backbone.tokens_from_condition(cond.detach()[None])[0]
     prompt = start.clone().requires_grad_(True)
-    opt = torch.optim.Adam([prompt], lr=lr)
+    opt = Adam([prompt], lr=lr)
     for _ in range(steps - coarse):
         _dp_step(prompt, opt, lambda p: p, backbone, x, _draw(cases, q, gen), clip * fine_clip_scale, sigma,
                  expected, gen)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from simulator.optim import Adam
 from simulator.seeding import torch_generator
 from simulator.segmentation import build_model, dice_per_image, predict, seg_loss
 
@@ -19,7 +20,7 @@ from simulator.segmentation import build_model, dice_per_image, predict, seg_los
 def _train_and_test(x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, steps: int,
                     seed: int, width: int = 8, depth: int = 3, batch: int = 16) -> float:
     model = build_model(x.shape[1], width, depth, seed=seed).to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    opt = Adam(model.parameters(), lr=2e-3)
     gen = torch_generator(seed)
     X, Y = torch.from_numpy(x).float(), torch.from_numpy(y.astype(np.float32))
     model.train()

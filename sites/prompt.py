@@ -20,6 +20,7 @@ import time
 import numpy as np
 import torch
 
+from simulator.optim import Adam
 from simulator.seeding import torch_generator
 from simulator.smd.backbone import SMDBackbone, to_model_space
 
@@ -47,7 +48,7 @@ def tune_prompt(backbone: SMDBackbone, images: np.ndarray, masks: np.ndarray, st
     scores = [_fixed_loss(backbone, probe, backbone.tokens_from_condition(c[None])) for c in cands]
     cond = cands[int(np.argmin(scores))].clone().requires_grad_(True)
     # 2. coarse: the appearance vector
-    opt = torch.optim.Adam([cond], lr=0.05)
+    opt = Adam([cond], lr=0.05)
     coarse = steps // 2
     for _ in range(coarse):
         idx = torch.randint(len(x), (min(batch, len(x)),), generator=gen).to(device)
@@ -57,7 +58,7 @@ def tune_prompt(backbone: SMDBackbone, images: np.ndarray, masks: np.ndarray, st
         opt.step()
     # 3. fine: free tokens
     prompt = backbone.tokens_from_condition(cond[None])[0].detach().clone().requires_grad_(True)
-    opt = torch.optim.Adam([prompt], lr=lr)
+    opt = Adam([prompt], lr=lr)
     for _ in range(steps - coarse):
         idx = torch.randint(len(x), (min(batch, len(x)),), generator=gen).to(device)
         loss = backbone.denoise_loss(x[idx], prompt[None], gen)

@@ -64,6 +64,7 @@ import torch
 from torch.func import functional_call
 
 from simulator.method import HParam
+from simulator.optim import Adam
 from simulator.segmentation import seg_loss, seg_loss_weighted
 
 Pair = tuple[torch.Tensor, torch.Tensor]
@@ -318,7 +319,7 @@ def alignment_gradient(model: torch.nn.Module, doms: list[Pair], roles: Roles, s
                        inner_rms=sum(shifts) / len(shifts) if shifts else 0.0, logs=logs)
 
 
-def apply_gradient(model: torch.nn.Module, opt: torch.optim.Optimizer, grads: Grads) -> float:
+def apply_gradient(model: torch.nn.Module, opt: Adam, grads: Grads) -> float:
     """One optimiser step along ``grads``; returns the RMS of the parameter change it made."""
     params = [p for p in model.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in params]
