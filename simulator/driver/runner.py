@@ -286,27 +286,3 @@ def _check_backbone(now: dict, then: dict) -> None:
         raise ResumeError(f"the SMD backbone differs from the one the run started with "
                           f"({then.get('backbone_path')}, sha256 {str(then.get('backbone_sha256'))[:12]}...); "
                           f"the run cannot be resumed")
-
-
-def _record_processes(folder: RunFolder, eng) -> None:
-    """``runtime.json`` (this driver: host, pid, Ray, dashboard) and ``actors.json`` (the node and
-    process of every actor, one entry per start of the driver; the audit lists them)."""
-    import socket
-
-    from simulator.driver import engine
-
-    write_json(folder.file("runtime.json"), {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
-                                             "ray_address": engine.cluster_address(), "dashboard": eng.dashboard_url})
-    path = folder.file("actors.json")
-    sessions = json.loads(path.read_text())["sessions"] if path.exists() else []
-    write_json(path, {"sessions": [*sessions, {"started": time.time(), "actors": eng.placement()}]})
-
-
-def _check_backbone(now: dict, then: dict) -> None:
-    """A resumed run must replay from the very backbone it started with."""
-    if now.get("backbone_sha256") != then.get("backbone_sha256"):
-        raise ResumeError(f"the SMD backbone differs from the one the run started with "
-                          f"({then.get('backbone_path')}, sha256 {str(then.get('backbone_sha256'))[:12]}...); "
-                          f"the run cannot be resumed")
-
-
