@@ -10,7 +10,6 @@ site's egress guard.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +24,8 @@ from simulator.filetrace import start_trace
 from simulator.outlines import encode_png, label, outlined_tile
 from simulator.payloads import (
     AttributeRequest,
+    BackboneCheck,
+    BackboneOffer,
     EvaluateRequest,
     FidelityRequest,
     ModelArch,
@@ -35,7 +36,7 @@ from simulator.payloads import (
 )
 from simulator.seeding import derive_seed
 from simulator.segmentation import build_model
-from simulator.smd.cache import file_sha256
+from simulator.smd.cache import backbone_digest
 from simulator.visit import LocalVisit
 
 
@@ -61,7 +62,7 @@ class Learner:
         self.hparams = dict(hparams)
         self.visits: list[dict[str, Any]] = []
         self.bank: ReplayBank | None = None
-        self.backbone_path: str | None = None
+        self.backbone_key = ""
         self.backbone_sha256 = ""
         self.visited: list[str] = []
 
@@ -69,11 +70,23 @@ class Learner:
     def enable_replay(self, backbone_path: str, channels: int) -> None:
         """Load the public backbone; prompts and replay are kept from here on."""
         smd = self.cfg.smd
-        self.backbone_path = backbone_path
-        self.backbone_sha256 = file_sha256(Path(backbone_path))
         self.bank = ReplayBank(backbone_path, self.run_seed, smd.replay_per_site, smd.sample_steps,
                                self.cfg.data.image_size, channels,
                                device=str(resolve_device(self.cfg.runtime.device)))
+        model = self.bank.backbone
+        self.backbone_key = model.spec.key()
+        self.backbone_sha256 = backbone_digest(model.spec, model.state_dict())
+
+    def backbone_check_message(self, site: str) -> RecordDict:
+        """Ask a site whether its own cache holds the public backbone (key and digest)."""
+        return BackboneCheck(self.backbone_key, self.backbone_sha256).to_record("learner", f"site:{site}")
+
+    def backbone_offer_message(self, site: str) -> RecordDict:
+        """The public backbone as arrays, for a site whose cache lacks it."""
+        model = self._bank().backbone
+        spec = {k: list(v) if isinstance(v, tuple) else v for k, v in model.spec.to_json().items()}
+        state = {k: v.detach().cpu().contiguous().numpy() for k, v in model.state_dict().items()}
+        return BackboneOffer(self.backbone_key, self.backbone_sha256, spec, state).to_record("learner", f"site:{site}")
 
     def _bank(self) -> ReplayBank:
         if self.bank is None:
@@ -83,7 +96,7 @@ class Learner:
     def tune_message(self, site: str) -> RecordDict:
         """Ask a site to tune its prompt against the public backbone."""
         smd, priv = self.cfg.smd, self.cfg.privacy
-        return TuneRequest(str(self.backbone_path), self.backbone_sha256, smd.prompt_steps, smd.prompt_lr,
+        return TuneRequest(self.backbone_key, self.backbone_sha256, smd.prompt_steps, smd.prompt_lr,
                            smd.prompt_batch,
                            smd.prompt_candidates, derive_seed(self.run_seed, "prompt", site),
                            priv.dp_epsilon, priv.dp_delta, priv.dp_clip).to_record("learner", f"site:{site}")
@@ -103,7 +116,7 @@ class Learner:
         bank = self._bank()
         return FidelityRequest(bank.arrays([site]), self.cfg.smd.fidelity_steps,
                                self.cfg.privacy.nn_threshold, derive_seed(self.run_seed, "tstr", site),
-                               {"tokens": bank.prompts[site]}, str(self.backbone_path), self.backbone_sha256,
+                               {"tokens": bank.prompts[site]}, self.backbone_key, self.backbone_sha256,
                                ).to_record("learner", f"site:{site}")
 
     def attribution_message(self, site: str, sites: list[str], public: np.ndarray) -> RecordDict:

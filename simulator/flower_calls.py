@@ -16,7 +16,7 @@ CALL = "smg.call"
 #: site methods a message may call, and the Flower message type of each (nothing else is reachable)
 SITE_CALLS = {
     "describe": "query", "ping": "query", "guard_report": "query", "crash_during": "query",
-    "tune_prompt": "query", "fidelity": "query", "attribute": "query", "write_preview": "query",
+    "has_backbone": "query", "install_backbone": "query", "tune_prompt": "query", "fidelity": "query", "attribute": "query", "write_preview": "query",
     "start_visit": "train", "train": "train", "finish_visit": "train", "visit": "train",
     "evaluate": "evaluate",
 }

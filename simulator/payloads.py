@@ -212,12 +212,36 @@ class EvaluateRequest(Payload):
 
 
 @dataclass(frozen=True)
+class BackboneCheck(Payload):
+    """Does the site's own cache hold the public SMD backbone with this key and digest?"""
+
+    KIND: ClassVar[str] = "backbone_check"
+    key: str = _role("config")
+    sha256: str = _role("config")
+
+
+@dataclass(frozen=True)
+class BackboneOffer(Payload):
+    """The public SMD backbone itself, as arrays, for a site whose cache lacks it (a file path
+    does not travel between machines). The site keeps it only if the arrays and spec have the
+    announced digest and the spec has the announced key."""
+
+    KIND: ClassVar[str] = "backbone"
+    key: str = _role("config")
+    sha256: str = _role("config")
+    #: :meth:`SMDSpec.to_json`, with ``widths`` as a list
+    spec: dict[str, Any] = _role("table")
+    state: Arrays = _role("arrays")
+
+
+@dataclass(frozen=True)
 class TuneRequest(Payload):
-    """Tune the site's SMD prompt against the public backbone found at ``backbone_path``."""
+    """Tune the site's SMD prompt against the public backbone ``backbone_key`` in its own cache."""
 
     KIND: ClassVar[str] = "tune"
-    backbone_path: str = _role("config")
-    #: the sha256 of that file: the site loads it only if it matches (recorded in the ledger)
+    #: the backbone's spec key (its folder in the site's SMD cache)
+    backbone_key: str = _role("config")
+    #: its digest: the site loads it only if it matches (recorded in the ledger)
     backbone_sha256: str = _role("config")
     steps: int = _role("config")
     lr: float = _role("config")
@@ -240,11 +264,11 @@ class FidelityRequest(Payload):
     steps: int = _role("config")
     nn_threshold: float = _role("config")
     seed: int = _role("config")
-    #: the prompt the site exported (``tokens``) and the public backbone (path, sha256), for the
+    #: the prompt the site exported (``tokens``) and the public backbone (key, digest), for the
     #: membership test where the process that answers did not tune the prompt itself (a deployed
     #: Flower node starts a process per message)
     prompt: Arrays = _role("arrays")
-    backbone_path: str = _role("config")
+    backbone_key: str = _role("config")
     backbone_sha256: str = _role("config")
 
 

@@ -124,6 +124,8 @@ INSPECT = {**rules(("cases_train", "cases_test", "problems", "files", "slices", 
 PING = {"alive": COUNT, "data_bytes": COUNT}
 ARMED = {"armed": COUNT}
 PREVIEW = {"bytes_written": COUNT}
+BACKBONE_CHECK = {"present": COUNT}
+BACKBONE_INSTALL = {"installed": COUNT, "backbone_bytes": COUNT}
 #: a model reply's own figures, besides the method's declared logs
 MODEL = {"steps": COUNT, "train_seconds": SECONDS, "mean_loss": LOSS}
 GUARD_COUNTS = {**rules(("checked_messages", "checked_bytes", "checked_arrays", "violations"), COUNT),

@@ -31,6 +31,8 @@ from simulator.method import Method
 from simulator.outlines import encode_png, label, outlined_tile
 from simulator.payloads import (
     AttributeRequest,
+    BackboneCheck,
+    BackboneOffer,
     EvaluateRequest,
     FidelityRequest,
     GuardReport,
@@ -77,7 +79,7 @@ class Site:
         self._method_factory = method_factory
         self._privacy_mode = privacy_mode
         self._visit: LocalVisit | None = None
-        self._backbone_path: str | None = None  # the public SMD backbone, once sent
+        self._backbone_key: tuple[str, str] | None = None  # the public SMD backbone loaded: (key, digest)
         self._backbone_model = None
         self._prompt: np.ndarray | None = None  # this site's own tuned prompt
         self._session = time.time_ns() // 1000  # this start of the site's process (microseconds)
@@ -236,26 +238,46 @@ class Site:
         return self._metrics(schemas.PREVIEW, dst="driver", bytes_written=path.stat().st_size)
 
     # -- Site-Modulated Diffusion: prompt tuning and replay checks -----------------------
-    def _backbone(self, path: str, sha256: str):
-        """The public backbone the learner named, loaded only from the SMD cache folder, only if its
-        sha256 is the announced one, and without running code (``weights_only``)."""
-        from simulator.paths import cache_root
-        from simulator.smd.cache import load_backbone
+    def _backbone(self, key: str, sha256: str):
+        """The public backbone the learner named by key, loaded only from this site's own SMD cache,
+        only if its digest is the announced one, and without running code (``weights_only``)."""
+        from simulator.smd.cache import backbone_file, load_backbone
 
-        real = Path(path).resolve()
-        if not real.is_relative_to((cache_root() / "smd").resolve()):
-            raise ValueError(f"site {self.name!r}: backbone {path} is outside the SMD cache folder; not loaded")
-        if self._backbone_path != str(real):
-            self._backbone_model = load_backbone(real, self.device, sha256=sha256)
-            self._backbone_path = str(real)
+        if self._backbone_key != (key, sha256):
+            path = backbone_file(key)
+            if not path.exists():
+                raise FileNotFoundError(f"site {self.name!r}: no SMD backbone {key} in this site's cache ({path}); "
+                                        f"the learner sends it first (backbone_check, then backbone)")
+            self._backbone_model = load_backbone(path, self.device, sha256=sha256)
+            self._backbone_key = (key, sha256)
         return self._backbone_model
+
+    def has_backbone(self, msg: RecordDict) -> RecordDict:
+        """Whether this site's own SMD cache holds the announced public backbone (1) or not (0)."""
+        from simulator.smd.cache import backbone_file, cached_digest
+
+        req = BackboneCheck.from_record(msg)
+        path = backbone_file(req.key)
+        present = path.exists() and cached_digest(path) == req.sha256
+        return self._metrics(schemas.BACKBONE_CHECK, present=int(present))
+
+    def install_backbone(self, msg: RecordDict) -> RecordDict:
+        """Keep the public backbone sent as arrays in this site's own cache, if its digest checks."""
+        from simulator.smd.backbone import SMDSpec
+        from simulator.smd.cache import install_backbone
+
+        req = BackboneOffer.from_record(msg)
+        spec = SMDSpec.from_json(dict(req.spec))
+        written = install_backbone(req.key, req.sha256, spec, req.state)
+        return self._metrics(schemas.BACKBONE_INSTALL, installed=int(written),
+                             backbone_bytes=int(sum(a.nbytes for a in req.state.values())))
 
     def tune_prompt(self, msg: RecordDict) -> RecordDict:
         """Invert this site's train pairs into a K x D prompt of the frozen public backbone."""
         from sites.prompt import tune_prompt
 
         req = TuneRequest.from_record(msg)
-        backbone = self._backbone(req.backbone_path, req.backbone_sha256)
+        backbone = self._backbone(req.backbone_key, req.backbone_sha256)
         d = self._data
         if req.dp_epsilon > 0:  # DP-SGD: every read of private data accounted, no private loss sent
             from sites.dp_prompt import dp_tune_prompt
@@ -290,8 +312,8 @@ class Site:
         out.update(nearest_neighbours(synth[0], d.train_x, req.nn_threshold))
         prompt = self._prompt if self._prompt is not None else req.prompt.get("tokens")
         backbone = self._backbone_model
-        if backbone is None and prompt is not None and req.backbone_path:  # a process that did not tune it
-            backbone = self._backbone(req.backbone_path, req.backbone_sha256)
+        if backbone is None and prompt is not None and req.backbone_key:  # a process that did not tune it
+            backbone = self._backbone(req.backbone_key, req.backbone_sha256)
         if prompt is not None and backbone is not None:
             out.update(membership_inference(backbone, prompt, (d.train_x, d.train_y), (d.test_x, d.test_y),
                                             seed=req.seed))

@@ -1,5 +1,6 @@
 """The same run as a Flower app: ServerApp and ClientApp in Flower's simulation give the Ray engine's R."""
 
+import dataclasses
 import json
 
 import pytest
@@ -82,6 +83,24 @@ def test_a_node_says_which_site_it_is(in_a_flower_task):
     assert isinstance(hello({"site": "bravo"}), ConfigRecord)
 
 
+def test_a_deployed_node_keeps_its_site_data_where_its_node_config_says(in_a_flower_task, smoke_spec, tmp_path):
+    """The server's spec names a data folder; a node with ``data-dir`` in its config uses its own,
+    and a node refuses the setup of another site."""
+    from simulator.driver.flower_client import SITE_STATE, _handle
+
+    spec = dataclasses.replace(smoke_spec, data_dir=str(tmp_path / "server-side" / "alpha"))
+    setup = {"torch_threads": 1, "device": "cpu", "privacy_mode": "strict", "trace": ""}
+    own = tmp_path / "node-alpha" / "alpha"
+    ctx = Context(run_id=1, node_id=5, node_config={"site": "alpha", "data-dir": str(own)}, state=RecordDict(),
+                  run_config={})
+    _handle(call_message(5, "setup", "alpha", spec.to_record("learner", "site:alpha"), **setup), ctx)
+    assert json.loads(str(ctx.state[SITE_STATE]["spec"]))["data_dir"] == str(own)
+    assert any(own.iterdir()) and not (tmp_path / "server-side").exists()  # generated data kept on the node's disk
+    other = Context(run_id=1, node_id=6, node_config={"site": "bravo"}, state=RecordDict(), run_config={})
+    with pytest.raises(ValueError, match="reached the node of site 'bravo'"):
+        _handle(call_message(6, "setup", "alpha", spec.to_record("learner", "site:alpha"), **setup), other)
+
+
 def test_config_from_a_flower_run_config():
     from simulator.driver.flower_server import config_from_run_config
     from simulator.errors import ConfigError
@@ -96,17 +115,19 @@ def test_config_from_a_flower_run_config():
 
 @pytest.mark.slow
 def test_a_local_deployment_runs_the_app_with_every_site_in_its_own_supernode(ray_session, tmp_path):
-    """`smg-sim flower up` (a SuperLink and two SuperNodes on 127.0.0.1), `flwr run` against it, the
-    same R as the Ray engine, an audit that passes with one process per site, and `flower down`
-    stopping everything it started."""
+    """`smg-sim flower up` (a SuperLink and two SuperNodes on 127.0.0.1, each with a cache of its own),
+    `flwr run` of `smg` against it, the same R as the Ray engine, the SMD backbone sent to each node
+    as arrays, an audit that passes with one process per site, and `flower down` stopping everything
+    it started."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
     from simulator.driver import flower_deploy
+    from simulator.smd.cache import cached_digest
 
-    ref = api.run(build_config("smoke", parse_set(["run.sites=2", "run.method=finetune", f"run.out={tmp_path / 'ray'}"])),
+    ref = api.run(build_config("smoke", parse_set(["run.sites=2", "run.method=smg", f"run.out={tmp_path / 'ray'}"])),
                   progress=False)
     try:
         state = flower_deploy.up(tmp_path / "dep", 2, "phantom")
@@ -116,7 +137,7 @@ def test_a_local_deployment_runs_the_app_with_every_site_in_its_own_supernode(ra
         out = tmp_path / "flower-run"
         bin_dir = str(Path(sys.executable).parent)
         env = {**os.environ, "FLWR_HOME": state["flwr_home"], "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-        cfg = f"sites=2 order='fixed' profile='smoke' method='finetune' out='{out}'"
+        cfg = f"sites=2 order='fixed' profile='smoke' method='smg' out='{out}'"
         res = subprocess.run([f"{bin_dir}/flwr", "run", ".", "smg-local", "--stream", "--run-config", cfg],
                              cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True,
                              timeout=900)
@@ -132,6 +153,16 @@ def test_a_local_deployment_runs_the_app_with_every_site_in_its_own_supernode(ra
     assert audit["verdict"] == "pass" and audit["isolation"]["verdict"] == "met"
     assert {(r["role"], r["site_data"]) for r in audit["file_access"]} == {("site:alpha", "alpha"),
                                                                            ("site:bravo", "bravo")}
+    # the backbone reached each node as arrays (its cache was empty), checked by digest and kept there
+    ledger = [json.loads(line) for line in (out / "ledger.jsonl").read_text().splitlines()]
+    sha = json.loads((out / "smd.json").read_text())["backbone_sha256"]
+    for p in state["processes"]:
+        if "site" in p:
+            offers = [e for e in ledger if e["kind"] == "backbone" and e["dst"] == f"site:{p['site']}"]
+            assert len(offers) == 1 and offers[0]["config"]["sha256"] == sha
+            files = list(Path(p["cache"]).glob("smd/*/backbone.pt"))
+            assert len(files) == 1 and cached_digest(files[0]) == sha
+            assert Path(p["data_dir"]).is_dir()  # the node's own data folder, from its node config
     nodes = {p["site"]: p["pid"] for p in state["processes"] if "site" in p}
     assert {r["actor"]: r["pid"] for r in audit["placement"] if r["actor"].startswith("site-")} == {
         f"site-{s}": pid for s, pid in nodes.items()}  # each site's messages answered under its own SuperNode

@@ -66,6 +66,8 @@ def test_no_site_method_returns_an_image_shaped_array(site, smoke_spec, tmp_path
     learner.visited.append("alpha")
     public_images = np.random.default_rng(0).random((4, 1, h, w), dtype=np.float32)
     calls = {
+        "has_backbone": (learner.backbone_check_message("alpha"),),
+        "install_backbone": (learner.backbone_offer_message("alpha"),),
         "tune_prompt": (learner.tune_message("alpha"),),
         "fidelity": (learner.fidelity_message("alpha"),),
         "attribute": (learner.attribution_message("alpha", ["alpha"], public_images),),

@@ -88,3 +88,35 @@ def test_site_exports_only_the_prompt_and_scalars(cfg, backbone, smoke_spec):
     msg = learner.visit_message("bravo", 2)
     rep = arrays(msg, "replay")
     assert set(rep) == {"alpha/x", "alpha/y"} and rep["alpha/x"].shape[0] == cfg.smd.replay_per_site
+
+
+def test_backbone_travels_as_arrays_to_a_site_whose_cache_lacks_it(cfg, backbone, smoke_spec, tmp_path, monkeypatch):
+    """A site on another machine: its own cache is empty, so the learner sends the backbone as
+    arrays; the site keeps it only with the announced key and digest, then tunes against it."""
+    from simulator.payloads import BackboneOffer
+    from simulator.smd.cache import backbone_file, cached_digest
+
+    learner = _learner(cfg)
+    learner.enable_replay(str(backbone), 1)
+    assert learner.backbone_sha256 == cached_digest(backbone)
+    monkeypatch.setenv("SMG_SIM_CACHE", str(tmp_path / "node"))  # from here on, the site's machine
+    site = Site("alpha", smoke_spec, build_method, torch_threads=1, device="cpu")
+    assert metrics(site.has_backbone(learner.backbone_check_message("alpha")))["present"] == 0
+    with pytest.raises(FileNotFoundError, match="no SMD backbone"):
+        site.tune_prompt(learner.tune_message("alpha"))
+    offer = BackboneOffer.from_record(learner.backbone_offer_message("alpha"))
+    name = sorted(offer.state)[0]
+    tampered = {**offer.state, name: offer.state[name] + 1e-3}
+    bad = BackboneOffer(offer.key, offer.sha256, offer.spec, tampered).to_record("learner", "site:alpha")
+    with pytest.raises(ValueError, match="digest"):
+        site.install_backbone(bad)
+    with pytest.raises(ValueError, match="16 hexadecimal"):
+        backbone_file("../../elsewhere")
+    reply = site.install_backbone(learner.backbone_offer_message("alpha"))
+    assert metrics(reply)["installed"] == 1 and metrics(reply)["backbone_bytes"] > 0
+    path = backbone_file(learner.backbone_key)
+    assert path.is_relative_to(tmp_path / "node") and cached_digest(path) == learner.backbone_sha256
+    assert metrics(site.has_backbone(learner.backbone_check_message("alpha")))["present"] == 1
+    assert metrics(site.install_backbone(learner.backbone_offer_message("alpha")))["installed"] == 0
+    prompt = site.tune_prompt(learner.tune_message("alpha"))
+    assert prompt["meta"]["kind"] == "prompt"

@@ -199,13 +199,15 @@ def _add_data(sub) -> None:
 def _add_flower(sub) -> None:
     fl = sub.add_parser("flower", help="a local Flower deployment: a SuperLink and one SuperNode per site",
                         description="up: start flower-superlink and one flower-supernode per site on 127.0.0.1 "
-                                    "(insecure mode; every SuperNode a process of its own, its site in its "
-                                    "node config), record their ids in DIR/deployment.json and print the "
+                                    "(insecure mode; every SuperNode a process of its own, its site and its "
+                                    "data folder in its node config, an SMD cache of its own), record their ids in DIR/deployment.json and print the "
                                     "flwr run command; down: stop exactly the processes up started.")
     fl_sub = fl.add_subparsers(dest="flower_command", required=True)
     up = fl_sub.add_parser("up", help="start the SuperLink and the SuperNodes")
     up.add_argument("--sites", type=int, default=6, help="number of sites, one SuperNode each (default 6)")
-    up.add_argument("--benchmark", default="phantom", metavar="SPEC", help="a generated benchmark (default phantom)")
+    up.add_argument("--benchmark", default="phantom", metavar="SPEC", help="phantom (default), mni152, or a user data set (folder:PATH, "
+                                                                          "prostate:PATH, fundus:PATH): each node's "
+                                                                          "data-dir is its site's folder")
     up.add_argument("--dir", default="runs/flower-local", help="where the deployment's state and logs go "
                                                                "(default runs/flower-local)")
     down = fl_sub.add_parser("down", help="stop the processes a `flower up` started")

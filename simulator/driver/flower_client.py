@@ -5,8 +5,8 @@ its payload; the app calls that method of the same :class:`~sites.site.Site` cla
 engine runs as an actor, so what leaves the node is what the site's egress guard let out. Two
 calls are the app's own: ``hello`` (which site this node is: its ``site`` node config in a
 deployment, its ``partition-id`` in a simulation) and ``setup`` (build the site from the spec
-the server sends; the data is then built on the node, from the spec or from the node's own
-data folder). Nothing derived from the site's pixels is put in ``Context.state``.
+the server sends; the data is then built on the node, from the spec, in the node's own data
+folder where its node config names one: ``data-dir``). Nothing derived from the site's pixels is put in ``Context.state``.
 
 A site lives in this process (:data:`_SITES`) across the messages the process answers. Flower's
 simulation pools its ClientApp workers, so there one process may serve several sites (the
@@ -89,6 +89,11 @@ def _setup(msg: Message, call: ConfigRecord, context: Context) -> Message:
     spec = SiteSpec.from_record(payload_of(msg.content))
     if spec.site != name:
         raise ValueError(f"setup for site {name!r} carries the spec of site {spec.site!r}")
+    node = context.node_config
+    if "site" in node and str(node["site"]) != name:
+        raise ValueError(f"setup for site {name!r} reached the node of site {node['site']!r}")
+    if "data-dir" in node:  # where the site's data lives is the node's to say, not the server's
+        spec = dataclasses.replace(spec, data_dir=str(node["data-dir"]))
     context.state[SITE_STATE] = ConfigRecord({
         "site": name, "spec": json.dumps(dataclasses.asdict(spec)), "trace": str(call.get("trace", "")),
         "torch_threads": int(call["torch_threads"]), "device": str(call["device"]),

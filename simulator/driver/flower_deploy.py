@@ -74,6 +74,17 @@ def read_state(folder: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def node_folders(folder: Path, benchmark: str, site: str) -> tuple[Path, Path]:
+    """A SuperNode's own folders: its site's data (``data-dir`` in its node config: the site's folder
+    of a user data set, or ``DIR/data/SITE`` where a generated benchmark is kept) and its cache
+    (``SMG_SIM_CACHE``: the SMD backbone it receives), as a hospital's machine has its own disk."""
+    data_dir = catalog.site_dir(benchmark, site) if catalog.is_user_data(benchmark) else folder / "data" / site
+    for path in (data_dir, folder):
+        if any(c in str(path) for c in "'\"\n"):
+            raise ConfigError(f"{path}: a path with quotes or newlines cannot go into a Flower node config")
+    return data_dir.resolve(), (folder / "nodes" / site / "cache").resolve()
+
+
 def up(folder: Path, sites: int, benchmark: str = "phantom") -> dict:
     """Start the SuperLink and one SuperNode per site; returns the recorded deployment."""
     folder = Path(folder).resolve()
@@ -110,11 +121,13 @@ def up(folder: Path, sites: int, benchmark: str = "phantom") -> dict:
         for name in names:
             port = _free_port()
             log = folder / f"supernode-{name}.log"
+            data_dir, cache = node_folders(folder, benchmark, name)
+            node_env = {**env, "SMG_SIM_CACHE": str(cache)}  # the node's own SMD cache: the backbone travels
             node = _start([_binary("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link_port}",
-                           "--node-config", f"site='{name}'", "--host", "127.0.0.1", "--port", str(port)],
-                          log, env)
+                           "--node-config", f"site='{name}' data-dir='{data_dir}'", "--host", "127.0.0.1",
+                           "--port", str(port)], log, node_env)
             processes.append({"role": f"supernode:{name}", "site": name, "pid": node.pid, "pgid": node.pid,
-                              "port": port, "log": str(log)})
+                              "port": port, "log": str(log), "data_dir": str(data_dir), "cache": str(cache)})
             record()
             nodes.append((node, port, name, log))
         for node, port, name, log in nodes:

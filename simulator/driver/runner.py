@@ -7,7 +7,6 @@ checkpoint after each, then write the results, plots, privacy audit and ``metric
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -55,6 +54,7 @@ def pretrain_progress(total: int, stream: TextIO, enabled: bool = True):
 def prepare_smd(cfg: Config, channels: int, stream: TextIO, progress: bool) -> dict:
     """Find the cached SMD backbone for this config, or pre-train it on public data."""
     from simulator.devices import resolve_device
+    from simulator.smd.cache import cached_digest
     from simulator.smd.pretrain import ensure_backbone, smd_spec
 
     spec = smd_spec(cfg, channels)
@@ -62,7 +62,7 @@ def prepare_smd(cfg: Config, channels: int, stream: TextIO, progress: bool) -> d
     path, cached = ensure_backbone(spec, str(resolve_device(cfg.runtime.device)), report)
     prog.message(f"smg-sim: SMD backbone {'reused from cache' if cached else 'pre-trained and cached'}: {path}")
     info = json.loads((path.parent / "info.json").read_text())
-    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    sha = cached_digest(path)  # what the learner announces to sites, whatever machine holds the file
     return {"backbone_path": str(path), "backbone_cached": cached, "backbone": info, "backbone_sha256": sha}
 
 

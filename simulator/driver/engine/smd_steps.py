@@ -58,8 +58,18 @@ class SMDSteps:
         self.smd_sites[site] = out
         return out
 
+    def _ensure_backbone(self, site: str, attempt: int = 0) -> None:
+        """The site's own cache holds the public backbone: asked by key and digest, and sent as
+        arrays only if it does not (another machine, or a node with a cache of its own)."""
+        msg = get(self.actors.learner.backbone_check_message.remote(site))
+        if metrics(self._call(site, "has_backbone", msg, retry=attempt))["present"]:
+            return
+        offer = get(self.actors.learner.backbone_offer_message.remote(site))
+        self._call(site, "install_backbone", offer, retry=attempt, phase="backbone transfer")
+
     def _tune_and_check(self, site: str, attempt: int = 0) -> dict[str, float]:
         with self.clock.phase("prompt_tuning"):
+            self._ensure_backbone(site, attempt)
             msg = get(self.actors.learner.tune_message.remote(site))
             reply = self._call(site, "tune_prompt", msg, retry=attempt)
             out = get(self.actors.learner.absorb_prompt.remote(reply, site))
