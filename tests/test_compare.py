@@ -54,6 +54,9 @@ def test_a_failed_run_does_not_stop_the_comparison(tmp_path):
 
     plans = plan_compare(base, ["finetune", "ewc"], [0, 1], ["fixed"], tmp_path, make)
     names = {(cfg.run.method, cfg.run.seed): name for name, cfg in plans}
+    # cell by cell: every method of a (seed, order) cell before the next cell
+    assert [(c.run.seed, c.run.method) for _, c in plans] == [(0, "finetune"), (0, "ewc"), (1, "finetune"),
+                                                              (1, "ewc")]
     for name, cfg in plans:  # the folder is named after the config built for it
         assert cfg.run.out == str(tmp_path / "runs" / name)
     ran = []

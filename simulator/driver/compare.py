@@ -71,17 +71,19 @@ def run_name(cfg: Config) -> str:
 def plan_compare(base: Config, methods: list[str], seeds: list[int], orders: list[str], out: Path,
                  make_config: Callable[[Config, str, int, str, Path], Config]
                  ) -> list[tuple[str, Config]]:
-    """Every (method, seed, order) run, validated before anything starts.
+    """Every (method, seed, order) run, validated before anything starts, cell by cell.
 
-    ``make_config`` builds and validates one run's config; the run's folder,
-    ``out/runs/<run_name>``, is set afterwards because its name depends on that config.
+    Runs are planned one (seed, order) cell at a time, every method of a cell before the next
+    cell, so a grid stopped part-way (it can span sessions: finished runs are skipped) leaves
+    complete cells that pair. ``make_config`` builds and validates one run's config; the run's
+    folder, ``out/runs/<run_name>``, is set afterwards because its name depends on that config.
     """
     if not methods or not seeds or not orders:
         raise ConfigError("compare needs at least one method, one seed and one order")
     plans = []
-    for method in methods:
-        for seed in seeds:
-            for order in orders:
+    for seed in seeds:
+        for order in orders:
+            for method in methods:
                 # the hash leaves out run.out, so a placeholder folder gives the final name
                 cfg = make_config(base, method, seed, order, out / "runs" / "unnamed")
                 name = run_name(cfg)
