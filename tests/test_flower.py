@@ -101,6 +101,21 @@ def test_a_deployed_node_keeps_its_site_data_where_its_node_config_says(in_a_flo
         _handle(call_message(6, "setup", "alpha", spec.to_record("learner", "site:alpha"), **setup), other)
 
 
+def test_replies_are_matched_to_their_nodes_not_to_their_arrival_order(in_a_flower_task):
+    """Flower's send_and_receive returns replies as they arrive; each must go with its node."""
+    from types import SimpleNamespace
+
+    from simulator.driver.engine.flower import _ask
+
+    class Grid:
+        def send_and_receive(self, msgs, timeout):
+            return [SimpleNamespace(metadata=SimpleNamespace(src_node_id=m.metadata.dst_node_id),
+                                    has_error=lambda: False) for m in reversed(list(msgs))]
+
+    msgs = [call_message(n, "hello", "") for n in (11, 12, 13)]
+    assert [r.metadata.src_node_id for r in _ask(Grid(), msgs, 5.0, "node discovery")] == [11, 12, 13]
+
+
 def test_config_from_a_flower_run_config():
     from simulator.driver.flower_server import config_from_run_config
     from simulator.errors import ConfigError

@@ -77,6 +77,11 @@ class FlowerSite:
 
 
 def _ask(grid: Any, msgs: list[Message], timeout: float, what: str) -> list[Message]:
+    """Send one message to each of distinct nodes; their replies, in the order of ``msgs``
+    (``send_and_receive`` returns them as they arrive)."""
+    dst = [m.metadata.dst_node_id for m in msgs]
+    if len(set(dst)) != len(dst):
+        raise ValueError(f"{what}: one message per node expected, got several for a node among {dst}")
     replies = list(grid.send_and_receive(msgs, timeout=timeout))
     if len(replies) < len(msgs):
         raise SiteUnavailable("?", what, f"{len(msgs) - len(replies)} of {len(msgs)} nodes did not answer "
@@ -84,7 +89,8 @@ def _ask(grid: Any, msgs: list[Message], timeout: float, what: str) -> list[Mess
     bad = [r.error.reason for r in replies if r.has_error()]
     if bad:
         raise SiteUnavailable("?", what, f"a node answered with an error: {bad[0]}")
-    return replies
+    by_node = {r.metadata.src_node_id: r for r in replies}
+    return [by_node[n] for n in dst]
 
 
 def wait_for_nodes(grid: Any, n: int, timeout: float) -> list[int]:
