@@ -1,0 +1,167 @@
+"""The README's result tables, generated from the files kept under docs/compare/ and docs/runs/.
+
+Two steps, both read-only on the comparison folders they read:
+
+``collect NAME COMPARE_DIR [--baseline METHOD]``
+    copies what a finished ``smg-sim compare`` folder says into ``docs/compare/NAME/``: its
+    ``runs.csv`` (one row per run), ``paired.csv`` (paired differences over (seed, order) cells),
+    ``compare.md`` and plots, and for every run its ``R.csv``, ``metrics.json``, ``config.json``
+    and ``stages.jsonl`` (small files; weights, ledgers and checkpoints stay behind). ``runs.csv``
+    gains the run means of the alignment statistics (``align_rel_change``, ``inner_over_outer``,
+    ``align_cos_mem``, ``align_cos_gen``) from the stage log.
+
+``run NAME RUN_DIR``
+    copies one run's small files (R, metrics, config, stages, smd.json and its plots) into
+    ``docs/runs/NAME/``.
+
+``render [README]``
+    rewrites every block between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` from
+    ``docs/compare/NAME/`` (mean +- std per method, then the paired differences against the
+    baseline) and every ``<!-- fidelity:NAME -->`` block from ``docs/runs/NAME/smd.json``.
+
+Usage: ``.venv/bin/python docs/compare/render.py collect smg_vs_matched /work/grid/phantom-main
+--baseline smd_replay_matched`` then ``.venv/bin/python docs/compare/render.py render``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+METRICS = ("Mem", "Gen", "Final", "BWT", "FWT", "Forgetting")
+ALIGN = ("align_rel_change", "inner_over_outer", "align_cos_mem", "align_cos_gen")
+PAIRED = ("Mem", "Gen", "Final", "BWT")
+RUN_FILES = ("R.csv", "metrics.json", "config.json", "stages.jsonl")
+COMPARE_FILES = ("runs.csv", "paired.csv", "compare.md", "compare.csv", "compare_by_order.csv",
+                 "compare_bars.png", "compare_mem_gen.png")
+
+
+def _alignment_means(stages: Path) -> dict[str, float]:
+    """Each alignment statistic's mean over the stages that logged it (0 where none did)."""
+    rows = [json.loads(line) for line in stages.read_text().splitlines() if line.strip()]
+    return {k: (sum(r[k] for r in rows if k in r) / max(1, sum(k in r for r in rows))) for k in ALIGN}
+
+
+def collect(name: str, source: Path, baseline: str | None) -> Path:
+    """Copy a finished comparison's tables and each run's small files into docs/compare/NAME/."""
+    source = Path(source)
+    if not (source / "runs.csv").exists():
+        raise SystemExit(f"{source}: no runs.csv; run `smg-sim compare ... --out {source}` to the end first")
+    dest = HERE / name
+    if dest.exists():
+        shutil.rmtree(dest)
+    (dest / "runs").mkdir(parents=True)
+    for f in COMPARE_FILES:
+        if (source / f).exists():
+            shutil.copy2(source / f, dest / f)
+    runs = pd.read_csv(source / "runs.csv")
+    align = []
+    for run in runs["run"]:
+        folder = source / "runs" / run
+        (dest / "runs" / run).mkdir()
+        for f in RUN_FILES:
+            shutil.copy2(folder / f, dest / "runs" / run / f)
+        align.append(_alignment_means(folder / "stages.jsonl"))
+    runs = pd.concat([runs, pd.DataFrame(align)], axis=1)
+    runs.to_csv(dest / "runs.csv", index=False, float_format="%.4f")
+    (dest / "source.json").write_text(json.dumps({"compare_folder": str(source), "baseline": baseline}, indent=2) + "\n")
+    return dest
+
+
+def copy_run(name: str, run_dir: Path) -> Path:
+    """Copy one run's small files into docs/runs/NAME/."""
+    run_dir = Path(run_dir)
+    dest = ROOT / "docs" / "runs" / name
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in (*RUN_FILES, "smd.json", "timings.png", "alignment.png", "replay_samples.png", "R.png"):
+        if (run_dir / f).exists():
+            shutil.copy2(run_dir / f, dest / f)
+    return dest
+
+
+def _summary(name: str) -> list[str]:
+    folder = HERE / name
+    runs = pd.read_csv(folder / "runs.csv")
+    baseline = json.loads((folder / "source.json").read_text()).get("baseline")
+    cols = [*METRICS, *[a for a in ALIGN[:2] if a in runs]]
+    lines = ["| method | cells | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for method, g in runs.groupby("method", sort=False):
+        cells = [f"{g[c].mean():+.3f} ± {g[c].std(ddof=1):.3f}" if c in ("BWT", "FWT")
+                 else f"{g[c].mean():.3f} ± {g[c].std(ddof=1):.3f}" for c in cols]
+        lines.append(f"| {method} | {len(g)} | " + " | ".join(cells) + " |")
+    paired = pd.read_csv(folder / "paired.csv")
+    if baseline:
+        paired = paired[paired["baseline"] == baseline]
+    paired = paired[paired["metric"].isin(PAIRED)]
+    if not paired.empty:
+        lines += ["", "Paired differences (method minus baseline per (seed, order) cell; bootstrap 95 % CI "
+                      "of the mean difference; exact two-sided sign-test p):", "",
+                  "| method | baseline | metric | cells | wins | mean diff | 95 % CI | p |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for _, r in paired.iterrows():
+            lines.append(f"| {r['method']} | {r['baseline']} | {r['metric']} | {int(r['cells'])} | {int(r['wins'])} | "
+                         f"{r['mean_diff']:+.3f} | [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | {r['p_value']:.3g} |")
+    return lines
+
+
+def _fidelity(name: str) -> list[str]:
+    sites = json.loads((ROOT / "docs" / "runs" / name / "smd.json").read_text())["sites"]
+    lines = ["| site | TSTR ratio | Dice synthetic-trained | Dice real-trained | W1 | NN distance median | "
+             "real-real NN median | MIA AUC [95 % CI] |", "|---|---|---|---|---|---|---|---|"]
+    for site, m in sites.items():
+        lines.append(f"| {site} | {m['tstr_ratio']:.3f} | {m['tstr_dice_synthetic']:.3f} | {m['tstr_dice_real']:.3f} | "
+                     f"{m['intensity_w1']:.3f} | {m['nn_distance_median']:.3f} | {m['real_nn_distance_median']:.3f} | "
+                     f"{m['mia_auc']:.2f} [{m['mia_auc_low']:.2f}, {m['mia_auc_high']:.2f}] |")
+    return lines
+
+
+BLOCK = re.compile(r"(<!-- (table|fidelity):([\w.-]+) -->\n)(.*?)(<!-- /\2:\3 -->)", re.S)
+
+
+def render(readme: Path) -> int:
+    """Rewrite every generated block of ``readme``; returns how many there were."""
+    text = readme.read_text()
+    count = 0
+
+    def block(m: re.Match) -> str:
+        nonlocal count
+        count += 1
+        body = _summary(m.group(3)) if m.group(2) == "table" else _fidelity(m.group(3))
+        return m.group(1) + "\n".join(body) + "\n" + m.group(5)
+
+    readme.write_text(BLOCK.sub(block, text))
+    return count
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("collect")
+    c.add_argument("name")
+    c.add_argument("source", type=Path)
+    c.add_argument("--baseline")
+    r = sub.add_parser("run")
+    r.add_argument("name")
+    r.add_argument("run_dir", type=Path)
+    d = sub.add_parser("render")
+    d.add_argument("readme", nargs="?", type=Path, default=ROOT / "README.md")
+    a = p.parse_args(argv)
+    if a.cmd == "collect":
+        print(collect(a.name, a.source, a.baseline))
+    elif a.cmd == "run":
+        print(copy_run(a.name, a.run_dir))
+    else:
+        print(f"{render(a.readme)} block(s) rendered in {a.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
