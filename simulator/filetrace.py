@@ -4,7 +4,8 @@ Each process that can touch site data (driver, learner, every site of a run, and
 actors of ``data inspect`` and ``data preview``) installs the hook once and points it at its
 own trace file with its role. Every ``open`` of a path under one of the watched data folders,
 and every directory listing, removal and rename there, is appended as a JSON line: time, role,
-pid, path (resolved: symlinks and relative paths followed), mode or event. The privacy audit
+pid, path (resolved: symlinks and relative paths followed), mode or event, and the watched folder
+it lies in (a deployed node watches its own data folder, which the learner's side does not know). The privacy audit
 reads these files to show which processes touched which site's data.
 
 Access from C code raises no Python audit event (``cv2.imread``/``cv2.imwrite`` open files
@@ -34,9 +35,13 @@ def _write(path: object, mode: str, anywhere: bool = False) -> None:
     if not isinstance(path, (str, bytes, os.PathLike)):
         return
     p = os.path.realpath(os.fsdecode(path))
-    if not anywhere and not any(p == r or p.startswith(r + os.sep) for r in _state["roots"]):
+    root = next((r for r in _state["roots"] if p == r or p.startswith(r + os.sep)), None)
+    if root is None and not anywhere:
         return
-    line = json.dumps({"time": time.time(), "role": _state["role"], "pid": os.getpid(), "path": p, "mode": mode})
+    entry = {"time": time.time(), "role": _state["role"], "pid": os.getpid(), "path": p, "mode": mode}
+    if root is not None:  # the data folder it lies in, as this process knows it (a node's own, in a deployment)
+        entry["root"] = root
+    line = json.dumps(entry)
     with _lock:
         _state["sink"].write(line + "\n")
         _state["sink"].flush()

@@ -344,3 +344,29 @@ def test_creating_the_empty_data_root_is_no_access_but_creating_inside_another_s
     for bad_mode, word in (("mkdir", "created"), ("r", "opened"), ("list", "listed")):
         check, _ = _file_access(ok + [{"role": "site:alpha", "path": str(root / "bravo"), "mode": bad_mode}], str(root))
         assert check["verdict"] == "fail" and f"site:alpha {word}" in check["detail"] and "data of site bravo" in check["detail"]
+
+
+def test_a_node_that_keeps_its_data_in_a_folder_of_its_own_is_audited_against_that_folder(tmp_path):
+    """A deployed node's trace lines name the data folder it watched, which the run's data root (the
+    learner's view) does not contain: its opens still count for its site, and an open of another
+    site's folder under the same node root still fails."""
+    from simulator.driver.audit import _file_access
+    from simulator.filetrace import read_trace, start_trace, stop_trace
+
+    node_root = tmp_path / "node" / "data"
+    (node_root / "alpha").mkdir(parents=True)
+    (node_root / "bravo").mkdir()
+    (node_root / "alpha" / "x.npz").write_bytes(b"0")
+    (node_root / "bravo" / "y.npz").write_bytes(b"0")
+    start_trace(tmp_path / "fa" / "site-alpha.jsonl", "site:alpha", [node_root])
+    try:
+        (node_root / "alpha" / "x.npz").read_bytes()
+    finally:
+        stop_trace()
+    own = read_trace(tmp_path / "fa")
+    assert own and all(t["root"] == str(node_root.resolve()) for t in own)
+    check, rows = _file_access(own, str(tmp_path / "learner-side" / "sites"))
+    assert check["verdict"] == "pass" and rows == {("site:alpha", "alpha"): len(own)}
+    peek = {**own[0], "path": str((node_root / "bravo" / "y.npz").resolve())}
+    check, _ = _file_access([*own, peek], str(tmp_path / "learner-side" / "sites"))
+    assert check["verdict"] == "fail" and "data of site bravo" in check["detail"]

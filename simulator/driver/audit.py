@@ -197,9 +197,11 @@ def _file_access(
     bad = []
     data_root = os.path.realpath(data_root) if data_root else None  # traces hold resolved paths
     for t in trace:
-        if data_root and not Path(t["path"]).is_relative_to(data_root):
+        # the data folder the tracing process watched (a deployed node's own), else the run's
+        root = t.get("root", data_root)
+        if root and not Path(t["path"]).is_relative_to(root):
             continue  # recorded for the record (a preview written elsewhere), not site data
-        owner = _data_owner(Path(t["path"]), data_root)
+        owner = _data_owner(Path(t["path"]), root)
         if owner == DATA_ROOT and t.get("mode") == "mkdir":
             continue  # creating the empty root above the site folders (a site's first write does) reads nothing
         file_rows[(t["role"], owner)] += 1
