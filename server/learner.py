@@ -36,7 +36,7 @@ from simulator.payloads import (
 )
 from simulator.seeding import derive_seed
 from simulator.segmentation import build_model
-from simulator.smd.cache import backbone_digest
+from simulator.smd.cache import backbone_digest, spec_values
 from simulator.visit import LocalVisit
 
 
@@ -84,9 +84,9 @@ class Learner:
     def backbone_offer_message(self, site: str) -> RecordDict:
         """The public backbone as arrays, for a site whose cache lacks it."""
         model = self._bank().backbone
-        spec = {k: list(v) if isinstance(v, tuple) else v for k, v in model.spec.to_json().items()}
         state = {k: v.detach().cpu().contiguous().numpy() for k, v in model.state_dict().items()}
-        return BackboneOffer(self.backbone_key, self.backbone_sha256, spec, state).to_record("learner", f"site:{site}")
+        return BackboneOffer(self.backbone_key, self.backbone_sha256, spec_values(model.spec), state
+                             ).to_record("learner", f"site:{site}")
 
     def _bank(self) -> ReplayBank:
         if self.bank is None:

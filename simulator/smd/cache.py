@@ -49,12 +49,16 @@ def backbone_digest(spec: SMDSpec, state: Mapping[str, torch.Tensor | np.ndarray
     return h.hexdigest()
 
 
+def spec_values(spec: SMDSpec) -> dict:
+    """The spec as plain values (tuples as lists): what a backbone file and a backbone message hold."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in spec.to_json().items()}
+
+
 def save_backbone(model: SMDBackbone, path: Path, info: dict) -> None:
     """Write atomically so a crash never leaves a half-written backbone in the cache."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
-    spec = {k: list(v) if isinstance(v, tuple) else v for k, v in model.spec.to_json().items()}
-    torch.save({"spec": spec, "state": model.state_dict(), "info": info}, tmp)
+    torch.save({"spec": spec_values(model.spec), "state": model.state_dict(), "info": info}, tmp)
     os.replace(tmp, path)
     (path.parent / "info.json").write_text(json.dumps({"spec": model.spec.to_json(), **info}, indent=2))
 
