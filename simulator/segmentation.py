@@ -95,16 +95,21 @@ def seg_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 0.5 * bce + 0.5 * soft_dice_loss(logits, target)
 
 
+def seg_loss_per_image(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The segmentation loss of each image alone (0.5 BCE + 0.5 soft Dice), shape ``(N,)``."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
+    prob = torch.sigmoid(logits).flatten(1)
+    tgt = target.flatten(1)
+    dice = 1.0 - (2 * (prob * tgt).sum(1) + 1.0) / (prob.sum(1) + tgt.sum(1) + 1.0)
+    return 0.5 * bce + 0.5 * dice
+
+
 def seg_loss_weighted(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """sum_i weights_i * loss_i, loss_i the segmentation loss of image i alone (0.5 BCE + 0.5 soft Dice).
 
     With equal weights 1/N it is :func:`seg_loss` of the batch (up to rounding).
     """
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
-    prob = torch.sigmoid(logits).flatten(1)
-    tgt = target.flatten(1)
-    dice = 1.0 - (2 * (prob * tgt).sum(1) + 1.0) / (prob.sum(1) + tgt.sum(1) + 1.0)
-    return ((0.5 * bce + 0.5 * dice) * weights).sum()
+    return (seg_loss_per_image(logits, target) * weights).sum()
 
 
 def dice_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

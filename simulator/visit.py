@@ -60,6 +60,9 @@ class LocalVisit:
     step: int = 0
     seconds: float = 0.0
     sums: dict[str, float] = field(default_factory=dict)
+    #: how many steps logged each scalar (a method may log some, e.g. alignment statistics, on
+    #: some steps only: their means are over the steps that logged them)
+    counts: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def start(cls, req: VisitRequest, site: str, train: Pair, device: torch.device,
@@ -96,17 +99,20 @@ class LocalVisit:
         n = min(int(n_steps), self.ctx.steps - self.step)
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
         for _ in range(n):
             if before_step is not None:
                 before_step(self.step)
             for k, val in self.method.update(self.batch()).items():
                 sums[k] = sums.get(k, 0.0) + float(val)
+                counts[k] = counts.get(k, 0) + 1
             self.step += 1
         dt = time.perf_counter() - t0
         self.seconds += dt
         for k, val in sums.items():
             self.sums[k] = self.sums.get(k, 0.0) + val
-        return {k: s / max(n, 1) for k, s in sums.items()}, dt
+            self.counts[k] = self.counts.get(k, 0) + counts[k]
+        return {k: s / counts[k] for k, s in sums.items()}, dt
 
     def finish(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, float], float]:
         """End the visit: the trained weights, the method's state, the visit's mean logs (besides the
@@ -114,7 +120,6 @@ class LocalVisit:
         self.method.end_stage()
         weights = {k: t.detach().cpu().contiguous().numpy() for k, t in self.model.state_dict().items()}
         state = self.method.export_state()
-        steps = max(self.step, 1)
-        logs = {k: s / steps for k, s in self.sums.items() if k != "loss"}
+        logs = {k: s / self.counts[k] for k, s in self.sums.items() if k != "loss"}
         logs.update(self.method.stage_summary())
-        return weights, state, logs, self.sums.get("loss", 0.0) / steps
+        return weights, state, logs, self.sums.get("loss", 0.0) / max(self.counts.get("loss", 0), 1)

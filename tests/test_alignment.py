@@ -28,9 +28,11 @@ def _batches(n, replay_sites=2, seed=1):
     return out
 
 
-def _run(name, batches, seed=0, **hp):
+def _run(name, batches, seed=0, dtype=torch.float32, **hp):
     """A fresh model and method trained on ``batches``; returns (method, logs, weights, ctx)."""
-    model = build_model(1, 4, 2, seed=0)
+    model = build_model(1, 4, 2, seed=0).to(dtype)
+    batches = [Batch(b.x.to(dtype), b.y.to(dtype), {k: (x.to(dtype), y.to(dtype)) for k, (x, y) in b.replay.items()})
+               for b in batches]
     method = build_method(name, model, resolve_hparams(method_class(name), 1e-3, hp))
     replay_sites = sorted(batches[0].replay)
     ctx = StageContext(site="a", stage=2 if replay_sites else 1, steps=len(batches), device=torch.device("cpu"),
@@ -60,7 +62,7 @@ def test_mldg_logs_its_group_alignment(name):
 
 def test_the_meta_terms_change_the_update_with_the_lookahead():
     batches = _batches(3)
-    rel = {la: np.mean([log["align_rel_change"] for log in _run("smg", batches, lookahead=la)[1]])
+    rel = {la: np.mean([log["align_rel_change"] for log in _run("smg", batches, lookahead=la, stats_every=1)[1]])
            for la in (0.0, 1.0, 5.0)}
     assert rel[0.0] == 0.0
     assert 0.0 < rel[1.0] < rel[5.0] and rel[5.0] > 0.01, rel
@@ -95,7 +97,7 @@ def test_stage_summary_is_the_last_steps_cosine_matrix(replay_sites, names):
 
 
 def test_replay_sites_per_step_samples_earlier_sites():
-    method, logs, _, _ = _run("smg", _batches(4, replay_sites=4), replay_sites_per_step=2)
+    method, logs, _, _ = _run("smg", _batches(4, replay_sites=4), replay_sites_per_step=2, stats_every=1)
     assert len({k.split("/")[1] for k in method.stage_summary()}) == 3  # the current site and two replayed
     assert all(ALIGN_KEYS <= set(log) for log in logs)
 
@@ -105,6 +107,41 @@ def test_methods_leave_the_batch_stream_alone(name):
     method, _, _, ctx = _run(name, _batches(2))
     fresh = torch.Generator().manual_seed(0)
     assert torch.equal(ctx.generator.get_state(), fresh.get_state()), f"{name} drew from ctx.generator"
+
+
+@pytest.mark.parametrize("name", ["smg", "smg_gen", "smd_replay_matched"])
+def test_statistics_every_nth_step_keep_the_update(name):
+    """stats_every only decides which steps compute per-domain gradients: the weights match the
+    every-step run to float rounding (in float64: Adam turns float32 rounding of a near-zero
+    gradient into a visible step), the statistics come on steps 0, n, 2n... and the last."""
+    batches = _batches(7)
+    _, every, w_every, _ = _run(name, batches, dtype=torch.float64, stats_every=1)
+    _, some, w_some, _ = _run(name, batches, dtype=torch.float64, stats_every=3)
+    for a, b in zip(w_every, w_some, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+    assert [i for i, log in enumerate(some) if "align_cos_mem" in log] == [0, 3, 6]
+    assert all({"loss", "loss_current", "inner_over_outer"} <= set(log) for log in some)
+    for i in (0, 3, 6):
+        assert some[i]["align_cos_mem"] == pytest.approx(every[i]["align_cos_mem"], rel=1e-3, abs=1e-5)
+
+
+def test_a_visit_averages_each_log_over_the_steps_that_logged_it():
+    from simulator.payloads import ModelArch, VisitRequest
+    from simulator.visit import LocalVisit
+
+    model = build_model(1, 4, 2, seed=0)
+    weights = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand((8, 1, 16, 16), generator=gen)
+    rx = torch.rand((4, 1, 16, 16), generator=gen)
+    replay = {"s0/x": rx.numpy(), "s0/y": (rx > 0.5).float().numpy()}
+    hp = resolve_hparams(method_class("smg"), 1e-3, {"stats_every": 4})
+    req = VisitRequest(ModelArch(1, 4, 2), "smg", hp, 2, 6, 4, 0, False, 0, weights, {}, replay)
+    visit = LocalVisit.start(req, "a", (x, (x > 0.6).float()), torch.device("cpu"), build_method)
+    visit.run(6)
+    _, _, logs, _ = visit.finish()
+    assert visit.counts["align_cos_mem"] == 3 and visit.counts["loss_current"] == 6  # steps 0, 4 and 5
+    assert logs["align_cos_mem"] == pytest.approx(visit.sums["align_cos_mem"] / 3)
 
 
 def test_gram_cosines_match_direct_cosines():

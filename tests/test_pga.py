@@ -11,6 +11,7 @@ from server.methods.meta_gradient import (
     alignment_gradient,
     first_order_gradient,
     inner_scale,
+    lean_gradient,
     rms,
     split,
 )
@@ -159,6 +160,21 @@ def test_reused_per_domain_gradients_equal_the_straightforward_gradient(case):
         ref = _straightforward_first_order(model, doms, roles, lookahead * LR)
         for a, b in zip(got, ref, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("case", sorted(REUSE_CASES))
+def test_the_lean_step_gives_the_same_update_with_fewer_passes(case):
+    roles = REUSE_CASES[case]
+    model, doms = _setup(seed=1, dtype=torch.float32, n_dom=4, size=16)
+    for lookahead, meta in ((0.0, True), (1.0, True), (5.0, True), (1.0, False)):
+        full = first_order_gradient(model, doms, roles, lookahead * LR, meta=meta)
+        lean = lean_gradient(model, doms, roles, lookahead * LR, meta=meta)
+        for a, b in zip(lean.grads, full.grads, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+        assert lean.inner_rms == pytest.approx(full.inner_rms)
+        for key, value in lean.logs.items():
+            assert value == pytest.approx(full.logs[key], rel=1e-5), key
+        assert {"loss_current"} <= set(lean.logs) and lean.domain_grads == []
 
 
 @pytest.mark.parametrize("symmetric", [False, True])

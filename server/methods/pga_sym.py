@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from server.methods.meta_gradient import Pair, PGAGradient, Roles, alignment_gradient
-from server.methods.smg import SMG
+from server.methods.meta_gradient import (
+    LAMBDA_GEN,
+    LOOKAHEAD,
+    Pair,
+    PGAGradient,
+    Roles,
+    alignment_gradient,
+)
+from server.methods.smg import REPLAY_SITES_PER_STEP, SMG
 
 
 class PGASym(SMG):
@@ -19,6 +26,7 @@ class PGASym(SMG):
     """
 
     name = "pga_sym"
+    hyperparameters = (LOOKAHEAD, LAMBDA_GEN, REPLAY_SITES_PER_STEP)  # statistics on every step
 
-    def _gradient(self, doms: list[Pair], roles: Roles) -> PGAGradient:
+    def _gradient(self, doms: list[Pair], roles: Roles, stats: bool = True) -> PGAGradient:
         return alignment_gradient(self.model, doms, roles, self._step_length(), symmetric=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from server.methods.meta_gradient import LAMBDA_GEN
-from server.methods.smg import REPLAY_SITES_PER_STEP, SMG
+from server.methods.smg import REPLAY_SITES_PER_STEP, SMG, STATS_EVERY
 
 
 class SMDReplayMatched(SMG):
@@ -19,7 +19,7 @@ class SMDReplayMatched(SMG):
     """
 
     name = "smd_replay_matched"
-    hyperparameters = (LAMBDA_GEN, REPLAY_SITES_PER_STEP)
+    hyperparameters = (LAMBDA_GEN, REPLAY_SITES_PER_STEP, STATS_EVERY)
     meta = False
 
     def _step_length(self) -> float:

@@ -18,6 +18,7 @@ from server.methods.meta_gradient import (
     Roles,
     apply_gradient,
     first_order_gradient,
+    lean_gradient,
     split,
     style_augment,
 )
@@ -29,6 +30,12 @@ REPLAY_SITES_PER_STEP = HParam(
     "replay_sites_per_step", 0, lo=0, hi=1_000_000,
     help="earlier sites replayed per step, drawn from the method's own stream (0: all), "
          "so a step's cost stops growing with the stage")
+
+STATS_EVERY = HParam(
+    "stats_every", 10, lo=1, hi=1_000_000,
+    help="alignment statistics (per-domain gradients, cosines, align_rel_change) on every n-th step "
+         "and the last step of a visit; the other steps take the same update with fewer passes "
+         "(1: every step)")
 
 
 class SMG(Method):
@@ -50,7 +57,7 @@ class SMG(Method):
     name = "smg"
     private = True
     uses_replay = True
-    hyperparameters = (LOOKAHEAD, LAMBDA_GEN, REPLAY_SITES_PER_STEP)
+    hyperparameters = (LOOKAHEAD, LAMBDA_GEN, REPLAY_SITES_PER_STEP, STATS_EVERY)
     log_names = {**rules(("loss", "loss_current", "loss_replay", "loss_gen_a", "loss_mem_meta", "loss_gen_meta"), LOSS),
                  "align_cos_mem": COSINE, "align_cos_gen": COSINE, "align_rel_change": RATIO,
                  "inner_over_outer": RATIO, "align_mem": SIGNED, "align_gen": SIGNED}
@@ -71,6 +78,13 @@ class SMG(Method):
         self.gen = method_generator(ctx)
         self.site = ctx.site
         self._last: tuple[list[str], torch.Tensor] | None = None
+        self._steps, self._step = ctx.steps, 0
+
+    def _stats_step(self) -> bool:
+        """Whether this step computes the alignment statistics: every ``stats_every``-th step
+        (the first included) and the visit's last step (whose cosines the stage summary shows)."""
+        every = int(self.hp.get("stats_every", 1))
+        return every <= 1 or self._step % every == 0 or self._step == self._steps - 1
 
     def _replay(self, batch: Batch) -> dict[str, Pair]:
         """The replayed sites of this step: all, or ``replay_sites_per_step`` drawn at random."""
@@ -101,18 +115,23 @@ class SMG(Method):
         """RMS of the inner displacement: lookahead outer steps of size lr."""
         return float(self.hp["lookahead"]) * float(self.hp["lr"])
 
-    def _gradient(self, doms: list[Pair], roles: Roles) -> PGAGradient:
-        return first_order_gradient(self.model, doms, roles, self._step_length(), meta=self.meta)
+    def _gradient(self, doms: list[Pair], roles: Roles, stats: bool = True) -> PGAGradient:
+        """The step's gradient; ``stats=False``: the same update without per-domain gradients."""
+        grad = first_order_gradient if stats else lean_gradient
+        return grad(self.model, doms, roles, self._step_length(), meta=self.meta)
 
     def update(self, batch: Batch) -> dict[str, float]:
         self.model.train()
         names, doms, roles = self._plan(batch)
-        res = self._gradient(doms, roles)
+        stats = self._stats_step()
+        self._step += 1
+        res = self._gradient(doms, roles, stats)
         outer = apply_gradient(self.model, self.opt, res.grads)
-        G = gram(res.domain_grads)
-        self._last = (names, G)
         logs = dict(res.logs)
-        logs.update(alignment_logs(res, roles, G))
+        if res.domain_grads:
+            G = gram(res.domain_grads)
+            self._last = (names, G)
+            logs.update(alignment_logs(res, roles, G))
         logs["inner_over_outer"] = inner_over_outer(res.inner_rms, outer)
         logs["loss"] = logs["loss_current"]
         return logs
