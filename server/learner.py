@@ -147,7 +147,9 @@ class Learner:
         return VisitRequest(self.arch, self.method.name, self.hparams, stage, train.steps_per_stage,
                             train.batch_size, derive_seed(self.run_seed, "train", stage, site),
                             train.channels_last, int(self.hparams.get("replay_sites_per_step", 0)),
-                            self.weights, self.state, replay)
+                            self.weights, self.state, replay,
+                            *((train.replay_resolution_match, self.cfg.smd.image_size)
+                              if self.method.uses_replay and train.replay_resolution_match > 0 else (0.0, 0)))
 
     def visit_message(self, site: str, stage: int) -> RecordDict:
         """The message that starts a visit of ``site`` at ``stage``."""

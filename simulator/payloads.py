@@ -199,6 +199,9 @@ class VisitRequest(Payload):
     state: Arrays = _role("arrays")
     #: synthetic pairs of earlier sites, keyed ``<site>/x`` and ``<site>/y``
     replay: Arrays = _role("arrays")
+    #: current-site images taken to ``match_size`` pixels and back with this probability (0: never)
+    match_p: float = field(default=0.0, metadata={"role": "config"})
+    match_size: int = field(default=0, metadata={"role": "config"})
 
 
 @dataclass(frozen=True)

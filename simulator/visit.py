@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from simulator.method import Batch, Method, StageContext
 from simulator.payloads import ModelArch, VisitRequest
-from simulator.seeding import torch_generator
+from simulator.seeding import derive_seed, torch_generator
 from simulator.segmentation import UNet
 
 Pair = tuple[torch.Tensor, torch.Tensor]
@@ -55,6 +56,11 @@ class LocalVisit:
     replay: dict[str, Pair]
     batch_size: int
     replay_sites: int = 0
+    #: current-site images go to ``match_size`` px and back with probability ``match_p``, drawn
+    #: from a stream of their own (the batch stream stays the same with or without it)
+    match_p: float = 0.0
+    match_size: int = 0
+    match_gen: torch.Generator | None = None
     #: the weights the visit was sent, name -> (shape, dtype): exactly what its model reply may carry
     received: dict[str, tuple[tuple[int, ...], str]] = field(default_factory=dict)
     step: int = 0
@@ -78,7 +84,9 @@ class LocalVisit:
                            generator=torch_generator(req.seed), replay_sites=sorted(replay))
         method.begin_stage(ctx)
         received = {k: (tuple(v.shape), str(v.dtype)) for k, v in req.weights.items()}
-        return cls(model, method, ctx, train, replay, req.batch_size, req.replay_sites_per_step, received)
+        match_gen = torch_generator(derive_seed(req.seed, "resolution-match")) if req.match_p > 0 else None
+        return cls(model, method, ctx, train, replay, req.batch_size, req.replay_sites_per_step,
+                   match_p=req.match_p, match_size=int(req.match_size), match_gen=match_gen, received=received)
 
     def batch(self) -> Batch:
         """The next step's batch: current-site pairs, and the replay batch shared out over the sites
@@ -92,7 +100,14 @@ class LocalVisit:
         for site, (x, y) in self.replay.items():
             ridx = torch.randint(len(x), (min(per_site, len(x)),), generator=self.ctx.generator)
             replay[site] = (x[ridx], y[ridx])
-        return Batch(train_x[idx], train_y[idx], replay)
+        x = train_x[idx]
+        if self.match_gen is not None and self.match_size and self.match_size != x.shape[-1]:
+            size = x.shape[-1]
+            low = F.interpolate(F.interpolate(x, size=(self.match_size,) * 2, mode="area"), size=(size, size),
+                                mode="bilinear", align_corners=False)
+            pick = (torch.rand((len(x), 1, 1, 1), generator=self.match_gen) < self.match_p).to(x.device)
+            x = torch.where(pick, low, x)
+        return Batch(x, train_y[idx], replay)
 
     def run(self, n_steps: int, before_step: Callable[[int], None] | None = None) -> tuple[dict[str, float], float]:
         """Up to ``n_steps`` outer steps; returns the mean of each logged scalar and the seconds taken."""

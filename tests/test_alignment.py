@@ -126,6 +126,14 @@ def test_statistics_every_nth_step_keep_the_update(name):
 
 
 def test_a_visit_averages_each_log_over_the_steps_that_logged_it():
+    visit = _visit()
+    visit.run(6)
+    _, _, logs, _ = visit.finish()
+    assert visit.counts["align_cos_mem"] == 3 and visit.counts["loss_current"] == 6  # steps 0, 4 and 5
+    assert logs["align_cos_mem"] == pytest.approx(visit.sums["align_cos_mem"] / 3)
+
+
+def _visit(match_p=0.0, match_size=0):
     from simulator.payloads import ModelArch, VisitRequest
     from simulator.visit import LocalVisit
 
@@ -136,12 +144,23 @@ def test_a_visit_averages_each_log_over_the_steps_that_logged_it():
     rx = torch.rand((4, 1, 16, 16), generator=gen)
     replay = {"s0/x": rx.numpy(), "s0/y": (rx > 0.5).float().numpy()}
     hp = resolve_hparams(method_class("smg"), 1e-3, {"stats_every": 4})
-    req = VisitRequest(ModelArch(1, 4, 2), "smg", hp, 2, 6, 4, 0, False, 0, weights, {}, replay)
-    visit = LocalVisit.start(req, "a", (x, (x > 0.6).float()), torch.device("cpu"), build_method)
-    visit.run(6)
-    _, _, logs, _ = visit.finish()
-    assert visit.counts["align_cos_mem"] == 3 and visit.counts["loss_current"] == 6  # steps 0, 4 and 5
-    assert logs["align_cos_mem"] == pytest.approx(visit.sums["align_cos_mem"] / 3)
+    req = VisitRequest(ModelArch(1, 4, 2), "smg", hp, 2, 6, 4, 0, False, 0, weights, {}, replay, match_p, match_size)
+    return LocalVisit.start(req, "a", (x, (x > 0.6).float()), torch.device("cpu"), build_method)
+
+
+def test_resolution_match_degrades_current_images_from_a_stream_of_its_own():
+    import torch.nn.functional as F
+
+    plain, always, half = _visit(), _visit(1.0, 8), _visit(0.5, 8)
+    b0, b1, b2 = plain.batch(), always.batch(), half.batch()
+    low = F.interpolate(F.interpolate(b0.x, size=(8, 8), mode="area"), size=(16, 16), mode="bilinear",
+                        align_corners=False)
+    assert torch.equal(b1.x, low) and torch.equal(b1.y, b0.y)
+    kept = [torch.equal(b2.x[i], b0.x[i]) for i in range(len(b0.x))]
+    assert all(k or torch.equal(b2.x[i], low[i]) for i, k in enumerate(kept)) and 0 < sum(kept) < len(kept)
+    # the replay and the batch stream are the same with or without it
+    assert all(torch.equal(b0.replay[k][0], b1.replay[k][0]) for k in b0.replay)
+    assert torch.equal(plain.ctx.generator.get_state(), always.ctx.generator.get_state())
 
 
 def test_gram_cosines_match_direct_cosines():

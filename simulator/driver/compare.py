@@ -47,13 +47,16 @@ def config_hash(cfg: Config) -> str:
     what is computed.
     """
     method = cfg.run.method
+    train = dataclasses.asdict(cfg.train)
+    if not train["replay_resolution_match"]:  # hashes of runs without it stay what they were
+        del train["replay_resolution_match"]
     settings = {
         "profile": cfg.run.profile,
         "method": method,
         "sites": cfg.run.sites,
         "data": dataclasses.asdict(cfg.data),
         "model": dataclasses.asdict(cfg.model),
-        "train": dataclasses.asdict(cfg.train),
+        "train": train,
         "smd": dataclasses.asdict(cfg.smd),
         "privacy": dataclasses.asdict(cfg.privacy),
         "methods": cfg.methods.get(method, {}),
