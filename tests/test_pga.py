@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
+from server.methods.lean_gradient import lean_gradient
 from server.methods.meta_gradient import (
     Roles,
     _Functional,
     alignment_gradient,
     first_order_gradient,
     inner_scale,
-    lean_gradient,
     rms,
     split,
 )

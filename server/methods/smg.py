@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from server.methods.alignment import alignment_logs, cosine_summary, gram, inner_over_outer
+from server.methods.lean_gradient import lean_gradient
 from server.methods.meta_gradient import (
     LAMBDA_GEN,
     LOOKAHEAD,
@@ -18,7 +19,6 @@ from server.methods.meta_gradient import (
     Roles,
     apply_gradient,
     first_order_gradient,
-    lean_gradient,
     split,
     style_augment,
 )
