@@ -14,6 +14,7 @@ from server.methods.meta_gradient import (
     _Functional,
     _loss_logs,
     inner_scale,
+    weighted_sum,
 )
 
 
@@ -30,14 +31,6 @@ def _plain_weights(roles: Roles, n: int) -> list[float]:
             for i in group:
                 w[i] += roles.lambda_gen / len(group)
     return w
-
-
-def _add(terms: list[tuple[float, Grads]]) -> Grads:
-    out = [torch.zeros_like(t) for t in terms[0][1]]
-    for w, grads in terms:
-        for o, t in zip(out, grads, strict=True):
-            o.add_(t.detach(), alpha=w)
-    return out
 
 
 def lean_gradient(model: torch.nn.Module, doms: list[Pair], roles: Roles, step: float,
@@ -79,7 +72,7 @@ def lean_gradient(model: torch.nn.Module, doms: list[Pair], roles: Roles, step: 
             parts.append((1.0, f.grad(loss_rest, theta)))
         if roles.current in roles.group_a:
             parts.append((1.0 / n_a, g_c))
-        g_a = _add(parts)
+        g_a = weighted_sum(parts)
         terms.append((roles.lambda_gen, g_a))
     logs = _loss_logs(roles, losses)
     logs.pop("loss_replay", None)  # present only when the split put every replayed site in A: not a fair mean
@@ -97,5 +90,5 @@ def lean_gradient(model: torch.nn.Module, doms: list[Pair], roles: Roles, step: 
         terms.append((1.0, meta_test(g_c, roles.replay, "loss_mem_meta")))
     if g_a is not None:
         terms.append((roles.lambda_gen, meta_test(g_a, roles.group_b, "loss_gen_meta")))
-    return PGAGradient(grads=_add(terms), plain=[], domain_grads=[],
+    return PGAGradient(grads=weighted_sum(terms), plain=[], domain_grads=[],
                        inner_rms=sum(shifts) / len(shifts) if shifts else 0.0, logs=logs)

@@ -225,6 +225,12 @@ def _combine(roles: Roles, g: list[Grads], mem: Grads | None, g_a: Grads | None,
         terms.append((roles.lambda_gen, g_a))
         if b is not None:
             terms.append((roles.lambda_gen, b))
+    return weighted_sum(terms, out)
+
+
+def weighted_sum(terms: list[tuple[float, Grads]], out: Grads | None = None) -> Grads:
+    """sum_i w_i g_i over ``(w_i, g_i)`` terms, in their order (into ``out`` when given)."""
+    out = [torch.zeros_like(t) for t in terms[0][1]] if out is None else out
     for w, grads in terms:
         for o, t in zip(out, grads, strict=True):
             o.add_(t.detach(), alpha=w)
@@ -246,7 +252,9 @@ def _loss_logs(roles: Roles, losses) -> dict[str, float]:
     have = set(range(len(losses))) if isinstance(losses, list) else set(losses)
 
     def mean(idx) -> float | None:
-        return sum(float(losses[i].detach() if isinstance(losses[i], torch.Tensor) else losses[i]) for i in idx) / len(idx) if idx and set(idx) <= have else None
+        if not idx or not set(idx) <= have:
+            return None
+        return sum(float(torch.as_tensor(losses[i]).detach()) for i in idx) / len(idx)
 
     parts = {"loss_current": mean((roles.current,) if roles.current is not None else ()),
              "loss_replay": mean(roles.replay), "loss_gen_a": mean(roles.group_a if roles.use_gen else ())}
