@@ -120,3 +120,21 @@ def test_backbone_travels_as_arrays_to_a_site_whose_cache_lacks_it(cfg, backbone
     assert metrics(site.install_backbone(learner.backbone_offer_message("alpha")))["installed"] == 0
     prompt = site.tune_prompt(learner.tune_message("alpha"))
     assert prompt["meta"]["kind"] == "prompt"
+
+
+def test_only_a_process_that_builds_a_backbone_imports_diffusers():
+    """The driver, a learner and a site import no diffusers (seconds of CPU each) until one of them
+    builds a backbone."""
+    import subprocess
+    import sys
+
+    code = ("import sys, server.learner, sites.site, simulator.driver.runner, simulator.smd.pretrain\n"
+            "before = any(m.split('.')[0] == 'diffusers' for m in sys.modules)\n"
+            "from simulator.smd.backbone import SMDBackbone\n"
+            "from simulator.config import build_config\n"
+            "from simulator.smd.pretrain import smd_spec\n"
+            "SMDBackbone(smd_spec(build_config('smoke'), 1))\n"
+            "print(before, 'diffusers' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "True"]

@@ -7,6 +7,11 @@ cost). Training uses a ``DDPMScheduler``; sampling uses a ``DDIMScheduler`` with
 steps and an explicit ``torch.Generator``. A small MLP maps an appearance vector to
 K x D tokens for pre-training on public data; a site prompt is a free K x D tensor
 found by inversion (prompt tuning) with the backbone frozen.
+
+``diffusers`` is imported when a backbone is built, not when this module is: importing it
+costs seconds of CPU per process (it loads ``torch._dynamo`` and ``scipy.stats``), and most
+processes that read a spec or a cached digest (the driver, a ``finetune`` learner, a site that
+only checks its cache) never build one.
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from torch import nn
 
 
@@ -58,6 +62,8 @@ class SMDBackbone(nn.Module):
     """U-Net denoiser plus the appearance-to-tokens MLP used in pre-training."""
 
     def __init__(self, spec: SMDSpec) -> None:
+        from diffusers import DDPMScheduler, UNet2DConditionModel
+
         super().__init__()
         self.spec = spec
         n = len(spec.widths)
@@ -111,6 +117,8 @@ class SMDBackbone(nn.Module):
     def sample(self, tokens: torch.Tensor, n: int, steps: int, gen: torch.Generator,
                batch: int = 64) -> torch.Tensor:
         """``n`` samples (N, C+1, s, s) in [-1, 1] from one K x D prompt with DDIM (eta = 0)."""
+        from diffusers import DDIMScheduler
+
         sched = DDIMScheduler.from_config(self.noise.config)
         sched.set_timesteps(steps)
         device = next(self.parameters()).device
