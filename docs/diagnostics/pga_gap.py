@@ -37,15 +37,9 @@ from simulator.driver.plan import site_spec
 from simulator.segmentation import UNet, build_model
 from sites.datasets import build_site_data
 
+from resolution_gap import _checkpoint as _latest  # noqa: E402  (a script beside this one)
+
 LOOKAHEADS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
-
-
-def _latest(run: Path) -> dict[str, np.ndarray]:
-    root = run / "checkpoint"
-    latest = (root / "LATEST").read_text().strip() if (root / "LATEST").exists() else ""
-    stage = root / (latest or sorted(p.name for p in root.glob("stage-*"))[-1])
-    with np.load(stage / "arrays.npz") as z:
-        return {k: z[k] for k in z.files}
 
 
 def _norm(a: list[torch.Tensor], b: list[torch.Tensor] | None = None) -> float:
