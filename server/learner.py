@@ -67,6 +67,12 @@ class Learner:
         self.visited: list[str] = []
 
     # -- SMD replay --------------------------------------------------------------------
+    def preload_smd(self) -> float:
+        """Import what the backbone needs ahead of :meth:`enable_replay`; returns the seconds."""
+        from simulator.smd.backbone import preload
+
+        return preload()
+
     def enable_replay(self, backbone_path: str, channels: int) -> None:
         """Load the public backbone; prompts and replay are kept from here on."""
         smd = self.cfg.smd
@@ -99,7 +105,8 @@ class Learner:
         return TuneRequest(self.backbone_key, self.backbone_sha256, smd.prompt_steps, smd.prompt_lr,
                            smd.prompt_batch,
                            smd.prompt_candidates, derive_seed(self.run_seed, "prompt", site),
-                           priv.dp_epsilon, priv.dp_delta, priv.dp_clip).to_record("learner", f"site:{site}")
+                           priv.dp_epsilon, priv.dp_delta, priv.dp_clip, smd.prompt_stop_tol,
+                           smd.prompt_check_every).to_record("learner", f"site:{site}")
 
     def absorb_prompt(self, reply: RecordDict, site: str) -> dict[str, float]:
         """Keep a site's exported prompt; its replay is sampled when first needed."""

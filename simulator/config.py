@@ -129,6 +129,10 @@ class SMDConfig:
     prompt_batch: int = field(default=16, metadata=_rng(1, 4096))
     #: appearance vectors drawn from the public prior and scored before prompt tuning starts
     prompt_candidates: int = field(default=32, metadata=_rng(1, 4096))
+    #: prompt tuning without DP stops a phase when ``prompt_check_every`` steps improved the loss on
+    #: a fixed probe by less than this fraction (0: every step runs); DP tuning runs all its steps
+    prompt_stop_tol: float = field(default=0.01, metadata=_rng(0.0, 1.0))
+    prompt_check_every: int = field(default=3, metadata=_rng(1, 1000000))
     sample_steps: int = field(default=10, metadata=_rng(1, 1000))
     replay_per_site: int = field(default=32, metadata=_rng(1, 100000))
     #: prompt-only mode: synthetic pairs of the visited site the learner trains on during its visit

@@ -256,6 +256,10 @@ class TuneRequest(Payload):
     dp_epsilon: float = field(default=0.0, metadata={"role": "config"})
     dp_delta: float = field(default=0.0, metadata={"role": "config"})
     dp_clip: float = field(default=0.03, metadata={"role": "config"})
+    #: without DP: a phase stops when ``check_every`` steps improved the probe loss by less than
+    #: ``stop_tol`` (relative; 0: no early stop)
+    stop_tol: float = field(default=0.0, metadata={"role": "config"})
+    check_every: int = field(default=3, metadata={"role": "config"})
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,9 @@ TRAIN = {"step": COUNT, "steps": COUNT, "seconds": SECONDS}
 VISIT_START = {"steps": COUNT, "replay_sites": COUNT}
 EVALUATE = {"dice": FRACTION, "dice_std": FRACTION, "n": COUNT}
 PROMPT_LOGS = {"prompt_steps": COUNT, "prompt_seconds": SECONDS, "prompt_loss_init": LOSS,
-               "prompt_loss_search": LOSS, "prompt_loss_final": LOSS, "data_bytes": COUNT}
+               "prompt_loss_search": LOSS, "prompt_loss_final": LOSS, "prompt_steps_planned": COUNT,
+               "prompt_checks": COUNT,
+               "data_bytes": COUNT}
 #: under DP no loss on private data leaves: steps, seconds and the privacy parameters only
 DELTA = MetricRule(0.0, 1.0, 1e-12)
 PROMPT_LOGS_DP = {"prompt_steps": COUNT, "prompt_seconds": SECONDS, "data_bytes": COUNT, "dp_epsilon": RATIO,
@@ -123,6 +125,7 @@ INSPECT = {**rules(("cases_train", "cases_test", "problems", "files", "slices", 
            **rules(("raw_intensity_min", "raw_intensity_max"), MetricRule(-1e9, 1e9, 1e-6))}
 PING = {"alive": COUNT, "data_bytes": COUNT}
 ARMED = {"armed": COUNT}
+PRELOAD = {"import_seconds": SECONDS}
 PREVIEW = {"bytes_written": COUNT}
 BACKBONE_CHECK = {"present": COUNT}
 BACKBONE_INSTALL = {"installed": COUNT, "backbone_bytes": COUNT}

@@ -252,6 +252,13 @@ class Site:
             self._backbone_key = (key, sha256)
         return self._backbone_model
 
+    def preload_smd(self) -> RecordDict:
+        """Import what prompt tuning needs (no data is read), so the site can do it while the
+        learner trains elsewhere instead of when its own prompt is due."""
+        from simulator.smd.backbone import preload
+
+        return self._metrics(schemas.PRELOAD, import_seconds=preload())
+
     def has_backbone(self, msg: RecordDict) -> RecordDict:
         """Whether this site's own SMD cache holds the announced public backbone (1) or not (0)."""
         from simulator.smd.cache import backbone_file, cached_digest
@@ -287,7 +294,8 @@ class Site:
                                           req.dp_clip)
         else:
             prompt, logs = tune_prompt(backbone, d.train_x, d.train_y, req.steps, req.lr, req.batch,
-                                       torch_generator(req.seed), candidates=req.candidates)
+                                       torch_generator(req.seed), candidates=req.candidates,
+                                       stop_tol=req.stop_tol, check_every=req.check_every)
         self._prompt = prompt
         logs["data_bytes"] = int(d.train_x.nbytes + d.train_y.nbytes)
         spec = backbone.spec

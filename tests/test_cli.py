@@ -141,6 +141,9 @@ def test_smd_replay_run_through_ray(ray_session, smd_backbone, tmp_path):
     ledger = [json.loads(line) for line in (out / "ledger.jsonl").read_text().splitlines()]
     prompts = [e for e in ledger if e["kind"] == "prompt"]
     assert len(prompts) == 3 and all(e["src"].startswith("site:") for e in prompts)
+    # every site imported the backbone's libraries ahead of its prompt, and said so in one scalar
+    preloads = [e for e in ledger if e["scalar_keys"]["metrics"] == ["import_seconds"]]
+    assert sorted(e["src"] for e in preloads) == sorted(f"site:{s}" for s in res.order)
     visits = [e for e in ledger if e["kind"] == "visit"]
     replay_keys = [sorted(a["key"] for a in v["arrays"] if a["key"].startswith("replay/")) for v in visits]
     first = res.order[0]

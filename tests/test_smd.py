@@ -10,6 +10,7 @@ from server.replay import ReplayBank
 from simulator.config import build_config, parse_set
 from simulator.driver.plan import method_hparams
 from simulator.messages import array_groups, arrays, metrics
+from simulator.smd.backbone import to_model_space
 from simulator.smd.cache import load_backbone
 from simulator.smd.pretrain import ensure_backbone, smd_spec
 from sites.prompt import tune_prompt
@@ -52,6 +53,28 @@ def test_prompt_tuning_changes_only_the_prompt(cfg, backbone, smoke_spec):
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), f"backbone tensor {k} changed during prompt tuning"
     assert logs["prompt_steps"] == 4
+
+
+def test_prompt_tuning_stops_a_phase_when_the_probe_loss_stops_improving(cfg, backbone, smoke_spec):
+    """tol 0 runs every step; a tolerance no step can meet stops each phase at its first check and
+    returns the best prompt seen, whose probe loss is the one reported."""
+    from sites.datasets import build_site_data
+    from sites.prompt import _fixed_loss
+
+    model = load_backbone(backbone)
+    data = build_site_data(smoke_spec)
+
+    def tune(tol):
+        return tune_prompt(model, data.train_x, data.train_y, steps=12, lr=0.05, batch=4,
+                           gen=torch.Generator().manual_seed(0), candidates=4, stop_tol=tol, check_every=2)
+
+    _, full = tune(0.0)
+    assert full["prompt_steps"] == full["prompt_steps_planned"] == 12 and full["prompt_checks"] == 0
+    prompt, early = tune(1.0)  # no loss falls by 100 %: each phase ends at its first check
+    assert early["prompt_steps"] == 4 and early["prompt_steps_planned"] == 12 and early["prompt_checks"] == 2
+    assert early["prompt_loss_final"] <= early["prompt_loss_search"]
+    x = to_model_space(data.train_x, data.train_y, model.spec.image_size)[:32]
+    assert _fixed_loss(model, x, torch.from_numpy(prompt)[None]) == pytest.approx(early["prompt_loss_final"])
 
 
 def test_seeded_sampling_is_reproducible(backbone):

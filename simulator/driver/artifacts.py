@@ -43,6 +43,8 @@ def artifact_key(cfg: Config, spec: SiteSpec, backbone: str) -> str:
               "prompt": [s.prompt_steps, s.prompt_lr, s.prompt_batch, s.prompt_candidates],
               "replay": [s.replay_per_site, s.sample_steps, cfg.data.image_size],
               "checks": [s.fidelity_steps, cfg.privacy.nn_threshold]}
+    if s.prompt_stop_tol > 0 and cfg.privacy.dp_epsilon <= 0:  # DP tuning runs all its steps
+        inputs["prompt"] += [s.prompt_stop_tol, s.prompt_check_every]
     if cfg.privacy.dp_epsilon > 0:  # keys of runs without DP stay what they were
         inputs["dp"] = [cfg.privacy.dp_epsilon, cfg.privacy.dp_delta, cfg.privacy.dp_clip]
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]

@@ -173,14 +173,19 @@ def _open_engine(plan: RunPlan, ledger: Ledger, trace_dir: Path, stream: TextIO,
     return eng, t_ray
 
 
-def _prepare(eng, plan: RunPlan, stream: TextIO, progress: bool) -> tuple[dict, dict]:
-    """Site facts, the learner, and the SMD backbone when replay is on; returns (facts, smd info)."""
+def _prepare(eng, plan: RunPlan, stream: TextIO, progress: bool, done: frozenset[str] = frozenset()
+             ) -> tuple[dict, dict]:
+    """Site facts, the learner, and the SMD backbone when replay is on; returns (facts, smd info).
+    ``done``: the sites whose stage a checkpoint holds (they tune no prompt again)."""
     with eng.clock.phase("actors"):
         facts = eng.describe_sites()
         n_channels = _image_channels(facts)
         eng.start_learner(n_channels)
     smd_info: dict = {}
     if plan.smd_on:
+        from simulator.smd.pretrain import smd_spec
+
+        eng.preload_smd(smd_spec(plan.config, n_channels).key(), done)
         with eng.clock.phase("smd_pretraining"):
             smd_info = prepare_smd(plan.config, n_channels, stream, progress)
             eng.enable_replay(smd_info["backbone_path"], n_channels)
@@ -231,7 +236,8 @@ def execute(plan: RunPlan, folder: RunFolder, stream: TextIO, progress: bool, si
     eng = None
     try:
         eng, t_ray = _open_engine(plan, ledger, trace_dir, stream, progress, site_cls, t_start, grid)
-        facts, smd_info = _prepare(eng, plan, stream, progress)
+        facts, smd_info = _prepare(eng, plan, stream, progress,
+                                   frozenset(plan.order[:ckpt.stage]) if ckpt else frozenset())
         _record_processes(folder, eng)
         R = np.zeros((len(plan.order) + 1, len(plan.order)))
         if ckpt is None:

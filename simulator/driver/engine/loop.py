@@ -21,7 +21,7 @@ from flwr.app import RecordDict
 
 from server.learner import Learner
 from simulator.benchmarks import catalog
-from simulator.driver.artifacts import ArtifactCache
+from simulator.driver.artifacts import ArtifactCache, artifact_key
 from simulator.driver.engine.runtime import (
     Actors,
     RayMetricsSink,
@@ -33,7 +33,7 @@ from simulator.driver.engine.smd_steps import SMDSteps
 from simulator.driver.faults import FaultPlan
 from simulator.driver.ledger import Ledger
 from simulator.driver.phases import PhaseClock
-from simulator.driver.plan import RunPlan
+from simulator.driver.plan import RunPlan, site_spec
 from simulator.driver.progress import RunProgress
 from simulator.driver.results import merge_guard_sessions
 from simulator.errors import SiteUnavailable
@@ -88,6 +88,8 @@ class Engine(SMDSteps):
         self.sink = RayMetricsSink()
         self.dashboard_url: str | None = None
         self.tag = plan.out.name  # the run's tag on every figure in the dashboard
+        #: per site, its answer to preload_smd while it is still on its way
+        self._preloads: dict[str, Any] = {}
         ledger.on_record = self._count_traffic
 
     def _connect_flower_sites(self, grid: Any) -> Actors:
@@ -196,6 +198,33 @@ class Engine(SMDSteps):
         ).remote(self.cfg, self.plan.hparams, in_channels,
                  str(Path(self.trace_dir) / "learner.jsonl") if self.trace_dir else None,
                  str(catalog.data_root(self.cfg.data.benchmark)))
+
+    def preload_smd(self, backbone_key: str, done: frozenset[str] = frozenset()) -> None:
+        """Ask the learner and every site that will tune a prompt to import the backbone's libraries
+        now (several seconds of CPU per process), all at once, rather than one after another when
+        each prompt is due. Sites whose prompt is done (``done``) or in the grid's artifact cache are
+        not asked. The answers are collected, and recorded, later (:meth:`collect_preload`)."""
+        if self.grid is not None:  # a deployed node answers each message in a new process
+            return
+        self.actors.learner.preload_smd.remote()  # its next call (enable_replay) runs after it
+        for site in self.order:
+            if site in done:
+                continue
+            if self.cache is not None:
+                key = artifact_key(self.cfg, site_spec(self.cfg, site, self.plan.indices[site]), backbone_key)
+                if self.cache.load(key) is not None:
+                    continue
+            self._preloads[site] = self.actors.sites[site].preload_smd.remote()
+
+    def collect_preload(self, site: str) -> None:
+        """Record the site's answer to preload_smd, if it was asked (waits for it)."""
+        ref = self._preloads.pop(site, None)
+        if ref is None:
+            return
+        try:
+            self.ledger.record(self._get(ref, site, "preload"))
+        except ray.exceptions.RayActorError:
+            pass  # the process died since; the work that follows restarts it and repeats itself
 
     def enable_replay(self, backbone_path: str, channels: int) -> None:
         get(self.actors.learner.enable_replay.remote(backbone_path, channels))
@@ -335,6 +364,8 @@ class Engine(SMDSteps):
 
     def refresh_guard_reports(self) -> None:
         """Ask every site for its guard's report; each start of a site's process keeps its own."""
+        for site in list(self._preloads):
+            self.collect_preload(site)
         for site in self.order:
             def work(attempt: int, site: str = site) -> GuardReport:
                 return GuardReport.from_record(self._call(site, "guard_report", retry=attempt))

@@ -69,6 +69,7 @@ class SMDSteps:
 
     def _tune_and_check(self, site: str, attempt: int = 0) -> dict[str, float]:
         with self.clock.phase("prompt_tuning"):
+            self.collect_preload(site)
             self._ensure_backbone(site, attempt)
             msg = get(self.actors.learner.tune_message.remote(site))
             reply = self._call(site, "tune_prompt", msg, retry=attempt)
