@@ -60,3 +60,18 @@ def smd_backbone():
 
     path, _ = ensure_backbone(smd_spec(build_config("smoke"), 1))
     return path
+
+
+#: the settings of :func:`smd_replay_run` (the grid-sharing test makes the same run from a shared folder)
+SMD_REPLAY_SETS = ("run.sites=2", "train.steps_per_stage=2", "run.method=smd_replay", "run.order=reverse")
+
+
+@pytest.fixture(scope="session")
+def smd_replay_run(ray_session, smd_backbone, tmp_path_factory):
+    """One smoke run of `smd_replay` (2 sites, reverse order, seed 0) made once per test session:
+    prompts tuned at the sites, replay sent with the second visit, fidelity and attribution."""
+    from simulator.config import build_config, parse_set
+    from simulator.driver import api
+
+    out = tmp_path_factory.mktemp("smd-replay") / "run"
+    return api.run(build_config("smoke", parse_set([*SMD_REPLAY_SETS, f"run.out={out}"])), progress=False)

@@ -185,7 +185,7 @@ def test_runs_of_one_method_with_other_settings_are_not_averaged(tmp_path):
         summarize(tmp_path)
 
 
-def test_grid_shares_each_sites_prompt_and_figures_with_identical_results(ray_session, smd_backbone, tmp_path):
+def test_grid_shares_each_sites_prompt_and_figures_with_identical_results(smd_replay_run, tmp_path):
     """The second order's run takes every site's prompt and replay figures from the first run."""
     out = tmp_path / "cmp"
     base = build_config("smoke", parse_set(["run.sites=2", "train.steps_per_stage=2"]))
@@ -199,11 +199,8 @@ def test_grid_shares_each_sites_prompt_and_figures_with_identical_results(ray_se
     # no site tuned a prompt again in the second run: the ledger shows no prompt message
     ledger = [json.loads(line) for line in (second / "ledger.jsonl").read_text().splitlines()]
     assert not [e for e in ledger if e["kind"] in ("prompt", "tune", "fidelity")]
-    # the same run without the shared folder gives the same R, byte for byte
-    alone = tmp_path / "alone"
-    cfg = build_config("smoke", parse_set(["run.sites=2", "train.steps_per_stage=2", "run.method=smd_replay",
-                                           "run.order=reverse", f"run.out={alone}"]))
-    api.run(cfg, progress=False)
+    # the same run without the shared folder (the session's) gives the same R, byte for byte
+    alone = smd_replay_run.out
     assert (alone / "R.csv").read_bytes() == (second / "R.csv").read_bytes()
     smd_alone = json.loads((alone / "smd.json").read_text())["sites"]
     smd_reused = json.loads((second / "smd.json").read_text())["sites"]

@@ -80,6 +80,7 @@ def test_no_site_method_returns_an_image_shaped_array(site, smoke_spec, tmp_path
         "guard_report": (),
         "write_preview": (PreviewRequest(str(tmp_path), 3, False).to_record("driver", "site:alpha"),),
         "ping": (),
+        "preload_smd": (),
         "crash_during": ("evaluation",),  # armed only: nothing here evaluates afterwards
     }
     public = {n for n, _ in inspect.getmembers(Site, inspect.isfunction) if not n.startswith("_")}
