@@ -253,8 +253,8 @@ class Site:
         return self._backbone_model
 
     def preload_smd(self) -> RecordDict:
-        """Import what prompt tuning needs (no data is read), so the site can do it while the
-        learner trains elsewhere instead of when its own prompt is due."""
+        """Import what prompt tuning needs (no data is read) at the start of a run, beside the other
+        processes, instead of on one core when this site's prompt is due."""
         from simulator.smd.backbone import preload
 
         return self._metrics(schemas.PRELOAD, import_seconds=preload())
