@@ -17,8 +17,9 @@ from simulator.seeding import torch_generator
 from simulator.segmentation import build_model, dice_per_image, predict, seg_loss
 
 
-def _train_and_test(x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, steps: int,
-                    seed: int, width: int = 8, depth: int = 3, batch: int = 16) -> float:
+def train_segmenter(x: np.ndarray, y: np.ndarray, steps: int, seed: int, width: int = 8, depth: int = 3,
+                    batch: int = 16) -> torch.nn.Module:
+    """The TSTR segmenter trained on (x, y) for ``steps`` steps from ``seed``."""
     model = build_model(x.shape[1], width, depth, seed=seed).to(memory_format=torch.channels_last)
     opt = Adam(model.parameters(), lr=2e-3)
     gen = torch_generator(seed)
@@ -30,7 +31,12 @@ def _train_and_test(x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    pred = predict(model, torch.from_numpy(test_x).float())
+    return model
+
+
+def _train_and_test(x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, steps: int,
+                    seed: int) -> float:
+    pred = predict(train_segmenter(x, y, steps, seed), torch.from_numpy(test_x).float())
     return float(dice_per_image(pred, torch.from_numpy(test_y.astype(np.float32))).mean())
 
 

@@ -42,7 +42,7 @@ from simulator.driver.plan import site_spec
 from simulator.seeding import derive_seed
 from simulator.smd.backbone import from_model_space, to_model_space
 from sites.datasets import build_site_data
-from sites.fidelity import _train_and_test
+from sites.fidelity import _train_and_test, train_segmenter
 
 
 def ceiling(profile: str, seed: int, site: str, index: int) -> dict[str, float]:
@@ -77,21 +77,9 @@ def errors_on_real(x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np.
                    seed: int) -> dict[str, float]:
     """Precision and recall on the real test split of the TSTR segmenter trained on (x, y): low
     precision means it marks structures the training pairs never showed as background."""
-    from simulator.optim import Adam
-    from simulator.seeding import torch_generator
-    from simulator.segmentation import build_model, predict, seg_loss
+    from simulator.segmentation import predict
 
-    model = build_model(x.shape[1], 8, 3, seed=seed).to(memory_format=torch.channels_last)
-    opt = Adam(model.parameters(), lr=2e-3)
-    gen = torch_generator(seed)
-    X, Y = torch.from_numpy(x).float(), torch.from_numpy(y.astype(np.float32))
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(len(X), (min(16, len(X)),), generator=gen)
-        loss = seg_loss(model(X[idx]), Y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    model = train_segmenter(x, y, steps, seed)
     pred = predict(model, torch.from_numpy(test_x).float()).numpy().astype(bool)
     truth = test_y.astype(bool)
     tp = float((pred & truth).sum())
