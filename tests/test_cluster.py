@@ -18,14 +18,17 @@ SCRIPT = textwrap.dedent("""
     cli = [sys.executable, "-m", "simulator.driver.cli"]
     common = ["--profile", "smoke", "--address", c.address, "--site-resources", "alpha=hospital_a,bravo=hospital_b",
               "--set", "run.sites=2", "--set", "train.steps_per_stage=4"]
-    # each run of the comparison is an `smg-sim run --address` driver of its own joining the cluster
-    runs = [subprocess.run(cli + ["compare", "--methods", "finetune", "--seeds", "0,1", "--orders", "fixed",
-                                  "--max-parallel", "2", "--out", out + "/cmp", *common], capture_output=True, text=True),
-            subprocess.run(cli + ["run", "--quiet", "--out", out + "/bad", "--profile", "smoke", "--address", c.address,
-                                  "--set", "run.sites=2", "--site-resources", "alpha=hospital_z"],
-                           capture_output=True, text=True)]
-    print(json.dumps({"a": a.node_id, "b": b.node_id, "rc": [r.returncode for r in runs],
-                      "err": [r.stderr[-2000:] for r in runs]}))
+    # each run of the comparison is an `smg-sim run --address` driver of its own joining the cluster;
+    # the refused run joins at the same time
+    procs = [subprocess.Popen(cli + ["compare", "--methods", "finetune", "--seeds", "0,1", "--orders", "fixed",
+                                     "--max-parallel", "2", "--out", out + "/cmp", *common],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+             subprocess.Popen(cli + ["run", "--quiet", "--out", out + "/bad", "--profile", "smoke", "--address",
+                                     c.address, "--set", "run.sites=2", "--site-resources", "alpha=hospital_z"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+    errs = [p.communicate(timeout=500)[1] for p in procs]
+    print(json.dumps({"a": a.node_id, "b": b.node_id, "rc": [p.returncode for p in procs],
+                      "err": [e[-2000:] for e in errs]}))
     c.shutdown()
 """)
 
