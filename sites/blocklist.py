@@ -135,10 +135,18 @@ def _quantised(values: np.ndarray) -> np.ndarray:
     return q
 
 
-def _window_hashes(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A 64-bit hash of every window of ``WINDOW`` consecutive values, and whether it varies.
+#: a window in which fewer than this many values differ from its most common value is left out
+MIN_ODD = 3
 
-    Constant windows (a mask's zeros, a flat background) identify nothing and are left out.
+
+def _window_hashes(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A 64-bit hash of every window of ``WINDOW`` consecutive values, and whether it is informative.
+
+    A window in which one value fills all but one or two places (a mask's zeros, a flat
+    background, with one or two stray values) identifies almost nothing, and such windows are
+    left out: small weights or Fisher statistics, which quantise to zeros with a stray 1e-6, repeat
+    them by chance. A value that fills 14 or more of the 16 places is the window's median, so the
+    test is how many values differ from the median.
     """
     if q.size < WINDOW:
         return np.zeros(0, np.uint64), np.zeros(0, bool)
@@ -146,8 +154,9 @@ def _window_hashes(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(over="ignore"):
         mixed = (w ^ (w >> np.uint64(29))) * _MIX
         h = (mixed * _COEF).sum(axis=1, dtype=np.uint64)
-    varies = w.min(axis=1) != w.max(axis=1)
-    return h, varies
+    median = np.partition(w, WINDOW // 2 - 1, axis=1)[:, WINDOW // 2 - 1:WINDOW // 2]
+    informative = (w != median).sum(axis=1) >= MIN_ODD
+    return h, informative
 
 
 class WindowIndex:
@@ -165,8 +174,8 @@ class WindowIndex:
                 for c in range(arr.shape[1]):
                     s = arr[i, c].astype(np.float64)
                     for stream in (s.ravel(), s.T.ravel()):
-                        h, varies = _window_hashes(_quantised(stream))
-                        hashes.append(h[varies])
+                        h, informative = _window_hashes(_quantised(stream))
+                        hashes.append(h[informative])
         self.hashes = np.unique(np.concatenate(hashes)) if hashes else np.zeros(0, np.uint64)
 
     @property
@@ -177,9 +186,9 @@ class WindowIndex:
         """The offset of the first window of ``values`` that copies real values, else None."""
         if not self.hashes.size:
             return None
-        h, varies = _window_hashes(_quantised(values))
+        h, informative = _window_hashes(_quantised(values))
         if not h.size:
             return None
         pos = np.minimum(np.searchsorted(self.hashes, h), self.hashes.size - 1)
-        hit = (self.hashes[pos] == h) & varies
+        hit = (self.hashes[pos] == h) & informative
         return int(np.argmax(hit)) if hit.any() else None

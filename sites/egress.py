@@ -15,8 +15,9 @@ Second line, the content, against the site's own real images and masks (:mod:`si
 * ``exact``, ``near-duplicate``, ``crop``
                no array holds a real image or mask slice, in any dtype, flattened, reshaped,
                rescaled, shifted, transposed or cropped;
-* ``offset-copy`` no array holds a run of real values at any offset (sign-invariant; constant
-               runs such as a mask's zeros are skipped), for example inside a declared weight;
+* ``offset-copy`` no array holds a run of real values at any offset (sign-invariant; runs in
+               which one value fills 14 or more of the 16 places, such as a mask's zeros with a
+               stray one, identify nothing and are skipped), for example inside a declared weight;
 * ``scalar-run`` the metric values of a message, in order, hold no run of real values;
 * ``budget``   the array bytes of each kind stay within a per-kind budget.
 

@@ -169,6 +169,28 @@ def test_warn_mode_blocks_the_entry_and_continues(smoke_spec, learner):
     assert site._guard.violations[0].action == "blocked"
 
 
+def test_the_offset_scan_skips_runs_that_identify_nothing():
+    """A run of 16 in which one value fills 14 or more places identifies nothing: small statistics
+    (an ``ewc`` Fisher quantises to zeros with a stray 1e-6) repeat such runs of real images by
+    chance. A run with three values off its most common one is still found, mask edges included."""
+    from sites.blocklist import WindowIndex
+
+    rng = np.random.default_rng(0)
+    image = rng.random((1, 1, 8, 32)).astype(np.float32)
+    image[0, 0, 0, :16] = 0.0
+    image[0, 0, 0, 15] = 1e-6           # a flat background with one stray value
+    image[0, 0, 1, :16] = 0.0
+    image[0, 0, 1, 13:16] = 1.0         # a mask-like edge: three values off the zeros
+    index = WindowIndex({"x": image})
+    fisher = np.full(40, 1e-7, np.float32)
+    fisher[20] = 9e-7                   # quantises to the image's first row
+    assert index.find(np.roll(fisher, -5)) is None
+    edge = np.zeros(40, np.float32)
+    edge[10:26] = image[0, 0, 1, :16]
+    assert index.find(edge) == 10
+    assert index.find(-image[0, 0, 3]) == 0  # a row of real values, negated
+
+
 def test_honest_site_has_no_violation(smoke_spec, learner):
     site = Site("alpha", smoke_spec, build_method, torch_threads=1, device="cpu")
     site.visit(learner.visit_message("alpha", 1))
