@@ -131,6 +131,10 @@ class Method(ABC):
     #: the scalars ``update`` may log, each with its range and resolution: the only metric names
     #: (besides the model reply's own) the site's egress guard lets a model reply carry
     log_names: ClassVar[Mapping[str, MetricRule]] = {"loss": LOSS}
+    #: a run's training time relative to ``finetune``'s, from ``smg-sim bench`` step costs (quick
+    #: profile, ``docs/diagnostics/bench-methods.json``); only ``compare``'s ETA uses it, to cost a
+    #: method before any run of it has finished
+    relative_cost: ClassVar[float] = 1.0
 
     @classmethod
     def state_spec(cls, params: Mapping[str, tuple[tuple[int, ...], str]]) -> dict[str, tuple[tuple[int, ...], str]]:

@@ -1,6 +1,9 @@
 """Paired differences, bootstrap CI and sign test on hand-made cells with known answers."""
 
+import io
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -124,17 +127,51 @@ def test_an_unknown_baseline_names_the_known_methods():
         paired_table(runs, ["Mem"], baseline="zz")
 
 
-def test_grid_eta_costs_each_remaining_run_at_its_methods_mean():
+def _eta_plans(methods, tmp_path=None):
     from simulator.config import build_config, parse_set
+
+    sets = [f"run.method={m}" for m in methods]
+    return [(f"{m}-{i}", build_config("smoke", parse_set(
+        [s] + ([f"run.out={tmp_path / f'{m}-{i}'}"] if tmp_path else []))))
+        for i, (m, s) in enumerate(zip(methods, sets, strict=True))]
+
+
+def test_grid_eta_costs_each_remaining_run_at_its_methods_mean():
     from simulator.driver.compare import GridEta
 
-    plans = [(m, build_config("smoke", parse_set([f"run.method={m}"])))
-             for m in ("finetune", "smg", "finetune", "smg", "mldg")]
-    grid = GridEta(plans)
+    plans = _eta_plans(("finetune", "smg", "finetune", "smg", "mldg"))
+    grid = GridEta(plans, relative_cost={"finetune": 1.0, "smg": 4.0, "mldg": 2.5}.get)
     assert grid.eta() is None and "ETA ?" in grid.line()
     grid.done("finetune", 10.0)
     grid.done("smg", 50.0)
-    # left: finetune (10), smg (50), mldg (not timed yet: the mean of every run, 30)
+    # left: finetune (10), smg (50), mldg (not timed yet: 60 s over 5 units of cost -> 12 s a
+    # unit, times its 2.5)
     assert grid.eta() == pytest.approx(90.0)
     grid.skip("mldg")
     assert grid.eta() == pytest.approx(60.0) and "2 run(s) left" in grid.line()
+
+
+def test_grid_eta_counts_runs_finished_earlier_with_their_recorded_seconds(tmp_path):
+    from simulator.driver.compare import GridEta, _pending
+    from simulator.driver.runfolder import MARKER
+
+    plans = _eta_plans(("finetune", "smg", "smg"), tmp_path)
+    done = Path(plans[0][1].run.out)
+    done.mkdir()
+    (done / MARKER).write_text("")
+    (done / "metrics.json").write_text(json.dumps({"timings": {"total_seconds": 20.0}}))
+    grid = GridEta(plans, parallel=2, relative_cost={"finetune": 1.0, "smg": 3.0}.get)
+    todo, status = _pending(plans, io.StringIO(), grid)
+    assert status == {plans[0][0]: "skipped"} and len(todo) == 2
+    # no run timed in this call yet: smg is costed from finetune's recorded 20 s, two at a time
+    assert grid.eta() == pytest.approx(2 * 3.0 * 20.0 / 2)
+
+
+def test_every_methods_relative_cost_is_its_measured_training_time_over_finetunes():
+    from server.methods import METHODS
+
+    bench = Path(__file__).resolve().parents[1] / "docs" / "diagnostics" / "bench-methods.json"
+    seconds = json.loads(bench.read_text())["training_seconds_projected"]
+    assert sorted(seconds) == sorted(METHODS)
+    for name, cls in METHODS.items():
+        assert cls.relative_cost == round(seconds[name] / seconds["finetune"], 1), name

@@ -22,6 +22,7 @@ class ERReal(Method):
     """
 
     name = "er_real"
+    relative_cost = 0.9
     private = False
     log_names = {"loss": LOSS, "loss_current": LOSS}
 

@@ -21,6 +21,7 @@ class EWC(Method):
     """
 
     name = "ewc"
+    relative_cost = 1.0
     private = True
     log_names = {"loss": LOSS, "loss_current": LOSS, "ewc_penalty": RATIO}
 

@@ -14,6 +14,7 @@ class Finetune(Method):
     """
 
     name = "finetune"
+    relative_cost = 1.0
     private = True
 
     def begin_stage(self, ctx: StageContext) -> None:

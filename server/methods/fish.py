@@ -30,6 +30,7 @@ class Fish(Method):
     """
 
     name = "fish"
+    relative_cost = 3.5
     private = True
     log_names = {"loss": LOSS, "inner_over_outer": RATIO}
     hyperparameters = (HParam("lookahead", 1.0, lo=0.0,

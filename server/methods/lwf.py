@@ -22,6 +22,7 @@ class LwF(Method):
     """
 
     name = "lwf"
+    relative_cost = 1.1
     private = True
     log_names = {"loss": LOSS, "loss_current": LOSS, "distill": LOSS}
     hyperparameters = (HParam("lambda_distill", 1.0, lo=0.0, help="weight of the distillation loss"),

@@ -27,6 +27,7 @@ class MLDG(Method):
     """
 
     name = "mldg"
+    relative_cost = 2.5
     private = True
     log_names = {"loss": LOSS, "loss_meta_test": LOSS, "align_cos_gen": COSINE, "align_rel_change": RATIO,
                  "inner_over_outer": RATIO}

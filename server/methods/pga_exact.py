@@ -24,6 +24,7 @@ class PGAExact(SMG):
     """
 
     name = "pga_exact"
+    relative_cost = 8.4
     hyperparameters = (LOOKAHEAD, LAMBDA_GEN, REPLAY_SITES_PER_STEP)  # statistics on every step
 
     def _gradient(self, doms: list[Pair], roles: Roles, stats: bool = True) -> PGAGradient:

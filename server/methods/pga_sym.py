@@ -26,6 +26,7 @@ class PGASym(SMG):
     """
 
     name = "pga_sym"
+    relative_cost = 11.1
     hyperparameters = (LOOKAHEAD, LAMBDA_GEN, REPLAY_SITES_PER_STEP)  # statistics on every step
 
     def _gradient(self, doms: list[Pair], roles: Roles, stats: bool = True) -> PGAGradient:

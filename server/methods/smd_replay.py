@@ -19,6 +19,7 @@ class SMDReplay(Method):
     """
 
     name = "smd_replay"
+    relative_cost = 2.1
     private = True
     uses_replay = True
     log_names = {"loss": LOSS, "loss_current": LOSS, "loss_replay": LOSS}

@@ -19,6 +19,7 @@ class SMDReplayMatched(SMG):
     """
 
     name = "smd_replay_matched"
+    relative_cost = 2.2
     hyperparameters = (LAMBDA_GEN, REPLAY_SITES_PER_STEP, STATS_EVERY)
     meta = False
 

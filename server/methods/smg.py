@@ -55,6 +55,7 @@ class SMG(Method):
     """
 
     name = "smg"
+    relative_cost = 3.7
     private = True
     uses_replay = True
     hyperparameters = (LOOKAHEAD, LAMBDA_GEN, REPLAY_SITES_PER_STEP, STATS_EVERY)
@@ -145,6 +146,7 @@ class SMGMem(SMG):
     """Ablation of SMG-Learning with the memorizability meta-objective J_mem only."""
 
     name = "smg_mem"
+    relative_cost = 2.1
     use_gen = False
 
 
@@ -152,4 +154,5 @@ class SMGGen(SMG):
     """Ablation of SMG-Learning with the generalizability meta-objective J_gen only (plus L_c)."""
 
     name = "smg_gen"
+    relative_cost = 2.4
     use_mem = False

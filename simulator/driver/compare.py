@@ -104,35 +104,59 @@ def _fmt(seconds: float) -> str:
 class GridEta:
     """The time left in a comparison: each remaining run costs its method's mean run time so far.
 
-    A method not yet timed costs the mean of every run so far (methods differ several-fold);
-    with ``parallel`` runs at once, the remaining time is their sum divided by ``parallel``.
+    Runs finished by an earlier call count with the seconds their ``metrics.json`` recorded. A
+    method not yet timed is costed from the runs timed so far, scaled by the methods'
+    ``relative_cost`` (methods differ several-fold: ``pga_sym`` trains about 11 times as long as
+    ``finetune``). With ``parallel`` runs at once, the remaining time is the sum divided by
+    ``parallel``.
     """
 
-    def __init__(self, plans: list[tuple[str, Config]], parallel: int = 1) -> None:
+    def __init__(self, plans: list[tuple[str, Config]], parallel: int = 1,
+                 relative_cost: Callable[[str], float] | None = None) -> None:
         self.remaining = [cfg.run.method for _, cfg in plans]
         self.parallel = max(1, parallel)
         self.seconds: dict[str, list[float]] = {}
+        self.relative_cost = relative_cost or _relative_cost
         self.t0 = time.perf_counter()
 
-    def skip(self, method: str) -> None:
+    def skip(self, method: str, seconds: float | None = None) -> None:
+        """A run finished earlier; ``seconds``, its recorded run time, if known."""
         self.remaining.remove(method)
+        if seconds is not None and seconds > 0:
+            self.seconds.setdefault(method, []).append(seconds)
 
     def done(self, method: str, seconds: float) -> None:
         self.remaining.remove(method)
         self.seconds.setdefault(method, []).append(seconds)
 
     def eta(self) -> float | None:
-        every = [s for v in self.seconds.values() for s in v]
-        if not every:
+        if not self.seconds:
             return None
-        overall = sum(every) / len(every)
-        return sum(sum(self.seconds[m]) / len(self.seconds[m]) if m in self.seconds else overall
+        mean = {m: sum(v) / len(v) for m, v in self.seconds.items()}
+        # seconds per unit of relative cost, over every timed run
+        runs = [(m, s) for m, v in self.seconds.items() for s in v]
+        unit = sum(s for _, s in runs) / sum(self.relative_cost(m) for m, _ in runs)
+        return sum(mean[m] if m in mean else unit * self.relative_cost(m)
                    for m in self.remaining) / self.parallel
 
     def line(self) -> str:
         eta = self.eta()
         return (f"grid elapsed {_fmt(time.perf_counter() - self.t0)}, "
                 f"{len(self.remaining)} run(s) left, ETA {_fmt(eta) if eta is not None else '?'}")
+
+
+def _relative_cost(method: str) -> float:
+    from server.methods import method_class
+
+    return method_class(method).relative_cost
+
+
+def _recorded_seconds(folder: Path) -> float | None:
+    """A finished run's ``timings.total_seconds`` from its ``metrics.json``, or None if unreadable."""
+    try:
+        return float(json.loads((folder / "metrics.json").read_text())["timings"]["total_seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _pending(plans: list[tuple[str, Config]], stream: TextIO, grid: GridEta) -> tuple[list[tuple[int, str, Config]],
@@ -144,7 +168,7 @@ def _pending(plans: list[tuple[str, Config]], stream: TextIO, grid: GridEta) -> 
         if is_complete(folder):
             stream.write(f"smg-sim compare: [{i}/{len(plans)}] {name}: finished earlier, skipped\n")
             status[name] = "skipped"
-            grid.skip(cfg.run.method)
+            grid.skip(cfg.run.method, _recorded_seconds(folder))
             continue
         if folder.exists():
             aside = folder.with_name(f"{folder.name}.unfinished-{dt.datetime.now():%Y%m%d-%H%M%S}")
