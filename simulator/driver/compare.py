@@ -214,16 +214,23 @@ def run_compare(plans: list[tuple[str, Config]], run: Callable[[Config], object]
     return status
 
 
-def _next_job(queue: list[tuple[int, str, Config]], running_seeds: set[int]) -> int:
-    """Index in ``queue`` of the next run to start: the first whose seed no running run has.
+def _next_job(queue: list[tuple[int, str, Config]], running_seeds: set[int],
+              relative_cost: Callable[[str], float] | None = None) -> int:
+    """Index in ``queue`` of the next run to start: from the first (seed, order) cell that has a
+    run whose seed no running run has, that cell's costliest such run.
 
     Runs of one seed share each site's prompt and replay figures; started apart, the first
-    makes them and the later ones reuse them instead of making them twice at once.
+    makes them and the later ones reuse them instead of making them twice at once. Within a
+    cell the costliest run (by ``relative_cost``) goes first, so the grid does not end on one long
+    run with the other slots idle; cells still finish in plan order.
     """
-    for k, (_, _, cfg) in enumerate(queue):
-        if cfg.run.seed not in running_seeds:
-            return k
-    return 0
+    cost = relative_cost or _relative_cost
+    apart = [k for k, (_, _, cfg) in enumerate(queue) if cfg.run.seed not in running_seeds]
+    if not apart:
+        apart = list(range(len(queue)))
+    first = queue[apart[0]][2].run
+    cell = [k for k in apart if (queue[k][2].run.seed, queue[k][2].run.order) == (first.seed, first.order)]
+    return max(cell, key=lambda k: cost(queue[k][2].run.method))  # the first of equals on a tie
 
 
 def run_parallel(plans: list[tuple[str, Config]], launch: Callable[[str, Config], subprocess.Popen],
@@ -231,7 +238,8 @@ def run_parallel(plans: list[tuple[str, Config]], launch: Callable[[str, Config]
     """Like :func:`run_compare`, with up to ``max_parallel`` runs at once, each in its own process.
 
     ``launch(name, cfg)`` starts one run's driver process (its exit code 0 means finished).
-    The grid's ETA divides the remaining work by ``max_parallel``.
+    The grid's ETA divides the remaining work by ``max_parallel``. The next run to start is
+    chosen by :func:`_next_job`: seeds apart, cells in plan order, a cell's costliest run first.
     """
     stream = stream or sys.stderr
     grid = GridEta(plans, parallel=max_parallel)
@@ -240,7 +248,8 @@ def run_parallel(plans: list[tuple[str, Config]], launch: Callable[[str, Config]
     try:
         while queue or running:
             while queue and len(running) < max_parallel:
-                i, name, cfg = queue.pop(_next_job(queue, {c.run.seed for _, c, _ in running.values()}))
+                i, name, cfg = queue.pop(_next_job(queue, {c.run.seed for _, c, _ in running.values()},
+                                                   grid.relative_cost))
                 running[name] = (launch(name, cfg), cfg, time.perf_counter())
                 stream.write(f"smg-sim compare: [{i}/{len(plans)}] {name} started ({grid.line()})\n")
             time.sleep(poll_seconds)
