@@ -228,23 +228,23 @@ def test_parallel_compare_runs_each_run_in_its_own_driver_process(ray_session, t
 
 
 def test_parallel_scheduler_starts_apart_the_runs_of_one_seed():
-    from simulator.driver.compare import _next_job
+    from simulator.driver.schedule import next_job
 
     queue = [(1, "a", _config("finetune", 0)), (2, "b", _config("finetune", 0)), (3, "c", _config("finetune", 1))]
-    assert _next_job(queue, {0}) == 2
-    assert _next_job(queue, set()) == 0
-    assert _next_job(queue, {0, 1}) == 0  # nothing apart: the first one
+    assert next_job(queue, {0}) == 2
+    assert next_job(queue, set()) == 0
+    assert next_job(queue, {0, 1}) == 0  # nothing apart: the first one
 
 
 def test_parallel_scheduler_starts_a_cells_costliest_run_first_and_keeps_cells_in_order():
-    from simulator.driver.compare import _next_job
+    from simulator.driver.schedule import next_job
 
     queue = [(1, "a", _config("finetune", 0, "random")), (2, "b", _config("smg", 0, "random")),
              (3, "c", _config("pga_sym", 0, "reverse")), (4, "d", _config("mldg", 1, "random"))]
-    assert _next_job(queue, set()) == 1  # smg before finetune; pga_sym's cell comes later
-    assert _next_job(queue, {0}) == 3  # seed 1's only run, apart from the running seed 0
+    assert next_job(queue, set()) == 1  # smg before finetune; pga_sym's cell comes later
+    assert next_job(queue, {0}) == 3  # seed 1's only run, apart from the running seed 0
     cost = {"finetune": 5.0, "smg": 1.0, "pga_sym": 1.0, "mldg": 1.0}.get
-    assert _next_job(queue, set(), cost) == 0
+    assert next_job(queue, set(), cost) == 0
 
 
 def test_artifact_lock_lets_one_run_make_a_sites_prompt_and_the_others_wait(tmp_path):

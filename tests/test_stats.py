@@ -137,10 +137,10 @@ def _eta_plans(methods, tmp_path=None):
 
 
 def test_grid_eta_costs_each_remaining_run_at_its_methods_mean():
-    from simulator.driver.compare import GridEta
+    from simulator.driver.schedule import GridEta
 
     plans = _eta_plans(("finetune", "smg", "finetune", "smg", "mldg"))
-    grid = GridEta(plans, relative_cost={"finetune": 1.0, "smg": 4.0, "mldg": 2.5}.get)
+    grid = GridEta(plans, cost_of={"finetune": 1.0, "smg": 4.0, "mldg": 2.5}.get)
     assert grid.eta() is None and "ETA ?" in grid.line()
     grid.done("finetune", 10.0)
     grid.done("smg", 50.0)
@@ -152,15 +152,16 @@ def test_grid_eta_costs_each_remaining_run_at_its_methods_mean():
 
 
 def test_grid_eta_counts_runs_finished_earlier_with_their_recorded_seconds(tmp_path):
-    from simulator.driver.compare import GridEta, _pending
+    from simulator.driver.compare import _pending
     from simulator.driver.runfolder import MARKER
+    from simulator.driver.schedule import GridEta
 
     plans = _eta_plans(("finetune", "smg", "smg"), tmp_path)
     done = Path(plans[0][1].run.out)
     done.mkdir()
     (done / MARKER).write_text("")
     (done / "metrics.json").write_text(json.dumps({"timings": {"total_seconds": 20.0}}))
-    grid = GridEta(plans, parallel=2, relative_cost={"finetune": 1.0, "smg": 3.0}.get)
+    grid = GridEta(plans, parallel=2, cost_of={"finetune": 1.0, "smg": 3.0}.get)
     todo, status = _pending(plans, io.StringIO(), grid)
     assert status == {plans[0][0]: "skipped"} and len(todo) == 2
     # no run timed in this call yet: smg is costed from finetune's recorded 20 s, two at a time

@@ -2,7 +2,7 @@
 
 Each run takes the seconds it took in ``docs/compare/twelve/runs.csv`` (measured two at a time),
 whatever runs beside it; the simulation replays ``compare``'s scheduler with those durations.
-old: the first run (in plan order) whose seed no running run has. new: ``_next_job`` today (that
+old: the first run (in plan order) whose seed no running run has. new: ``next_job`` today (that
 run's cell, its costliest run first). Methods listed in three orders: registry, alphabetical, and
 costliest first (the order the measured grid used).
 
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from server.methods import METHODS  # noqa: E402
 from simulator.config import build_config  # noqa: E402
-from simulator.driver.compare import _next_job  # noqa: E402
+from simulator.driver.schedule import next_job  # noqa: E402
 
 
 def _old_next(queue, running_seeds, _cost=None):
@@ -57,7 +57,7 @@ def main() -> None:
     for name, order in orders.items():
         for label, seeds in (("seed 0", (0,)), ("seeds 0-2", (0, 1, 2))):
             old = makespan(order, seconds, _old_next, seeds)
-            new = makespan(order, seconds, _next_job, seeds)
+            new = makespan(order, seconds, next_job, seeds)
             print(f"{name:16s} {label:9s} old {old:6.0f} s  new {new:6.0f} s")
 
 

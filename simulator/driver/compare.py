@@ -30,6 +30,7 @@ import pandas as pd  # noqa: E402
 
 from simulator.config import Config, ConfigError  # noqa: E402
 from simulator.driver.runfolder import FAILED, MARKER, is_complete  # noqa: E402
+from simulator.driver.schedule import GridEta, next_job, recorded_seconds  # noqa: E402
 from simulator.driver.stats import paired_table  # noqa: E402
 from simulator.errors import RunFolderError  # noqa: E402
 from simulator.metrics import METRIC_NAMES  # noqa: E402
@@ -96,69 +97,6 @@ def plan_compare(base: Config, methods: list[str], seeds: list[int], orders: lis
     return plans
 
 
-def _fmt(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-class GridEta:
-    """The time left in a comparison: each remaining run costs its method's mean run time so far.
-
-    Runs finished by an earlier call count with the seconds their ``metrics.json`` recorded. A
-    method not yet timed is costed from the runs timed so far, scaled by the methods'
-    ``relative_cost`` (methods differ several-fold: ``pga_sym`` trains about 11 times as long as
-    ``finetune``). With ``parallel`` runs at once, the remaining time is the sum divided by
-    ``parallel``.
-    """
-
-    def __init__(self, plans: list[tuple[str, Config]], parallel: int = 1,
-                 relative_cost: Callable[[str], float] | None = None) -> None:
-        self.remaining = [cfg.run.method for _, cfg in plans]
-        self.parallel = max(1, parallel)
-        self.seconds: dict[str, list[float]] = {}
-        self.relative_cost = relative_cost or _relative_cost
-        self.t0 = time.perf_counter()
-
-    def skip(self, method: str, seconds: float | None = None) -> None:
-        """A run finished earlier; ``seconds``, its recorded run time, if known."""
-        self.remaining.remove(method)
-        if seconds is not None and seconds > 0:
-            self.seconds.setdefault(method, []).append(seconds)
-
-    def done(self, method: str, seconds: float) -> None:
-        self.remaining.remove(method)
-        self.seconds.setdefault(method, []).append(seconds)
-
-    def eta(self) -> float | None:
-        if not self.seconds:
-            return None
-        mean = {m: sum(v) / len(v) for m, v in self.seconds.items()}
-        # seconds per unit of relative cost, over every timed run
-        runs = [(m, s) for m, v in self.seconds.items() for s in v]
-        unit = sum(s for _, s in runs) / sum(self.relative_cost(m) for m, _ in runs)
-        return sum(mean[m] if m in mean else unit * self.relative_cost(m)
-                   for m in self.remaining) / self.parallel
-
-    def line(self) -> str:
-        eta = self.eta()
-        return (f"grid elapsed {_fmt(time.perf_counter() - self.t0)}, "
-                f"{len(self.remaining)} run(s) left, ETA {_fmt(eta) if eta is not None else '?'}")
-
-
-def _relative_cost(method: str) -> float:
-    from server.methods import method_class
-
-    return method_class(method).relative_cost
-
-
-def _recorded_seconds(folder: Path) -> float | None:
-    """A finished run's ``timings.total_seconds`` from its ``metrics.json``, or None if unreadable."""
-    try:
-        return float(json.loads((folder / "metrics.json").read_text())["timings"]["total_seconds"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def _pending(plans: list[tuple[str, Config]], stream: TextIO, grid: GridEta) -> tuple[list[tuple[int, str, Config]],
                                                                                      dict[str, str]]:
     """The planned runs still to do; finished ones are skipped, unfinished folders moved aside."""
@@ -168,7 +106,7 @@ def _pending(plans: list[tuple[str, Config]], stream: TextIO, grid: GridEta) -> 
         if is_complete(folder):
             stream.write(f"smg-sim compare: [{i}/{len(plans)}] {name}: finished earlier, skipped\n")
             status[name] = "skipped"
-            grid.skip(cfg.run.method, _recorded_seconds(folder))
+            grid.skip(cfg.run.method, recorded_seconds(folder))
             continue
         if folder.exists():
             aside = folder.with_name(f"{folder.name}.unfinished-{dt.datetime.now():%Y%m%d-%H%M%S}")
@@ -214,32 +152,13 @@ def run_compare(plans: list[tuple[str, Config]], run: Callable[[Config], object]
     return status
 
 
-def _next_job(queue: list[tuple[int, str, Config]], running_seeds: set[int],
-              relative_cost: Callable[[str], float] | None = None) -> int:
-    """Index in ``queue`` of the next run to start: from the first (seed, order) cell that has a
-    run whose seed no running run has, that cell's costliest such run.
-
-    Runs of one seed share each site's prompt and replay figures; started apart, the first
-    makes them and the later ones reuse them instead of making them twice at once. Within a
-    cell the costliest run (by ``relative_cost``) goes first, so the grid does not end on one long
-    run with the other slots idle; cells still finish in plan order.
-    """
-    cost = relative_cost or _relative_cost
-    apart = [k for k, (_, _, cfg) in enumerate(queue) if cfg.run.seed not in running_seeds]
-    if not apart:
-        apart = list(range(len(queue)))
-    first = queue[apart[0]][2].run
-    cell = [k for k in apart if (queue[k][2].run.seed, queue[k][2].run.order) == (first.seed, first.order)]
-    return max(cell, key=lambda k: cost(queue[k][2].run.method))  # the first of equals on a tie
-
-
 def run_parallel(plans: list[tuple[str, Config]], launch: Callable[[str, Config], subprocess.Popen],
                  max_parallel: int, stream: TextIO | None = None, poll_seconds: float = 1.0) -> dict[str, str]:
     """Like :func:`run_compare`, with up to ``max_parallel`` runs at once, each in its own process.
 
     ``launch(name, cfg)`` starts one run's driver process (its exit code 0 means finished).
     The grid's ETA divides the remaining work by ``max_parallel``. The next run to start is
-    chosen by :func:`_next_job`: seeds apart, cells in plan order, a cell's costliest run first.
+    chosen by :func:`~simulator.driver.schedule.next_job`: seeds apart, cells in plan order, a cell's costliest run first.
     """
     stream = stream or sys.stderr
     grid = GridEta(plans, parallel=max_parallel)
@@ -248,8 +167,8 @@ def run_parallel(plans: list[tuple[str, Config]], launch: Callable[[str, Config]
     try:
         while queue or running:
             while queue and len(running) < max_parallel:
-                i, name, cfg = queue.pop(_next_job(queue, {c.run.seed for _, c, _ in running.values()},
-                                                   grid.relative_cost))
+                i, name, cfg = queue.pop(next_job(queue, {c.run.seed for _, c, _ in running.values()},
+                                                   grid.cost_of))
                 running[name] = (launch(name, cfg), cfg, time.perf_counter())
                 stream.write(f"smg-sim compare: [{i}/{len(plans)}] {name} started ({grid.line()})\n")
             time.sleep(poll_seconds)
