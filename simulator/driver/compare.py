@@ -158,7 +158,8 @@ def run_parallel(plans: list[tuple[str, Config]], launch: Callable[[str, Config]
 
     ``launch(name, cfg)`` starts one run's driver process (its exit code 0 means finished).
     The grid's ETA divides the remaining work by ``max_parallel``. The next run to start is
-    chosen by :func:`~simulator.driver.schedule.next_job`: seeds apart, cells in plan order, a cell's costliest run first.
+    chosen by :func:`~simulator.driver.schedule.next_job`: seeds apart, cells in plan order, a
+    cell's costliest run first.
     """
     stream = stream or sys.stderr
     grid = GridEta(plans, parallel=max_parallel)

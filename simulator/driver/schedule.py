@@ -64,6 +64,7 @@ class GridEta:
 
 
 def relative_cost(method: str) -> float:
+    """The registered method's ``relative_cost`` (its training time over ``finetune``'s)."""
     from server.methods import method_class
 
     return method_class(method).relative_cost
