@@ -132,8 +132,9 @@ class Method(ABC):
     #: (besides the model reply's own) the site's egress guard lets a model reply carry
     log_names: ClassVar[Mapping[str, MetricRule]] = {"loss": LOSS}
     #: a run's training time relative to ``finetune``'s, from ``smg-sim bench`` step costs (quick
-    #: profile, ``docs/diagnostics/bench-methods.json``); only ``compare``'s ETA uses it, to cost a
-    #: method before any run of it has finished
+    #: profile, ``docs/diagnostics/bench-methods.json``); only ``compare`` uses it: its ETA costs a
+    #: method before any run of it has finished, and with several runs at once a cell's costliest
+    #: run starts first
     relative_cost: ClassVar[float] = 1.0
 
     @classmethod

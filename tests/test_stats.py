@@ -130,10 +130,11 @@ def test_an_unknown_baseline_names_the_known_methods():
 def _eta_plans(methods, tmp_path=None):
     from simulator.config import build_config, parse_set
 
-    sets = [f"run.method={m}" for m in methods]
-    return [(f"{m}-{i}", build_config("smoke", parse_set(
-        [s] + ([f"run.out={tmp_path / f'{m}-{i}'}"] if tmp_path else []))))
-        for i, (m, s) in enumerate(zip(methods, sets, strict=True))]
+    plans = []
+    for i, m in enumerate(methods):
+        sets = [f"run.method={m}"] + ([f"run.out={tmp_path / f'{m}-{i}'}"] if tmp_path else [])
+        plans.append((f"{m}-{i}", build_config("smoke", parse_set(sets))))
+    return plans
 
 
 def test_grid_eta_costs_each_remaining_run_at_its_methods_mean():

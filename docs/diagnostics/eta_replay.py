@@ -1,20 +1,20 @@
 """Replay a compare log through the grid ETA's two rules: the predicted end after each finished run.
 
 old rule: a remaining run costs its method's mean so far, an untimed method the mean of every run.
-new rule: the same, plus runs finished by an earlier call counted with their recorded seconds, and
-an untimed method costed by its ``relative_cost``. Third column: the new rule without the earlier
+new rule: `GridEta` itself (the same, plus runs finished by an earlier call counted with their recorded seconds, and
+an untimed method costed by its ``relative_cost``). Third column: the new rule without the earlier
 runs (a fresh grid). Times are seconds since the call started; the ETA divides by 2 runs at once.
 
 Usage: .venv/bin/python docs/diagnostics/eta_replay.py docs/compare/twelve/compare-seeds12.log docs/compare/twelve
 """
 
-import json
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from server.methods import METHODS  # noqa: E402
+from simulator.driver.schedule import GridEta, recorded_seconds  # noqa: E402
 
 PLANNED = "smg,fish,mldg,smg_gen,smd_replay_matched,smg_mem,smd_replay,lwf,joint,ewc,finetune,er_real"
 CELLS = 4  # seeds 1-2 x random, reverse
@@ -28,45 +28,41 @@ def _method(run: str) -> str:
     return run.rsplit("-", 3)[0]
 
 
-def eta(timed: dict[str, list[float]], remaining: list[str], by_cost: bool) -> float | None:
-    if not timed:
-        return None
+def old_eta(timed: dict[str, list[float]], remaining: list[str]) -> float:
+    """The rule before this release: an untimed method at the mean of every run so far."""
     mean = {m: sum(v) / len(v) for m, v in timed.items()}
-    runs = [(m, s) for m, v in timed.items() for s in v]
-    total = sum(s for _, s in runs)
-    if by_cost:
-        unit = total / sum(METHODS[m].relative_cost for m, _ in runs)
-        untimed = {m: unit * METHODS[m].relative_cost for m in remaining}
-    else:
-        untimed = {m: total / len(runs) for m in remaining}
-    return sum(mean.get(m, untimed[m]) for m in remaining) / 2
+    every = [s for v in timed.values() for s in v]
+    return sum(mean.get(m, sum(every) / len(every)) for m in remaining) / 2
 
 
 def main(log_path: str, grid: str) -> None:
     log = Path(log_path).read_text()
     skipped = re.findall(r"\] (\S+): finished earlier, skipped", log)
-    finished = [(n, _seconds(h, m, s)) for n, h, m, s in
-                re.findall(r"compare: (\S+) finished in \d+ s \(grid elapsed (\d+):(\d+):(\d+)", log)]
+    finished = [(n, float(took), _seconds(h, m, s)) for n, took, h, m, s in
+                re.findall(r"compare: (\S+) finished in (\d+) s \(grid elapsed (\d+):(\d+):(\d+)", log)]
     end = re.search(r"grid elapsed (\d+):(\d+):(\d+), 0 run", log)
+    planned = [m for m in PLANNED.split(",") for _ in range(CELLS)]
+
+    def plans(methods: list[str]) -> list:
+        return [(m, SimpleNamespace(run=SimpleNamespace(method=m))) for m in methods]  # GridEta reads run.method
+
+    new = GridEta(plans([_method(n) for n in skipped] + planned), parallel=2)
+    fresh = GridEta(plans(planned), parallel=2)
     old: dict[str, list[float]] = {}
-    new: dict[str, list[float]] = {}
-    fresh: dict[str, list[float]] = {}
-    for n in skipped:
-        metrics = json.loads((Path(grid) / "runs" / n / "metrics.json").read_text())
-        new.setdefault(_method(n), []).append(metrics["timings"]["total_seconds"])
-    remaining = [m for m in PLANNED.split(",") for _ in range(CELLS)]
+    for n in skipped:  # seed 0's runs, as compare passes them: with their recorded seconds
+        new.skip(_method(n), recorded_seconds(Path(grid) / "runs" / n))
+    remaining = list(planned)
     print("after run | elapsed | old rule | new rule | new rule without the earlier runs | actual end",
           _seconds(*end.groups()) if end else None)
-    print("start", 0, None, round(eta(new, remaining, True) or 0))
-    for n, elapsed in finished:
+    print("start", 0, None, round(new.eta() or 0))
+    for n, took, elapsed in finished:
         method = _method(n)
         remaining.remove(method)
-        # a run's seconds: from its "finished in N s" line
-        took = float(re.search(rf"compare: {re.escape(n)} finished in (\d+) s", log).group(1))
-        for timed in (old, new, fresh):
-            timed.setdefault(method, []).append(took)
-        print(n, elapsed, round(elapsed + eta(old, remaining, False)), round(elapsed + eta(new, remaining, True)),
-              round(elapsed + eta(fresh, remaining, True)))
+        old.setdefault(method, []).append(took)
+        new.done(method, took)
+        fresh.done(method, took)
+        print(n, elapsed, round(elapsed + old_eta(old, remaining)), round(elapsed + new.eta()),
+              round(elapsed + fresh.eta()))
 
 
 if __name__ == "__main__":
