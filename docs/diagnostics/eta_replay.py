@@ -1,9 +1,9 @@
 """Replay a compare log through the grid ETA's two rules: the predicted end after each finished run.
 
 old rule: a remaining run costs its method's mean so far, an untimed method the mean of every run.
-new rule: `GridEta` itself (the same, plus runs finished by an earlier call counted with their recorded seconds, and
-an untimed method costed by its ``relative_cost``). Third column: the new rule without the earlier
-runs (a fresh grid). Times are seconds since the call started; the ETA divides by 2 runs at once.
+new rule: ``GridEta`` itself (the same, plus runs finished by an earlier call counted with their
+recorded seconds, and an untimed method costed by its ``relative_cost``). Third column: the new
+rule without the earlier runs (a fresh grid). Times are seconds since the call started; the ETA divides by 2 runs at once.
 
 Usage: .venv/bin/python docs/diagnostics/eta_replay.py docs/compare/twelve/compare-seeds12.log docs/compare/twelve
 """
