@@ -46,8 +46,14 @@ class Learner:
     ``hparams`` is the method's resolved hyper-parameter table (the run plan resolves it once).
     """
 
-    def __init__(self, cfg: Config, hparams: Mapping[str, Any], in_channels: int,
-                 trace_file: str | None = None, data_root: str | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        hparams: Mapping[str, Any],
+        in_channels: int,
+        trace_file: str | None = None,
+        data_root: str | None = None,
+    ) -> None:
         if trace_file and data_root:
             start_trace(trace_file, "learner", [data_root])
         torch.set_num_threads(max(1, cfg.runtime.torch_threads))  # replay sampling runs here
@@ -55,8 +61,12 @@ class Learner:
         self.method = method_class(cfg.run.method)
         self.run_seed = cfg.run.seed
         self.arch = ModelArch(in_channels, cfg.model.width, cfg.model.depth)
-        model = build_model(in_channels, cfg.model.width, cfg.model.depth,
-                            seed=derive_seed(self.run_seed, "model_init"))
+        model = build_model(
+            in_channels,
+            cfg.model.width,
+            cfg.model.depth,
+            seed=derive_seed(self.run_seed, "model_init"),
+        )
         self.weights = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
         self.state: dict[str, np.ndarray] = {}
         self.hparams = dict(hparams)
@@ -76,37 +86,57 @@ class Learner:
     def enable_replay(self, backbone_path: str, channels: int) -> None:
         """Load the public backbone; prompts and replay are kept from here on."""
         smd = self.cfg.smd
-        self.bank = ReplayBank(backbone_path, self.run_seed, smd.replay_per_site, smd.sample_steps,
-                               self.cfg.data.image_size, channels,
-                               device=str(resolve_device(self.cfg.runtime.device)))
+        self.bank = ReplayBank(
+            backbone_path,
+            self.run_seed,
+            smd.replay_per_site,
+            smd.sample_steps,
+            self.cfg.data.image_size,
+            channels,
+            device=str(resolve_device(self.cfg.runtime.device)),
+        )
         model = self.bank.backbone
         self.backbone_key = model.spec.key()
         self.backbone_sha256 = backbone_digest(model.spec, model.state_dict())
 
     def backbone_check_message(self, site: str) -> RecordDict:
         """Ask a site whether its own cache holds the public backbone (key and digest)."""
-        return BackboneCheck(self.backbone_key, self.backbone_sha256).to_record("learner", f"site:{site}")
+        return BackboneCheck(self.backbone_key, self.backbone_sha256).to_record(
+            "learner", f"site:{site}"
+        )
 
     def backbone_offer_message(self, site: str) -> RecordDict:
         """The public backbone as arrays, for a site whose cache lacks it."""
         model = self._bank().backbone
         state = {k: v.detach().cpu().contiguous().numpy() for k, v in model.state_dict().items()}
-        return BackboneOffer(self.backbone_key, self.backbone_sha256, spec_values(model.spec), state
-                             ).to_record("learner", f"site:{site}")
+        return BackboneOffer(
+            self.backbone_key, self.backbone_sha256, spec_values(model.spec), state
+        ).to_record("learner", f"site:{site}")
 
     def _bank(self) -> ReplayBank:
         if self.bank is None:
-            raise RuntimeError(f"method {self.method.name!r} needs SMD replay, but replay is not enabled")
+            raise RuntimeError(
+                f"method {self.method.name!r} needs SMD replay, but replay is not enabled"
+            )
         return self.bank
 
     def tune_message(self, site: str) -> RecordDict:
         """Ask a site to tune its prompt against the public backbone."""
         smd, priv = self.cfg.smd, self.cfg.privacy
-        return TuneRequest(self.backbone_key, self.backbone_sha256, smd.prompt_steps, smd.prompt_lr,
-                           smd.prompt_batch,
-                           smd.prompt_candidates, derive_seed(self.run_seed, "prompt", site),
-                           priv.dp_epsilon, priv.dp_delta, priv.dp_clip, smd.prompt_stop_tol,
-                           smd.prompt_check_every).to_record("learner", f"site:{site}")
+        return TuneRequest(
+            self.backbone_key,
+            self.backbone_sha256,
+            smd.prompt_steps,
+            smd.prompt_lr,
+            smd.prompt_batch,
+            smd.prompt_candidates,
+            derive_seed(self.run_seed, "prompt", site),
+            priv.dp_epsilon,
+            priv.dp_delta,
+            priv.dp_clip,
+            smd.prompt_stop_tol,
+            smd.prompt_check_every,
+        ).to_record("learner", f"site:{site}")
 
     def absorb_prompt(self, reply: RecordDict, site: str) -> dict[str, float]:
         """Keep a site's exported prompt; its replay is sampled when first needed."""
@@ -121,17 +151,27 @@ class Learner:
     def fidelity_message(self, site: str) -> RecordDict:
         """Send a site the replay of its own prompt, for TSTR and intensity checks."""
         bank = self._bank()
-        return FidelityRequest(bank.arrays([site]), self.cfg.smd.fidelity_steps,
-                               self.cfg.privacy.nn_threshold, derive_seed(self.run_seed, "tstr", site),
-                               {"tokens": bank.prompts[site]}, self.backbone_key, self.backbone_sha256,
-                               ).to_record("learner", f"site:{site}")
+        return FidelityRequest(
+            bank.arrays([site]),
+            self.cfg.smd.fidelity_steps,
+            self.cfg.privacy.nn_threshold,
+            derive_seed(self.run_seed, "tstr", site),
+            {"tokens": bank.prompts[site]},
+            self.backbone_key,
+            self.backbone_sha256,
+        ).to_record("learner", f"site:{site}")
 
     def attribution_message(self, site: str, sites: list[str], public: np.ndarray) -> RecordDict:
         """Send a site every site's replay (one set per site) and public images, for its detector."""
         sets = [self._bank().replay(s)[0] for s in sites]
-        return AttributeRequest(tuple(sites), tuple(len(x) for x in sets), np.concatenate(sets), public,
-                                self.cfg.smd.detector_steps, derive_seed(self.run_seed, "detector", site)
-                                ).to_record("learner", f"site:{site}")
+        return AttributeRequest(
+            tuple(sites),
+            tuple(len(x) for x in sets),
+            np.concatenate(sets),
+            public,
+            self.cfg.smd.detector_steps,
+            derive_seed(self.run_seed, "detector", site),
+        ).to_record("learner", f"site:{site}")
 
     def replay_grid(self, sites: list[str], n: int = 6) -> bytes:
         """A PNG grid of synthetic samples (rows: sites; mask outline in red), as bytes."""
@@ -146,17 +186,37 @@ class Learner:
     def replay_stats(self) -> dict[str, float]:
         if self.bank is None:
             return {}
-        return {"sampled_pairs": self.bank.sampled_pairs, "sample_seconds": self.bank.sample_seconds}
+        return {
+            "sampled_pairs": self.bank.sampled_pairs,
+            "sample_seconds": self.bank.sample_seconds,
+        }
 
     def _visit_request(self, site: str, stage: int) -> VisitRequest:
         train = self.cfg.train
-        replay = self._bank().arrays([s for s in self.visited if s != site]) if self.method.uses_replay else {}
-        return VisitRequest(self.arch, self.method.name, self.hparams, stage, train.steps_per_stage,
-                            train.batch_size, derive_seed(self.run_seed, "train", stage, site),
-                            train.channels_last, int(self.hparams.get("replay_sites_per_step", 0)),
-                            self.weights, self.state, replay,
-                            *((train.replay_resolution_match, self.cfg.smd.image_size)
-                              if self.method.uses_replay and train.replay_resolution_match > 0 else (0.0, 0)))
+        replay = (
+            self._bank().arrays([s for s in self.visited if s != site])
+            if self.method.uses_replay
+            else {}
+        )
+        return VisitRequest(
+            self.arch,
+            self.method.name,
+            self.hparams,
+            stage,
+            train.steps_per_stage,
+            train.batch_size,
+            derive_seed(self.run_seed, "train", stage, site),
+            train.channels_last,
+            int(self.hparams.get("replay_sites_per_step", 0)),
+            self.weights,
+            self.state,
+            replay,
+            *(
+                (train.replay_resolution_match, self.cfg.smd.image_size)
+                if self.method.uses_replay and train.replay_resolution_match > 0
+                else (0.0, 0)
+            ),
+        )
 
     def visit_message(self, site: str, stage: int) -> RecordDict:
         """The message that starts a visit of ``site`` at ``stage``."""
@@ -169,14 +229,22 @@ class Learner:
         from server.methods import build_method
 
         dev = resolve_device(self.cfg.runtime.device)
-        x, y = self._bank().synthetic(site, self.cfg.smd.synthetic_per_site,
-                                      derive_seed(self.run_seed, "synthetic-train", site))
+        x, y = self._bank().synthetic(
+            site,
+            self.cfg.smd.synthetic_per_site,
+            derive_seed(self.run_seed, "synthetic-train", site),
+        )
         pair = (torch.from_numpy(x).float().to(dev), torch.from_numpy(y.astype(np.float32)).to(dev))
         visit = LocalVisit.start(self._visit_request(site, stage), site, pair, dev, build_method)
         visit.run(visit.ctx.steps)
         self.weights, self.state, logs, mean_loss = visit.finish()
-        logs = {"steps": visit.step, "train_seconds": visit.seconds, "mean_loss": mean_loss,
-                "synthetic_pairs": len(x), **logs}
+        logs = {
+            "steps": visit.step,
+            "train_seconds": visit.seconds,
+            "mean_loss": mean_loss,
+            "synthetic_pairs": len(x),
+            **logs,
+        }
         self.visits.append({"site": site, "stage": stage, **logs})
         if site not in self.visited:
             self.visited.append(site)
@@ -187,8 +255,12 @@ class Learner:
         model = ModelReply.from_record(reply)
         self.weights = model.weights
         self.state = model.state
-        logs = {"steps": model.steps, "train_seconds": model.train_seconds, "mean_loss": model.mean_loss,
-                **model.logs}
+        logs = {
+            "steps": model.steps,
+            "train_seconds": model.train_seconds,
+            "mean_loss": model.mean_loss,
+            **model.logs,
+        }
         self.visits.append({"site": site, "stage": stage, **logs})
         if site not in self.visited:
             self.visited.append(site)
@@ -196,8 +268,9 @@ class Learner:
 
     def evaluate_message(self, site: str = "*") -> RecordDict:
         """The message asking a site to evaluate the current weights."""
-        return EvaluateRequest(self.arch, self.cfg.train.eval_batch_size, self.weights
-                               ).to_record("learner", f"site:{site}")
+        return EvaluateRequest(self.arch, self.cfg.train.eval_batch_size, self.weights).to_record(
+            "learner", f"site:{site}"
+        )
 
     def weights_checkpoint(self) -> dict[str, np.ndarray]:
         """The current weights (for the run folder's final weights)."""
@@ -214,8 +287,13 @@ class Learner:
         arrays.update({f"state/{k}": v for k, v in self.state.items()})
         bank = self.bank.state() if self.bank is not None else {"arrays": {}}
         arrays.update({f"bank/{k}": v for k, v in bank["arrays"].items()})
-        facts = {"visited": list(self.visited), "visits": self.visits,
-                 "bank": {k: v for k, v in bank.items() if k != "arrays"} if self.bank is not None else None}
+        facts = {
+            "visited": list(self.visited),
+            "visits": self.visits,
+            "bank": {k: v for k, v in bank.items() if k != "arrays"}
+            if self.bank is not None
+            else None,
+        }
         return {"arrays": arrays, "facts": facts}
 
     def restore(self, snap: dict[str, Any]) -> None:
@@ -223,7 +301,7 @@ class Learner:
         arrays, facts = snap["arrays"], snap["facts"]
 
         def group(prefix: str) -> dict[str, np.ndarray]:
-            return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+            return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
 
         self.weights = group("weights/")
         self.state = group("state/")

@@ -118,7 +118,9 @@ class SMDConfig:
     tokens: int = field(default=4, metadata=_rng(1, 64))
     token_dim: int = field(default=32, metadata=_rng(8, 1024))
     train_timesteps: int = field(default=1000, metadata=_rng(10, 10000))
-    prediction: str = field(default="sample", metadata=_rng(choices=("epsilon", "sample", "v_prediction")))
+    prediction: str = field(
+        default="sample", metadata=_rng(choices=("epsilon", "sample", "v_prediction"))
+    )
     pretrain_steps: int = field(default=800, metadata=_rng(1, 10000000))
     pretrain_batch: int = field(default=16, metadata=_rng(1, 4096))
     pretrain_lr: float = field(default=2e-3, metadata=_rng(1e-7, 1.0))
@@ -145,9 +147,13 @@ class SMDConfig:
         try:
             widths = tuple(int(w) for w in self.widths.split(","))
         except ValueError:
-            raise ConfigError(f"smd.widths: expected comma-separated integers, got {self.widths!r}") from None
+            raise ConfigError(
+                f"smd.widths: expected comma-separated integers, got {self.widths!r}"
+            ) from None
         if len(widths) < 2 or any(w < 8 or w % 8 for w in widths):
-            raise ConfigError(f"smd.widths: expected at least two multiples of 8, got {self.widths!r}")
+            raise ConfigError(
+                f"smd.widths: expected at least two multiples of 8, got {self.widths!r}"
+            )
         return widths
 
 
@@ -210,7 +216,11 @@ class Config:
 
 def _coerce(section: str, f: dataclasses.Field, value: Any) -> Any:
     key = f"{section}.{f.name}"
-    typ = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str, "bool": bool}[f.type]
+    typ = (
+        f.type
+        if isinstance(f.type, type)
+        else {"int": int, "float": float, "str": str, "bool": bool}[f.type]
+    )
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -240,7 +250,9 @@ def _validate_value(section: str, f: dataclasses.Field, value: Any) -> None:
     key = f"{section}.{f.name}"
     meta = f.metadata
     if meta.get("choices") and value not in meta["choices"]:
-        raise ConfigError(f"{key}: {value!r} is not allowed; expected one of {', '.join(meta['choices'])}")
+        raise ConfigError(
+            f"{key}: {value!r} is not allowed; expected one of {', '.join(meta['choices'])}"
+        )
     lo, hi = meta.get("lo"), meta.get("hi")
     if lo is not None and value < lo or hi is not None and value > hi:
         raise ConfigError(f"{key}: {value!r} is out of range; expected {lo} <= value <= {hi}")
@@ -267,7 +279,9 @@ def _method_values(table: dict[str, Any], source: str) -> dict[str, dict[str, An
         elif "." in key:
             items = [(*key.split(".", 1), value)]
         else:
-            raise ConfigError(f"methods.{key} (from {source}): expected methods.<method>.<name>=value")
+            raise ConfigError(
+                f"methods.{key} (from {source}): expected methods.<method>.<name>=value"
+            )
         for method, name, v in items:
             out.setdefault(method, {})[name] = v
     return out
@@ -278,7 +292,9 @@ def parse_set(items: list[str]) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     for item in items:
         if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ConfigError(f"--set {item!r}: expected section.key=value, for example train.lr=0.001")
+            raise ConfigError(
+                f"--set {item!r}: expected section.key=value, for example train.lr=0.001"
+            )
         lhs, value = item.split("=", 1)
         section, key = lhs.strip().split(".", 1)
         out.setdefault(section, {})[key.strip()] = value.strip()
@@ -296,8 +312,9 @@ def merge(*layers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def build_config(profile: str | None, overrides: dict[str, dict[str, Any]] | None = None,
-                 source: str = "--set") -> Config:
+def build_config(
+    profile: str | None, overrides: dict[str, dict[str, Any]] | None = None, source: str = "--set"
+) -> Config:
     """Profile values, then overrides; every key and value is validated."""
     base = load_profile(profile) if profile else {}
     methods = _method_values(base.pop("methods", {}), "profile")
@@ -310,15 +327,19 @@ def build_config(profile: str | None, overrides: dict[str, dict[str, Any]] | Non
     sections = {}
     for section in raw:
         if section not in SECTIONS:
-            raise ConfigError(f"unknown config section {section!r} (from {source}); "
-                              f"expected one of {', '.join(SECTIONS)}")
+            raise ConfigError(
+                f"unknown config section {section!r} (from {source}); "
+                f"expected one of {', '.join(SECTIONS)}"
+            )
     for section, cls in SECTIONS.items():
         known = {f.name: f for f in fields(cls)}
         kwargs = {}
         for key, value in raw.get(section, {}).items():
             if key not in known:
-                raise ConfigError(f"unknown key {section}.{key} (from {source}); "
-                                  f"expected one of {', '.join(section + '.' + k for k in known)}")
+                raise ConfigError(
+                    f"unknown key {section}.{key} (from {source}); "
+                    f"expected one of {', '.join(section + '.' + k for k in known)}"
+                )
             f = known[key]
             kwargs[key] = _coerce(section, f, value)
             _validate_value(section, f, kwargs[key])
@@ -330,9 +351,13 @@ def build_config(profile: str | None, overrides: dict[str, dict[str, Any]] | Non
     cfg = Config(**sections, methods=methods)
     cfg.smd.width_tuple()
     if cfg.smd.image_size % 2 ** (len(cfg.smd.width_tuple()) - 1):
-        raise ConfigError(f"smd.image_size: {cfg.smd.image_size} must be divisible by "
-                          f"{2 ** (len(cfg.smd.width_tuple()) - 1)} for {len(cfg.smd.width_tuple())} levels")
+        raise ConfigError(
+            f"smd.image_size: {cfg.smd.image_size} must be divisible by "
+            f"{2 ** (len(cfg.smd.width_tuple()) - 1)} for {len(cfg.smd.width_tuple())} levels"
+        )
     if cfg.data.image_size % 2**cfg.model.depth:
-        raise ConfigError(f"data.image_size: {cfg.data.image_size} must be divisible by 2**model.depth "
-                          f"= {2**cfg.model.depth}")
+        raise ConfigError(
+            f"data.image_size: {cfg.data.image_size} must be divisible by 2**model.depth "
+            f"= {2**cfg.model.depth}"
+        )
     return cfg

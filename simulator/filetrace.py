@@ -27,8 +27,14 @@ _lock = threading.Lock()
 
 
 #: the audit events recorded besides ``open``, and the name each is recorded under
-_EVENTS = {"os.listdir": "list", "os.scandir": "list", "os.remove": "remove", "os.rename": "rename",
-           "os.rmdir": "remove", "os.mkdir": "mkdir"}
+_EVENTS = {
+    "os.listdir": "list",
+    "os.scandir": "list",
+    "os.remove": "remove",
+    "os.rename": "rename",
+    "os.rmdir": "remove",
+    "os.mkdir": "mkdir",
+}
 
 
 def _write(path: object, mode: str, anywhere: bool = False) -> None:
@@ -38,8 +44,16 @@ def _write(path: object, mode: str, anywhere: bool = False) -> None:
     root = next((r for r in _state["roots"] if p == r or p.startswith(r + os.sep)), None)
     if root is None and not anywhere:
         return
-    entry = {"time": time.time(), "role": _state["role"], "pid": os.getpid(), "path": p, "mode": mode}
-    if root is not None:  # the data folder it lies in, as this process knows it (a node's own, in a deployment)
+    entry = {
+        "time": time.time(),
+        "role": _state["role"],
+        "pid": os.getpid(),
+        "path": p,
+        "mode": mode,
+    }
+    if (
+        root is not None
+    ):  # the data folder it lies in, as this process knows it (a node's own, in a deployment)
         entry["root"] = root
     line = json.dumps(entry)
     with _lock:
@@ -104,11 +118,17 @@ def read_trace(folder: Path) -> list[dict]:
     """All trace lines of a run's ``file_access`` folder, each with the trace file it came from."""
     out = []
     for f in sorted(Path(folder).glob("*.jsonl")):
-        out += [{**json.loads(line), "file": f.name} for line in f.read_text().splitlines() if line.strip()]
+        out += [
+            {**json.loads(line), "file": f.name}
+            for line in f.read_text().splitlines()
+            if line.strip()
+        ]
     return out
 
 
 def trace_files(folder: Path) -> dict[str, int]:
     """Each trace file of a ``file_access`` folder and how many accesses it holds."""
-    return {f.name: sum(1 for line in f.read_text().splitlines() if line.strip())
-            for f in sorted(Path(folder).glob("*.jsonl"))}
+    return {
+        f.name: sum(1 for line in f.read_text().splitlines() if line.strip())
+        for f in sorted(Path(folder).glob("*.jsonl"))
+    }

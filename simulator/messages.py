@@ -25,7 +25,17 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from simulator.errors import MessageError
 
 EGRESS_KINDS = ("prompt", "model", "metrics")
-INGRESS_KINDS = ("spec", "visit", "evaluate", "backbone_check", "backbone", "tune", "fidelity", "attribute", "preview")
+INGRESS_KINDS = (
+    "spec",
+    "visit",
+    "evaluate",
+    "backbone_check",
+    "backbone",
+    "tune",
+    "fidelity",
+    "attribute",
+    "preview",
+)
 KINDS = EGRESS_KINDS + INGRESS_KINDS
 RESERVED = ("meta", "config", "metrics")
 
@@ -124,5 +134,7 @@ def describe(rd: RecordDict) -> dict[str, Any]:
     }
     if meta["kind"] in INGRESS_KINDS and "config" in rd.config_records:
         # what a site was told (method, seeds, the backbone's key and digest): public, and recorded
-        out["config"] = {k: v for k, v in rd["config"].items() if isinstance(v, (str, int, float, bool))}
+        out["config"] = {
+            k: v for k, v in rd["config"].items() if isinstance(v, (str, int, float, bool))
+        }
     return out

@@ -55,7 +55,9 @@ class HParam:
             raise ConfigError(f"{key}: expected true or false, got {value!r}")
         if typ is str:
             if self.choices and str(value) not in self.choices:
-                raise ConfigError(f"{key}: {value!r} is not allowed; expected one of {', '.join(self.choices)}")
+                raise ConfigError(
+                    f"{key}: {value!r} is not allowed; expected one of {', '.join(self.choices)}"
+                )
             return str(value)
         try:
             if isinstance(value, bool):
@@ -65,14 +67,18 @@ class HParam:
             what = "an integer" if typ is int else "a number"
             raise ConfigError(f"{key}: expected {what}, got {value!r}") from None
         if self.lo is not None and out < self.lo or self.hi is not None and out > self.hi:
-            raise ConfigError(f"{key}: {out!r} is out of range; expected {self.lo} <= value <= {self.hi}")
+            raise ConfigError(
+                f"{key}: {out!r} is out of range; expected {self.lo} <= value <= {self.hi}"
+            )
         return out
 
 
 #: Hyper-parameters every method has: the outer learning rate (``train.lr`` unless set per
 #: method) and the weight decay of its optimiser.
 LR = HParam("lr", 1e-3, lo=1e-7, hi=1.0, help="outer learning rate (default: train.lr)")
-WEIGHT_DECAY = HParam("weight_decay", 0.0, lo=0.0, hi=1.0, help="weight decay of the outer Adam optimiser")
+WEIGHT_DECAY = HParam(
+    "weight_decay", 0.0, lo=0.0, hi=1.0, help="weight decay of the outer Adam optimiser"
+)
 
 
 def declared(cls: type[Method]) -> dict[str, HParam]:
@@ -80,7 +86,9 @@ def declared(cls: type[Method]) -> dict[str, HParam]:
     return {p.name: p for p in (LR, WEIGHT_DECAY, *cls.hyperparameters)}
 
 
-def resolve_hparams(cls: type[Method], lr: float, values: Mapping[str, Any] | None = None) -> dict[str, HValue]:
+def resolve_hparams(
+    cls: type[Method], lr: float, values: Mapping[str, Any] | None = None
+) -> dict[str, HValue]:
     """The one place a method's hyper-parameters are merged and checked: defaults, ``lr``, then ``values``.
 
     Unknown names and values of the wrong type or out of range raise a ConfigError naming
@@ -89,8 +97,10 @@ def resolve_hparams(cls: type[Method], lr: float, values: Mapping[str, Any] | No
     known = declared(cls)
     unknown = sorted(set(values or {}) - set(known))
     if unknown:
-        raise ConfigError(f"methods.{cls.name}.{unknown[0]}: unknown hyper-parameter; "
-                          f"{cls.name} has {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"methods.{cls.name}.{unknown[0]}: unknown hyper-parameter; "
+            f"{cls.name} has {', '.join(sorted(known))}"
+        )
     out = {name: p.default for name, p in known.items()}
     out["lr"] = float(lr)
     for name, value in (values or {}).items():
@@ -138,7 +148,9 @@ class Method(ABC):
     relative_cost: ClassVar[float] = 1.0
 
     @classmethod
-    def state_spec(cls, params: Mapping[str, tuple[tuple[int, ...], str]]) -> dict[str, tuple[tuple[int, ...], str]]:
+    def state_spec(
+        cls, params: Mapping[str, tuple[tuple[int, ...], str]]
+    ) -> dict[str, tuple[tuple[int, ...], str]]:
         """The entries :meth:`export_state` may produce, name -> (shape, dtype), given the model's
         parameters name -> (shape, dtype): what the egress guard lets the model reply's state hold."""
         return {}
@@ -152,8 +164,10 @@ class Method(ABC):
     def __init__(self, model: nn.Module, hparams: Mapping[str, HValue]) -> None:
         """``hparams``: the resolved table of :func:`resolve_hparams` (every declared name, typed)."""
         if set(hparams) != set(declared(type(self))):
-            raise ConfigError(f"method {self.name!r}: expected resolved hyper-parameters "
-                              f"{sorted(declared(type(self)))}, got {sorted(hparams)}")
+            raise ConfigError(
+                f"method {self.name!r}: expected resolved hyper-parameters "
+                f"{sorted(declared(type(self)))}, got {sorted(hparams)}"
+            )
         self.model = model
         self.hp = dict(hparams)
 

@@ -23,16 +23,29 @@ class Adam:
     ``step()`` updates every parameter that has a gradient; ``zero_grad()`` clears them.
     """
 
-    def __init__(self, params: Iterable[torch.Tensor], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
         self.params = [p for p in params]
         if not self.params:
             raise ValueError("Adam got an empty parameter list")
         if not lr > 0.0 or not eps > 0.0 or weight_decay < 0.0:
-            raise ValueError(f"Adam: lr {lr} and eps {eps} must be > 0 and weight_decay {weight_decay} >= 0")
+            raise ValueError(
+                f"Adam: lr {lr} and eps {eps} must be > 0 and weight_decay {weight_decay} >= 0"
+            )
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
             raise ValueError(f"Adam: betas {betas} must lie in [0, 1)")
-        self.lr, self.betas, self.eps, self.weight_decay = float(lr), betas, float(eps), float(weight_decay)
+        self.lr, self.betas, self.eps, self.weight_decay = (
+            float(lr),
+            betas,
+            float(eps),
+            float(weight_decay),
+        )
         # per parameter: step count, first and second moment (created at its first gradient)
         self.state: dict[int, tuple[list[int], torch.Tensor, torch.Tensor]] = {}
 
@@ -45,15 +58,20 @@ class Adam:
             if grad is None:
                 continue
             if i not in self.state:
-                self.state[i] = ([0], torch.zeros_like(param, memory_format=torch.preserve_format),
-                                 torch.zeros_like(param, memory_format=torch.preserve_format))
+                self.state[i] = (
+                    [0],
+                    torch.zeros_like(param, memory_format=torch.preserve_format),
+                    torch.zeros_like(param, memory_format=torch.preserve_format),
+                )
             count, exp_avg, exp_avg_sq = self.state[i]
             count[0] += 1
             if self.weight_decay != 0:
                 grad = grad.add(param, alpha=self.weight_decay)
             exp_avg.lerp_(grad, 1 - beta1)
             exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            step = float(count[0])  # torch keeps it in a float32 tensor: exact for any count used here
+            step = float(
+                count[0]
+            )  # torch keeps it in a float32 tensor: exact for any count used here
             bias_correction1 = 1 - beta1**step
             bias_correction2 = 1 - beta2**step
             step_size = self.lr / bias_correction1

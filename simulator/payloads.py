@@ -73,7 +73,9 @@ class Payload:
             elif role == "table":
                 extra[f.name] = dict(value)
             elif role == "rows":
-                extra[f.name] = {f"{i}.{k}": str(v) for i, row in enumerate(value) for k, v in row.items()}
+                extra[f.name] = {
+                    f"{i}.{k}": str(v) for i, row in enumerate(value) for k, v in row.items()
+                }
             elif role == "strings":
                 extra[f.name] = {f"{i:03d}": str(v) for i, v in enumerate(value)}
             elif role == "ints":
@@ -106,8 +108,12 @@ class Payload:
             if role == "config":
                 kwargs[f.name] = cls._take(config, f.name, used_config)
             elif role == "arch":
-                kwargs[f.name] = ModelArch(**{k: int(cls._take(config, k, used_config))
-                                             for k in ("in_channels", "width", "depth")})
+                kwargs[f.name] = ModelArch(
+                    **{
+                        k: int(cls._take(config, k, used_config))
+                        for k in ("in_channels", "width", "depth")
+                    }
+                )
             elif role in ("table", "rows", "strings", "ints"):
                 used_records.add(f.name)
                 table = dict(rd[f.name]) if f.name in rd.config_records else {}
@@ -120,8 +126,10 @@ class Payload:
                 used_records.add(group)
                 got = arrays(rd, group)
                 if set(got) != {f.metadata["key"]}:
-                    raise MessageError(f"{cls.KIND} message: expected array {group}/{f.metadata['key']}, "
-                                       f"got {sorted(got)}")
+                    raise MessageError(
+                        f"{cls.KIND} message: expected array {group}/{f.metadata['key']}, "
+                        f"got {sorted(got)}"
+                    )
                 kwargs[f.name] = got[f.metadata["key"]]
             elif role == "metric":
                 if f.name not in metrics:

@@ -40,13 +40,13 @@ class MetricRule:
         return math.log2((self.hi - self.lo) / self.quantum + 1)
 
 
-FRACTION = MetricRule(0.0, 1.0, 1e-6)       # Dice, shares, AUCs, ratios in [0, 1]
+FRACTION = MetricRule(0.0, 1.0, 1e-6)  # Dice, shares, AUCs, ratios in [0, 1]
 COSINE = MetricRule(-1.0, 1.0, 1e-6)
 LOSS = MetricRule(0.0, 1e3, 1e-6)
 SECONDS = MetricRule(0.0, 1e7, 1e-3)
 COUNT = MetricRule(0.0, 1e12, 1.0)
-RATIO = MetricRule(0.0, 1e3, 1e-6)            # non-negative figures without a natural bound
-SIGNED = MetricRule(-1e6, 1e6, 1e-6)          # signed figures (inner products, brightness, ...)
+RATIO = MetricRule(0.0, 1e3, 1e-6)  # non-negative figures without a natural bound
+SIGNED = MetricRule(-1e6, 1e6, 1e-6)  # signed figures (inner products, brightness, ...)
 
 
 @dataclass(frozen=True)
@@ -85,44 +85,132 @@ def array_bits(shapes: Iterable[tuple[tuple[int, ...], str]]) -> int:
 
 # -- the metric names each kind of site message declares ---------------------------------------
 
+
 def rules(names: Iterable[str], rule: MetricRule) -> dict[str, MetricRule]:
     return dict.fromkeys(names, rule)
 
 
 #: ``describe``: facts about the site's data; a generated site adds its acquisition parameters
 #: (``acq_<name>``), a user data set its case and file counts
-DESCRIBE = {**rules(("n_train", "n_test", "height", "width", "channels", "data_bytes", "acq_family",
-                     "acq_cases_train", "acq_cases_test", "acq_files"), COUNT),
-            **rules(("foreground_fraction", "intensity_mean", "intensity_std"), FRACTION),
-            **rules(("acq_gamma", "acq_contrast", "acq_bias", "acq_noise", "acq_blur", "acq_resolution",
-                     "acq_organ_scale"), RATIO),
-            "acq_brightness": SIGNED}
+DESCRIBE = {
+    **rules(
+        (
+            "n_train",
+            "n_test",
+            "height",
+            "width",
+            "channels",
+            "data_bytes",
+            "acq_family",
+            "acq_cases_train",
+            "acq_cases_test",
+            "acq_files",
+        ),
+        COUNT,
+    ),
+    **rules(("foreground_fraction", "intensity_mean", "intensity_std"), FRACTION),
+    **rules(
+        (
+            "acq_gamma",
+            "acq_contrast",
+            "acq_bias",
+            "acq_noise",
+            "acq_blur",
+            "acq_resolution",
+            "acq_organ_scale",
+        ),
+        RATIO,
+    ),
+    "acq_brightness": SIGNED,
+}
 TRAIN = {"step": COUNT, "steps": COUNT, "seconds": SECONDS}
 VISIT_START = {"steps": COUNT, "replay_sites": COUNT}
 EVALUATE = {"dice": FRACTION, "dice_std": FRACTION, "n": COUNT}
-PROMPT_LOGS = {"prompt_steps": COUNT, "prompt_seconds": SECONDS, "prompt_loss_init": LOSS,
-               "prompt_loss_search": LOSS, "prompt_loss_final": LOSS, "prompt_steps_planned": COUNT,
-               "prompt_checks": COUNT,
-               "data_bytes": COUNT}
+PROMPT_LOGS = {
+    "prompt_steps": COUNT,
+    "prompt_seconds": SECONDS,
+    "prompt_loss_init": LOSS,
+    "prompt_loss_search": LOSS,
+    "prompt_loss_final": LOSS,
+    "prompt_steps_planned": COUNT,
+    "prompt_checks": COUNT,
+    "data_bytes": COUNT,
+}
 #: under DP no loss on private data leaves: steps, seconds and the privacy parameters only
 DELTA = MetricRule(0.0, 1.0, 1e-12)
-PROMPT_LOGS_DP = {"prompt_steps": COUNT, "prompt_seconds": SECONDS, "data_bytes": COUNT, "dp_epsilon": RATIO,
-                  "dp_delta": DELTA, "dp_noise_multiplier": RATIO, "dp_sample_rate": FRACTION, "dp_cases": COUNT,
-                  "dp_clip": RATIO}
-FIDELITY = {**rules(("tstr_dice_synthetic", "tstr_dice_real", "intensity_w1", "synthetic_foreground",
-                     "real_foreground", "nn_distance_min", "nn_distance_p05", "nn_distance_median",
-                     "nn_threshold", "nn_fraction_under_threshold", "nn_ratio_flagged_fraction",
-                     "real_nn_distance_min", "real_nn_distance_median", "mia_auc", "mia_auc_low",
-                     "mia_auc_high"), FRACTION),
-            "tstr_ratio": RATIO, "histogram_l1": RATIO, "mia_members": COUNT, "mia_nonmembers": COUNT,
-            "fidelity_seconds": SECONDS, "memorisation_seconds": SECONDS}
+PROMPT_LOGS_DP = {
+    "prompt_steps": COUNT,
+    "prompt_seconds": SECONDS,
+    "data_bytes": COUNT,
+    "dp_epsilon": RATIO,
+    "dp_delta": DELTA,
+    "dp_noise_multiplier": RATIO,
+    "dp_sample_rate": FRACTION,
+    "dp_cases": COUNT,
+    "dp_clip": RATIO,
+}
+FIDELITY = {
+    **rules(
+        (
+            "tstr_dice_synthetic",
+            "tstr_dice_real",
+            "intensity_w1",
+            "synthetic_foreground",
+            "real_foreground",
+            "nn_distance_min",
+            "nn_distance_p05",
+            "nn_distance_median",
+            "nn_threshold",
+            "nn_fraction_under_threshold",
+            "nn_ratio_flagged_fraction",
+            "real_nn_distance_min",
+            "real_nn_distance_median",
+            "mia_auc",
+            "mia_auc_low",
+            "mia_auc_high",
+        ),
+        FRACTION,
+    ),
+    "tstr_ratio": RATIO,
+    "histogram_l1": RATIO,
+    "mia_members": COUNT,
+    "mia_nonmembers": COUNT,
+    "fidelity_seconds": SECONDS,
+    "memorisation_seconds": SECONDS,
+}
 SCORES = {"n_scored": COUNT}
 #: ``data inspect``: a site's statistics as its reader found them
-INSPECT = {**rules(("cases_train", "cases_test", "problems", "files", "slices", "height", "width", "channels",
-                    "empty_masks", "raw_height_min", "raw_height_max", "raw_width_min", "raw_width_max"), COUNT),
-           **rules(("intensity_mean", "intensity_std", "intensity_p01", "intensity_p99", "foreground_fraction"),
-                   FRACTION),
-           **rules(("raw_intensity_min", "raw_intensity_max"), MetricRule(-1e9, 1e9, 1e-6))}
+INSPECT = {
+    **rules(
+        (
+            "cases_train",
+            "cases_test",
+            "problems",
+            "files",
+            "slices",
+            "height",
+            "width",
+            "channels",
+            "empty_masks",
+            "raw_height_min",
+            "raw_height_max",
+            "raw_width_min",
+            "raw_width_max",
+        ),
+        COUNT,
+    ),
+    **rules(
+        (
+            "intensity_mean",
+            "intensity_std",
+            "intensity_p01",
+            "intensity_p99",
+            "foreground_fraction",
+        ),
+        FRACTION,
+    ),
+    **rules(("raw_intensity_min", "raw_intensity_max"), MetricRule(-1e9, 1e9, 1e-6)),
+}
 PING = {"alive": COUNT, "data_bytes": COUNT}
 ARMED = {"armed": COUNT}
 PRELOAD = {"import_seconds": SECONDS}
@@ -131,9 +219,22 @@ BACKBONE_CHECK = {"present": COUNT}
 BACKBONE_INSTALL = {"installed": COUNT, "backbone_bytes": COUNT}
 #: a model reply's own figures, besides the method's declared logs
 MODEL = {"steps": COUNT, "train_seconds": SECONDS, "mean_loss": LOSS}
-GUARD_COUNTS = {**rules(("checked_messages", "checked_bytes", "checked_arrays", "violations"), COUNT),
-                **rules(("seconds", "build_seconds"), SECONDS)}
+GUARD_COUNTS = {
+    **rules(("checked_messages", "checked_bytes", "checked_arrays", "violations"), COUNT),
+    **rules(("seconds", "build_seconds"), SECONDS),
+}
 #: the rules a violation row may name, and what the guard did
-RULES = ("kind", "schema", "exact", "near-duplicate", "crop", "offset-copy", "scalar-run", "shape", "scalar",
-         "budget", "range")
+RULES = (
+    "kind",
+    "schema",
+    "exact",
+    "near-duplicate",
+    "crop",
+    "offset-copy",
+    "scalar-run",
+    "shape",
+    "scalar",
+    "budget",
+    "range",
+)
 ACTIONS = ("stopped", "blocked", "allowed (non-private method)")

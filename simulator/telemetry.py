@@ -38,8 +38,16 @@ FIGURES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "smg_loss": ("gauge", "mean training loss of the latest chunk of steps", ("run", "site")),
     "smg_step_seconds": ("gauge", "seconds per outer step of the latest chunk", ("run", "site")),
     "smg_dice": ("gauge", "Dice on the site's test split after the latest stage", ("run", "site")),
-    "smg_mem": ("gauge", "Mem so far: mean Dice on sites visited before the latest stage", ("run",)),
+    "smg_mem": (
+        "gauge",
+        "Mem so far: mean Dice on sites visited before the latest stage",
+        ("run",),
+    ),
     "smg_gen": ("gauge", "Gen so far: mean Dice on sites not yet visited", ("run",)),
-    "smg_site_messages": ("counter", "messages a site sent through its egress guard", ("run", "site")),
+    "smg_site_messages": (
+        "counter",
+        "messages a site sent through its egress guard",
+        ("run", "site"),
+    ),
     "smg_site_bytes": ("counter", "bytes a site sent through its egress guard", ("run", "site")),
 }

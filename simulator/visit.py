@@ -40,8 +40,10 @@ def replay_pairs(arrays: Mapping[str, np.ndarray], device: torch.device) -> dict
     for key in arrays:
         if key.endswith("/x"):
             site = key[:-2]
-            out[site] = (torch.from_numpy(arrays[key].copy()).float().to(device),
-                         torch.from_numpy(arrays[f"{site}/y"].copy()).float().to(device))
+            out[site] = (
+                torch.from_numpy(arrays[key].copy()).float().to(device),
+                torch.from_numpy(arrays[f"{site}/y"].copy()).float().to(device),
+            )
     return out
 
 
@@ -71,8 +73,14 @@ class LocalVisit:
     counts: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, req: VisitRequest, site: str, train: Pair, device: torch.device,
-              method_factory: MethodFactory) -> LocalVisit:
+    def start(
+        cls,
+        req: VisitRequest,
+        site: str,
+        train: Pair,
+        device: torch.device,
+        method_factory: MethodFactory,
+    ) -> LocalVisit:
         """Build the model from the request's weights, the method by name, and prepare the visit."""
         model = build_unet(req.arch, req.weights, device)
         if req.channels_last:
@@ -80,13 +88,32 @@ class LocalVisit:
         method = method_factory(req.method, model, req.hparams)
         method.load_state(req.state)
         replay = replay_pairs(req.replay, device)
-        ctx = StageContext(site=site, stage=req.stage, steps=req.steps, device=device,
-                           generator=torch_generator(req.seed), replay_sites=sorted(replay))
+        ctx = StageContext(
+            site=site,
+            stage=req.stage,
+            steps=req.steps,
+            device=device,
+            generator=torch_generator(req.seed),
+            replay_sites=sorted(replay),
+        )
         method.begin_stage(ctx)
         received = {k: (tuple(v.shape), str(v.dtype)) for k, v in req.weights.items()}
-        match_gen = torch_generator(derive_seed(req.seed, "resolution-match")) if req.match_p > 0 else None
-        return cls(model, method, ctx, train, replay, req.batch_size, req.replay_sites_per_step,
-                   match_p=req.match_p, match_size=int(req.match_size), match_gen=match_gen, received=received)
+        match_gen = (
+            torch_generator(derive_seed(req.seed, "resolution-match")) if req.match_p > 0 else None
+        )
+        return cls(
+            model,
+            method,
+            ctx,
+            train,
+            replay,
+            req.batch_size,
+            req.replay_sites_per_step,
+            match_p=req.match_p,
+            match_size=int(req.match_size),
+            match_gen=match_gen,
+            received=received,
+        )
 
     def batch(self) -> Batch:
         """The next step's batch: current-site pairs, and the replay batch shared out over the sites
@@ -95,7 +122,9 @@ class LocalVisit:
         n = len(train_x)
         idx = torch.randint(n, (min(self.batch_size, n),), generator=self.ctx.generator)
         replay = {}
-        shared = min(len(self.replay), self.replay_sites) if self.replay_sites > 0 else len(self.replay)
+        shared = (
+            min(len(self.replay), self.replay_sites) if self.replay_sites > 0 else len(self.replay)
+        )
         per_site = -(-self.batch_size // max(shared, 1))
         for site, (x, y) in self.replay.items():
             ridx = torch.randint(len(x), (min(per_site, len(x)),), generator=self.ctx.generator)
@@ -103,13 +132,21 @@ class LocalVisit:
         x = train_x[idx]
         if self.match_gen is not None and self.match_size and self.match_size != x.shape[-1]:
             size = x.shape[-1]
-            low = F.interpolate(F.interpolate(x, size=(self.match_size,) * 2, mode="area"), size=(size, size),
-                                mode="bilinear", align_corners=False)
-            pick = (torch.rand((len(x), 1, 1, 1), generator=self.match_gen) < self.match_p).to(x.device)
+            low = F.interpolate(
+                F.interpolate(x, size=(self.match_size,) * 2, mode="area"),
+                size=(size, size),
+                mode="bilinear",
+                align_corners=False,
+            )
+            pick = (torch.rand((len(x), 1, 1, 1), generator=self.match_gen) < self.match_p).to(
+                x.device
+            )
             x = torch.where(pick, low, x)
         return Batch(x, train_y[idx], replay)
 
-    def run(self, n_steps: int, before_step: Callable[[int], None] | None = None) -> tuple[dict[str, float], float]:
+    def run(
+        self, n_steps: int, before_step: Callable[[int], None] | None = None
+    ) -> tuple[dict[str, float], float]:
         """Up to ``n_steps`` outer steps; returns the mean of each logged scalar and the seconds taken."""
         n = min(int(n_steps), self.ctx.steps - self.step)
         t0 = time.perf_counter()
@@ -129,11 +166,15 @@ class LocalVisit:
             self.counts[k] = self.counts.get(k, 0) + counts[k]
         return {k: s / counts[k] for k, s in sums.items()}, dt
 
-    def finish(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, float], float]:
+    def finish(
+        self,
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, float], float]:
         """End the visit: the trained weights, the method's state, the visit's mean logs (besides the
         loss) with the method's end-of-visit summary, and the mean loss."""
         self.method.end_stage()
-        weights = {k: t.detach().cpu().contiguous().numpy() for k, t in self.model.state_dict().items()}
+        weights = {
+            k: t.detach().cpu().contiguous().numpy() for k, t in self.model.state_dict().items()
+        }
         state = self.method.export_state()
         logs = {k: s / self.counts[k] for k, s in self.sums.items() if k != "loss"}
         logs.update(self.method.stage_summary())

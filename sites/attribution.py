@@ -19,16 +19,31 @@ from simulator.seeding import torch_generator
 
 def _detector(channels: int) -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(channels, 16, 3, padding=1), nn.SiLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.SiLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 32, 3, padding=1), nn.SiLU(), nn.AdaptiveAvgPool2d(4),
-        nn.Flatten(), nn.Linear(32 * 16, 1),
+        nn.Conv2d(channels, 16, 3, padding=1),
+        nn.SiLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.SiLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.SiLU(),
+        nn.AdaptiveAvgPool2d(4),
+        nn.Flatten(),
+        nn.Linear(32 * 16, 1),
     )
 
 
-def train_detector_and_score(real: np.ndarray, public: np.ndarray, queries: np.ndarray, steps: int,
-                             seed: int, size: int = 32, batch: int = 32) -> np.ndarray:
+def train_detector_and_score(
+    real: np.ndarray,
+    public: np.ndarray,
+    queries: np.ndarray,
+    steps: int,
+    seed: int,
+    size: int = 32,
+    batch: int = 32,
+) -> np.ndarray:
     """Train real-vs-public on ``real`` and ``public``; return sigmoid scores of ``queries``."""
+
     def prep(a: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(a).float()
         return F.interpolate(t, size=(size, size), mode="area") if t.shape[-1] != size else t

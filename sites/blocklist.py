@@ -46,7 +46,10 @@ class Blocklist:
                     s = arr[i, c]
                     self.shape = self.shape or s.shape
                     label = f"{name}[{i}]" + (f" channel {c}" if arr.shape[1] > 1 else "")
-                    variants = [s.astype(t) for t in (np.float16, np.float32, np.float64, np.uint8, np.int64, bool)]
+                    variants = [
+                        s.astype(t)
+                        for t in (np.float16, np.float32, np.float64, np.uint8, np.int64, bool)
+                    ]
                     if s.dtype.kind == "f":
                         variants.append(np.round(np.clip(s, 0, 1) * 255).astype(np.uint8))
                     for v in variants:
@@ -66,7 +69,11 @@ class Blocklist:
         """The 2-D views of an array that could hold an image (trailing slices, reshaped blocks)."""
         h, w = self.shape
         out = []
-        if arr.ndim >= 2 and min(arr.shape[-2:]) >= 8 and 0.25 <= arr.shape[-2] / arr.shape[-1] <= 4:
+        if (
+            arr.ndim >= 2
+            and min(arr.shape[-2:]) >= 8
+            and 0.25 <= arr.shape[-2] / arr.shape[-1] <= 4
+        ):
             flat = arr.reshape(-1, *arr.shape[-2:])
             out += [(f"slice {i}", flat[i]) for i in range(min(len(flat), 4096))]
         if arr.size and arr.size % (h * w) == 0 and (arr.ndim < 2 or arr.shape[-2:] != (h, w)):
@@ -105,7 +112,10 @@ class Blocklist:
                 corr = self.thumbs @ cand
                 k = int(corr.argmax())
                 if corr[k] >= NEAR_THRESHOLD:
-                    hit = ("near-duplicate", f"{where} correlates {corr[k]:.3f} with {self.labels[k]}")
+                    hit = (
+                        "near-duplicate",
+                        f"{where} correlates {corr[k]:.3f} with {self.labels[k]}",
+                    )
                     break
             if hit is None and v.shape[0] < h and v.shape[1] < w and min(v.shape) >= h // 4:
                 tmpl = v.astype(np.float32)
@@ -113,7 +123,10 @@ class Blocklist:
                     for s, label in zip(self.slices, self.labels, strict=True):
                         score = float(cv2.matchTemplate(s, tmpl, cv2.TM_CCOEFF_NORMED).max())
                         if score >= NEAR_THRESHOLD:
-                            hit = ("crop", f"{where} matches a crop of {label} (correlation {score:.3f})")
+                            hit = (
+                                "crop",
+                                f"{where} matches a crop of {label} (correlation {score:.3f})",
+                            )
                             break
             if hit:
                 yield hit
@@ -123,7 +136,9 @@ class Blocklist:
 WINDOW = 16
 QUANTUM = 1e-6
 _MIX = np.uint64(0x9E3779B97F4A7C15)
-_COEF = np.random.default_rng(20261201).integers(1, 2**63, size=WINDOW, dtype=np.uint64) | np.uint64(1)
+_COEF = np.random.default_rng(20261201).integers(
+    1, 2**63, size=WINDOW, dtype=np.uint64
+) | np.uint64(1)
 
 
 def _quantised(values: np.ndarray) -> np.ndarray:
@@ -154,7 +169,7 @@ def _window_hashes(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(over="ignore"):
         mixed = (w ^ (w >> np.uint64(29))) * _MIX
         h = (mixed * _COEF).sum(axis=1, dtype=np.uint64)
-    median = np.partition(w, WINDOW // 2 - 1, axis=1)[:, WINDOW // 2 - 1:WINDOW // 2]
+    median = np.partition(w, WINDOW // 2 - 1, axis=1)[:, WINDOW // 2 - 1 : WINDOW // 2]
     informative = (w != median).sum(axis=1) >= MIN_ODD
     return h, informative
 

@@ -46,7 +46,9 @@ class SiteData:
         if len(self.train_x) == 0 or len(self.test_x) == 0:
             raise ValueError("SiteData: a site needs at least one train and one test pair")
         if self.train_cases is not None and len(self.train_cases) != len(self.train_x):
-            raise ValueError(f"SiteData.train_cases: {len(self.train_cases)} case ids for {len(self.train_x)} slices")
+            raise ValueError(
+                f"SiteData.train_cases: {len(self.train_cases)} case ids for {len(self.train_x)} slices"
+            )
 
     def case_ids(self) -> np.ndarray:
         """The case of every train slice (0 .. cases - 1)."""
@@ -68,18 +70,24 @@ def _generated(spec: SiteSpec, make: Callable) -> SiteData:
     key = f"{spec.seed}-{spec.image_size}-{spec.n_train}-{spec.n_test}"
     path = Path(spec.data_dir) / f"{spec.benchmark}-{key}.npz" if spec.data_dir else None
     if path is None or not path.exists():
-        x, y, tx, ty, acq = make(spec.site_index, spec.seed, spec.n_train, spec.n_test, spec.image_size)
+        x, y, tx, ty, acq = make(
+            spec.site_index, spec.seed, spec.n_train, spec.n_test, spec.image_size
+        )
         if path is None:
             return SiteData(x, y, tx, ty, description=acq.as_dict())
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         with tmp.open("wb") as fh:
-            np.savez(fh, train_x=x, train_y=y, test_x=tx, test_y=ty,
-                     acq=json.dumps(acq.as_dict()))
+            np.savez(fh, train_x=x, train_y=y, test_x=tx, test_y=ty, acq=json.dumps(acq.as_dict()))
         os.replace(tmp, path)
     with np.load(path) as z:
-        return SiteData(z["train_x"], z["train_y"], z["test_x"], z["test_y"],
-                        description=json.loads(str(z["acq"])))
+        return SiteData(
+            z["train_x"],
+            z["train_y"],
+            z["test_x"],
+            z["test_y"],
+            description=json.loads(str(z["acq"])),
+        )
 
 
 def _user_data(spec: SiteSpec) -> SiteData:
@@ -90,11 +98,19 @@ def _user_data(spec: SiteSpec) -> SiteData:
     x, y = stack(train)
     tx, ty = stack(test)
     if x.shape[1] != tx.shape[1]:
-        raise DataError(f"{site_dir}: train images have {x.shape[1]} channels but test images "
-                        f"{tx.shape[1]}; expected one channel count per site")
+        raise DataError(
+            f"{site_dir}: train images have {x.shape[1]} channels but test images "
+            f"{tx.shape[1]}; expected one channel count per site"
+        )
     cases = np.concatenate([np.full(len(c.images), i) for i, c in enumerate(train)])
-    return SiteData(x, y, tx, ty, description={"cases_train": len(train), "cases_test": len(test),
-                                                "files": read.files}, train_cases=cases)
+    return SiteData(
+        x,
+        y,
+        tx,
+        ty,
+        description={"cases_train": len(train), "cases_test": len(test), "files": read.files},
+        train_cases=cases,
+    )
 
 
 BENCHMARKS: dict[str, Callable[[SiteSpec], SiteData]] = {
@@ -106,14 +122,21 @@ BENCHMARKS: dict[str, Callable[[SiteSpec], SiteData]] = {
 }
 
 
-def inspect_site(spec: SiteSpec) -> tuple[dict[str, float], list[str], np.ndarray | None, np.ndarray | None]:
+def inspect_site(
+    spec: SiteSpec,
+) -> tuple[dict[str, float], list[str], np.ndarray | None, np.ndarray | None]:
     """Statistics of one site's data, every problem found (nothing raised for bad files), and the
     images and masks read (kept in the site: they seed its egress guard)."""
     if spec.benchmark not in ("folder", "prostate", "fundus"):
         d = build_site_data(spec)
         stats = _array_stats(d.train_x, d.train_y, d.test_x, d.test_y)
         stats.update(cases_train=len(d.train_x), cases_test=len(d.test_x), problems=0)
-        return stats, [], np.concatenate([d.train_x, d.test_x]), np.concatenate([d.train_y, d.test_y])
+        return (
+            stats,
+            [],
+            np.concatenate([d.train_x, d.test_x]),
+            np.concatenate([d.train_y, d.test_y]),
+        )
     site_dir = Path(spec.data_dir)
     try:
         read = read_site(spec.benchmark, site_dir, spec.image_size, spec.target, collect=True)
@@ -148,11 +171,18 @@ def _array_stats(*arrays: np.ndarray) -> dict[str, float]:
     xs, ys = arrays[0::2], arrays[1::2]
     x = np.concatenate([a.reshape(len(a), a.shape[1], -1) for a in xs])
     y = np.concatenate([a.reshape(len(a), -1) for a in ys])
-    return {"slices": len(x), "height": xs[0].shape[-2], "width": xs[0].shape[-1], "channels": xs[0].shape[1],
-            "intensity_mean": float(x.mean()), "intensity_std": float(x.std()),
-            "intensity_p01": float(np.percentile(x, 1)), "intensity_p99": float(np.percentile(x, 99)),
-            "foreground_fraction": float(y.mean()),
-            "empty_masks": int((y.reshape(len(y), -1).max(1) == 0).sum())}
+    return {
+        "slices": len(x),
+        "height": xs[0].shape[-2],
+        "width": xs[0].shape[-1],
+        "channels": xs[0].shape[1],
+        "intensity_mean": float(x.mean()),
+        "intensity_std": float(x.std()),
+        "intensity_p01": float(np.percentile(x, 1)),
+        "intensity_p99": float(np.percentile(x, 99)),
+        "foreground_fraction": float(y.mean()),
+        "empty_masks": int((y.reshape(len(y), -1).max(1) == 0).sum()),
+    }
 
 
 def build_site_data(spec: SiteSpec) -> SiteData:

@@ -45,8 +45,16 @@ def noise_multiplier(epsilon: float, delta: float, sample_rate: float, steps: in
     """The smallest sigma whose ``steps`` steps at ``sample_rate`` spend at most ``epsilon`` at ``delta``."""
     from opacus.accountants.utils import get_noise_multiplier
 
-    return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate,
-                                      steps=steps, accountant="rdp", epsilon_tolerance=0.005))
+    return float(
+        get_noise_multiplier(
+            target_epsilon=epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant="rdp",
+            epsilon_tolerance=0.005,
+        )
+    )
 
 
 def spent_epsilon(sigma: float, sample_rate: float, steps: int, delta: float) -> float:
@@ -58,8 +66,13 @@ def spent_epsilon(sigma: float, sample_rate: float, steps: int, delta: float) ->
     return float(acc.get_epsilon(delta))
 
 
-def per_sample_grads(param: torch.Tensor, to_tokens: Callable[[torch.Tensor], torch.Tensor],
-                     backbone: SMDBackbone, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def per_sample_grads(
+    param: torch.Tensor,
+    to_tokens: Callable[[torch.Tensor], torch.Tensor],
+    backbone: SMDBackbone,
+    x: torch.Tensor,
+    gen: torch.Generator,
+) -> torch.Tensor:
     """The gradient of each sample's denoising loss with respect to ``param``, (B, *param.shape)."""
     rep = param.detach().unsqueeze(0).expand(len(x), *param.shape).clone().requires_grad_(True)
     losses = backbone.denoise_loss(x, to_tokens(rep), gen, reduce=False)
@@ -73,9 +86,18 @@ def _draw(cases: list[np.ndarray], q: float, gen: torch.Generator) -> list[int]:
     return [int(cases[c][int(torch.randint(len(cases[c]), (1,), generator=gen))]) for c in drawn]
 
 
-def _dp_step(param: torch.Tensor, opt: Adam, to_tokens: Callable, backbone: SMDBackbone,
-             x: torch.Tensor, idx: list[int], clip: float, sigma: float, expected: float,
-             gen: torch.Generator) -> None:
+def _dp_step(
+    param: torch.Tensor,
+    opt: Adam,
+    to_tokens: Callable,
+    backbone: SMDBackbone,
+    x: torch.Tensor,
+    idx: list[int],
+    clip: float,
+    sigma: float,
+    expected: float,
+    gen: torch.Generator,
+) -> None:
     """One DP-SGD step (nothing about the drawn gradients is returned: it would be unaccounted)."""
     total = torch.zeros(param.numel())
     if idx:
@@ -87,14 +109,27 @@ def _dp_step(param: torch.Tensor, opt: Adam, to_tokens: Callable, backbone: SMDB
     opt.step()
 
 
-def dp_tune_prompt(backbone: SMDBackbone, images: np.ndarray, masks: np.ndarray, case_ids: np.ndarray,
-                   steps: int, lr: float, batch: int, gen: torch.Generator, epsilon: float, delta: float,
-                   clip: float, fine_fraction: float = 0.5,
-                   fine_clip_scale: float = 0.25) -> tuple[np.ndarray, dict[str, float]]:
+def dp_tune_prompt(
+    backbone: SMDBackbone,
+    images: np.ndarray,
+    masks: np.ndarray,
+    case_ids: np.ndarray,
+    steps: int,
+    lr: float,
+    batch: int,
+    gen: torch.Generator,
+    epsilon: float,
+    delta: float,
+    clip: float,
+    fine_fraction: float = 0.5,
+    fine_clip_scale: float = 0.25,
+) -> tuple[np.ndarray, dict[str, float]]:
     """The (epsilon, delta)-DP prompt (K, D) float32, and logs that hold no function of private data
     beyond the accounted steps (steps, seconds, the privacy parameters)."""
     if steps < 1:
-        raise ValueError("privacy.dp_epsilon needs smd.prompt_steps >= 1 (the accountant counts steps)")
+        raise ValueError(
+            "privacy.dp_epsilon needs smd.prompt_steps >= 1 (the accountant counts steps)"
+        )
     t0 = time.perf_counter()
     backbone.requires_grad_(False)
     backbone.eval()
@@ -110,19 +145,48 @@ def dp_tune_prompt(backbone: SMDBackbone, images: np.ndarray, masks: np.ndarray,
     opt = Adam([cond], lr=0.05)
     coarse = steps - int(round(steps * fine_fraction))
     for _ in range(coarse):
-        _dp_step(cond, opt, backbone.tokens_from_condition, backbone, x, _draw(cases, q, gen), clip, sigma,
-                 expected, gen)
+        _dp_step(
+            cond,
+            opt,
+            backbone.tokens_from_condition,
+            backbone,
+            x,
+            _draw(cases, q, gen),
+            clip,
+            sigma,
+            expected,
+            gen,
+        )
     with torch.no_grad():
         start = backbone.tokens_from_condition(cond.detach()[None])[0]
     prompt = start.clone().requires_grad_(True)
     opt = Adam([prompt], lr=lr)
     for _ in range(steps - coarse):
-        _dp_step(prompt, opt, lambda p: p, backbone, x, _draw(cases, q, gen), clip * fine_clip_scale, sigma,
-                 expected, gen)
+        _dp_step(
+            prompt,
+            opt,
+            lambda p: p,
+            backbone,
+            x,
+            _draw(cases, q, gen),
+            clip * fine_clip_scale,
+            sigma,
+            expected,
+            gen,
+        )
     eps = spent_epsilon(sigma, q, steps, delta)
-    logs = {"prompt_steps": steps, "prompt_seconds": time.perf_counter() - t0, "dp_epsilon": eps,
-            "dp_delta": delta, "dp_noise_multiplier": sigma, "dp_sample_rate": q, "dp_cases": n,
-            "dp_clip": clip}
+    logs = {
+        "prompt_steps": steps,
+        "prompt_seconds": time.perf_counter() - t0,
+        "dp_epsilon": eps,
+        "dp_delta": delta,
+        "dp_noise_multiplier": sigma,
+        "dp_sample_rate": q,
+        "dp_cases": n,
+        "dp_clip": clip,
+    }
     if not math.isfinite(eps):
-        raise ValueError(f"DP prompt tuning: the accountant found no finite epsilon for sigma {sigma}")
+        raise ValueError(
+            f"DP prompt tuning: the accountant found no finite epsilon for sigma {sigma}"
+        )
     return prompt.detach().cpu().numpy().astype(np.float32), logs

@@ -61,14 +61,22 @@ class Violation:
 
 
 def _shape_ok(shape: tuple[int, ...], declared: tuple[int | None, ...]) -> bool:
-    return len(shape) == len(declared) and all(d is None or d == s for s, d in zip(shape, declared, strict=True))
+    return len(shape) == len(declared) and all(
+        d is None or d == s for s, d in zip(shape, declared, strict=True)
+    )
 
 
 class EgressGuard:
     """Checks the outgoing messages of one site against their schema, then their content."""
 
-    def __init__(self, site: str, blocklist: Blocklist, mode: str = "strict",
-                 budgets: dict[str, int] | None = None, windows: WindowIndex | None = None) -> None:
+    def __init__(
+        self,
+        site: str,
+        blocklist: Blocklist,
+        mode: str = "strict",
+        budgets: dict[str, int] | None = None,
+        windows: WindowIndex | None = None,
+    ) -> None:
         if mode not in MODES:
             raise ValueError(f"privacy mode {mode!r}: expected one of {', '.join(MODES)}")
         self.site = site
@@ -95,23 +103,48 @@ class EgressGuard:
     def _schema_problems(self, rd: RecordDict, schema: Schema) -> list[tuple[str, str, str]]:
         out: list[tuple[str, str, str]] = []
         meta = dict(rd["meta"]) if "meta" in rd.config_records else {}
-        if kind_of(rd) != schema.kind or meta.get("src") != schema.src or meta.get("dst") not in schema.dsts:
-            return [("meta", "kind", f"a {schema.kind!r} message from {schema.src} to one of "
-                                     f"{', '.join(schema.dsts)} was declared")]
+        if (
+            kind_of(rd) != schema.kind
+            or meta.get("src") != schema.src
+            or meta.get("dst") not in schema.dsts
+        ):
+            return [
+                (
+                    "meta",
+                    "kind",
+                    f"a {schema.kind!r} message from {schema.src} to one of "
+                    f"{', '.join(schema.dsts)} was declared",
+                )
+            ]
         if set(meta) != {"kind", "src", "dst"}:
             out.append(("meta", "schema", f"{len(meta)} meta keys; expected kind, src, dst"))
         groups = schema.array_groups()
         for name in rd.keys():
             if name not in (*RESERVED, *groups, *schema.records):
-                out.append((self._name(name, False), "schema", "a record the schema does not declare"))
-        got = {f"{g}/{k}": a for g, rec in rd.array_records.items() if g in groups for k, a in rec.items()}
+                out.append(
+                    (self._name(name, False), "schema", "a record the schema does not declare")
+                )
+        got = {
+            f"{g}/{k}": a
+            for g, rec in rd.array_records.items()
+            if g in groups
+            for k, a in rec.items()
+        }
         for key, arr in got.items():
             if key not in schema.arrays:
-                out.append((self._name(key, False), "schema", "an array the schema does not declare"))
+                out.append(
+                    (self._name(key, False), "schema", "an array the schema does not declare")
+                )
                 continue
             shape, dtype = schema.arrays[key]
             if not _shape_ok(tuple(arr.shape), shape) or str(arr.dtype) != dtype:
-                out.append((key, "schema", f"shape {tuple(arr.shape)} {arr.dtype}; declared {shape} {dtype}"))
+                out.append(
+                    (
+                        key,
+                        "schema",
+                        f"shape {tuple(arr.shape)} {arr.dtype}; declared {shape} {dtype}",
+                    )
+                )
         for key in sorted(set(schema.arrays) - set(got)):
             out.append((key, "schema", "a declared array is missing"))
         out += self._scalar_problems(rd, schema)
@@ -123,23 +156,47 @@ class EgressGuard:
             for key, value in rd["metrics"].items():
                 rule = schema.metrics.get(key)
                 if rule is None:
-                    out.append((f"metrics/{self._name(key, False)}", "schema", "a metric the schema does not declare"))
-                elif not isinstance(value, (int, float)) or not np.isfinite(value) or not rule.lo <= value <= rule.hi:
-                    out.append((f"metrics/{key}", "range", f"outside the declared range [{rule.lo:g}, {rule.hi:g}]"))
+                    out.append(
+                        (
+                            f"metrics/{self._name(key, False)}",
+                            "schema",
+                            "a metric the schema does not declare",
+                        )
+                    )
+                elif (
+                    not isinstance(value, (int, float))
+                    or not np.isfinite(value)
+                    or not rule.lo <= value <= rule.hi
+                ):
+                    out.append(
+                        (
+                            f"metrics/{key}",
+                            "range",
+                            f"outside the declared range [{rule.lo:g}, {rule.hi:g}]",
+                        )
+                    )
         tables = {"config": schema.config, **schema.records}
         for name, record in rd.config_records.items():
             if name == "meta" or name not in tables:
                 continue
             for key, value in record.items():
-                allowed = tables[name].get(key) if name == "config" else tables[name].get(key.split(".", 1)[-1])
-                where = f"{name}/{key}" if allowed is not None else f"{name}/{self._name(key, False)}"
+                allowed = (
+                    tables[name].get(key)
+                    if name == "config"
+                    else tables[name].get(key.split(".", 1)[-1])
+                )
+                where = (
+                    f"{name}/{key}" if allowed is not None else f"{name}/{self._name(key, False)}"
+                )
                 if allowed is None:
                     out.append((where, "schema", "a config key the schema does not declare"))
                 elif isinstance(allowed, tuple):
                     if not isinstance(value, str) or value not in allowed:
                         out.append((where, "schema", "a string outside its declared enumeration"))
                 elif not isinstance(value, allowed) or isinstance(value, bool) != (allowed is bool):
-                    out.append((where, "schema", f"a value that is not a declared {allowed.__name__}"))
+                    out.append(
+                        (where, "schema", f"a value that is not a declared {allowed.__name__}")
+                    )
         return out
 
     # -- second line: the content ---------------------------------------------------------
@@ -150,24 +207,44 @@ class EgressGuard:
             for key, arr in record.items():
                 a = arr.numpy()
                 self.checked_arrays += 1
-                hits = self.blocklist.match_all(a) if self.mode == "record" else [self.blocklist.match(a)]
+                hits = (
+                    self.blocklist.match_all(a)
+                    if self.mode == "record"
+                    else [self.blocklist.match(a)]
+                )
                 hits = [h_ for h_ in hits if h_]
                 out += [(f"{group}/{key}", rule, detail) for rule, detail in hits]
                 if not hits and self.windows is not None and a.dtype.kind == "f":
                     at = self.windows.find(a)
                     if at is not None:
-                        out.append((f"{group}/{key}", "offset-copy", f"values {at}-{at + 15} copy a run of real "
-                                                                     f"pixel or mask values"))
+                        out.append(
+                            (
+                                f"{group}/{key}",
+                                "offset-copy",
+                                f"values {at}-{at + 15} copy a run of real pixel or mask values",
+                            )
+                        )
         if self.windows is not None and "metrics" in rd.metric_records:
             items = [(k, float(v)) for k, v in rd["metrics"].items() if isinstance(v, (int, float))]
             at = self.windows.find(np.array([v for _, v in items]))
             if at is not None:  # every metric of the run is an offending entry
-                out += [(f"metrics/{self._name(k, k in schema.metrics)}", "scalar-run",
-                         f"metric values {at}-{at + 15} copy a run of real values") for k, _ in items[at:at + 16]]
+                out += [
+                    (
+                        f"metrics/{self._name(k, k in schema.metrics)}",
+                        "scalar-run",
+                        f"metric values {at}-{at + 15} copy a run of real values",
+                    )
+                    for k, _ in items[at : at + 16]
+                ]
         nbytes = describe(rd)["bytes"]
         if nbytes > self.budgets.get(kind, 0):
-            out.append(("arrays", "budget", f"{nbytes} array bytes exceed the {kind} budget of "
-                                            f"{self.budgets.get(kind, 0)}"))
+            out.append(
+                (
+                    "arrays",
+                    "budget",
+                    f"{nbytes} array bytes exceed the {kind} budget of {self.budgets.get(kind, 0)}",
+                )
+            )
         return out
 
     # -- the check ------------------------------------------------------------------------
@@ -181,7 +258,9 @@ class EgressGuard:
             problems = self._schema_problems(rd, schema)
             self._record(rd, schema, problems)
             if not any(rule == "kind" for _, rule, _ in problems):
-                if self.mode == "warn" and problems:  # what is left after the schema's removals is checked
+                if (
+                    self.mode == "warn" and problems
+                ):  # what is left after the schema's removals is checked
                     self._remove(rd, schema, problems)
                     problems = []
                 content = self._content_problems(rd, schema)
@@ -199,10 +278,15 @@ class EgressGuard:
     def _record(self, rd: RecordDict, schema: Schema, problems: list[tuple[str, str, str]]) -> None:
         """Record each violation; in strict mode the first one stops the message."""
         kind = str(rd["meta"]["kind"]) if "meta" in rd.config_records else "?"
-        action = {"strict": "stopped", "warn": "blocked", "record": "allowed (non-private method)"}[self.mode]
+        action = {"strict": "stopped", "warn": "blocked", "record": "allowed (non-private method)"}[
+            self.mode
+        ]
         for key, rule, detail in problems:
-            self.violations.append(Violation(self.site, kind if kind == schema.kind else "?", key, rule, detail,
-                                             action))
+            self.violations.append(
+                Violation(
+                    self.site, kind if kind == schema.kind else "?", key, rule, detail, action
+                )
+            )
             if self.mode == "strict":
                 raise EgressViolation(self.site, key, rule, detail)
 
@@ -214,12 +298,16 @@ class EgressGuard:
         for key in list(rec.keys()):
             rule = schema.metrics.get(key)
             if rule is not None and isinstance(rec[key], float) and np.isfinite(rec[key]):
-                rec[key] = float(np.clip(round(rec[key] / rule.quantum) * rule.quantum, rule.lo, rule.hi))
+                rec[key] = float(
+                    np.clip(round(rec[key] / rule.quantum) * rule.quantum, rule.lo, rule.hi)
+                )
 
     def _remove(self, rd: RecordDict, schema: Schema, problems: list[tuple[str, str, str]]) -> None:
         """Warn mode: remove each offending entry (found again by content, since undeclared keys
         are not named), and nothing else."""
-        if any(rule == "kind" for _, rule, _ in problems):  # a message of the wrong kind: nothing goes
+        if any(
+            rule == "kind" for _, rule, _ in problems
+        ):  # a message of the wrong kind: nothing goes
             for name in [n for n in rd.keys() if n != "meta"]:
                 del rd[name]
             return
@@ -248,7 +336,13 @@ class EgressGuard:
 
     def report(self) -> dict:
         """Counts, time and violations (for the privacy audit)."""
-        return {"site": self.site, "mode": self.mode, "checked_messages": self.checked_messages,
-                "checked_bytes": self.checked_bytes, "checked_arrays": self.checked_arrays,
-                "seconds": self.seconds, "build_seconds": self.build_seconds,
-                "violations": [asdict(v) for v in self.violations]}
+        return {
+            "site": self.site,
+            "mode": self.mode,
+            "checked_messages": self.checked_messages,
+            "checked_bytes": self.checked_bytes,
+            "checked_arrays": self.checked_arrays,
+            "seconds": self.seconds,
+            "build_seconds": self.build_seconds,
+            "violations": [asdict(v) for v in self.violations],
+        }

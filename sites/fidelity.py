@@ -17,8 +17,15 @@ from simulator.seeding import torch_generator
 from simulator.segmentation import build_model, dice_per_image, predict, seg_loss
 
 
-def train_segmenter(x: np.ndarray, y: np.ndarray, steps: int, seed: int, width: int = 8, depth: int = 3,
-                    batch: int = 16) -> torch.nn.Module:
+def train_segmenter(
+    x: np.ndarray,
+    y: np.ndarray,
+    steps: int,
+    seed: int,
+    width: int = 8,
+    depth: int = 3,
+    batch: int = 16,
+) -> torch.nn.Module:
     """The TSTR segmenter trained on (x, y) for ``steps`` steps from ``seed``."""
     model = build_model(x.shape[1], width, depth, seed=seed).to(memory_format=torch.channels_last)
     opt = Adam(model.parameters(), lr=2e-3)
@@ -34,19 +41,28 @@ def train_segmenter(x: np.ndarray, y: np.ndarray, steps: int, seed: int, width: 
     return model
 
 
-def _train_and_test(x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, steps: int,
-                    seed: int) -> float:
+def _train_and_test(
+    x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, steps: int, seed: int
+) -> float:
     pred = predict(train_segmenter(x, y, steps, seed), torch.from_numpy(test_x).float())
     return float(dice_per_image(pred, torch.from_numpy(test_y.astype(np.float32))).mean())
 
 
-def tstr(real: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
-         synth: tuple[np.ndarray, np.ndarray], steps: int, seed: int) -> dict[str, float]:
+def tstr(
+    real: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    synth: tuple[np.ndarray, np.ndarray],
+    steps: int,
+    seed: int,
+) -> dict[str, float]:
     """Dice on the real test split after training on synthetic vs real pairs, and their ratio."""
     d_syn = _train_and_test(*synth, *test, steps=steps, seed=seed)
     d_real = _train_and_test(*real, *test, steps=steps, seed=seed)
-    return {"tstr_dice_synthetic": d_syn, "tstr_dice_real": d_real,
-            "tstr_ratio": d_syn / d_real if d_real > 0 else float("nan")}
+    return {
+        "tstr_dice_synthetic": d_syn,
+        "tstr_dice_real": d_real,
+        "tstr_ratio": d_syn / d_real if d_real > 0 else float("nan"),
+    }
 
 
 def intensity_distance(real_x: np.ndarray, synth_x: np.ndarray, bins: int = 32) -> dict[str, float]:

@@ -57,9 +57,15 @@ def auc(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> float:
     return float(((m > n).sum() + 0.5 * (m == n).sum()) / (m.size * n.size))
 
 
-def membership_inference(backbone: SMDBackbone, prompt: np.ndarray, train: tuple[np.ndarray, np.ndarray],
-                         held_out: tuple[np.ndarray, np.ndarray], seed: int, repeats: int = 2,
-                         n_boot: int = 500) -> dict[str, float]:
+def membership_inference(
+    backbone: SMDBackbone,
+    prompt: np.ndarray,
+    train: tuple[np.ndarray, np.ndarray],
+    held_out: tuple[np.ndarray, np.ndarray],
+    seed: int,
+    repeats: int = 2,
+    n_boot: int = 500,
+) -> dict[str, float]:
     """AUC of the denoising-loss attack (lower loss = member) with a bootstrap 95% interval."""
     size = backbone.spec.image_size
     tok = torch.from_numpy(prompt)[None]
@@ -77,5 +83,10 @@ def membership_inference(backbone: SMDBackbone, prompt: np.ndarray, train: tuple
     value = auc(-lm, -ln)
     rng = numpy_rng(seed)
     boots = [auc(-lm[rng.integers(0, n, n)], -ln[rng.integers(0, n, n)]) for _ in range(n_boot)]
-    return {"mia_auc": value, "mia_auc_low": float(np.quantile(boots, 0.025)),
-            "mia_auc_high": float(np.quantile(boots, 0.975)), "mia_members": n, "mia_nonmembers": n}
+    return {
+        "mia_auc": value,
+        "mia_auc_low": float(np.quantile(boots, 0.025)),
+        "mia_auc_high": float(np.quantile(boots, 0.975)),
+        "mia_members": n,
+        "mia_nonmembers": n,
+    }

@@ -30,7 +30,9 @@ from simulator.seeding import torch_generator
 from simulator.smd.backbone import SMDBackbone, to_model_space
 
 
-def _fixed_loss(backbone: SMDBackbone, x: torch.Tensor, tokens: torch.Tensor, seed: int = 0) -> float:
+def _fixed_loss(
+    backbone: SMDBackbone, x: torch.Tensor, tokens: torch.Tensor, seed: int = 0
+) -> float:
     """Denoising loss on a fixed draw of noises and timesteps (comparable across prompts)."""
     with torch.no_grad():
         return float(backbone.denoise_loss(x, tokens, torch_generator(seed)))
@@ -40,7 +42,9 @@ class _EarlyStop:
     """Ends a tuning phase when ``every`` steps improved the probe loss by less than ``tol``
     (relative), keeping the best parameters seen; ``tol`` 0: the phase runs all its steps."""
 
-    def __init__(self, loss_of, start: torch.Tensor, start_loss: float, tol: float, every: int) -> None:
+    def __init__(
+        self, loss_of, start: torch.Tensor, start_loss: float, tol: float, every: int
+    ) -> None:
         self.loss_of, self.tol, self.every = loss_of, tol, max(1, every)
         self.best, self.best_loss, self.checks = start.detach().clone(), start_loss, 0
 
@@ -68,9 +72,18 @@ class _EarlyStop:
         return self.best
 
 
-def tune_prompt(backbone: SMDBackbone, images: np.ndarray, masks: np.ndarray, steps: int, lr: float,
-                batch: int, gen: torch.Generator, candidates: int = 32, stop_tol: float = 0.0,
-                check_every: int = 3) -> tuple[np.ndarray, dict[str, float]]:
+def tune_prompt(
+    backbone: SMDBackbone,
+    images: np.ndarray,
+    masks: np.ndarray,
+    steps: int,
+    lr: float,
+    batch: int,
+    gen: torch.Generator,
+    candidates: int = 32,
+    stop_tol: float = 0.0,
+    check_every: int = 3,
+) -> tuple[np.ndarray, dict[str, float]]:
     """Return the tuned prompt (K, D) float32 and scalar logs.
 
     With ``stop_tol`` > 0 each phase checks the loss on the fixed probe every ``check_every`` steps
@@ -93,8 +106,13 @@ def tune_prompt(backbone: SMDBackbone, images: np.ndarray, masks: np.ndarray, st
     cond = cands[best].clone().requires_grad_(True)
     taken = 0
     # 2. coarse: the appearance vector
-    stop = _EarlyStop(lambda c: _fixed_loss(backbone, probe, backbone.tokens_from_condition(c[None])),
-                      cond, scores[best], stop_tol, check_every)
+    stop = _EarlyStop(
+        lambda c: _fixed_loss(backbone, probe, backbone.tokens_from_condition(c[None])),
+        cond,
+        scores[best],
+        stop_tol,
+        check_every,
+    )
     opt = Adam([cond], lr=0.05)
     coarse = steps // 2
     for k in range(coarse):
@@ -111,8 +129,13 @@ def tune_prompt(backbone: SMDBackbone, images: np.ndarray, masks: np.ndarray, st
     # 3. fine: free tokens
     with torch.no_grad():
         prompt = backbone.tokens_from_condition(cond.detach()[None])[0].clone()
-    stop = _EarlyStop(lambda p: _fixed_loss(backbone, probe, p[None]), prompt, stop.best_loss, stop_tol,
-                      check_every)
+    stop = _EarlyStop(
+        lambda p: _fixed_loss(backbone, probe, p[None]),
+        prompt,
+        stop.best_loss,
+        stop_tol,
+        check_every,
+    )
     prompt.requires_grad_(True)
     opt = Adam([prompt], lr=lr)
     fine = 0
@@ -128,8 +151,16 @@ def tune_prompt(backbone: SMDBackbone, images: np.ndarray, masks: np.ndarray, st
             break
     prompt = stop.finish(prompt, fine)
     checks += stop.checks
-    final_loss = stop.best_loss if stop_tol > 0 else _fixed_loss(backbone, probe, prompt[None].detach())
-    logs = {"prompt_steps": taken, "prompt_steps_planned": steps, "prompt_seconds": time.perf_counter() - t0,
-            "prompt_loss_init": init_loss, "prompt_loss_search": float(min(scores)),
-            "prompt_loss_final": final_loss, "prompt_checks": checks}
+    final_loss = (
+        stop.best_loss if stop_tol > 0 else _fixed_loss(backbone, probe, prompt[None].detach())
+    )
+    logs = {
+        "prompt_steps": taken,
+        "prompt_steps_planned": steps,
+        "prompt_seconds": time.perf_counter() - t0,
+        "prompt_loss_init": init_loss,
+        "prompt_loss_search": float(min(scores)),
+        "prompt_loss_final": final_loss,
+        "prompt_checks": checks,
+    }
     return prompt.detach().cpu().numpy().astype(np.float32), logs

@@ -91,8 +91,14 @@ def _to_square(img: np.ndarray, size: int, interpolation: int) -> np.ndarray:
 
 
 def _raw_stats(img: np.ndarray) -> dict[str, float]:
-    return {"height": img.shape[0], "width": img.shape[1], "min": float(img.min()),
-            "max": float(img.max()), "mean": float(img.mean()), "std": float(img.std())}
+    return {
+        "height": img.shape[0],
+        "width": img.shape[1],
+        "min": float(img.min()),
+        "max": float(img.max()),
+        "mean": float(img.mean()),
+        "std": float(img.std()),
+    }
 
 
 def _read_png(path: Path, problems: Problems, flags: int) -> np.ndarray | None:
@@ -141,21 +147,31 @@ def _pairs(image_dir: Path, mask_dir: Path, problems: Problems) -> list[tuple[Pa
     return pairs
 
 
-def _read_pair(img_path: Path, mask_path: Path, split: str | None, size: int, problems: Problems,
-               binarise: Callable[[np.ndarray, Path, Problems], np.ndarray | None]) -> Case | None:
+def _read_pair(
+    img_path: Path,
+    mask_path: Path,
+    split: str | None,
+    size: int,
+    problems: Problems,
+    binarise: Callable[[np.ndarray, Path, Problems], np.ndarray | None],
+) -> Case | None:
     img = _read_png(img_path, problems, cv2.IMREAD_UNCHANGED)
     mask = _read_png(mask_path, problems, cv2.IMREAD_GRAYSCALE)
     if img is None or mask is None:
         return None
     if img.shape[:2] != mask.shape[:2]:
-        problems.report(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {img_path.name} "
-                        f"is {img.shape[1]}x{img.shape[0]}; expected the same size")
+        problems.report(
+            f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {img_path.name} "
+            f"is {img.shape[1]}x{img.shape[0]}; expected the same size"
+        )
         return None
     binary = binarise(mask, mask_path, problems)
     if binary is None:
         return None
     raw = _raw_stats(img)
-    return Case(_stem(img_path), split, _image_array(img, size)[None], _mask_array(binary, size)[None], raw)
+    return Case(
+        _stem(img_path), split, _image_array(img, size)[None], _mask_array(binary, size)[None], raw
+    )
 
 
 def _binary_mask(mask: np.ndarray, path: Path, problems: Problems) -> np.ndarray | None:
@@ -181,8 +197,10 @@ def read_folder(site_dir: Path, size: int, problems: Problems, target: str = "au
     cases, files = [], 0
     for split, root in layouts:
         if not (root / "images").is_dir():
-            problems.report(f"{root / 'images'}: missing; expected images/ and masks/ of PNG files "
-                            f"paired by name")
+            problems.report(
+                f"{root / 'images'}: missing; expected images/ and masks/ of PNG files "
+                f"paired by name"
+            )
             continue
         for img, mask in _pairs(root / "images", root / "masks", problems):
             files += 2
@@ -198,24 +216,37 @@ def _fundus_mask(target: str) -> Callable[[np.ndarray, Path, Problems], np.ndarr
         near = (mask <= 32) | ((mask >= 96) & (mask <= 160)) | (mask >= 224)
         if not near.all():
             bad = np.unique(mask[~near])
-            problems.report(f"{path}: mask has values {_list(bad)}; expected grey levels 0 (cup), "
-                            f"128 (disc) and 255 (background)")
+            problems.report(
+                f"{path}: mask has values {_list(bad)}; expected grey levels 0 (cup), "
+                f"128 (disc) and 255 (background)"
+            )
             return None
         return (mask <= 32).astype(np.uint8) if target == "cup" else (mask <= 160).astype(np.uint8)
+
     return binarise
 
 
 def read_fundus(site_dir: Path, size: int, problems: Problems, target: str = "auto") -> Read:
     """Every ``image`` folder under ``SITE`` with its sibling ``mask`` folder."""
     target = "disc" if target == "auto" else target
-    image_dirs = sorted(p for p in site_dir.rglob("*") if p.is_dir() and p.name.lower() in ("image", "images"))
+    image_dirs = sorted(
+        p for p in site_dir.rglob("*") if p.is_dir() and p.name.lower() in ("image", "images")
+    )
     if not image_dirs:
-        problems.report(f"{site_dir}: no image/ folder found; expected {site_dir.name}/.../image/*.png "
-                        f"with .../mask/*.png beside it")
+        problems.report(
+            f"{site_dir}: no image/ folder found; expected {site_dir.name}/.../image/*.png "
+            f"with .../mask/*.png beside it"
+        )
     cases, files = [], 0
     for image_dir in image_dirs:
-        mask_dir = next((image_dir.parent / n for n in ("mask", "masks", "Mask") if (image_dir.parent / n).is_dir()),
-                        image_dir.parent / "mask")
+        mask_dir = next(
+            (
+                image_dir.parent / n
+                for n in ("mask", "masks", "Mask")
+                if (image_dir.parent / n).is_dir()
+            ),
+            image_dir.parent / "mask",
+        )
         parts = {p.lower() for p in image_dir.relative_to(site_dir).parts}
         split = next((s for s in SPLITS if s in parts), None)
         for img, mask in _pairs(image_dir, mask_dir, problems):
@@ -248,46 +279,65 @@ def read_prostate(site_dir: Path, size: int, problems: Problems, target: str = "
     for name, vol_path in volumes.items():
         seg_path = segs.pop(name, None)
         if seg_path is None:
-            problems.report(f"{vol_path}: no segmentation; expected {site_dir / (name + '_segmentation.nii.gz')}")
+            problems.report(
+                f"{vol_path}: no segmentation; expected {site_dir / (name + '_segmentation.nii.gz')}"
+            )
             continue
         files += 2
         try:
             vol = np.asarray(nib.load(str(vol_path)).dataobj, dtype=np.float32)
         except Exception as exc:  # nibabel raises several types for bad files
-            problems.report(f"{vol_path}: unreadable ({type(exc).__name__}: {exc}); expected a NIfTI volume")
+            problems.report(
+                f"{vol_path}: unreadable ({type(exc).__name__}: {exc}); expected a NIfTI volume"
+            )
             continue
         try:
             seg = np.asarray(nib.load(str(seg_path)).dataobj)
         except Exception as exc:
-            problems.report(f"{seg_path}: unreadable ({type(exc).__name__}: {exc}); expected a NIfTI volume")
+            problems.report(
+                f"{seg_path}: unreadable ({type(exc).__name__}: {exc}); expected a NIfTI volume"
+            )
             continue
         vol, seg = np.squeeze(vol), np.squeeze(seg)
         if vol.ndim != 3:
             problems.report(f"{vol_path}: has shape {vol.shape}; expected a 3-D volume")
             continue
         if seg.shape != vol.shape:
-            problems.report(f"{seg_path}: segmentation has shape {seg.shape} but {vol_path.name} has "
-                            f"{vol.shape}; expected the same shape")
+            problems.report(
+                f"{seg_path}: segmentation has shape {seg.shape} but {vol_path.name} has "
+                f"{vol.shape}; expected the same shape"
+            )
             continue
         labels = np.unique(seg)
         if (labels < 0).any() or not np.allclose(labels, np.round(labels)):
-            problems.report(f"{seg_path}: segmentation has values {_list(labels)}; expected integer labels "
-                            f"(0 = background, > 0 = prostate)")
+            problems.report(
+                f"{seg_path}: segmentation has values {_list(labels)}; expected integer labels "
+                f"(0 = background, > 0 = prostate)"
+            )
             continue
         organ = seg > 0
         zs = np.flatnonzero(organ.sum(axis=(0, 1)))
         if len(zs) == 0:
-            problems.report(f"{seg_path}: no slice contains the prostate; expected a non-empty segmentation")
+            problems.report(
+                f"{seg_path}: no slice contains the prostate; expected a non-empty segmentation"
+            )
             continue
         norm = _normalise_volume(vol)
         imgs = np.stack([_to_square(norm[:, :, z].T, size, cv2.INTER_AREA) for z in zs])[:, None]
-        masks = np.stack([_to_square(organ[:, :, z].T.astype(np.uint8), size, cv2.INTER_NEAREST)
-                          for z in zs])[:, None]
-        raw = {"height": vol.shape[1], "width": vol.shape[0], "depth": vol.shape[2], **{
-            k: v for k, v in _raw_stats(vol).items() if k not in ("height", "width")}}
+        masks = np.stack(
+            [_to_square(organ[:, :, z].T.astype(np.uint8), size, cv2.INTER_NEAREST) for z in zs]
+        )[:, None]
+        raw = {
+            "height": vol.shape[1],
+            "width": vol.shape[0],
+            "depth": vol.shape[2],
+            **{k: v for k, v in _raw_stats(vol).items() if k not in ("height", "width")},
+        }
         cases.append(Case(name, None, imgs, masks, raw))
     for name, seg_path in sorted(segs.items()):
-        problems.report(f"{seg_path}: segmentation without a volume; expected {site_dir / (name + '.nii.gz')}")
+        problems.report(
+            f"{seg_path}: segmentation without a volume; expected {site_dir / (name + '.nii.gz')}"
+        )
     return Read(cases, problems.found, files)
 
 
@@ -298,7 +348,9 @@ READERS: dict[str, Callable[[Path, int, Problems, str], Read]] = {
 }
 
 
-def split_cases(cases: list[Case], test_fraction: float, seed: int, site_dir: Path) -> tuple[list[Case], list[Case]]:
+def split_cases(
+    cases: list[Case], test_fraction: float, seed: int, site_dir: Path
+) -> tuple[list[Case], list[Case]]:
     """The layout's own train/test folders when it has them, else a seeded split by case."""
     if any(c.split for c in cases):
         train = [c for c in cases if c.split != "test"]
@@ -311,12 +363,16 @@ def split_cases(cases: list[Case], test_fraction: float, seed: int, site_dir: Pa
         train = [cases[i] for i in sorted(idx[n_test:])]
     if not train or not test:
         which = "train" if not train else "test"
-        raise DataError(f"{site_dir}: no {which} cases ({len(cases)} cases in all); expected at least one "
-                        f"train and one test case")
+        raise DataError(
+            f"{site_dir}: no {which} cases ({len(cases)} cases in all); expected at least one "
+            f"train and one test case"
+        )
     return train, test
 
 
-def read_site(kind: str, site_dir: Path, size: int, target: str = "auto", collect: bool = False) -> Read:
+def read_site(
+    kind: str, site_dir: Path, size: int, target: str = "auto", collect: bool = False
+) -> Read:
     """Read one site folder with the reader of ``kind``; an empty site is an error."""
     if kind not in READERS:
         raise DataError(f"unknown data layout {kind!r}; expected one of {', '.join(READERS)}")
@@ -325,8 +381,9 @@ def read_site(kind: str, site_dir: Path, size: int, target: str = "auto", collec
     problems = Problems(collect=collect)
     read = READERS[kind](site_dir, size, problems, target)
     if not read.cases:
-        problems.report(f"{site_dir}: empty site; expected at least two readable cases "
-                        f"in the {kind} layout")
+        problems.report(
+            f"{site_dir}: empty site; expected at least two readable cases in the {kind} layout"
+        )
     return read
 
 
@@ -334,5 +391,7 @@ def stack(cases: list[Case]) -> tuple[np.ndarray, np.ndarray]:
     channels = {c.images.shape[1] for c in cases}
     if len(channels) > 1:
         names = {c.images.shape[1]: c.name for c in cases}
-        raise DataError(f"cases with different channel counts: {names}; expected one count per site")
+        raise DataError(
+            f"cases with different channel counts: {names}; expected one count per site"
+        )
     return np.concatenate([c.images for c in cases]), np.concatenate([c.masks for c in cases])

@@ -66,9 +66,16 @@ class Site:
     cannot be read raises :class:`~simulator.errors.DataError` from that first call.
     """
 
-    def __init__(self, name: str, spec: SiteSpec, method_factory: MethodFactory,
-                 torch_threads: int = 1, device: str = "auto", privacy_mode: str = "strict",
-                 trace_file: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        spec: SiteSpec,
+        method_factory: MethodFactory,
+        torch_threads: int = 1,
+        device: str = "auto",
+        privacy_mode: str = "strict",
+        trace_file: str | None = None,
+    ) -> None:
         self._threads = max(1, int(torch_threads))
         torch.set_num_threads(self._threads)
         if trace_file and spec.data_dir:
@@ -79,7 +86,9 @@ class Site:
         self._method_factory = method_factory
         self._privacy_mode = privacy_mode
         self._visit: LocalVisit | None = None
-        self._backbone_key: tuple[str, str] | None = None  # the public SMD backbone loaded: (key, digest)
+        self._backbone_key: tuple[str, str] | None = (
+            None  # the public SMD backbone loaded: (key, digest)
+        )
         self._backbone_model = None
         self._prompt: np.ndarray | None = None  # this site's own tuned prompt
         self._session = time.time_ns() // 1000  # this start of the site's process (microseconds)
@@ -107,10 +116,22 @@ class Site:
     def _guard(self) -> EgressGuard:
         d = self._data
         t0 = time.perf_counter()
-        blocklist = Blocklist({"train_image": d.train_x, "train_mask": d.train_y,
-                               "test_image": d.test_x, "test_mask": d.test_y})
-        windows = WindowIndex({"train_image": d.train_x, "train_mask": d.train_y, "test_image": d.test_x,
-                               "test_mask": d.test_y})
+        blocklist = Blocklist(
+            {
+                "train_image": d.train_x,
+                "train_mask": d.train_y,
+                "test_image": d.test_x,
+                "test_mask": d.test_y,
+            }
+        )
+        windows = WindowIndex(
+            {
+                "train_image": d.train_x,
+                "train_mask": d.train_y,
+                "test_image": d.test_x,
+                "test_mask": d.test_y,
+            }
+        )
         guard = EgressGuard(self.name, blocklist, mode=self._privacy_mode, windows=windows)
         guard.build_seconds = time.perf_counter() - t0
         return guard
@@ -118,17 +139,35 @@ class Site:
     @cached_property
     def _tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         d, dev = self._data, self.device
-        return (torch.from_numpy(d.train_x).to(dev), torch.from_numpy(d.train_y.astype(np.float32)).to(dev),
-                torch.from_numpy(d.test_x).to(dev), torch.from_numpy(d.test_y.astype(np.float32)).to(dev))
+        return (
+            torch.from_numpy(d.train_x).to(dev),
+            torch.from_numpy(d.train_y.astype(np.float32)).to(dev),
+            torch.from_numpy(d.test_x).to(dev),
+            torch.from_numpy(d.test_y.astype(np.float32)).to(dev),
+        )
 
     # -- what leaves goes through here -------------------------------------------------
-    def _schema(self, kind: str = "metrics", metrics: Mapping[str, MetricRule] | None = None,
-                arrays: Mapping[str, tuple[tuple[int | None, ...], str]] | None = None,
-                config: Mapping[str, Any] | None = None, records: Mapping[str, Mapping[str, Any]] | None = None,
-                dst: str = "learner", groups: tuple[str, ...] = ()) -> Schema:
+    def _schema(
+        self,
+        kind: str = "metrics",
+        metrics: Mapping[str, MetricRule] | None = None,
+        arrays: Mapping[str, tuple[tuple[int | None, ...], str]] | None = None,
+        config: Mapping[str, Any] | None = None,
+        records: Mapping[str, Mapping[str, Any]] | None = None,
+        dst: str = "learner",
+        groups: tuple[str, ...] = (),
+    ) -> Schema:
         """The declared shape of one message this site is about to send."""
-        return Schema(kind, f"site:{self.name}", (dst,), arrays or {}, metrics or {}, config or {}, records or {},
-                      groups)
+        return Schema(
+            kind,
+            f"site:{self.name}",
+            (dst,),
+            arrays or {},
+            metrics or {},
+            config or {},
+            records or {},
+            groups,
+        )
 
     def _send(self, payload: Payload, schema: Schema) -> RecordDict:
         return self._emit(payload.to_record(src=schema.src, dst=schema.dsts[0]), schema)
@@ -137,7 +176,9 @@ class Site:
         """The last step of every outgoing message: the egress guard, against its declared schema."""
         return self._guard.check(rd, schema)
 
-    def _metrics(self, declared: Mapping[str, MetricRule], dst: str = "learner", **values: float) -> RecordDict:
+    def _metrics(
+        self, declared: Mapping[str, MetricRule], dst: str = "learner", **values: float
+    ) -> RecordDict:
         return self._send(MetricsReply(values), self._schema(metrics=declared, dst=dst))
 
     def describe(self) -> RecordDict:
@@ -152,7 +193,9 @@ class Site:
             "foreground_fraction": float(d.train_y.mean()),
             "intensity_mean": float(d.train_x.mean()),
             "intensity_std": float(d.train_x.std()),
-            "data_bytes": int(d.train_x.nbytes + d.train_y.nbytes + d.test_x.nbytes + d.test_y.nbytes),
+            "data_bytes": int(
+                d.train_x.nbytes + d.train_y.nbytes + d.test_x.nbytes + d.test_y.nbytes
+            ),
         }
         stats.update({f"acq_{k}": v for k, v in d.description.items()})
         return self._metrics(schemas.DESCRIBE, **stats)
@@ -161,8 +204,12 @@ class Site:
     def start_visit(self, msg: RecordDict) -> RecordDict:
         """Receive the learner's weights, method and replay; prepare local training."""
         req = VisitRequest.from_record(msg)
-        self._visit = LocalVisit.start(req, self.name, self._tensors[:2], self.device, self._method_factory)
-        return self._metrics(schemas.VISIT_START, steps=req.steps, replay_sites=len(self._visit.replay))
+        self._visit = LocalVisit.start(
+            req, self.name, self._tensors[:2], self.device, self._method_factory
+        )
+        return self._metrics(
+            schemas.VISIT_START, steps=req.steps, replay_sites=len(self._visit.replay)
+        )
 
     def _crash_point(self, step: int) -> None:
         if self._crash_in == "visit" and step > 0:
@@ -172,8 +219,13 @@ class Site:
         """Run up to ``n_steps`` outer steps of the current visit; returns scalar logs."""
         v = self._require_visit()
         means, dt = v.run(n_steps, self._crash_point)
-        return self._metrics({**schemas.TRAIN, **v.method.log_names}, step=v.step, steps=v.ctx.steps, seconds=dt,
-                             **means)
+        return self._metrics(
+            {**schemas.TRAIN, **v.method.log_names},
+            step=v.step,
+            steps=v.ctx.steps,
+            seconds=dt,
+            **means,
+        )
 
     def finish_visit(self) -> RecordDict:
         """End the visit; export the trained weights and the method's state (kind ``model``)."""
@@ -184,11 +236,25 @@ class Site:
         self._visit = None
         method = type(v.method)
         arrays = {f"weights/{k}": spec for k, spec in v.received.items()}
-        arrays.update({f"state/{k}": spec for k, spec in method.state_spec(v.received).items() if k in state})
-        declared = {**schemas.MODEL, **method.log_names, **method.summary_names([self.name, *v.ctx.replay_sites])}
-        return self._send(ModelReply(weights, state, steps=v.step, train_seconds=v.seconds, mean_loss=mean_loss,
-                                     logs=logs),
-                          self._schema("model", declared, arrays, groups=("weights", "state")))
+        arrays.update(
+            {f"state/{k}": spec for k, spec in method.state_spec(v.received).items() if k in state}
+        )
+        declared = {
+            **schemas.MODEL,
+            **method.log_names,
+            **method.summary_names([self.name, *v.ctx.replay_sites]),
+        }
+        return self._send(
+            ModelReply(
+                weights,
+                state,
+                steps=v.step,
+                train_seconds=v.seconds,
+                mean_loss=mean_loss,
+                logs=logs,
+            ),
+            self._schema("model", declared, arrays, groups=("weights", "state")),
+        )
 
     def visit(self, msg: RecordDict) -> RecordDict:
         """A whole visit in one call (the form a Flower ClientApp uses)."""
@@ -212,7 +278,9 @@ class Site:
         with self._parallel_phase():
             pred = predict(model, test_x, req.eval_batch_size)
         dice = dice_per_image(pred, test_y).cpu().numpy()
-        return self._metrics(schemas.EVALUATE, dice=float(dice.mean()), dice_std=float(dice.std()), n=len(dice))
+        return self._metrics(
+            schemas.EVALUATE, dice=float(dice.mean()), dice_std=float(dice.std()), n=len(dice)
+        )
 
     def write_preview(self, msg: RecordDict) -> RecordDict:
         """Save ``n`` train images with mask outlines as one PNG on this site's own disk.
@@ -223,7 +291,9 @@ class Site:
         req = PreviewRequest.from_record(msg)
         real = self.spec.benchmark in ("folder", "prostate", "fundus")
         if real and not req.real:
-            raise ConfigError(f"site {self.name!r} holds real images: a preview needs --allow-real-previews")
+            raise ConfigError(
+                f"site {self.name!r} holds real images: a preview needs --allow-real-previews"
+            )
         folder = req.folder or (self.spec.data_dir if real else "")
         if not folder:
             raise ConfigError(f"site {self.name!r}: no folder to write its preview into")
@@ -231,7 +301,10 @@ class Site:
         path = Path(folder) / f"{self.name}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         d = self._data
-        tiles = [outlined_tile(d.train_x[i, 0], d.train_y[i, 0], 128) for i in range(min(n, len(d.train_x)))]
+        tiles = [
+            outlined_tile(d.train_x[i, 0], d.train_y[i, 0], 128)
+            for i in range(min(n, len(d.train_x)))
+        ]
         label(tiles[0], self.name)
         path.write_bytes(encode_png(np.concatenate(tiles, axis=0)))
         record_access(path, "preview")  # where real images went, even outside the data folders
@@ -246,8 +319,10 @@ class Site:
         if self._backbone_key != (key, sha256):
             path = backbone_file(key)
             if not path.exists():
-                raise FileNotFoundError(f"site {self.name!r}: no SMD backbone {key} in this site's cache ({path}); "
-                                        f"the learner sends it first (backbone_check, then backbone)")
+                raise FileNotFoundError(
+                    f"site {self.name!r}: no SMD backbone {key} in this site's cache ({path}); "
+                    f"the learner sends it first (backbone_check, then backbone)"
+                )
             self._backbone_model = load_backbone(path, self.device, sha256=sha256)
             self._backbone_key = (key, sha256)
         return self._backbone_model
@@ -276,8 +351,11 @@ class Site:
         req = BackboneOffer.from_record(msg)
         spec = SMDSpec.from_json(dict(req.spec))
         written = install_backbone(req.key, req.sha256, spec, req.state)
-        return self._metrics(schemas.BACKBONE_INSTALL, installed=int(written),
-                             backbone_bytes=int(sum(a.nbytes for a in req.state.values())))
+        return self._metrics(
+            schemas.BACKBONE_INSTALL,
+            installed=int(written),
+            backbone_bytes=int(sum(a.nbytes for a in req.state.values())),
+        )
 
     def tune_prompt(self, msg: RecordDict) -> RecordDict:
         """Invert this site's train pairs into a K x D prompt of the frozen public backbone."""
@@ -289,19 +367,43 @@ class Site:
         if req.dp_epsilon > 0:  # DP-SGD: every read of private data accounted, no private loss sent
             from sites.dp_prompt import dp_tune_prompt
 
-            prompt, logs = dp_tune_prompt(backbone, d.train_x, d.train_y, d.case_ids(), req.steps, req.lr,
-                                          req.batch, torch_generator(req.seed), req.dp_epsilon, req.dp_delta,
-                                          req.dp_clip)
+            prompt, logs = dp_tune_prompt(
+                backbone,
+                d.train_x,
+                d.train_y,
+                d.case_ids(),
+                req.steps,
+                req.lr,
+                req.batch,
+                torch_generator(req.seed),
+                req.dp_epsilon,
+                req.dp_delta,
+                req.dp_clip,
+            )
         else:
-            prompt, logs = tune_prompt(backbone, d.train_x, d.train_y, req.steps, req.lr, req.batch,
-                                       torch_generator(req.seed), candidates=req.candidates,
-                                       stop_tol=req.stop_tol, check_every=req.check_every)
+            prompt, logs = tune_prompt(
+                backbone,
+                d.train_x,
+                d.train_y,
+                req.steps,
+                req.lr,
+                req.batch,
+                torch_generator(req.seed),
+                candidates=req.candidates,
+                stop_tol=req.stop_tol,
+                check_every=req.check_every,
+            )
         self._prompt = prompt
         logs["data_bytes"] = int(d.train_x.nbytes + d.train_y.nbytes)
         spec = backbone.spec
-        return self._send(PromptReply(prompt, logs), self._schema(
-            "prompt", schemas.PROMPT_LOGS_DP if req.dp_epsilon > 0 else schemas.PROMPT_LOGS,
-            {"prompt/tokens": ((spec.tokens, spec.token_dim), "float32")}))
+        return self._send(
+            PromptReply(prompt, logs),
+            self._schema(
+                "prompt",
+                schemas.PROMPT_LOGS_DP if req.dp_epsilon > 0 else schemas.PROMPT_LOGS,
+                {"prompt/tokens": ((spec.tokens, spec.token_dim), "float32")},
+            ),
+        )
 
     def fidelity(self, msg: RecordDict) -> RecordDict:
         """Fidelity (TSTR, intensity distance) and memorisation of this site's replay; scalars leave."""
@@ -320,11 +422,16 @@ class Site:
         out.update(nearest_neighbours(synth[0], d.train_x, req.nn_threshold))
         prompt = self._prompt if self._prompt is not None else req.prompt.get("tokens")
         backbone = self._backbone_model
-        if backbone is None and prompt is not None and req.backbone_key:  # a process that did not tune it
+        if (
+            backbone is None and prompt is not None and req.backbone_key
+        ):  # a process that did not tune it
             backbone = self._backbone(req.backbone_key, req.backbone_sha256)
         if prompt is not None and backbone is not None:
-            out.update(membership_inference(backbone, prompt, (d.train_x, d.train_y), (d.test_x, d.test_y),
-                                            seed=req.seed))
+            out.update(
+                membership_inference(
+                    backbone, prompt, (d.train_x, d.train_y), (d.test_x, d.test_y), seed=req.seed
+                )
+            )
         out.update(fidelity_seconds=t1 - t0, memorisation_seconds=time.perf_counter() - t1)
         return self._metrics(schemas.FIDELITY, **out)
 
@@ -338,13 +445,19 @@ class Site:
 
         req = AttributeRequest.from_record(msg)
         if min(req.set_sizes, default=0) < MIN_SET or sum(req.set_sizes) != len(req.queries):
-            raise ValueError(f"site {self.name!r}: attribute: sets of {list(req.set_sizes)} images; expected "
-                             f"at least {MIN_SET} each, {len(req.queries)} in all")
+            raise ValueError(
+                f"site {self.name!r}: attribute: sets of {list(req.set_sizes)} images; expected "
+                f"at least {MIN_SET} each, {len(req.queries)} in all"
+            )
         with self._parallel_phase():
-            scores = train_detector_and_score(self._data.train_x, req.public, req.queries, req.steps, req.seed)
+            scores = train_detector_and_score(
+                self._data.train_x, req.public, req.queries, req.steps, req.seed
+            )
         bounds = np.cumsum([0, *req.set_sizes])
-        means = {f"score/{s}": float(scores[a:b].mean()) for s, a, b in zip(req.sets, bounds[:-1], bounds[1:],
-                                                                             strict=True)}
+        means = {
+            f"score/{s}": float(scores[a:b].mean())
+            for s, a, b in zip(req.sets, bounds[:-1], bounds[1:], strict=True)
+        }
         declared = {**schemas.SCORES, **{f"score/{s}": schemas.FRACTION for s in req.sets}}
         return self._metrics(declared, n_scored=len(scores), **means)
 
@@ -354,12 +467,22 @@ class Site:
         viol = rep.pop("violations")
         site, mode = rep.pop("site"), rep.pop("mode")
         rows = tuple({k: str(v) for k, v in row.items()} for row in viol[:200])
-        columns = {"site": (self.name,), "kind": (*EGRESS_KINDS, "?"), "key": str, "rule": schemas.RULES,
-                   "detail": str, "action": schemas.ACTIONS}
-        schema = self._schema(metrics=schemas.GUARD_COUNTS, config={"site": (self.name,), "mode": MODES,
-                                                                    "session": int},
-                              records={"violations": columns})
-        return self._send(GuardReport(site, mode, self._session, {**rep, "violations": len(viol)}, rows), schema)
+        columns = {
+            "site": (self.name,),
+            "kind": (*EGRESS_KINDS, "?"),
+            "key": str,
+            "rule": schemas.RULES,
+            "detail": str,
+            "action": schemas.ACTIONS,
+        }
+        schema = self._schema(
+            metrics=schemas.GUARD_COUNTS,
+            config={"site": (self.name,), "mode": MODES, "session": int},
+            records={"violations": columns},
+        )
+        return self._send(
+            GuardReport(site, mode, self._session, {**rep, "violations": len(viol)}, rows), schema
+        )
 
     def crash_during(self, phase: str) -> RecordDict:
         """Fault injection (``--inject-fault kill-site``): this process exits during its next

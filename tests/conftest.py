@@ -29,8 +29,14 @@ def start_session_ray() -> None:
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
-                 configure_logging=True, log_to_driver=False, _metrics_export_port=METRICS_PORT)
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            logging_level="ERROR",
+            configure_logging=True,
+            log_to_driver=False,
+            _metrics_export_port=METRICS_PORT,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -48,8 +54,18 @@ def smoke_spec():
     """A tiny phantom site spec."""
     from simulator.payloads import SiteSpec
 
-    return SiteSpec(benchmark="phantom", site="alpha", site_index=0, seed=7, image_size=32, n_train=12,
-                    n_test=6, target="auto", test_fraction=0.25, data_dir="")
+    return SiteSpec(
+        benchmark="phantom",
+        site="alpha",
+        site_index=0,
+        seed=7,
+        image_size=32,
+        n_train=12,
+        n_test=6,
+        target="auto",
+        test_fraction=0.25,
+        data_dir="",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +79,12 @@ def smd_backbone():
 
 
 #: the settings of :func:`smd_replay_run` (the grid-sharing test makes the same run from a shared folder)
-SMD_REPLAY_SETS = ("run.sites=2", "train.steps_per_stage=2", "run.method=smd_replay", "run.order=reverse")
+SMD_REPLAY_SETS = (
+    "run.sites=2",
+    "train.steps_per_stage=2",
+    "run.method=smd_replay",
+    "run.order=reverse",
+)
 
 
 @pytest.fixture(scope="session")
@@ -74,4 +95,6 @@ def smd_replay_run(ray_session, smd_backbone, tmp_path_factory):
     from simulator.driver import api
 
     out = tmp_path_factory.mktemp("smd-replay") / "run"
-    return api.run(build_config("smoke", parse_set([*SMD_REPLAY_SETS, f"run.out={out}"])), progress=False)
+    return api.run(
+        build_config("smoke", parse_set([*SMD_REPLAY_SETS, f"run.out={out}"])), progress=False
+    )

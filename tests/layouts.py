@@ -8,7 +8,9 @@ import cv2
 import numpy as np
 
 
-def blob_case(rng: np.random.Generator, h: int, w: int, channels: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def blob_case(
+    rng: np.random.Generator, h: int, w: int, channels: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """An image (uint8, grey or BGR) with a bright ellipse, and its binary mask (0/1)."""
     mask = np.zeros((h, w), np.uint8)
     centre = (int(rng.integers(w // 3, 2 * w // 3)), int(rng.integers(h // 3, 2 * h // 3)))
@@ -26,8 +28,14 @@ def write_png(path: Path, arr: np.ndarray) -> None:
     assert cv2.imwrite(str(path), arr), path
 
 
-def make_folder(root: Path, sites: tuple[str, ...] = ("siteA", "siteB"), n: int = 8, size: int = 40,
-                seed: int = 0, split_site: str | None = "siteB") -> Path:
+def make_folder(
+    root: Path,
+    sites: tuple[str, ...] = ("siteA", "siteB"),
+    n: int = 8,
+    size: int = 40,
+    seed: int = 0,
+    split_site: str | None = "siteB",
+) -> Path:
     """``SITE/images/*.png`` + ``SITE/masks/*.png`` (0/255); ``split_site`` uses train/ and test/."""
     rng = np.random.default_rng(seed)
     for site in sites:
@@ -41,7 +49,9 @@ def make_folder(root: Path, sites: tuple[str, ...] = ("siteA", "siteB"), n: int 
     return root
 
 
-def make_prostate(root: Path, sites: tuple[str, ...] = ("BIDMC", "HK"), cases: int = 4, seed: int = 0) -> Path:
+def make_prostate(
+    root: Path, sites: tuple[str, ...] = ("BIDMC", "HK"), cases: int = 4, seed: int = 0
+) -> Path:
     """``SITE/CaseXX.nii.gz`` + ``CaseXX_segmentation.nii.gz`` (capitalised at the second site)."""
     import nibabel as nib
 
@@ -78,7 +88,7 @@ def make_fundus(root: Path, domains: int = 2, n: int = 6, size: int = 48, seed: 
             mask[disc > 0] = 128
             ys, xs = np.nonzero(disc)
             cy, cx = int(ys.mean()), int(xs.mean())
-            mask[max(0, cy - 3):cy + 3, max(0, cx - 3):cx + 3] = 0  # the cup inside the disc
+            mask[max(0, cy - 3) : cy + 3, max(0, cx - 3) : cx + 3] = 0  # the cup inside the disc
             write_png(base / "image" / f"g{i:04d}.png", img)
             write_png(base / "mask" / f"g{i:04d}.png", mask)
     return root

@@ -31,12 +31,24 @@ def _batches(n, replay_sites=2, seed=1):
 def _run(name, batches, seed=0, dtype=torch.float32, **hp):
     """A fresh model and method trained on ``batches``; returns (method, logs, weights, ctx)."""
     model = build_model(1, 4, 2, seed=0).to(dtype)
-    batches = [Batch(b.x.to(dtype), b.y.to(dtype), {k: (x.to(dtype), y.to(dtype)) for k, (x, y) in b.replay.items()})
-               for b in batches]
+    batches = [
+        Batch(
+            b.x.to(dtype),
+            b.y.to(dtype),
+            {k: (x.to(dtype), y.to(dtype)) for k, (x, y) in b.replay.items()},
+        )
+        for b in batches
+    ]
     method = build_method(name, model, resolve_hparams(method_class(name), 1e-3, hp))
     replay_sites = sorted(batches[0].replay)
-    ctx = StageContext(site="a", stage=2 if replay_sites else 1, steps=len(batches), device=torch.device("cpu"),
-                       generator=torch.Generator().manual_seed(seed), replay_sites=replay_sites)
+    ctx = StageContext(
+        site="a",
+        stage=2 if replay_sites else 1,
+        steps=len(batches),
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(seed),
+        replay_sites=replay_sites,
+    )
     method.begin_stage(ctx)
     logs = [method.update(b) for b in batches]
     return method, logs, [p.detach().clone() for p in model.parameters()], ctx
@@ -62,8 +74,15 @@ def test_mldg_logs_its_group_alignment(name):
 
 def test_the_meta_terms_change_the_update_with_the_lookahead():
     batches = _batches(3)
-    rel = {la: np.mean([log["align_rel_change"] for log in _run("smg", batches, lookahead=la, stats_every=1)[1]])
-           for la in (0.0, 1.0, 5.0)}
+    rel = {
+        la: np.mean(
+            [
+                log["align_rel_change"]
+                for log in _run("smg", batches, lookahead=la, stats_every=1)[1]
+            ]
+        )
+        for la in (0.0, 1.0, 5.0)
+    }
     assert rel[0.0] == 0.0
     assert 0.0 < rel[1.0] < rel[5.0] and rel[5.0] > 0.01, rel
 
@@ -86,7 +105,9 @@ def test_matched_replay_is_smg_without_the_inner_step():
         assert any(not torch.equal(a, b) for a, b in zip(w_meta, w_matched, strict=True))
 
 
-@pytest.mark.parametrize("replay_sites, names", [(2, {"a", "s0", "s1"}), (0, {"a", "view1", "view2"})])
+@pytest.mark.parametrize(
+    "replay_sites, names", [(2, {"a", "s0", "s1"}), (0, {"a", "view1", "view2"})]
+)
 def test_stage_summary_is_the_last_steps_cosine_matrix(replay_sites, names):
     method, _, _, _ = _run("smg", _batches(2, replay_sites))
     summary = method.stage_summary()
@@ -97,8 +118,12 @@ def test_stage_summary_is_the_last_steps_cosine_matrix(replay_sites, names):
 
 
 def test_replay_sites_per_step_samples_earlier_sites():
-    method, logs, _, _ = _run("smg", _batches(4, replay_sites=4), replay_sites_per_step=2, stats_every=1)
-    assert len({k.split("/")[1] for k in method.stage_summary()}) == 3  # the current site and two replayed
+    method, logs, _, _ = _run(
+        "smg", _batches(4, replay_sites=4), replay_sites_per_step=2, stats_every=1
+    )
+    assert (
+        len({k.split("/")[1] for k in method.stage_summary()}) == 3
+    )  # the current site and two replayed
     assert all(ALIGN_KEYS <= set(log) for log in logs)
 
 
@@ -106,7 +131,9 @@ def test_replay_sites_per_step_samples_earlier_sites():
 def test_methods_leave_the_batch_stream_alone(name):
     method, _, _, ctx = _run(name, _batches(2))
     fresh = torch.Generator().manual_seed(0)
-    assert torch.equal(ctx.generator.get_state(), fresh.get_state()), f"{name} drew from ctx.generator"
+    assert torch.equal(ctx.generator.get_state(), fresh.get_state()), (
+        f"{name} drew from ctx.generator"
+    )
 
 
 @pytest.mark.parametrize("name", ["smg", "smg_gen", "smd_replay_matched"])
@@ -122,14 +149,18 @@ def test_statistics_every_nth_step_keep_the_update(name):
     assert [i for i, log in enumerate(some) if "align_cos_mem" in log] == [0, 3, 6]
     assert all({"loss", "loss_current", "inner_over_outer"} <= set(log) for log in some)
     for i in (0, 3, 6):
-        assert some[i]["align_cos_mem"] == pytest.approx(every[i]["align_cos_mem"], rel=1e-3, abs=1e-5)
+        assert some[i]["align_cos_mem"] == pytest.approx(
+            every[i]["align_cos_mem"], rel=1e-3, abs=1e-5
+        )
 
 
 def test_a_visit_averages_each_log_over_the_steps_that_logged_it():
     visit = _visit()
     visit.run(6)
     _, _, logs, _ = visit.finish()
-    assert visit.counts["align_cos_mem"] == 3 and visit.counts["loss_current"] == 6  # steps 0, 4 and 5
+    assert (
+        visit.counts["align_cos_mem"] == 3 and visit.counts["loss_current"] == 6
+    )  # steps 0, 4 and 5
     assert logs["align_cos_mem"] == pytest.approx(visit.sums["align_cos_mem"] / 3)
 
 
@@ -144,7 +175,22 @@ def _visit(match_p=0.0, match_size=0):
     rx = torch.rand((4, 1, 16, 16), generator=gen)
     replay = {"s0/x": rx.numpy(), "s0/y": (rx > 0.5).float().numpy()}
     hp = resolve_hparams(method_class("smg"), 1e-3, {"stats_every": 4})
-    req = VisitRequest(ModelArch(1, 4, 2), "smg", hp, 2, 6, 4, 0, False, 0, weights, {}, replay, match_p, match_size)
+    req = VisitRequest(
+        ModelArch(1, 4, 2),
+        "smg",
+        hp,
+        2,
+        6,
+        4,
+        0,
+        False,
+        0,
+        weights,
+        {},
+        replay,
+        match_p,
+        match_size,
+    )
     return LocalVisit.start(req, "a", (x, (x > 0.6).float()), torch.device("cpu"), build_method)
 
 
@@ -153,11 +199,17 @@ def test_resolution_match_degrades_current_images_from_a_stream_of_its_own():
 
     plain, always, half = _visit(), _visit(1.0, 8), _visit(0.5, 8)
     b0, b1, b2 = plain.batch(), always.batch(), half.batch()
-    low = F.interpolate(F.interpolate(b0.x, size=(8, 8), mode="area"), size=(16, 16), mode="bilinear",
-                        align_corners=False)
+    low = F.interpolate(
+        F.interpolate(b0.x, size=(8, 8), mode="area"),
+        size=(16, 16),
+        mode="bilinear",
+        align_corners=False,
+    )
     assert torch.equal(b1.x, low) and torch.equal(b1.y, b0.y)
     kept = [torch.equal(b2.x[i], b0.x[i]) for i in range(len(b0.x))]
-    assert all(k or torch.equal(b2.x[i], low[i]) for i, k in enumerate(kept)) and 0 < sum(kept) < len(kept)
+    assert all(k or torch.equal(b2.x[i], low[i]) for i, k in enumerate(kept)) and 0 < sum(
+        kept
+    ) < len(kept)
     # the replay and the batch stream are the same with or without it
     assert all(torch.equal(b0.replay[k][0], b1.replay[k][0]) for k in b0.replay)
     assert torch.equal(plain.ctx.generator.get_state(), always.ctx.generator.get_state())
@@ -168,6 +220,10 @@ def test_gram_cosines_match_direct_cosines():
     grads = [[torch.randn(3, 2, generator=gen), torch.randn(5, generator=gen)] for _ in range(3)]
     G = gram(grads)
     flat = [torch.cat([t.reshape(-1) for t in g]).double() for g in grads]
-    assert cosine(G, 0, 2) == pytest.approx(float(torch.nn.functional.cosine_similarity(flat[0], flat[2], dim=0)))
+    assert cosine(G, 0, 2) == pytest.approx(
+        float(torch.nn.functional.cosine_similarity(flat[0], flat[2], dim=0))
+    )
     assert relative_change(grads[0], grads[0]) == 0.0
-    assert relative_change(grads[1], grads[0]) == pytest.approx(float((flat[1] - flat[0]).norm() / flat[0].norm()))
+    assert relative_change(grads[1], grads[0]) == pytest.approx(
+        float((flat[1] - flat[0]).norm() / flat[0].norm())
+    )

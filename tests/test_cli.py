@@ -13,8 +13,12 @@ from simulator.driver.runfolder import MARKER
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "simulator.driver.cli", *args], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "simulator.driver.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.parametrize(
@@ -26,7 +30,10 @@ def run_cli(*args):
         (["--set", "train.bogus=1"], "unknown key train.bogus"),
         (["--set", "data.image_size=3"], "data.image_size: 3 is out of range"),
         (["--method", "magic"], "unknown method 'magic'; known methods: er_real, ewc, finetune"),
-        (["--benchmark", "ct"], "data.benchmark: 'ct' is not allowed; expected one of phantom, mni152"),
+        (
+            ["--benchmark", "ct"],
+            "data.benchmark: 'ct' is not allowed; expected one of phantom, mni152",
+        ),
         (["--benchmark", "prostate:/no/such/folder"], "/no/such/folder: no such folder"),
         (["--benchmark", "fundus"], "fundus needs a data folder, as fundus:PATH"),
     ],
@@ -45,7 +52,9 @@ def test_bad_input_one_line_no_traceback_no_folder(tmp_path, capsys, args, messa
 
 def test_bad_input_from_the_console_entry_point_is_one_line(tmp_path):
     out = tmp_path / "run"
-    res = run_cli("run", "--profile", "smoke", "--out", str(out), "--sites", "3", "--order", "alpha,bravo")
+    res = run_cli(
+        "run", "--profile", "smoke", "--out", str(out), "--sites", "3", "--order", "alpha,bravo"
+    )
     assert res.returncode == 2 and "--order lists 2 sites but --sites is 3" in res.stderr
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not out.exists()
@@ -73,13 +82,39 @@ def test_help_explains_every_option():
 
 def test_end_to_end_smoke_run_through_ray(ray_session, tmp_path, capsys):
     out = tmp_path / "run"
-    code = cli.main(["run", "--profile", "smoke", "--sites", "6", "--order", "random", "--seed", "3",
-                     "--method", "finetune", "--out", str(out), "--quiet"])
+    code = cli.main(
+        [
+            "run",
+            "--profile",
+            "smoke",
+            "--sites",
+            "6",
+            "--order",
+            "random",
+            "--seed",
+            "3",
+            "--method",
+            "finetune",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
     err = capsys.readouterr().err
     assert "Mem" in err and "BWT" in err
-    for name in ("config.json", "R.csv", "stages.jsonl", "metrics.json", "R.png", "mem_gen.png",
-                 "ledger.jsonl", "sites.json", "weights.npz", MARKER):
+    for name in (
+        "config.json",
+        "R.csv",
+        "stages.jsonl",
+        "metrics.json",
+        "R.png",
+        "mem_gen.png",
+        "ledger.jsonl",
+        "sites.json",
+        "weights.npz",
+        MARKER,
+    ):
         assert (out / name).exists(), name
     df = pd.read_csv(out / "R.csv")
     order = json.loads((out / "sites.json").read_text())["order"]
@@ -101,7 +136,10 @@ def test_end_to_end_smoke_run_through_ray(ray_session, tmp_path, capsys):
     assert timings["phases"]["training"] > 0 and timings["phases"]["evaluation"] > 0
     assert sum(timings["phases"].values()) <= timings["total_seconds"] + 1e-6
     assert all(s["phases"].get("evaluation", 0) > 0 for s in stages)
-    assert all(s["phases"].get("training", 0) > 0 for s in stages[1:]) and "training" not in stages[0]["phases"]
+    assert (
+        all(s["phases"].get("training", 0) > 0 for s in stages[1:])
+        and "training" not in stages[0]["phases"]
+    )
     assert (out / "timings.png").stat().st_size > 0
     # every ledger line from a site is of an egress kind; no site message carries pixels
     ledger = [json.loads(line) for line in (out / "ledger.jsonl").read_text().splitlines()]
@@ -133,7 +171,9 @@ def test_smd_replay_run_through_ray(smd_replay_run):
         assert info["prompt_values_bytes"] == 4 * cfg.smd.tokens * cfg.smd.token_dim, site
         assert info["prompt_bytes"] < info["prompt_values_bytes"] + 256, site
         assert 0 <= info["tstr_dice_synthetic"] <= 1 and info["tstr_dice_real"] > 0
-        assert 0 < info["prompt_steps"] <= info["prompt_steps_planned"] == cfg.smd.prompt_steps, site
+        assert 0 < info["prompt_steps"] <= info["prompt_steps_planned"] == cfg.smd.prompt_steps, (
+            site
+        )
     att = smd["attribution"]
     assert 0 <= att["set_accuracy"] <= 1 and att["chance"] == pytest.approx(1 / 2)
     assert (out / "replay_samples.png").stat().st_size > 0
@@ -144,7 +184,9 @@ def test_smd_replay_run_through_ray(smd_replay_run):
     preloads = [e for e in ledger if e["scalar_keys"]["metrics"] == ["import_seconds"]]
     assert sorted(e["src"] for e in preloads) == sorted(f"site:{s}" for s in res.order)
     visits = [e for e in ledger if e["kind"] == "visit"]
-    replay_keys = [sorted(a["key"] for a in v["arrays"] if a["key"].startswith("replay/")) for v in visits]
+    replay_keys = [
+        sorted(a["key"] for a in v["arrays"] if a["key"].startswith("replay/")) for v in visits
+    ]
     first = res.order[0]
     assert replay_keys[0] == [] and replay_keys[1] == [f"replay/{first}/x", f"replay/{first}/y"]
     # nothing a site sent is image-sized, though image-sized replay went in
@@ -155,15 +197,48 @@ def test_smd_replay_run_through_ray(smd_replay_run):
 
 def test_bench_times_each_method_at_each_stage_and_applies_set(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    code = cli.main(["bench", "--profile", "smoke", "--methods", "finetune,smg", "--stages", "1,3",
-                     "--steps", "2", "--set", "methods.smg.lookahead=2", "--out", str(out)])
+    code = cli.main(
+        [
+            "bench",
+            "--profile",
+            "smoke",
+            "--methods",
+            "finetune,smg",
+            "--stages",
+            "1,3",
+            "--steps",
+            "2",
+            "--set",
+            "methods.smg.lookahead=2",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     rows = json.loads(out.read_text())["steps"]
-    assert sorted((r["method"], r["stage"]) for r in rows) == [("finetune", 1), ("finetune", 3), ("smg", 1),
-                                                               ("smg", 3)]
+    assert sorted((r["method"], r["stage"]) for r in rows) == [
+        ("finetune", 1),
+        ("finetune", 3),
+        ("smg", 1),
+        ("smg", 3),
+    ]
     assert all(r["seconds_per_step"] > 0 for r in rows)
     assert "x finetune" in capsys.readouterr().out
     # --set reaches bench through the same resolution as a run: a bad value is refused before timing
-    assert cli.main(["bench", "--profile", "smoke", "--methods", "smg", "--set", "methods.smg.lookahead=-1",
-                     "--out", str(out)]) == 2
+    assert (
+        cli.main(
+            [
+                "bench",
+                "--profile",
+                "smoke",
+                "--methods",
+                "smg",
+                "--set",
+                "methods.smg.lookahead=-1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "methods.smg.lookahead: -1.0 is out of range" in capsys.readouterr().err

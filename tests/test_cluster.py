@@ -34,7 +34,9 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_sites_run_on_the_nodes_that_hold_their_resource(tmp_path):
-    res = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True, timeout=600
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     info = json.loads(res.stdout.strip().splitlines()[-1])
     assert info["rc"][0] == 0, info["err"]
@@ -42,7 +44,10 @@ def test_sites_run_on_the_nodes_that_hold_their_resource(tmp_path):
     assert len(runs) == 2
     for run in runs:
         where = json.loads((run / "actors.json").read_text())["sessions"][0]["actors"]
-        assert where["site-alpha"]["node_id"] == info["a"] and where["site-bravo"]["node_id"] == info["b"], run
+        assert (
+            where["site-alpha"]["node_id"] == info["a"]
+            and where["site-bravo"]["node_id"] == info["b"]
+        ), run
         audit = (run / "privacy_audit.md").read_text()
         assert "## Where each process ran" in audit and info["a"][:12] in audit
     # a resource no node offers is refused before the run waits for ever

@@ -20,10 +20,14 @@ from simulator.metrics import METRIC_NAMES
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_compare_skips_finished_runs_and_the_notebook_shows_the_table(ray_session, tmp_path, monkeypatch):
+def test_compare_skips_finished_runs_and_the_notebook_shows_the_table(
+    ray_session, tmp_path, monkeypatch
+):
     out = tmp_path / "cmp"
     base = build_config("smoke", parse_set(["run.sites=2", "train.steps_per_stage=2"]))
-    table, status = api.compare(base, ["finetune", "mldg"], [0], ["random"], out)  # orders: see the tables test
+    table, status = api.compare(
+        base, ["finetune", "mldg"], [0], ["random"], out
+    )  # orders: see the tables test
     assert set(status.values()) == {"ran"} and len(status) == 2
     assert list(table["method"]) == ["finetune", "mldg"] and (table["runs"] == 1).all()
     for k in METRIC_NAMES:
@@ -38,7 +42,9 @@ def test_compare_skips_finished_runs_and_the_notebook_shows_the_table(ray_sessio
     # the notebook loads the folder and shows the table
     monkeypatch.setenv("SMG_COMPARE_DIR", str(out))
     nb = nbformat.read(os.path.join(ROOT, "notebooks", "compare.ipynb"), as_version=4)
-    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": ROOT}}).execute()
+    NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": ROOT}}
+    ).execute()
     text = "".join(str(o) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "finetune" in text and "mldg" in text and "image/png" in text
 
@@ -49,14 +55,22 @@ def test_a_failed_run_does_not_stop_the_comparison(tmp_path):
     base = build_config("smoke", parse_set(["run.sites=2"]))
 
     def make(cfg, method, seed, order, folder):
-        return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, method=method, seed=seed, order=order,
-                                                                out=str(folder)))
+        return dataclasses.replace(
+            cfg,
+            run=dataclasses.replace(
+                cfg.run, method=method, seed=seed, order=order, out=str(folder)
+            ),
+        )
 
     plans = plan_compare(base, ["finetune", "ewc"], [0, 1], ["fixed"], tmp_path, make)
     names = {(cfg.run.method, cfg.run.seed): name for name, cfg in plans}
     # cell by cell: every method of a (seed, order) cell before the next cell
-    assert [(c.run.seed, c.run.method) for _, c in plans] == [(0, "finetune"), (0, "ewc"), (1, "finetune"),
-                                                              (1, "ewc")]
+    assert [(c.run.seed, c.run.method) for _, c in plans] == [
+        (0, "finetune"),
+        (0, "ewc"),
+        (1, "finetune"),
+        (1, "ewc"),
+    ]
     for name, cfg in plans:  # the folder is named after the config built for it
         assert cfg.run.out == str(tmp_path / "runs" / name)
     ran = []
@@ -68,18 +82,25 @@ def test_a_failed_run_does_not_stop_the_comparison(tmp_path):
 
     log = io.StringIO()
     status = run_compare(plans, fake_run, log)
-    assert status == {names["finetune", 0]: "ran", names["finetune", 1]: "ran",
-                      names["ewc", 0]: "failed", names["ewc", 1]: "ran"}
+    assert status == {
+        names["finetune", 0]: "ran",
+        names["finetune", 1]: "ran",
+        names["ewc", 0]: "failed",
+        names["ewc", 1]: "ran",
+    }
     assert names["ewc", 0].startswith("ewc-s0-fixed-")
     assert ("ewc", 1) in ran
-    assert (f"{names['ewc', 0]}: FAILED (RuntimeError: The actor is unavailable); continuing"
-            in log.getvalue())
+    assert (
+        f"{names['ewc', 0]}: FAILED (RuntimeError: The actor is unavailable); continuing"
+        in log.getvalue()
+    )
 
 
 def _config(method, seed=0, order="fixed", sets=()):
     cfg = build_config("smoke", parse_set(["run.sites=2", *sets]))
-    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, method=method, seed=seed,
-                                                            order=order))
+    return dataclasses.replace(
+        cfg, run=dataclasses.replace(cfg.run, method=method, seed=seed, order=order)
+    )
 
 
 def test_run_names_carry_a_hash_of_the_settings_but_not_of_seed_or_order():
@@ -96,8 +117,12 @@ def test_run_names_carry_a_hash_of_the_settings_but_not_of_seed_or_order():
     # another learning rate, method hyper-parameter or method: another hash
     assert run_name(_config("smg", 0, "random", ["train.lr=0.0005"])) != name
     assert config_hash(_config("smg", sets=["train.lr=0.0005"])) != config_hash(_config("smg"))
-    assert config_hash(_config("smg", sets=["methods.smg.lambda_gen=0.25"])) != config_hash(_config("smg"))
-    assert config_hash(_config("smg", sets=["methods.ewc.lambda_ewc=0.25"])) == config_hash(_config("smg"))
+    assert config_hash(_config("smg", sets=["methods.smg.lambda_gen=0.25"])) != config_hash(
+        _config("smg")
+    )
+    assert config_hash(_config("smg", sets=["methods.ewc.lambda_ewc=0.25"])) == config_hash(
+        _config("smg")
+    )
     assert config_hash(_config("ewc")) != config_hash(_config("smg"))
     # the hash survives the round trip through a run folder's config.json
     cfg = _config("smg", sets=["train.lr=0.0005", "methods.smg.lambda_gen=0.25"])
@@ -134,7 +159,10 @@ def test_the_tables_give_each_order_its_own_rows(tmp_path):
     assert by_order[["order", "runs"]].values.tolist() == [["random", 2], ["reverse", 2]]
     assert by_order["Mem_mean"].round(6).tolist() == [0.8, 0.2]
     text = (tmp_path / "compare.md").read_text()
-    assert "| smg | random | 2 | 0.800 ± 0.141 |" in text and "| smg | reverse | 2 | 0.200 ± 0.141 |" in text
+    assert (
+        "| smg | random | 2 | 0.800 ± 0.141 |" in text
+        and "| smg | reverse | 2 | 0.200 ± 0.141 |" in text
+    )
     # one method: paired.csv has the header only, compare.md says there are no pairs
     paired = pd.read_csv(tmp_path / "paired.csv")
     assert paired.empty and list(paired.columns) == list(PAIRED_COLUMNS)
@@ -170,8 +198,10 @@ def test_paired_differences_over_seed_and_order_cells(tmp_path):
     # without a baseline, both directions; an unknown baseline names the known methods
     summarize(tmp_path)
     both = pd.read_csv(tmp_path / "paired.csv")
-    assert set(zip(both["method"], both["baseline"], strict=True)) == {("smg", "finetune"),
-                                                                       ("finetune", "smg")}
+    assert set(zip(both["method"], both["baseline"], strict=True)) == {
+        ("smg", "finetune"),
+        ("finetune", "smg"),
+    }
     with pytest.raises(ConfigError, match=r"'ewc'.*finetune, smg"):
         summarize(tmp_path, baseline="ewc")
 
@@ -213,12 +243,16 @@ def test_parallel_compare_runs_each_run_in_its_own_driver_process(ray_session, t
     out = tmp_path / "par"
     base = build_config("smoke", parse_set(["run.sites=2", "train.steps_per_stage=2"]))
     log = io.StringIO()
-    table, status = api.compare(base, ["finetune"], [0, 1], ["fixed"], out, stream=log, max_parallel=2)
+    table, status = api.compare(
+        base, ["finetune"], [0, 1], ["fixed"], out, stream=log, max_parallel=2
+    )
     assert set(status.values()) == {"ran"} and len(status) == 2
     assert table["runs"].tolist() == [2]
     for name in status:
         job = json.loads((out / "jobs" / f"{name}.json").read_text())
-        assert job["config"]["runtime"]["address"] and job["config"]["runtime"]["torch_threads"] == 1
+        assert (
+            job["config"]["runtime"]["address"] and job["config"]["runtime"]["torch_threads"] == 1
+        )
         assert (out / "runs" / name / "COMPLETE").exists()
         assert "done in" in (out / "logs" / f"{name}.log").read_text()
     text = log.getvalue()
@@ -230,7 +264,11 @@ def test_parallel_compare_runs_each_run_in_its_own_driver_process(ray_session, t
 def test_parallel_scheduler_starts_apart_the_runs_of_one_seed():
     from simulator.driver.schedule import next_job
 
-    queue = [(1, "a", _config("finetune", 0)), (2, "b", _config("finetune", 0)), (3, "c", _config("finetune", 1))]
+    queue = [
+        (1, "a", _config("finetune", 0)),
+        (2, "b", _config("finetune", 0)),
+        (3, "c", _config("finetune", 1)),
+    ]
     assert next_job(queue, {0}) == 2
     assert next_job(queue, set()) == 0
     assert next_job(queue, {0, 1}) == 0  # nothing apart: the first one
@@ -239,8 +277,12 @@ def test_parallel_scheduler_starts_apart_the_runs_of_one_seed():
 def test_parallel_scheduler_starts_a_cells_costliest_run_first_and_keeps_cells_in_order():
     from simulator.driver.schedule import next_job
 
-    queue = [(1, "a", _config("finetune", 0, "random")), (2, "b", _config("smg", 0, "random")),
-             (3, "c", _config("pga_sym", 0, "reverse")), (4, "d", _config("mldg", 1, "random"))]
+    queue = [
+        (1, "a", _config("finetune", 0, "random")),
+        (2, "b", _config("smg", 0, "random")),
+        (3, "c", _config("pga_sym", 0, "reverse")),
+        (4, "d", _config("mldg", 1, "random")),
+    ]
     assert next_job(queue, set()) == 1  # smg before finetune; pga_sym's cell comes later
     assert next_job(queue, {0}) == 3  # seed 1's only run, apart from the running seed 0
     cost = {"finetune": 5.0, "smg": 1.0, "pga_sym": 1.0, "mldg": 1.0}.get

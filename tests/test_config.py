@@ -19,7 +19,9 @@ def test_smoke_is_smaller_than_quick():
 
 
 def test_set_overrides_and_coerces():
-    cfg = build_config("smoke", parse_set(["train.lr=0.01", "runtime.dashboard=true", "data.n_train=5"]))
+    cfg = build_config(
+        "smoke", parse_set(["train.lr=0.01", "runtime.dashboard=true", "data.n_train=5"])
+    )
     assert cfg.train.lr == 0.01 and cfg.runtime.dashboard is True and cfg.data.n_train == 5
 
 

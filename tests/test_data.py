@@ -18,9 +18,21 @@ from sites.readers import DataError, read_site
 
 
 def _spec(kind: str, site_dir, size: int = 32, **extra) -> SiteSpec:
-    return SiteSpec(**{"benchmark": kind, "site": site_dir.name, "site_index": 0, "seed": 5, "image_size": size,
-                       "n_train": 8, "n_test": 4, "data_dir": str(site_dir), "target": "auto",
-                       "test_fraction": 0.25, **extra})
+    return SiteSpec(
+        **{
+            "benchmark": kind,
+            "site": site_dir.name,
+            "site_index": 0,
+            "seed": 5,
+            "image_size": size,
+            "n_train": 8,
+            "n_test": 4,
+            "data_dir": str(site_dir),
+            "target": "auto",
+            "test_fraction": 0.25,
+            **extra,
+        }
+    )
 
 
 # -- mni152 ---------------------------------------------------------------------------------
@@ -60,14 +72,19 @@ def test_benchmark_specs_are_checked(tmp_path):
     assert benchmarks.site_names(cfg.data.benchmark) == ("siteA", "siteB")
     assert benchmarks.default_sites(cfg.data.benchmark) == 2
     for value, pattern in [
-        ("ct", r"data\.benchmark: 'ct' is not allowed; expected one of phantom, mni152, folder:PATH"),
+        (
+            "ct",
+            r"data\.benchmark: 'ct' is not allowed; expected one of phantom, mni152, folder:PATH",
+        ),
         ("folder", r"folder needs a data folder, as folder:PATH"),
         (f"prostate:{tmp_path / 'nope'}", r"nope: no such folder"),
         ("mni152:/x", r"mni152 is generated and takes no path"),
     ]:
         with pytest.raises(ConfigError, match=pattern):
             build_config("smoke", parse_set([f"data.benchmark={value}"]))
-    with pytest.raises(ConfigError, match=r"data\.target: 'cup' is not allowed for the phantom benchmark"):
+    with pytest.raises(
+        ConfigError, match=r"data\.target: 'cup' is not allowed for the phantom benchmark"
+    ):
         build_config("smoke", parse_set(["data.target=cup"]))
     (tmp_path / "bad name").mkdir()
     with pytest.raises(ConfigError, match="site folder name"):
@@ -109,13 +126,18 @@ def test_fundus_layout_disc_and_cup(tmp_path):
 def test_user_layouts_are_read_inside_site_actors(ray_session, tmp_path):
     from simulator.driver import api
 
-    for kind, root in (("folder", make_folder(tmp_path / "f")), ("prostate", make_prostate(tmp_path / "p")),
-                       ("fundus", make_fundus(tmp_path / "u"))):
+    for kind, root in (
+        ("folder", make_folder(tmp_path / "f")),
+        ("prostate", make_prostate(tmp_path / "p")),
+        ("fundus", make_fundus(tmp_path / "u")),
+    ):
         cfg = build_config("smoke", parse_set([f"data.benchmark={kind}:{root}"]))
         record = tmp_path / f"inspect-{kind}"
         report = api.inspect_data(cfg, record=record)
         assert set(report) == set(benchmarks.site_names(cfg.data.benchmark))
-        traced = {f.name for f in (record / "file_access").iterdir()}  # every site's reads were traced
+        traced = {
+            f.name for f in (record / "file_access").iterdir()
+        }  # every site's reads were traced
         assert traced == {f"site-{s}.jsonl" for s in report} and (record / "ledger.jsonl").exists()
         for stats, problems in report.values():
             assert problems == [] and stats["problems"] == 0
@@ -127,8 +149,22 @@ def test_user_layouts_are_read_inside_site_actors(ray_session, tmp_path):
 def test_run_on_a_folder_data_set_through_ray_passes_the_audit(ray_session, tmp_path, capsys):
     root = make_folder(tmp_path / "data", sites=("north", "south", "west"), n=8)
     out = tmp_path / "run"
-    code = cli.main(["run", "--profile", "smoke", "--benchmark", f"folder:{root}", "--method", "finetune",
-                     "--order", "random", "--out", str(out), "--quiet"])
+    code = cli.main(
+        [
+            "run",
+            "--profile",
+            "smoke",
+            "--benchmark",
+            f"folder:{root}",
+            "--method",
+            "finetune",
+            "--order",
+            "random",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     sites = json.loads((out / "sites.json").read_text())
     assert sorted(sites["order"]) == ["north", "south", "west"]
@@ -136,14 +172,29 @@ def test_run_on_a_folder_data_set_through_ray_passes_the_audit(ray_session, tmp_
     audit = json.loads((out / "privacy_audit.json").read_text())
     assert audit["verdict"] == "pass"
     opens = audit["file_access"]
-    assert {r["site_data"] for r in opens} == {"north", "south", "west"}  # every site read its own files
+    assert {r["site_data"] for r in opens} == {
+        "north",
+        "south",
+        "west",
+    }  # every site read its own files
     assert all(r["role"] == f"site:{r['site_data']}" for r in opens)
 
 
 def test_smd_methods_need_a_public_pool_for_user_data(tmp_path):
     root = make_folder(tmp_path)
-    code = cli.main(["run", "--profile", "smoke", "--benchmark", f"folder:{root}", "--method", "smg",
-                     "--out", str(tmp_path / "r")])
+    code = cli.main(
+        [
+            "run",
+            "--profile",
+            "smoke",
+            "--benchmark",
+            f"folder:{root}",
+            "--method",
+            "smg",
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
     assert code == 2 and not (tmp_path / "r").exists()
     cfg = build_config("smoke", parse_set([f"data.benchmark=folder:{root}", "smd.pool=mni152"]))
     from simulator.driver.api import plan_run
@@ -160,8 +211,11 @@ def _bad_folder(tmp_path, how: str):
         return site, r"siteA/images/case_002\.png: no mask; expected .*siteA/masks/case_002\.png"
     if how == "size mismatch":
         write_png(site / "masks" / "case_001.png", np.zeros((20, 20), np.uint8))
-        return site, r"siteA/masks/case_001\.png: mask is 20x20 but its image case_001\.png is 48x40; " \
-                     r"expected the same size"
+        return (
+            site,
+            r"siteA/masks/case_001\.png: mask is 20x20 but its image case_001\.png is 48x40; "
+            r"expected the same size",
+        )
     if how == "unreadable":
         (site / "images" / "case_003.png").write_bytes(b"not a png")
         return site, r"siteA/images/case_003\.png: unreadable; expected a PNG file"
@@ -177,7 +231,9 @@ def _bad_folder(tmp_path, how: str):
     raise AssertionError(how)
 
 
-@pytest.mark.parametrize("how", ["missing mask", "size mismatch", "unreadable", "mask values", "empty site"])
+@pytest.mark.parametrize(
+    "how", ["missing mask", "size mismatch", "unreadable", "mask values", "empty site"]
+)
 def test_bad_folder_data_is_named(tmp_path, how):
     site, pattern = _bad_folder(tmp_path, how)
     with pytest.raises(DataError, match=pattern):
@@ -191,13 +247,21 @@ def test_bad_prostate_and_fundus_data_is_named(tmp_path):
 
     root = make_prostate(tmp_path / "p", sites=("RUNMC",), cases=3)
     (root / "RUNMC" / "Case01_segmentation.nii.gz").unlink()
-    with pytest.raises(DataError, match=r"RUNMC/Case01\.nii\.gz: no segmentation; expected "
-                                        r".*RUNMC/Case01_segmentation\.nii\.gz"):
+    with pytest.raises(
+        DataError,
+        match=r"RUNMC/Case01\.nii\.gz: no segmentation; expected "
+        r".*RUNMC/Case01_segmentation\.nii\.gz",
+    ):
         read_site("prostate", root / "RUNMC", 32)
-    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.uint8), np.eye(4)),
-             str(root / "RUNMC" / "Case01_segmentation.nii.gz"))
-    with pytest.raises(DataError, match=r"Case01_segmentation\.nii\.gz: segmentation has shape \(8, 8, 4\) "
-                                        r"but Case01\.nii\.gz has \(48, 40, 10\)"):
+    nib.save(
+        nib.Nifti1Image(np.zeros((8, 8, 4), np.uint8), np.eye(4)),
+        str(root / "RUNMC" / "Case01_segmentation.nii.gz"),
+    )
+    with pytest.raises(
+        DataError,
+        match=r"Case01_segmentation\.nii\.gz: segmentation has shape \(8, 8, 4\) "
+        r"but Case01\.nii\.gz has \(48, 40, 10\)",
+    ):
         read_site("prostate", root / "RUNMC", 32)
     (root / "RUNMC" / "Case02.nii.gz").write_bytes(b"garbage")
     found = read_site("prostate", root / "RUNMC", 32, collect=True).problems
@@ -206,25 +270,46 @@ def test_bad_prostate_and_fundus_data_is_named(tmp_path):
     froot = make_fundus(tmp_path / "u", domains=1)
     mask = froot / "Domain1" / "train" / "ROIs" / "mask" / "g0000.png"
     write_png(mask, np.full((48, 48), 60, np.uint8))
-    with pytest.raises(DataError, match=r"g0000\.png: mask has values \{60\}; expected grey levels 0 \(cup\), "
-                                        r"128 \(disc\) and 255 \(background\)"):
+    with pytest.raises(
+        DataError,
+        match=r"g0000\.png: mask has values \{60\}; expected grey levels 0 \(cup\), "
+        r"128 \(disc\) and 255 \(background\)",
+    ):
         read_site("fundus", froot / "Domain1", 32)
 
 
-def test_bad_data_stops_a_run_with_the_file_named_and_inspect_lists_it(ray_session, tmp_path, capsys):
+def test_bad_data_stops_a_run_with_the_file_named_and_inspect_lists_it(
+    ray_session, tmp_path, capsys
+):
     site, _ = _bad_folder(tmp_path, "missing mask")
     root = site.parent
     make_folder(root, sites=("siteB",), n=6, split_site=None)
     out = tmp_path / "run"
-    code = cli.main(["run", "--profile", "smoke", "--benchmark", f"folder:{root}", "--method", "finetune",
-                     "--out", str(out), "--quiet"])
+    code = cli.main(
+        [
+            "run",
+            "--profile",
+            "smoke",
+            "--benchmark",
+            f"folder:{root}",
+            "--method",
+            "finetune",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2, err
-    assert "smg-sim: data error:" in err and "case_002.png: no mask" in err and "Traceback" not in err
+    assert (
+        "smg-sim: data error:" in err and "case_002.png: no mask" in err and "Traceback" not in err
+    )
     code = cli.main(["data", "inspect", f"folder:{root}", "--profile", "smoke"])
     text = capsys.readouterr().out
     assert code == 1
-    assert "siteA: problem:" in text and "case_002.png: no mask" in text and "1 problems found" in text
+    assert (
+        "siteA: problem:" in text and "case_002.png: no mask" in text and "1 problems found" in text
+    )
 
 
 def test_smd_pretraining_pool_follows_the_benchmark(tmp_path):
@@ -236,7 +321,9 @@ def test_smd_pretraining_pool_follows_the_benchmark(tmp_path):
     spec = smd_spec(mni, 1)
     assert spec.benchmark == "mni152" and spec.cond_dim == APPEARANCE_DIM
     assert spec.key() != smd_spec(build_config("smoke"), 1).key()
-    fundus = build_config("smoke", parse_set([f"data.benchmark=fundus:{make_fundus(tmp_path)}", "smd.pool=mni152"]))
+    fundus = build_config(
+        "smoke", parse_set([f"data.benchmark=fundus:{make_fundus(tmp_path)}", "smd.pool=mni152"])
+    )
     with pytest.raises(ConfigError, match="single-channel but the sites' images have 3 channels"):
         smd_spec(fundus, 3)
 
@@ -249,11 +336,19 @@ def test_previews_of_real_data_need_consent_and_stay_in_the_site_folder(ray_sess
     with pytest.raises(ConfigError, match="--allow-real-previews"):
         api.write_site_previews(cfg, None, record=tmp_path / "r0")
     paths, record = api.write_site_previews(cfg, None, allow_real=True, record=tmp_path / "r1")
-    assert [p.parent for p in paths] == [root / "siteA", root / "siteB"] and all(p.exists() for p in paths)
+    assert [p.parent for p in paths] == [root / "siteA", root / "siteB"] and all(
+        p.exists() for p in paths
+    )
     ledger = [json.loads(x) for x in (record / "ledger.jsonl").read_text().splitlines()]
     assert [e["kind"] for e in ledger].count("preview") == 2
-    trace = [json.loads(x) for f in sorted((record / "file_access").iterdir()) for x in f.read_text().splitlines()]
+    trace = [
+        json.loads(x)
+        for f in sorted((record / "file_access").iterdir())
+        for x in f.read_text().splitlines()
+    ]
     assert {(t["role"], Path(t["path"]).name) for t in trace if t["mode"] == "preview"} == {
-        ("site:siteA", "siteA.png"), ("site:siteB", "siteB.png")}
+        ("site:siteA", "siteA.png"),
+        ("site:siteB", "siteB.png"),
+    }
     with pytest.raises(ConfigError, match="--out is needed"):
         api.write_site_previews(build_config("smoke"), None, record=tmp_path / "r2")

@@ -27,8 +27,18 @@ def model(smd_backbone):
 def spec():
     from simulator.payloads import SiteSpec
 
-    return SiteSpec(benchmark="phantom", site="alpha", site_index=0, seed=7, image_size=32, n_train=12,
-                    n_test=6, target="auto", test_fraction=0.25, data_dir="")
+    return SiteSpec(
+        benchmark="phantom",
+        site="alpha",
+        site_index=0,
+        seed=7,
+        image_size=32,
+        n_train=12,
+        n_test=6,
+        target="auto",
+        test_fraction=0.25,
+        data_dir="",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,32 +68,76 @@ def test_the_noise_is_calibrated_by_the_accountant():
     sigma = noise_multiplier(4.0, 1e-3, 0.25, 40)
     assert 0.5 < sigma < 5
     assert spent_epsilon(sigma, 0.25, 40, 1e-3) <= 4.0 + 1e-6
-    assert spent_epsilon(sigma * 0.9, 0.25, 40, 1e-3) > 4.0  # no slack: the smallest sigma that fits
+    assert (
+        spent_epsilon(sigma * 0.9, 0.25, 40, 1e-3) > 4.0
+    )  # no slack: the smallest sigma that fits
     assert noise_multiplier(1.0, 1e-3, 0.25, 40) > sigma  # a smaller budget needs more noise
 
 
 def test_dp_tuning_spends_at_most_its_budget_and_reports_no_private_loss(model, data):
     ids = data.case_ids()
-    prompt, logs = dp_tune_prompt(model, data.train_x, data.train_y, ids, steps=6, lr=0.05, batch=4,
-                                  gen=torch.Generator().manual_seed(0), epsilon=8.0, delta=0.0, clip=0.05)
+    prompt, logs = dp_tune_prompt(
+        model,
+        data.train_x,
+        data.train_y,
+        ids,
+        steps=6,
+        lr=0.05,
+        batch=4,
+        gen=torch.Generator().manual_seed(0),
+        epsilon=8.0,
+        delta=0.0,
+        clip=0.05,
+    )
     n = len(np.unique(ids))
     assert prompt.shape == tuple(model.prompt_init.shape) and prompt.dtype == np.float32
     assert logs["dp_epsilon"] <= 8.0 + 1e-6 and logs["dp_delta"] == pytest.approx(1 / (10 * n))
-    assert logs["dp_cases"] == n and logs["dp_sample_rate"] == pytest.approx(4 / n) and logs["prompt_steps"] == 6
+    assert (
+        logs["dp_cases"] == n
+        and logs["dp_sample_rate"] == pytest.approx(4 / n)
+        and logs["prompt_steps"] == 6
+    )
     assert not any("loss" in k for k in logs)
-    again, _ = dp_tune_prompt(model, data.train_x, data.train_y, ids, steps=6, lr=0.05, batch=4,
-                              gen=torch.Generator().manual_seed(0), epsilon=8.0, delta=0.0, clip=0.05)
+    again, _ = dp_tune_prompt(
+        model,
+        data.train_x,
+        data.train_y,
+        ids,
+        steps=6,
+        lr=0.05,
+        batch=4,
+        gen=torch.Generator().manual_seed(0),
+        epsilon=8.0,
+        delta=0.0,
+        clip=0.05,
+    )
     np.testing.assert_array_equal(prompt, again)  # seeded: a run reproduces
 
 
 def test_the_privacy_unit_is_the_case(model, data):
     """Slices of one case count once: the sample rate and delta follow the number of cases."""
-    grouped = SiteData(data.train_x, data.train_y, data.test_x, data.test_y,
-                       train_cases=np.arange(len(data.train_x)) // 3)
+    grouped = SiteData(
+        data.train_x,
+        data.train_y,
+        data.test_x,
+        data.test_y,
+        train_cases=np.arange(len(data.train_x)) // 3,
+    )
     n = len(np.unique(grouped.case_ids()))
     assert n == -(-len(data.train_x) // 3)
-    _, logs = dp_tune_prompt(model, grouped.train_x, grouped.train_y, grouped.case_ids(), steps=2, lr=0.05,
-                             batch=2, gen=torch.Generator().manual_seed(0), epsilon=4.0, delta=0.0, clip=0.05)
+    _, logs = dp_tune_prompt(
+        model,
+        grouped.train_x,
+        grouped.train_y,
+        grouped.case_ids(),
+        steps=2,
+        lr=0.05,
+        batch=2,
+        gen=torch.Generator().manual_seed(0),
+        epsilon=4.0,
+        delta=0.0,
+        clip=0.05,
+    )
     assert logs["dp_cases"] == n and logs["dp_delta"] == pytest.approx(1 / (10 * n))
 
 
@@ -102,8 +156,18 @@ def test_a_dp_run_reports_epsilon_per_site_in_the_audit(ray_session, tmp_path):
     from simulator.driver import api
 
     out = tmp_path / "dp"
-    cfg = build_config("smoke", parse_set(["run.sites=2", "run.method=smd_replay", "train.steps_per_stage=2",
-                                           "privacy.dp_epsilon=4", f"run.out={out}"]))
+    cfg = build_config(
+        "smoke",
+        parse_set(
+            [
+                "run.sites=2",
+                "run.method=smd_replay",
+                "train.steps_per_stage=2",
+                "privacy.dp_epsilon=4",
+                f"run.out={out}",
+            ]
+        ),
+    )
     api.run(cfg, progress=False)
     audit = json.loads((out / "privacy_audit.json").read_text())
     formal = audit["claims"]["formal"]

@@ -101,7 +101,7 @@ def find_cycles(graph: dict[str, frozenset[str]]) -> list[list[str]]:
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                cycles.append(path[path.index(nxt):] + [nxt])
+                cycles.append(path[path.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt)
         path.pop()
@@ -155,8 +155,11 @@ def test_no_import_circles():
 
 
 def test_diffusers_only_in_smd():
-    users = [rel(p) for p in files(*PACKAGES)
-             if "diffusers" in top_level_imports(p) and not rel(p).startswith(DIFFUSERS_PACKAGE)]
+    users = [
+        rel(p)
+        for p in files(*PACKAGES)
+        if "diffusers" in top_level_imports(p) and not rel(p).startswith(DIFFUSERS_PACKAGE)
+    ]
     assert not users, f"diffusers imported outside {DIFFUSERS_PACKAGE}: {users}"
 
 
@@ -166,27 +169,39 @@ def test_ray_only_in_engine():
     assert not outside, f"ray imported outside {RAY_PACKAGE}: {outside}"
 
 
-@pytest.mark.parametrize("this_layer, forbidden", [
-    ("core", {"sites", "server"}),
-    ("sites", {"server"}),
-    ("server", {"sites"}),
-])
+@pytest.mark.parametrize(
+    "this_layer, forbidden",
+    [
+        ("core", {"sites", "server"}),
+        ("sites", {"server"}),
+        ("server", {"sites"}),
+    ],
+)
 def test_only_the_driver_wires_sites_and_server(this_layer, forbidden):
-    offenders = {rel(p): sorted(bad) for p in files(*PACKAGES)
-                 if layer(p) == this_layer and (bad := top_level_imports(p) & forbidden)}
+    offenders = {
+        rel(p): sorted(bad)
+        for p in files(*PACKAGES)
+        if layer(p) == this_layer and (bad := top_level_imports(p) & forbidden)
+    }
     assert not offenders, f"{this_layer} imports {sorted(forbidden)}: {offenders}"
 
 
 @pytest.mark.parametrize("this_layer", ["core", "sites", "server"])
 def test_nothing_below_imports_the_driver(this_layer):
-    offenders = {rel(p): sorted(imports_driver(p))
-                 for p in files(*PACKAGES) if layer(p) == this_layer and imports_driver(p)}
+    offenders = {
+        rel(p): sorted(imports_driver(p))
+        for p in files(*PACKAGES)
+        if layer(p) == this_layer and imports_driver(p)
+    }
     assert not offenders, f"{this_layer} imports the driver: {offenders}"
 
 
 def test_files_stay_small():
-    long = {rel(p): n for p in files(*PACKAGES, "tests")
-            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    long = {
+        rel(p): n
+        for p in files(*PACKAGES, "tests")
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
     assert not long, f"files over {MAX_LINES} lines: {long}"
 
 
@@ -197,9 +212,11 @@ def test_no_grab_bag_modules():
 
 def comments_and_docstrings(path: Path) -> list[tuple[int, str]]:
     """(line, text) of every comment and docstring in a file."""
-    out = [(tok.start[0], tok.string)
-           for tok in tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
-           if tok.type == tokenize.COMMENT]
+    out = [
+        (tok.start[0], tok.string)
+        for tok in tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
+        if tok.type == tokenize.COMMENT
+    ]
     for node in ast.walk(tree(path)):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             doc = ast.get_docstring(node, clean=False)
@@ -209,6 +226,10 @@ def comments_and_docstrings(path: Path) -> list[tuple[int, str]]:
 
 
 def test_no_references_to_design_sections():
-    refs = [f"{rel(p)}:{line + text[:m.start()].count(chr(10))}" for p in files(*PACKAGES)
-            for line, text in comments_and_docstrings(p) if (m := DESIGN_REF.search(text))]
+    refs = [
+        f"{rel(p)}:{line + text[: m.start()].count(chr(10))}"
+        for p in files(*PACKAGES)
+        for line, text in comments_and_docstrings(p)
+        if (m := DESIGN_REF.search(text))
+    ]
     assert not refs, f"comments or docstrings citing a DESIGN section: {refs}"

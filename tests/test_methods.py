@@ -14,8 +14,13 @@ from simulator.segmentation import build_model
 def _batch(gen, replay_sites=2):
     x = torch.rand((4, 1, 16, 16), generator=gen)
     y = (x > 0.6).float()
-    replay = {f"s{k}": (torch.rand((2, 1, 16, 16), generator=gen), (torch.rand((2, 1, 16, 16), generator=gen) > 0.5).float())
-              for k in range(replay_sites)}
+    replay = {
+        f"s{k}": (
+            torch.rand((2, 1, 16, 16), generator=gen),
+            (torch.rand((2, 1, 16, 16), generator=gen) > 0.5).float(),
+        )
+        for k in range(replay_sites)
+    }
     return Batch(x, y, replay)
 
 
@@ -25,8 +30,14 @@ def _run_stage(name, state=None, replay_sites=2, steps=3):
     if state is not None:
         method.load_state(state)
     gen = torch.Generator().manual_seed(0)
-    ctx = StageContext(site="a", stage=2, steps=steps, device=torch.device("cpu"), generator=gen,
-                       replay_sites=[f"s{k}" for k in range(replay_sites)])
+    ctx = StageContext(
+        site="a",
+        stage=2,
+        steps=steps,
+        device=torch.device("cpu"),
+        generator=gen,
+        replay_sites=[f"s{k}" for k in range(replay_sites)],
+    )
     method.begin_stage(ctx)
     before = [p.detach().clone() for p in model.parameters()]
     logs = [method.update(_batch(gen, replay_sites)) for _ in range(steps)]
@@ -63,7 +74,9 @@ def test_unknown_method_lists_known_ones():
 
 
 def test_unknown_hyper_parameter_is_refused():
-    with pytest.raises(ConfigError, match=r"methods\.smg\.alhpa: unknown hyper-parameter; smg has "):
+    with pytest.raises(
+        ConfigError, match=r"methods\.smg\.alhpa: unknown hyper-parameter; smg has "
+    ):
         resolve_hparams(method_class("smg"), 1e-3, {"alhpa": 0.1})
 
 
@@ -90,7 +103,9 @@ def test_boolean_and_choice_hyper_parameters():
     assert pick.coerce("m", "b") == "b"
     with pytest.raises(ConfigError, match=r"methods\.m\.flag: expected true or false"):
         flag.coerce("m", "maybe")
-    with pytest.raises(ConfigError, match=r"methods\.m\.mode: 'c' is not allowed; expected one of a, b"):
+    with pytest.raises(
+        ConfigError, match=r"methods\.m\.mode: 'c' is not allowed; expected one of a, b"
+    ):
         pick.coerce("m", "c")
 
 
@@ -99,16 +114,19 @@ def test_a_method_refuses_an_unresolved_table():
         build_method("smg", build_model(1, 4, 1, seed=0), {"lr": 1e-3})
 
 
-@pytest.mark.parametrize("name, declared", [
-    ("smg", {"lookahead", "lambda_gen", "replay_sites_per_step", "stats_every"}),
-    ("smg_mem", {"lookahead", "lambda_gen", "replay_sites_per_step", "stats_every"}),
-    ("smg_gen", {"lookahead", "lambda_gen", "replay_sites_per_step", "stats_every"}),
-    ("pga_exact", {"lookahead", "lambda_gen", "replay_sites_per_step"}),
-    ("pga_sym", {"lookahead", "lambda_gen", "replay_sites_per_step"}),
-    ("smd_replay_matched", {"lambda_gen", "replay_sites_per_step", "stats_every"}),
-    ("mldg", {"lookahead"}),
-    ("fish", {"lookahead", "meta_step", "views"}),
-])
+@pytest.mark.parametrize(
+    "name, declared",
+    [
+        ("smg", {"lookahead", "lambda_gen", "replay_sites_per_step", "stats_every"}),
+        ("smg_mem", {"lookahead", "lambda_gen", "replay_sites_per_step", "stats_every"}),
+        ("smg_gen", {"lookahead", "lambda_gen", "replay_sites_per_step", "stats_every"}),
+        ("pga_exact", {"lookahead", "lambda_gen", "replay_sites_per_step"}),
+        ("pga_sym", {"lookahead", "lambda_gen", "replay_sites_per_step"}),
+        ("smd_replay_matched", {"lambda_gen", "replay_sites_per_step", "stats_every"}),
+        ("mldg", {"lookahead"}),
+        ("fish", {"lookahead", "meta_step", "views"}),
+    ],
+)
 def test_inner_steps_are_declared_in_outer_steps(name, declared):
     assert {p.name for p in method_class(name).hyperparameters} == declared
     with pytest.raises(ConfigError, match=rf"methods\.{name}\.alpha: unknown hyper-parameter"):

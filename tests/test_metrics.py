@@ -6,12 +6,14 @@ import pytest
 from simulator import metrics as M
 
 # T = 3, rows: untrained, after stage 1, 2, 3; columns in visiting order
-R3 = np.array([
-    [0.1, 0.2, 0.3],
-    [0.8, 0.4, 0.5],
-    [0.6, 0.9, 0.7],
-    [0.5, 0.7, 0.95],
-])
+R3 = np.array(
+    [
+        [0.1, 0.2, 0.3],
+        [0.8, 0.4, 0.5],
+        [0.6, 0.9, 0.7],
+        [0.5, 0.7, 0.95],
+    ]
+)
 
 
 def test_mem_by_hand():

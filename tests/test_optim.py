@@ -46,8 +46,10 @@ def test_bad_settings_are_refused():
 
 def test_training_step_does_not_import_dynamo():
     """What the optimiser exists for: a process that trains with it never loads torch._dynamo."""
-    code = ("import sys, torch; from simulator.optim import Adam; m = torch.nn.Conv2d(1, 2, 3); "
-            "o = Adam(m.parameters()); m(torch.ones(1, 1, 5, 5)).sum().backward(); o.step(); "
-            "print('torch._dynamo' in sys.modules)")
+    code = (
+        "import sys, torch; from simulator.optim import Adam; m = torch.nn.Conv2d(1, 2, 3); "
+        "o = Adam(m.parameters()); m(torch.ones(1, 1, 5, 5)).sum().backward(); o.step(); "
+        "print('torch._dynamo' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

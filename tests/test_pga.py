@@ -33,7 +33,9 @@ def _setup(seed=0, dtype=torch.float64, n_dom=3, size=8):
 
 def _roles(use_mem=True, use_gen=True):
     # current 0, replay 1 and 2; the split puts the current site with replay 2
-    return Roles(current=0, replay=(1, 2), group_a=(0, 2), group_b=(1,), use_mem=use_mem, use_gen=use_gen)
+    return Roles(
+        current=0, replay=(1, 2), group_a=(0, 2), group_b=(1,), use_mem=use_mem, use_gen=use_gen
+    )
 
 
 def _norm(a, b):
@@ -139,7 +141,9 @@ def _straightforward_exact(model, doms, roles, step, symmetric):
         loss_b = _group_loss(f, theta, doms, roles.group_b)
         g_a = f.grad(loss_a, theta, create_graph=True)
         g_b = f.grad(loss_b, theta, create_graph=True)
-        objective = objective + roles.lambda_gen * (loss_a + loss_b - step / rms(g_a) * dot(g_a, g_b))
+        objective = objective + roles.lambda_gen * (
+            loss_a + loss_b - step / rms(g_a) * dot(g_a, g_b)
+        )
     return list(torch.autograd.grad(objective, list(theta.values())))
 
 

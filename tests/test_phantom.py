@@ -8,8 +8,18 @@ from sites.datasets import build_site_data
 
 
 def spec(index, seed=1, size=32, n_train=8, n_test=4):
-    return SiteSpec(benchmark="phantom", site=f"s{index}", site_index=index, seed=seed, image_size=size,
-                    n_train=n_train, n_test=n_test, target="auto", test_fraction=0.25, data_dir="")
+    return SiteSpec(
+        benchmark="phantom",
+        site=f"s{index}",
+        site_index=index,
+        seed=seed,
+        image_size=size,
+        n_train=n_train,
+        n_test=n_test,
+        target="auto",
+        test_fraction=0.25,
+        data_dir="",
+    )
 
 
 @pytest.mark.parametrize("index", range(12))

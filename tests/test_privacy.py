@@ -44,7 +44,7 @@ def _set_weight(rd, values, offset=100):
     key = _weight_key(rd)
     w = rd["weights"][key].numpy().copy()
     flat = w.reshape(-1)
-    flat[offset:offset + len(values)] = values
+    flat[offset : offset + len(values)] = values
     rd["weights"][key] = Array(w)
 
 
@@ -61,51 +61,78 @@ LEAKS = {
     "image under a harmless name": lambda s, rd: _put_array(rd, "stats", "histogram", _img(s)),
     "flattened image": lambda s, rd: _put_array(rd, "stats", "v", _img(s).ravel()),
     "image batch (N, 1, H, W)": lambda s, rd: _put_array(rd, "stats", "v", s._data.test_x[:2]),
-    "rescaled copy (half size)": lambda s, rd: _put_array(rd, "stats", "v", cv2.resize(
-        _img(s), (16, 16), interpolation=cv2.INTER_AREA)),
-    "rescaled copy (double size)": lambda s, rd: _put_array(rd, "stats", "v", cv2.resize(_img(s), (64, 64))),
-    "cast to uint8": lambda s, rd: _put_array(rd, "stats", "v", np.round(_img(s) * 255).astype(np.uint8)),
+    "rescaled copy (half size)": lambda s, rd: _put_array(
+        rd, "stats", "v", cv2.resize(_img(s), (16, 16), interpolation=cv2.INTER_AREA)
+    ),
+    "rescaled copy (double size)": lambda s, rd: _put_array(
+        rd, "stats", "v", cv2.resize(_img(s), (64, 64))
+    ),
+    "cast to uint8": lambda s, rd: _put_array(
+        rd, "stats", "v", np.round(_img(s) * 255).astype(np.uint8)
+    ),
     "cast to float16": lambda s, rd: _put_array(rd, "stats", "v", _img(s).astype(np.float16)),
     "intensity-shifted copy": lambda s, rd: _put_array(rd, "stats", "v", _img(s) * 0.5 + 0.2),
     "crop": lambda s, rd: _put_array(rd, "stats", "v", _img(s)[6:26, 4:28].copy()),
     "transposed copy": lambda s, rd: _put_array(rd, "stats", "v", _img(s).T.copy()),
     "mask as int64": lambda s, rd: _put_array(rd, "stats", "v", _mask(s).astype(np.int64)),
-    "image hidden among model weights": lambda s, rd: _put_array(rd, "weights", "head.extra_bias",
-                                                                 _img(s).ravel()[:1024]),
-    "pixels as many MetricRecord scalars": lambda s, rd: [rd["metrics"].__setitem__(f"m{i}", float(v))
-                                                          for i, v in enumerate(_img(s).ravel()[:400])],
+    "image hidden among model weights": lambda s, rd: _put_array(
+        rd, "weights", "head.extra_bias", _img(s).ravel()[:1024]
+    ),
+    "pixels as many MetricRecord scalars": lambda s, rd: [
+        rd["metrics"].__setitem__(f"m{i}", float(v)) for i, v in enumerate(_img(s).ravel()[:400])
+    ],
     "pixels in a ConfigRecord string": lambda s, rd: rd["config"].__setitem__(
-        "note", json.dumps(_img(s).ravel()[:200].tolist())),
+        "note", json.dumps(_img(s).ravel()[:200].tolist())
+    ),
     # -- encodings that content matching cannot see: the schema closes their channel -------------
     "base64 of the image bytes in a config string": lambda s, rd: rd["config"].__setitem__(
-        "note", base64.b64encode(_img(s).tobytes()).decode()),
+        "note", base64.b64encode(_img(s).tobytes()).decode()
+    ),
     "zlib-compressed image as a uint8 array": lambda s, rd: _put_array(
-        rd, "stats", "blob", np.frombuffer(zlib.compress(_img(s).tobytes()), np.uint8)),
+        rd, "stats", "blob", np.frombuffer(zlib.compress(_img(s).tobytes()), np.uint8)
+    ),
     "keyed permutation of the pixels (a cipher)": lambda s, rd: _put_array(
-        rd, "stats", "v", _img(s).ravel()[np.random.default_rng(42).permutation(_img(s).size)]),
-    "image bytes spelled out in metric names": lambda s, rd: [rd["metrics"].__setitem__(
-        f"k{i}_{chunk}", 0.0) for i, chunk in enumerate(_img(s).tobytes()[:64].hex()[j:j + 16]
-                                                        for j in range(0, 128, 16))],
-    "pixels in a record of its own": lambda s, rd: rd.__setitem__("extra", ConfigRecord(
-        {"px": ",".join(f"{v:.4f}" for v in _img(s).ravel()[:64])})),
+        rd, "stats", "v", _img(s).ravel()[np.random.default_rng(42).permutation(_img(s).size)]
+    ),
+    "image bytes spelled out in metric names": lambda s, rd: [
+        rd["metrics"].__setitem__(f"k{i}_{chunk}", 0.0)
+        for i, chunk in enumerate(
+            _img(s).tobytes()[:64].hex()[j : j + 16] for j in range(0, 128, 16)
+        )
+    ],
+    "pixels in a record of its own": lambda s, rd: rd.__setitem__(
+        "extra", ConfigRecord({"px": ",".join(f"{v:.4f}" for v in _img(s).ravel()[:64])})
+    ),
     "weights re-sent as float64 with the image appended": lambda s, rd: rd["weights"].__setitem__(
-        _weight_key(rd), Array(np.concatenate([rd["weights"][_weight_key(rd)].numpy().ravel().astype(np.float64),
-                                               _img(s).ravel()]))),
+        _weight_key(rd),
+        Array(
+            np.concatenate(
+                [rd["weights"][_weight_key(rd)].numpy().ravel().astype(np.float64), _img(s).ravel()]
+            )
+        ),
+    ),
     "a message posing as another site": lambda s, rd: rd["meta"].__setitem__("src", "site:bravo"),
-    "pixels in an extra meta key": lambda s, rd: rd["meta"].__setitem__("trace", base64.b64encode(
-        _img(s).tobytes()[:512]).decode()),
+    "pixels in an extra meta key": lambda s, rd: rd["meta"].__setitem__(
+        "trace", base64.b64encode(_img(s).tobytes()[:512]).decode()
+    ),
     # -- values inside a declared weight (right name, shape and dtype): the offset scan ------------
-    "pixels written into a declared weight at an offset": lambda s, rd: _set_weight(rd, _img(s).ravel()[200:264]),
-    "negated pixels inside a declared weight": lambda s, rd: _set_weight(rd, -_img(s).ravel()[300:340], 33),
+    "pixels written into a declared weight at an offset": lambda s, rd: _set_weight(
+        rd, _img(s).ravel()[200:264]
+    ),
+    "negated pixels inside a declared weight": lambda s, rd: _set_weight(
+        rd, -_img(s).ravel()[300:340], 33
+    ),
     "an image column inside a declared weight": lambda s, rd: _set_weight(rd, _img(s)[:, 9], 7),
     "mask boundary values inside a declared weight": lambda s, rd: _set_weight(
-        rd, _mask(s).ravel()[_boundary(_mask(s)):_boundary(_mask(s)) + 48].astype(np.float32), 50),
+        rd, _mask(s).ravel()[_boundary(_mask(s)) : _boundary(_mask(s)) + 48].astype(np.float32), 50
+    ),
 }
 #: channels the schema leaves open in model mode (values inside declared weights and metrics that are
 #: not exact copies): what is measured and bounded by the audit's capacity table, not caught here
 OPEN = {
     "a thumbnail (resampled pixels) inside a declared weight": lambda s, rd: _set_weight(
-        rd, cv2.resize(_img(s), (8, 8), interpolation=cv2.INTER_AREA).ravel() * 0.01, 10),
+        rd, cv2.resize(_img(s), (8, 8), interpolation=cv2.INTER_AREA).ravel() * 0.01, 10
+    ),
 }
 
 
@@ -160,7 +187,9 @@ def test_an_open_channel_is_not_caught_and_is_counted_as_open(how, smoke_spec, l
 
 
 def test_warn_mode_blocks_the_entry_and_continues(smoke_spec, learner):
-    site = LeakySite("alpha", smoke_spec, build_method, torch_threads=1, device="cpu", privacy_mode="warn")
+    site = LeakySite(
+        "alpha", smoke_spec, build_method, torch_threads=1, device="cpu", privacy_mode="warn"
+    )
     site.how = "image under a harmless name"
     site.start_visit(learner.visit_message("alpha", 1))
     site.train(2)
@@ -178,12 +207,12 @@ def test_the_offset_scan_skips_runs_that_identify_nothing():
     rng = np.random.default_rng(0)
     image = rng.random((1, 1, 8, 32)).astype(np.float32)
     image[0, 0, 0, :16] = 0.0
-    image[0, 0, 0, 15] = 1e-6           # a flat background with one stray value
+    image[0, 0, 0, 15] = 1e-6  # a flat background with one stray value
     image[0, 0, 1, :16] = 0.0
-    image[0, 0, 1, 13:16] = 1.0         # a mask-like edge: three values off the zeros
+    image[0, 0, 1, 13:16] = 1.0  # a mask-like edge: three values off the zeros
     index = WindowIndex({"x": image})
     fisher = np.full(40, 1e-7, np.float32)
-    fisher[20] = 9e-7                   # quantises to the image's first row
+    fisher[20] = 9e-7  # quantises to the image's first row
     assert index.find(np.roll(fisher, -5)) is None
     edge = np.zeros(40, np.float32)
     edge[10:26] = image[0, 0, 1, :16]
@@ -195,17 +224,32 @@ def test_honest_site_has_no_violation(smoke_spec, learner):
     site = Site("alpha", smoke_spec, build_method, torch_threads=1, device="cpu")
     site.visit(learner.visit_message("alpha", 1))
     site.evaluate(learner.evaluate_message())
-    assert site._guard.violations == [] and site._guard.checked_messages == 4  # start, train, finish, evaluate
+    assert (
+        site._guard.violations == [] and site._guard.checked_messages == 4
+    )  # start, train, finish, evaluate
 
 
 def test_no_false_alarm_on_unrelated_arrays():
     rng = np.random.default_rng(0)
     real = rng.random((6, 1, 32, 32)).astype(np.float32)
     guard = EgressGuard("alpha", Blocklist({"img": real}))
-    other = rng.random((4, 32, 32)).astype(np.float32)  # unrelated noise of image shape, in a model message
-    schema = Schema("model", "site:alpha", arrays={"w/a": ((4, 32, 32), "float32"), "w/b": ((64, 64), "float64")})
-    guard.check(make_message("model", "site:alpha", "learner", arrays={"w": {"a": other,
-                                                                           "b": rng.normal(size=(64, 64))}}), schema)
+    other = rng.random((4, 32, 32)).astype(
+        np.float32
+    )  # unrelated noise of image shape, in a model message
+    schema = Schema(
+        "model",
+        "site:alpha",
+        arrays={"w/a": ((4, 32, 32), "float32"), "w/b": ((64, 64), "float64")},
+    )
+    guard.check(
+        make_message(
+            "model",
+            "site:alpha",
+            "learner",
+            arrays={"w": {"a": other, "b": rng.normal(size=(64, 64))}},
+        ),
+        schema,
+    )
     assert guard.violations == []
 
 
@@ -213,9 +257,13 @@ def test_record_mode_lists_exactly_which_images_left(smoke_spec):
     data_guard = Site("alpha", smoke_spec, build_method, device="cpu", privacy_mode="record")._guard
     x = Site("alpha", smoke_spec, build_method, device="cpu")._data.train_x
     schema = Schema("model", "site:alpha", arrays={"state/buf": ((2, 1, 32, 32), "float32")})
-    data_guard.check(make_message("model", "site:alpha", "learner", arrays={"state": {"buf": x[[2, 7]]}}), schema)
+    data_guard.check(
+        make_message("model", "site:alpha", "learner", arrays={"state": {"buf": x[[2, 7]]}}), schema
+    )
     details = [v.detail for v in data_guard.violations]
-    assert any("train_image[2]" in d for d in details) and any("train_image[7]" in d for d in details)
+    assert any("train_image[2]" in d for d in details) and any(
+        "train_image[7]" in d for d in details
+    )
 
 
 def test_leaking_site_stops_a_run_through_ray(ray_session, tmp_path):
@@ -232,7 +280,10 @@ def test_leaking_site_stops_a_run_through_ray(ray_session, tmp_path):
 
     out = tmp_path / "leak"
     cfg = build_config("smoke", parse_set(["run.sites=2", f"run.out={out}"]))
-    with pytest.raises(Exception, match=r"privacy guard: site 'alpha' blocked '<undeclared #1, 5 chars>' \(rule schema"):
+    with pytest.raises(
+        Exception,
+        match=r"privacy guard: site 'alpha' blocked '<undeclared #1, 5 chars>' \(rule schema",
+    ):
         api.run(cfg, progress=False, site_cls=FlattenLeak)
     assert (out / FAILED).exists() and not (out / MARKER).exists()
     assert "privacy guard" in (out / FAILED).read_text()
@@ -247,14 +298,29 @@ def test_non_private_reference_fails_its_audit(ray_session, tmp_path, capsys):
     cfg = build_config("smoke", parse_set(["run.sites=2", "run.method=er_real", f"run.out={out}"]))
     with pytest.raises(ConfigError, match="--allow-non-private"):
         api.plan_run(cfg)
-    cfg = build_config("smoke", parse_set(["run.sites=2", "run.method=er_real", f"run.out={out}",
-                                           "privacy.allow_non_private=true"]))
+    cfg = build_config(
+        "smoke",
+        parse_set(
+            [
+                "run.sites=2",
+                "run.method=er_real",
+                f"run.out={out}",
+                "privacy.allow_non_private=true",
+            ]
+        ),
+    )
     api.run(cfg, progress=False)
     audit = json.loads((out / "privacy_audit.json").read_text())
     assert audit["verdict"] == "fail" and audit["private_method"] is False
-    guard_checks = [c for c in audit["claims"]["structural"]["checks"] if c["check"] == "egress guard"]
+    guard_checks = [
+        c for c in audit["claims"]["structural"]["checks"] if c["check"] == "egress guard"
+    ]
     alpha = next(c for c in guard_checks if c["scope"] == "alpha")
-    assert alpha["verdict"] == "fail" and "state/buffer_x" in alpha["detail"] and "train_image[" in alpha["detail"]
+    assert (
+        alpha["verdict"] == "fail"
+        and "state/buffer_x" in alpha["detail"]
+        and "train_image[" in alpha["detail"]
+    )
     capsys.readouterr()
     assert cli.main(["audit", str(out)]) == 1
     assert "verdict: FAIL" in capsys.readouterr().out
@@ -262,7 +328,9 @@ def test_non_private_reference_fails_its_audit(ray_session, tmp_path, capsys):
 
 def test_warn_mode_removes_only_the_offending_scalars(smoke_spec, learner):
     """A scalar leak in warn mode takes out the undeclared metrics; the weights still go."""
-    site = LeakySite("alpha", smoke_spec, build_method, torch_threads=1, device="cpu", privacy_mode="warn")
+    site = LeakySite(
+        "alpha", smoke_spec, build_method, torch_threads=1, device="cpu", privacy_mode="warn"
+    )
     site.how = "pixels as many MetricRecord scalars"
     site.start_visit(learner.visit_message("alpha", 1))
     site.train(2)
@@ -272,15 +340,25 @@ def test_warn_mode_removes_only_the_offending_scalars(smoke_spec, learner):
     assert {v.rule for v in site._guard.violations} == {"schema"}
 
 
-@pytest.mark.parametrize("name", sorted(n for n, c in __import__("server.methods", fromlist=["METHODS"]).METHODS.items()
-                                        if c.private))
+@pytest.mark.parametrize(
+    "name",
+    sorted(
+        n
+        for n, c in __import__("server.methods", fromlist=["METHODS"]).METHODS.items()
+        if c.private
+    ),
+)
 def test_no_honest_message_of_a_private_method_raises_an_alarm(name, smoke_spec, smd_backbone):
     """Every message a site sends for every private method, at a stage with replay, in strict mode."""
     cfg = build_config("smoke", parse_set([f"run.method={name}", "train.steps_per_stage=3"]))
     lrn = _learner(cfg)
     lrn.enable_replay(str(smd_backbone), 1)
-    lrn.add_prompt("bravo", np.random.default_rng(0).normal(size=(cfg.smd.tokens, cfg.smd.token_dim))
-                   .astype(np.float32))
+    lrn.add_prompt(
+        "bravo",
+        np.random.default_rng(0)
+        .normal(size=(cfg.smd.tokens, cfg.smd.token_dim))
+        .astype(np.float32),
+    )
     lrn.visited.append("bravo")
     site = Site("alpha", smoke_spec, build_method, torch_threads=1, device="cpu")
     site.describe()
@@ -309,11 +387,19 @@ def test_a_site_that_opens_another_sites_data_fails_the_audit(ray_session, tmp_p
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     out = tmp_path / "peek"
-    cfg = build_config("smoke", parse_set(["run.sites=2", "run.method=finetune", "train.steps_per_stage=2",
-                                           f"run.out={out}"]))
+    cfg = build_config(
+        "smoke",
+        parse_set(
+            ["run.sites=2", "run.method=finetune", "train.steps_per_stage=2", f"run.out={out}"]
+        ),
+    )
     api.run(cfg, progress=False, site_cls=PeekingSite)
     audit = json.loads((out / "privacy_audit.json").read_text())
-    check = next(c for c in audit["claims"]["structural"]["checks"] if c["check"] == "only each site opened its own data")
+    check = next(
+        c
+        for c in audit["claims"]["structural"]["checks"]
+        if c["check"] == "only each site opened its own data"
+    )
     assert audit["verdict"] == "fail" and check["verdict"] == "fail"
     assert "site:alpha opened" in check["detail"] and "data of site bravo" in check["detail"]
 
@@ -323,21 +409,44 @@ def test_a_run_whose_site_left_no_trace_fails_the_audit(ray_session, tmp_path):
     from simulator.driver.audit import build_audit
 
     out = tmp_path / "run"
-    api.run(build_config("smoke", parse_set(["run.sites=2", "run.method=finetune", "train.steps_per_stage=2",
-                                             f"run.out={out}"])), progress=False)
+    api.run(
+        build_config(
+            "smoke",
+            parse_set(
+                ["run.sites=2", "run.method=finetune", "train.steps_per_stage=2", f"run.out={out}"]
+            ),
+        ),
+        progress=False,
+    )
     assert build_audit(out, write=False)["verdict"] == "pass"
     (out / "file_access" / "site-bravo.jsonl").unlink()
     audit = build_audit(out, write=False)
-    check = next(c for c in audit["claims"]["structural"]["checks"] if c["check"].startswith("every data-reading"))
+    check = next(
+        c
+        for c in audit["claims"]["structural"]["checks"]
+        if c["check"].startswith("every data-reading")
+    )
     assert audit["verdict"] == "fail" and "no trace site-bravo.jsonl" in check["detail"]
 
 
-def test_prompt_only_mode_exports_nothing_but_prompts_and_scalars(ray_session, smd_backbone, tmp_path):
+def test_prompt_only_mode_exports_nothing_but_prompts_and_scalars(
+    ray_session, smd_backbone, tmp_path
+):
     from simulator.driver import api
 
     out = tmp_path / "prompt-only"
-    cfg = build_config("smoke", parse_set(["run.sites=2", "run.method=smg", "train.steps_per_stage=3",
-                                           "privacy.exports=prompt", f"run.out={out}"]))
+    cfg = build_config(
+        "smoke",
+        parse_set(
+            [
+                "run.sites=2",
+                "run.method=smg",
+                "train.steps_per_stage=3",
+                "privacy.exports=prompt",
+                f"run.out={out}",
+            ]
+        ),
+    )
     res = api.run(cfg, progress=False)
     assert res.R[2].max() > 0  # the learner trained on the sites' synthetic images
     ledger = [json.loads(line) for line in (out / "ledger.jsonl").read_text().splitlines()]
@@ -346,10 +455,20 @@ def test_prompt_only_mode_exports_nothing_but_prompts_and_scalars(ray_session, s
     assert not [e for e in ledger if e["kind"] in ("visit", "model")]
     audit = json.loads((out / "privacy_audit.json").read_text())
     check = next(c for c in audit["claims"]["structural"]["checks"] if c["check"] == "export mode")
-    assert audit["exports"] == "prompt" and check["verdict"] == "pass" and "nothing but prompts" in check["detail"]
+    assert (
+        audit["exports"] == "prompt"
+        and check["verdict"] == "pass"
+        and "nothing but prompts" in check["detail"]
+    )
     with pytest.raises(ConfigError, match="prompt-only"):
-        api.plan_run(build_config("smoke", parse_set(["run.method=joint", "privacy.allow_non_private=true",
-                                                      "privacy.exports=prompt"])))
+        api.plan_run(
+            build_config(
+                "smoke",
+                parse_set(
+                    ["run.method=joint", "privacy.allow_non_private=true", "privacy.exports=prompt"]
+                ),
+            )
+        )
 
 
 def test_creating_the_empty_data_root_is_no_access_but_creating_inside_another_site_is(tmp_path):
@@ -358,14 +477,22 @@ def test_creating_the_empty_data_root_is_no_access_but_creating_inside_another_s
     from simulator.driver.audit import _file_access
 
     root = tmp_path / "sites"
-    ok = [{"role": "site:alpha", "path": str(root), "mode": "mkdir"},
-          {"role": "site:alpha", "path": str(root / "alpha"), "mode": "mkdir"},
-          {"role": "site:alpha", "path": str(root / "alpha" / "case-000.npz"), "mode": "r"}]
+    ok = [
+        {"role": "site:alpha", "path": str(root), "mode": "mkdir"},
+        {"role": "site:alpha", "path": str(root / "alpha"), "mode": "mkdir"},
+        {"role": "site:alpha", "path": str(root / "alpha" / "case-000.npz"), "mode": "r"},
+    ]
     check, rows = _file_access(ok, str(root))
     assert check["verdict"] == "pass", check["detail"]
     for bad_mode, word in (("mkdir", "created"), ("r", "opened"), ("list", "listed")):
-        check, _ = _file_access(ok + [{"role": "site:alpha", "path": str(root / "bravo"), "mode": bad_mode}], str(root))
-        assert check["verdict"] == "fail" and f"site:alpha {word}" in check["detail"] and "data of site bravo" in check["detail"]
+        check, _ = _file_access(
+            ok + [{"role": "site:alpha", "path": str(root / "bravo"), "mode": bad_mode}], str(root)
+        )
+        assert (
+            check["verdict"] == "fail"
+            and f"site:alpha {word}" in check["detail"]
+            and "data of site bravo" in check["detail"]
+        )
 
 
 def test_a_node_that_keeps_its_data_in_a_folder_of_its_own_is_audited_against_that_folder(tmp_path):

@@ -8,8 +8,11 @@ from simulator.driver.results import cosine_matrices, plot_alignment
 
 
 def test_cosine_matrices_from_stage_logs(tmp_path):
-    logs = [{"stage": 0}, {"stage": 1, "cos/view1/view2": 0.5, "cos/view2/view1": 0.5},
-            {"stage": 2, "cos/alpha/bravo": -0.25, "cos/bravo/alpha": -0.25, "loss": 1.0}]
+    logs = [
+        {"stage": 0},
+        {"stage": 1, "cos/view1/view2": 0.5, "cos/view2/view1": 0.5},
+        {"stage": 2, "cos/alpha/bravo": -0.25, "cos/bravo/alpha": -0.25, "loss": 1.0},
+    ]
     mats = cosine_matrices(logs)
     assert [m[0] for m in mats] == [1, 2]
     stage, names, M = mats[1]

@@ -41,8 +41,21 @@ def test_every_stage_leaves_a_checkpoint(reference):
 
 def test_driver_killed_after_stage_2_then_resumed_gives_identical_results(reference, tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "simulator.driver.cli", "run", "--profile", "smoke", "--quiet", "--no-dashboard",
-           "--inject-fault", "kill-driver@2", *[a for s in SETS for a in ("--set", s)], "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "simulator.driver.cli",
+        "run",
+        "--profile",
+        "smoke",
+        "--quiet",
+        "--no-dashboard",
+        "--inject-fault",
+        "kill-driver@2",
+        *[a for s in SETS for a in ("--set", s)],
+        "--out",
+        str(out),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == EXIT_DRIVER_KILLED, res.stderr[-2000:]
     assert not (out / "COMPLETE").exists() and not (out / "R.csv").exists()
@@ -56,7 +69,9 @@ def test_driver_killed_after_stage_2_then_resumed_gives_identical_results(refere
         api.resume(out)
 
 
-def test_a_site_killed_during_its_evaluation_is_restarted_with_identical_results(reference, tmp_path):
+def test_a_site_killed_during_its_evaluation_is_restarted_with_identical_results(
+    reference, tmp_path
+):
     out = tmp_path / "run"
     api.run(_cfg(out, "runtime.inject_fault=kill-site:bravo@3"), progress=False)
     assert (out / "R.csv").read_bytes() == (reference / "R.csv").read_bytes()
@@ -90,17 +105,24 @@ def test_resume_refuses_other_settings_and_names_the_keys(reference, tmp_path):
 
 def test_a_run_without_a_checkpoint_cannot_resume(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(_cfg(tmp_path).to_dict()))
-    (tmp_path / "method.json").write_text(json.dumps({"hyperparameters": {"lr": 0.001, "weight_decay": 0.0}}))
+    (tmp_path / "method.json").write_text(
+        json.dumps({"hyperparameters": {"lr": 0.001, "weight_decay": 0.0}})
+    )
     with pytest.raises(ResumeError, match="no checkpoint"):
         api.resume(tmp_path)
 
 
 def test_faults_are_checked_against_the_run():
     order = ["alpha", "bravo", "charlie"]
-    assert parse_faults("kill-site:bravo@3, kill-driver@2", order) == (Fault("kill-site", 3, "bravo"),
-                                                                       Fault("kill-driver", 2))
-    for bad, why in [("kill-site:zulu@1", "not a site of this run"), ("kill-driver@4", "out of range"),
-                     ("explode@1", "not a fault")]:
+    assert parse_faults("kill-site:bravo@3, kill-driver@2", order) == (
+        Fault("kill-site", 3, "bravo"),
+        Fault("kill-driver", 2),
+    )
+    for bad, why in [
+        ("kill-site:zulu@1", "not a site of this run"),
+        ("kill-driver@4", "out of range"),
+        ("explode@1", "not a fault"),
+    ]:
         with pytest.raises(ConfigError, match=why):
             parse_faults(bad, order)
 
@@ -122,20 +144,49 @@ def test_the_dashboard_metrics_show_a_running_run(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "metered-run"
-    cmd = [sys.executable, "-m", "simulator.driver.cli", "run", "--profile", "smoke", "--quiet", "--no-dashboard",
-           "--sites", "2", "--method", "finetune", "--set", "train.steps_per_stage=120",
-           "--set", f"runtime.metrics_port={port}", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "simulator.driver.cli",
+        "run",
+        "--profile",
+        "smoke",
+        "--quiet",
+        "--no-dashboard",
+        "--sites",
+        "2",
+        "--method",
+        "finetune",
+        "--set",
+        "train.steps_per_stage=120",
+        "--set",
+        f"runtime.metrics_port={port}",
+        "--out",
+        str(out),
+    ]
     # the run's processes hand Ray's agent what they recorded every 2 s (10 s by default)
     env = {**os.environ, "RAY_metrics_report_interval_ms": "2000"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    want = {"ray_smg_stage", "ray_smg_dice", "ray_smg_step", "ray_smg_loss", "ray_smg_site_messages_total",
-            "ray_smg_site_bytes_total"}
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    want = {
+        "ray_smg_stage",
+        "ray_smg_dice",
+        "ray_smg_step",
+        "ray_smg_loss",
+        "ray_smg_site_messages_total",
+        "ray_smg_site_bytes_total",
+    }
     seen: dict[str, list[str]] = {}
     scrapes, errors = 0, []
     try:
         while proc.poll() is None and not want <= set(seen):
             try:  # the endpoint is up once Ray has started, and answers slowly while training holds the cores
-                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=20).read().decode()
+                text = (
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=20)
+                    .read()
+                    .decode()
+                )
             except OSError as e:
                 errors.append(repr(e))
                 time.sleep(1)

@@ -78,13 +78,17 @@ def test_no_site_method_returns_an_image_shaped_array(site, smoke_spec, tmp_path
         "visit": (learner.visit_message("alpha", 2),),
         "evaluate": (learner.evaluate_message(),),
         "guard_report": (),
-        "write_preview": (PreviewRequest(str(tmp_path), 3, False).to_record("driver", "site:alpha"),),
+        "write_preview": (
+            PreviewRequest(str(tmp_path), 3, False).to_record("driver", "site:alpha"),
+        ),
         "ping": (),
         "preload_smd": (),
         "crash_during": ("evaluation",),  # armed only: nothing here evaluates afterwards
     }
     public = {n for n, _ in inspect.getmembers(Site, inspect.isfunction) if not n.startswith("_")}
-    assert public == set(calls), f"new public Site method(s) must be covered here: {public ^ set(calls)}"
+    assert public == set(calls), (
+        f"new public Site method(s) must be covered here: {public ^ set(calls)}"
+    )
     seen = 0
     for name, args in calls.items():
         reply = getattr(site, name)(*args)
@@ -116,8 +120,13 @@ def test_payloads_round_trip_and_refuse_other_shapes(learner):
         EvaluateRequest.from_record(msg)
     with pytest.raises(MessageError, match="expected a 'visit' message, got 'evaluate'"):
         VisitRequest.from_record(learner.evaluate_message())
-    report = GuardReport("alpha", "strict", 17, {"violations": 1.0},
-                         ({"rule": "exact", "key": "weights/w", "detail": "3 of 4"},))
+    report = GuardReport(
+        "alpha",
+        "strict",
+        17,
+        {"violations": 1.0},
+        ({"rule": "exact", "key": "weights/w", "detail": "3 of 4"},),
+    )
     again = GuardReport.from_record(report.to_record("site:alpha", "learner"))
     assert again == report
 
@@ -125,34 +134,56 @@ def test_payloads_round_trip_and_refuse_other_shapes(learner):
 METRICS_ONLY = Schema("metrics", "site:alpha", ("learner",), metrics={"dice": FRACTION})
 
 
-@pytest.mark.parametrize("arrays_", [
-    {"g": {"w": np.zeros((32, 32), np.float32)}},
-    {"g": {"w": np.zeros((2, 1, 32, 32), np.float32)}},
-    {"g": {"w": np.zeros((1024,), np.float32)}},
-    {"g": {"w": np.zeros((3,), np.float32)}},  # not image-sized at all: still undeclared
-])
+@pytest.mark.parametrize(
+    "arrays_",
+    [
+        {"g": {"w": np.zeros((32, 32), np.float32)}},
+        {"g": {"w": np.zeros((2, 1, 32, 32), np.float32)}},
+        {"g": {"w": np.zeros((1024,), np.float32)}},
+        {"g": {"w": np.zeros((3,), np.float32)}},  # not image-sized at all: still undeclared
+    ],
+)
 def test_guard_blocks_every_undeclared_array(arrays_):
-    guard = EgressGuard("alpha", Blocklist({"img": np.random.default_rng(0).random((2, 1, 32, 32))}))
+    guard = EgressGuard(
+        "alpha", Blocklist({"img": np.random.default_rng(0).random((2, 1, 32, 32))})
+    )
     with pytest.raises(EgressViolation, match="rule schema") as err:
         guard.check(make_message("metrics", "site:alpha", "learner", arrays=arrays_), METRICS_ONLY)
-    assert err.value.site == "alpha" and err.value.key.startswith("<undeclared")  # its name is not repeated
+    assert err.value.site == "alpha" and err.value.key.startswith(
+        "<undeclared"
+    )  # its name is not repeated
 
 
 def test_guard_blocks_wrong_kind_undeclared_scalars_and_values_out_of_range():
-    guard = EgressGuard("alpha", Blocklist({"img": np.random.default_rng(0).random((2, 1, 32, 32))}))
+    guard = EgressGuard(
+        "alpha", Blocklist({"img": np.random.default_rng(0).random((2, 1, 32, 32))})
+    )
     with pytest.raises(EgressViolation, match="rule kind"):
         guard.check(make_message("visit", "site:alpha", "learner"), METRICS_ONLY)
     with pytest.raises(EgressViolation, match="rule kind"):
-        guard.check(make_message("metrics", "site:bravo", "learner"), METRICS_ONLY)  # posing as another site
+        guard.check(
+            make_message("metrics", "site:bravo", "learner"), METRICS_ONLY
+        )  # posing as another site
     with pytest.raises(EgressViolation, match="rule schema"):
-        guard.check(make_message("metrics", "site:alpha", "learner", config={"px": "0.1,0.2"}), METRICS_ONLY)
+        guard.check(
+            make_message("metrics", "site:alpha", "learner", config={"px": "0.1,0.2"}), METRICS_ONLY
+        )
     with pytest.raises(EgressViolation, match="rule schema"):
-        guard.check(make_message("metrics", "site:alpha", "learner", metrics={"dice": 0.5, "px0": 0.3}),
-                    METRICS_ONLY)
+        guard.check(
+            make_message("metrics", "site:alpha", "learner", metrics={"dice": 0.5, "px0": 0.3}),
+            METRICS_ONLY,
+        )
     with pytest.raises(EgressViolation, match="rule range"):
-        guard.check(make_message("metrics", "site:alpha", "learner", metrics={"dice": 1.5}), METRICS_ONLY)
-    out = guard.check(make_message("metrics", "site:alpha", "learner", metrics={"dice": 0.123456789}), METRICS_ONLY)
-    assert out["metrics"]["dice"] == pytest.approx(0.123457, abs=1e-12)  # rounded to the declared resolution
+        guard.check(
+            make_message("metrics", "site:alpha", "learner", metrics={"dice": 1.5}), METRICS_ONLY
+        )
+    out = guard.check(
+        make_message("metrics", "site:alpha", "learner", metrics={"dice": 0.123456789}),
+        METRICS_ONLY,
+    )
+    assert out["metrics"]["dice"] == pytest.approx(
+        0.123457, abs=1e-12
+    )  # rounded to the declared resolution
 
 
 def test_replay_batch_is_shared_over_the_sites_a_step_replays():
@@ -163,7 +194,9 @@ def test_replay_batch_is_shared_over_the_sites_a_step_replays():
 
     x = torch.rand((10, 1, 32, 32))
     replay = {"a": (x, x), "b": (x, x), "c": (x, x), "d": (x, x)}
-    ctx = StageContext("alpha", 5, 1, torch.device("cpu"), torch.Generator().manual_seed(0), sorted(replay))
+    ctx = StageContext(
+        "alpha", 5, 1, torch.device("cpu"), torch.Generator().manual_seed(0), sorted(replay)
+    )
     every = LocalVisit(None, None, ctx, (x, x), replay, batch_size=8).batch()
     assert {k: len(v[0]) for k, v in every.replay.items()} == dict.fromkeys(replay, 2)
     two = LocalVisit(None, None, ctx, (x, x), replay, batch_size=8, replay_sites=2).batch()

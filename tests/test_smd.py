@@ -46,8 +46,15 @@ def test_prompt_tuning_changes_only_the_prompt(cfg, backbone, smoke_spec):
     model = load_backbone(backbone)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     data = build_site_data(smoke_spec)
-    prompt, logs = tune_prompt(model, data.train_x, data.train_y, steps=4, lr=0.05, batch=4,
-                               gen=torch.Generator().manual_seed(0))
+    prompt, logs = tune_prompt(
+        model,
+        data.train_x,
+        data.train_y,
+        steps=4,
+        lr=0.05,
+        batch=4,
+        gen=torch.Generator().manual_seed(0),
+    )
     assert prompt.shape == (cfg.smd.tokens, cfg.smd.token_dim) and prompt.dtype == np.float32
     assert not np.allclose(prompt, model.prompt_init.numpy())
     for k, v in model.state_dict().items():
@@ -65,16 +72,32 @@ def test_prompt_tuning_stops_a_phase_when_the_probe_loss_stops_improving(cfg, ba
     data = build_site_data(smoke_spec)
 
     def tune(tol):
-        return tune_prompt(model, data.train_x, data.train_y, steps=12, lr=0.05, batch=4,
-                           gen=torch.Generator().manual_seed(0), candidates=4, stop_tol=tol, check_every=2)
+        return tune_prompt(
+            model,
+            data.train_x,
+            data.train_y,
+            steps=12,
+            lr=0.05,
+            batch=4,
+            gen=torch.Generator().manual_seed(0),
+            candidates=4,
+            stop_tol=tol,
+            check_every=2,
+        )
 
     _, full = tune(0.0)
     assert full["prompt_steps"] == full["prompt_steps_planned"] == 12 and full["prompt_checks"] == 0
     prompt, early = tune(1.0)  # no loss falls by 100 %: each phase ends at its first check
-    assert early["prompt_steps"] == 4 and early["prompt_steps_planned"] == 12 and early["prompt_checks"] == 2
+    assert (
+        early["prompt_steps"] == 4
+        and early["prompt_steps_planned"] == 12
+        and early["prompt_checks"] == 2
+    )
     assert early["prompt_loss_final"] <= early["prompt_loss_search"]
     x = to_model_space(data.train_x, data.train_y, model.spec.image_size)[:32]
-    assert _fixed_loss(model, x, torch.from_numpy(prompt)[None]) == pytest.approx(early["prompt_loss_final"])
+    assert _fixed_loss(model, x, torch.from_numpy(prompt)[None]) == pytest.approx(
+        early["prompt_loss_final"]
+    )
 
 
 def test_seeded_sampling_is_reproducible(backbone):
@@ -113,7 +136,9 @@ def test_site_exports_only_the_prompt_and_scalars(cfg, backbone, smoke_spec):
     assert set(rep) == {"alpha/x", "alpha/y"} and rep["alpha/x"].shape[0] == cfg.smd.replay_per_site
 
 
-def test_backbone_travels_as_arrays_to_a_site_whose_cache_lacks_it(cfg, backbone, smoke_spec, tmp_path, monkeypatch):
+def test_backbone_travels_as_arrays_to_a_site_whose_cache_lacks_it(
+    cfg, backbone, smoke_spec, tmp_path, monkeypatch
+):
     """A site on another machine: its own cache is empty, so the learner sends the backbone as
     arrays; the site keeps it only with the announced key and digest, then tunes against it."""
     from simulator.payloads import BackboneOffer
@@ -130,7 +155,9 @@ def test_backbone_travels_as_arrays_to_a_site_whose_cache_lacks_it(cfg, backbone
     offer = BackboneOffer.from_record(learner.backbone_offer_message("alpha"))
     name = sorted(offer.state)[0]
     tampered = {**offer.state, name: offer.state[name] + 1e-3}
-    bad = BackboneOffer(offer.key, offer.sha256, offer.spec, tampered).to_record("learner", "site:alpha")
+    bad = BackboneOffer(offer.key, offer.sha256, offer.spec, tampered).to_record(
+        "learner", "site:alpha"
+    )
     with pytest.raises(ValueError, match="digest"):
         site.install_backbone(bad)
     with pytest.raises(ValueError, match="16 hexadecimal"):
@@ -151,13 +178,15 @@ def test_only_a_process_that_builds_a_backbone_imports_diffusers():
     import subprocess
     import sys
 
-    code = ("import sys, server.learner, sites.site, simulator.driver.runner, simulator.smd.pretrain\n"
-            "before = any(m.split('.')[0] == 'diffusers' for m in sys.modules)\n"
-            "from simulator.smd.backbone import SMDBackbone\n"
-            "from simulator.config import build_config\n"
-            "from simulator.smd.pretrain import smd_spec\n"
-            "SMDBackbone(smd_spec(build_config('smoke'), 1))\n"
-            "print(before, 'diffusers' in sys.modules)\n")
+    code = (
+        "import sys, server.learner, sites.site, simulator.driver.runner, simulator.smd.pretrain\n"
+        "before = any(m.split('.')[0] == 'diffusers' for m in sys.modules)\n"
+        "from simulator.smd.backbone import SMDBackbone\n"
+        "from simulator.config import build_config\n"
+        "from simulator.smd.pretrain import smd_spec\n"
+        "SMDBackbone(smd_spec(build_config('smoke'), 1))\n"
+        "print(before, 'diffusers' in sys.modules)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["False", "True"]

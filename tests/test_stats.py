@@ -21,8 +21,11 @@ from simulator.errors import ConfigError
 
 def _runs(cells: dict[str, dict[tuple[int, str], float]]) -> pd.DataFrame:
     """A runs table from ``{method: {(seed, order): Mem}}``; Gen is 1 - Mem."""
-    rows = [{"method": m, "seed": s, "order": o, "Mem": v, "Gen": 1.0 - v}
-            for m, by_cell in cells.items() for (s, o), v in by_cell.items()]
+    rows = [
+        {"method": m, "seed": s, "order": o, "Mem": v, "Gen": 1.0 - v}
+        for m, by_cell in cells.items()
+        for (s, o), v in by_cell.items()
+    ]
     return pd.DataFrame(rows)
 
 
@@ -72,10 +75,12 @@ def test_bootstrap_ci_lies_in_the_data_range_and_is_deterministic():
 
 
 def test_cells_are_paired_by_seed_and_order_and_unshared_cells_are_ignored():
-    runs = _runs({
-        "a": {(0, "random"): 0.9, (0, "reverse"): 0.5, (1, "random"): 0.8, (2, "random"): 0.1},
-        "b": {(1, "random"): 0.6, (0, "reverse"): 0.6, (0, "random"): 0.4, (3, "random"): 0.9},
-    })
+    runs = _runs(
+        {
+            "a": {(0, "random"): 0.9, (0, "reverse"): 0.5, (1, "random"): 0.8, (2, "random"): 0.1},
+            "b": {(1, "random"): 0.6, (0, "reverse"): 0.6, (0, "random"): 0.4, (3, "random"): 0.9},
+        }
+    )
     diffs = paired_differences(runs, "a", "b", "Mem")
     # sorted by (seed, order): (0, random), (0, reverse), (1, random); seeds 2 and 3 unshared
     assert np.allclose(diffs, [0.5, -0.1, 0.2])
@@ -88,23 +93,38 @@ def test_nan_cells_are_left_out():
 
 
 def test_a_cell_run_twice_by_one_method_is_an_error():
-    runs = pd.concat([_runs({"a": {(0, "x"): 0.9}, "b": {(0, "x"): 0.5}}),
-                      _runs({"a": {(0, "x"): 0.7}})])
+    runs = pd.concat(
+        [_runs({"a": {(0, "x"): 0.9}, "b": {(0, "x"): 0.5}}), _runs({"a": {(0, "x"): 0.7}})]
+    )
     with pytest.raises(ValueError, match="more than one run"):
         paired_differences(runs, "a", "b", "Mem")
 
 
 def test_paired_table_rows_and_columns():
-    runs = _runs({
-        "a": {(0, "r"): 0.9, (1, "r"): 0.8},
-        "b": {(0, "r"): 0.5, (1, "r"): 0.6},
-        "c": {(0, "r"): 0.1, (1, "r"): 0.2},
-        "d": {(5, "r"): 0.3},  # shares no cell with the others: no rows
-    })
+    runs = _runs(
+        {
+            "a": {(0, "r"): 0.9, (1, "r"): 0.8},
+            "b": {(0, "r"): 0.5, (1, "r"): 0.6},
+            "c": {(0, "r"): 0.1, (1, "r"): 0.2},
+            "d": {(5, "r"): 0.3},  # shares no cell with the others: no rows
+        }
+    )
     table = paired_table(runs, ["Mem", "Gen"])
-    assert list(table.columns) == list(PAIRED_COLUMNS) == [
-        "method", "baseline", "metric", "cells", "wins", "mean_diff", "ci_low", "ci_high",
-        "p_value"]
+    assert (
+        list(table.columns)
+        == list(PAIRED_COLUMNS)
+        == [
+            "method",
+            "baseline",
+            "metric",
+            "cells",
+            "wins",
+            "mean_diff",
+            "ci_low",
+            "ci_high",
+            "p_value",
+        ]
+    )
     pairs = list(zip(table["method"], table["baseline"], table["metric"], strict=True))
     assert pairs == [(m, b, k) for m in "abc" for b in "abc" if m != b for k in ("Mem", "Gen")]
     ab = table[(table["method"] == "a") & (table["baseline"] == "b")].set_index("metric")
@@ -112,8 +132,10 @@ def test_paired_table_rows_and_columns():
     assert ab.loc["Gen", "mean_diff"] == pytest.approx(-0.3)
     assert (ab.loc["Mem", "wins"], ab.loc["Gen", "wins"]) == (2, 0)
     against_c = paired_table(runs, ["Mem"], baseline="c")
-    assert list(zip(against_c["method"], against_c["baseline"], strict=True)) == [("a", "c"),
-                                                                                  ("b", "c")]
+    assert list(zip(against_c["method"], against_c["baseline"], strict=True)) == [
+        ("a", "c"),
+        ("b", "c"),
+    ]
 
 
 def test_one_method_gives_an_empty_table_with_the_columns():

@@ -40,21 +40,32 @@ METRICS = ("Mem", "Gen", "Final", "BWT", "FWT", "Forgetting")
 ALIGN = ("align_rel_change", "inner_over_outer", "align_cos_mem", "align_cos_gen")
 PAIRED = ("Mem", "Gen", "Final", "BWT")
 RUN_FILES = ("R.csv", "metrics.json", "config.json", "stages.jsonl")
-COMPARE_FILES = ("runs.csv", "paired.csv", "compare.md", "compare.csv", "compare_by_order.csv",
-                 "compare_bars.png", "compare_mem_gen.png")
+COMPARE_FILES = (
+    "runs.csv",
+    "paired.csv",
+    "compare.md",
+    "compare.csv",
+    "compare_by_order.csv",
+    "compare_bars.png",
+    "compare_mem_gen.png",
+)
 
 
 def _alignment_means(stages: Path) -> dict[str, float]:
     """Each alignment statistic's mean over the stages that logged it (0 where none did)."""
     rows = [json.loads(line) for line in stages.read_text().splitlines() if line.strip()]
-    return {k: (sum(r[k] for r in rows if k in r) / max(1, sum(k in r for r in rows))) for k in ALIGN}
+    return {
+        k: (sum(r[k] for r in rows if k in r) / max(1, sum(k in r for r in rows))) for k in ALIGN
+    }
 
 
 def collect(name: str, source: Path, baseline: str | None) -> Path:
     """Copy a finished comparison's tables and each run's small files into docs/compare/NAME/."""
     source = Path(source)
     if not (source / "runs.csv").exists():
-        raise SystemExit(f"{source}: no runs.csv; run `smg-sim compare ... --out {source}` to the end first")
+        raise SystemExit(
+            f"{source}: no runs.csv; run `smg-sim compare ... --out {source}` to the end first"
+        )
     dest = HERE / name
     if dest.exists():
         shutil.rmtree(dest)
@@ -72,7 +83,9 @@ def collect(name: str, source: Path, baseline: str | None) -> Path:
         align.append(_alignment_means(folder / "stages.jsonl"))
     runs = pd.concat([runs, pd.DataFrame(align)], axis=1)
     runs.to_csv(dest / "runs.csv", index=False, float_format="%.4f")
-    (dest / "source.json").write_text(json.dumps({"compare_folder": str(source), "baseline": baseline}, indent=2) + "\n")
+    (dest / "source.json").write_text(
+        json.dumps({"compare_folder": str(source), "baseline": baseline}, indent=2) + "\n"
+    )
     return dest
 
 
@@ -81,7 +94,14 @@ def copy_run(name: str, run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     dest = ROOT / "docs" / "runs" / name
     dest.mkdir(parents=True, exist_ok=True)
-    for f in (*RUN_FILES, "smd.json", "timings.png", "alignment.png", "replay_samples.png", "R.png"):
+    for f in (
+        *RUN_FILES,
+        "smd.json",
+        "timings.png",
+        "alignment.png",
+        "replay_samples.png",
+        "R.png",
+    ):
         if (run_dir / f).exists():
             shutil.copy2(run_dir / f, dest / f)
     return dest
@@ -94,32 +114,47 @@ def _summary(name: str) -> list[str]:
     cols = [*METRICS, *[a for a in ALIGN[:2] if a in runs]]
     lines = ["| method | cells | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for method, g in runs.groupby("method", sort=False):
-        cells = [f"{g[c].mean():+.3f} ± {g[c].std(ddof=1):.3f}" if c in ("BWT", "FWT")
-                 else f"{g[c].mean():.3f} ± {g[c].std(ddof=1):.3f}" for c in cols]
+        cells = [
+            f"{g[c].mean():+.3f} ± {g[c].std(ddof=1):.3f}"
+            if c in ("BWT", "FWT")
+            else f"{g[c].mean():.3f} ± {g[c].std(ddof=1):.3f}"
+            for c in cols
+        ]
         lines.append(f"| {method} | {len(g)} | " + " | ".join(cells) + " |")
     paired = pd.read_csv(folder / "paired.csv")
     if baseline:
         paired = paired[paired["baseline"] == baseline]
     paired = paired[paired["metric"].isin(PAIRED)]
     if not paired.empty:
-        lines += ["", "Paired differences (method minus baseline per (seed, order) cell; bootstrap 95 % CI "
-                      "of the mean difference; exact two-sided sign-test p):", "",
-                  "| method | baseline | metric | cells | wins | mean diff | 95 % CI | p |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Paired differences (method minus baseline per (seed, order) cell; bootstrap 95 % CI "
+            "of the mean difference; exact two-sided sign-test p):",
+            "",
+            "| method | baseline | metric | cells | wins | mean diff | 95 % CI | p |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for _, r in paired.iterrows():
-            lines.append(f"| {r['method']} | {r['baseline']} | {r['metric']} | {int(r['cells'])} | {int(r['wins'])} | "
-                         f"{r['mean_diff']:+.3f} | [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | {r['p_value']:.3g} |")
+            lines.append(
+                f"| {r['method']} | {r['baseline']} | {r['metric']} | {int(r['cells'])} | {int(r['wins'])} | "
+                f"{r['mean_diff']:+.3f} | [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | {r['p_value']:.3g} |"
+            )
     return lines
 
 
 def _fidelity(name: str) -> list[str]:
     sites = json.loads((ROOT / "docs" / "runs" / name / "smd.json").read_text())["sites"]
-    lines = ["| site | TSTR ratio | Dice synthetic-trained | Dice real-trained | W1 | NN distance median | "
-             "real-real NN median | MIA AUC [95 % CI] |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| site | TSTR ratio | Dice synthetic-trained | Dice real-trained | W1 | NN distance median | "
+        "real-real NN median | MIA AUC [95 % CI] |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for site, m in sites.items():
-        lines.append(f"| {site} | {m['tstr_ratio']:.3f} | {m['tstr_dice_synthetic']:.3f} | {m['tstr_dice_real']:.3f} | "
-                     f"{m['intensity_w1']:.3f} | {m['nn_distance_median']:.3f} | {m['real_nn_distance_median']:.3f} | "
-                     f"{m['mia_auc']:.2f} [{m['mia_auc_low']:.2f}, {m['mia_auc_high']:.2f}] |")
+        lines.append(
+            f"| {site} | {m['tstr_ratio']:.3f} | {m['tstr_dice_synthetic']:.3f} | {m['tstr_dice_real']:.3f} | "
+            f"{m['intensity_w1']:.3f} | {m['nn_distance_median']:.3f} | {m['real_nn_distance_median']:.3f} | "
+            f"{m['mia_auc']:.2f} [{m['mia_auc_low']:.2f}, {m['mia_auc_high']:.2f}] |"
+        )
     return lines
 
 

@@ -36,7 +36,10 @@ def main() -> None:
     torch.set_num_threads(2)
     cfg = build_config("quick", parse_set([f"data.image_size={a.size}"]))
     names = list(SITE_NAMES[:6])
-    data = {n: build_site_data(dataclasses.replace(site_spec(cfg, n, i), data_dir="")) for i, n in enumerate(names)}
+    data = {
+        n: build_site_data(dataclasses.replace(site_spec(cfg, n, i), data_dir=""))
+        for i, n in enumerate(names)
+    }
 
     def t(x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(x.astype(np.float32))
@@ -57,9 +60,12 @@ def main() -> None:
                 loss.backward()
                 opt.step()
             row.append(float(dice_per_image(predict(model, t(d.test_x)), t(d.test_y)).mean()))
-        print(f"width {w} lr {a.lr:g} steps {a.steps} size {a.size}: "
-              + " ".join(f"{n} {v:.3f}" for n, v in zip(names, row, strict=True))
-              + f" mean {np.mean(row):.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        print(
+            f"width {w} lr {a.lr:g} steps {a.steps} size {a.size}: "
+            + " ".join(f"{n} {v:.3f}" for n, v in zip(names, row, strict=True))
+            + f" mean {np.mean(row):.3f} ({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

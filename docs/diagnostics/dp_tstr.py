@@ -39,7 +39,11 @@ def grad_norms(model, x: torch.Tensor) -> dict[str, list[float]]:
     """Quantiles (5, 50, 95 %) of per-case gradient norms at the public start, coarse and fine."""
     gen = torch_generator(0)
     cond = torch.zeros(model.spec.cond_dim)
-    coarse = per_sample_grads(cond, model.tokens_from_condition, model, x[:32], gen).flatten(1).norm(dim=1)
+    coarse = (
+        per_sample_grads(cond, model.tokens_from_condition, model, x[:32], gen)
+        .flatten(1)
+        .norm(dim=1)
+    )
     tokens = model.tokens_from_condition(cond[None])[0].detach()
     fine = per_sample_grads(tokens, lambda p: p, model, x[:32], gen).flatten(1).norm(dim=1)
     q = torch.tensor([0.05, 0.5, 0.95])
@@ -55,7 +59,9 @@ def main() -> None:
     ap.add_argument("--out", default="")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--fine", type=float, default=None, help="share of DP steps on the free tokens")
-    ap.add_argument("--fine-clip", type=float, default=None, help="their clip norm over privacy.dp_clip")
+    ap.add_argument(
+        "--fine-clip", type=float, default=None, help="their clip norm over privacy.dp_clip"
+    )
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     cfg = build_config("quick", parse_set(a.set))
@@ -63,41 +69,90 @@ def main() -> None:
     model = load_backbone(path)
     s, p = cfg.smd, cfg.privacy
     names = list(SITE_NAMES[:6])
-    data = {n: build_site_data(dataclasses.replace(site_spec(cfg, n, i), data_dir="")) for i, n in enumerate(names)}
-    out: dict = {"profile": "quick", "seed": a.seed, "prompt_steps": s.prompt_steps, "prompt_batch": s.prompt_batch,
-                 "dp_clip": p.dp_clip, "sites": names, "rows": []}
+    data = {
+        n: build_site_data(dataclasses.replace(site_spec(cfg, n, i), data_dir=""))
+        for i, n in enumerate(names)
+    }
+    out: dict = {
+        "profile": "quick",
+        "seed": a.seed,
+        "prompt_steps": s.prompt_steps,
+        "prompt_batch": s.prompt_batch,
+        "dp_clip": p.dp_clip,
+        "sites": names,
+        "rows": [],
+    }
     if a.norms:
         for n in names:
             d = data[n]
-            out.setdefault("grad_norms", {})[n] = grad_norms(model, to_model_space(d.train_x, d.train_y,
-                                                                                   model.spec.image_size))
+            out.setdefault("grad_norms", {})[n] = grad_norms(
+                model, to_model_space(d.train_x, d.train_y, model.spec.image_size)
+            )
             print(n, out["grad_norms"][n], flush=True)
     for eps in a.eps.split(","):
         for n in names:
             d = data[n]
             gen = torch_generator(derive_seed(a.seed, "prompt", n))
             t0 = time.perf_counter()
-            if eps == "public":  # no tuning: where DP tuning starts (the prior at the zero appearance vector)
+            if (
+                eps == "public"
+            ):  # no tuning: where DP tuning starts (the prior at the zero appearance vector)
                 with torch.no_grad():
-                    prompt = model.tokens_from_condition(torch.zeros(1, model.spec.cond_dim))[0].numpy()
+                    prompt = model.tokens_from_condition(torch.zeros(1, model.spec.cond_dim))[
+                        0
+                    ].numpy()
                 logs = {}
             elif eps == "none":
-                prompt, logs = tune_prompt(model, d.train_x, d.train_y, s.prompt_steps, s.prompt_lr, s.prompt_batch,
-                                           gen, candidates=s.prompt_candidates)
+                prompt, logs = tune_prompt(
+                    model,
+                    d.train_x,
+                    d.train_y,
+                    s.prompt_steps,
+                    s.prompt_lr,
+                    s.prompt_batch,
+                    gen,
+                    candidates=s.prompt_candidates,
+                )
             else:
-                prompt, logs = dp_tune_prompt(model, d.train_x, d.train_y, d.case_ids(), s.prompt_steps, s.prompt_lr,
-                                              s.prompt_batch, gen, float(eps), p.dp_delta, p.dp_clip,
-                                              **({"fine_fraction": a.fine} if a.fine is not None else {}),
-                                              **({"fine_clip_scale": a.fine_clip} if a.fine_clip is not None else {}))
+                prompt, logs = dp_tune_prompt(
+                    model,
+                    d.train_x,
+                    d.train_y,
+                    d.case_ids(),
+                    s.prompt_steps,
+                    s.prompt_lr,
+                    s.prompt_batch,
+                    gen,
+                    float(eps),
+                    p.dp_delta,
+                    p.dp_clip,
+                    **({"fine_fraction": a.fine} if a.fine is not None else {}),
+                    **({"fine_clip_scale": a.fine_clip} if a.fine_clip is not None else {}),
+                )
             tune_s = time.perf_counter() - t0
-            x = model.sample(torch.from_numpy(prompt), s.replay_per_site, s.sample_steps,
-                             torch_generator(derive_seed(a.seed, "replay", n)))
+            x = model.sample(
+                torch.from_numpy(prompt),
+                s.replay_per_site,
+                s.sample_steps,
+                torch_generator(derive_seed(a.seed, "replay", n)),
+            )
             synth = from_model_space(x, cfg.data.image_size, 1)
-            r = tstr((d.train_x, d.train_y), (d.test_x, d.test_y), synth, s.fidelity_steps,
-                     derive_seed(a.seed, "tstr", n))
-            row = {"epsilon": eps, "site": n, "tstr_ratio": r["tstr_ratio"], "tstr_dice_synthetic":
-                   r["tstr_dice_synthetic"], "tstr_dice_real": r["tstr_dice_real"], "tune_seconds": tune_s,
-                   **{k: v for k, v in logs.items() if k.startswith("dp_")}}
+            r = tstr(
+                (d.train_x, d.train_y),
+                (d.test_x, d.test_y),
+                synth,
+                s.fidelity_steps,
+                derive_seed(a.seed, "tstr", n),
+            )
+            row = {
+                "epsilon": eps,
+                "site": n,
+                "tstr_ratio": r["tstr_ratio"],
+                "tstr_dice_synthetic": r["tstr_dice_synthetic"],
+                "tstr_dice_real": r["tstr_dice_real"],
+                "tune_seconds": tune_s,
+                **{k: v for k, v in logs.items() if k.startswith("dp_")},
+            }
             out["rows"].append(row)
             print(json.dumps(row), flush=True)
         mean = np.mean([r["tstr_ratio"] for r in out["rows"] if r["epsilon"] == eps])

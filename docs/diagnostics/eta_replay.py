@@ -16,7 +16,9 @@ from types import SimpleNamespace
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from simulator.driver.schedule import GridEta, recorded_seconds  # noqa: E402
 
-PLANNED = "smg,fish,mldg,smg_gen,smd_replay_matched,smg_mem,smd_replay,lwf,joint,ewc,finetune,er_real"
+PLANNED = (
+    "smg,fish,mldg,smg_gen,smd_replay_matched,smg_mem,smd_replay,lwf,joint,ewc,finetune,er_real"
+)
 CELLS = 4  # seeds 1-2 x random, reverse
 
 
@@ -38,13 +40,19 @@ def old_eta(timed: dict[str, list[float]], remaining: list[str]) -> float:
 def main(log_path: str, grid: str) -> None:
     log = Path(log_path).read_text()
     skipped = re.findall(r"\] (\S+): finished earlier, skipped", log)
-    finished = [(n, float(took), _seconds(h, m, s)) for n, took, h, m, s in
-                re.findall(r"compare: (\S+) finished in (\d+) s \(grid elapsed (\d+):(\d+):(\d+)", log)]
+    finished = [
+        (n, float(took), _seconds(h, m, s))
+        for n, took, h, m, s in re.findall(
+            r"compare: (\S+) finished in (\d+) s \(grid elapsed (\d+):(\d+):(\d+)", log
+        )
+    ]
     end = re.search(r"grid elapsed (\d+):(\d+):(\d+), 0 run", log)
     planned = [m for m in PLANNED.split(",") for _ in range(CELLS)]
 
     def plans(methods: list[str]) -> list:
-        return [(m, SimpleNamespace(run=SimpleNamespace(method=m))) for m in methods]  # GridEta reads run.method
+        return [
+            (m, SimpleNamespace(run=SimpleNamespace(method=m))) for m in methods
+        ]  # GridEta reads run.method
 
     new = GridEta(plans([_method(n) for n in skipped] + planned), parallel=2)
     fresh = GridEta(plans(planned), parallel=2)
@@ -52,8 +60,10 @@ def main(log_path: str, grid: str) -> None:
     for n in skipped:  # seed 0's runs, as compare passes them: with their recorded seconds
         new.skip(_method(n), recorded_seconds(Path(grid) / "runs" / n))
     remaining = list(planned)
-    print("after run | elapsed | old rule | new rule | new rule without the earlier runs | actual end",
-          _seconds(*end.groups()) if end else None)
+    print(
+        "after run | elapsed | old rule | new rule | new rule without the earlier runs | actual end",
+        _seconds(*end.groups()) if end else None,
+    )
     print("start", 0, None, round(new.eta() or 0))
     for n, took, elapsed in finished:
         method = _method(n)
@@ -61,8 +71,13 @@ def main(log_path: str, grid: str) -> None:
         old.setdefault(method, []).append(took)
         new.done(method, took)
         fresh.done(method, took)
-        print(n, elapsed, round(elapsed + old_eta(old, remaining)), round(elapsed + new.eta()),
-              round(elapsed + fresh.eta()))
+        print(
+            n,
+            elapsed,
+            round(elapsed + old_eta(old, remaining)),
+            round(elapsed + new.eta()),
+            round(elapsed + fresh.eta()),
+        )
 
 
 if __name__ == "__main__":

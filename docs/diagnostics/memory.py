@@ -40,7 +40,13 @@ def _rollup(pid: int) -> tuple[int, int]:
 
 def _title(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        return (
+            Path(f"/proc/{pid}/cmdline")
+            .read_bytes()
+            .replace(b"\0", b" ")
+            .decode(errors="replace")
+            .strip()
+        )
     except OSError:
         return ""
 
@@ -98,14 +104,30 @@ def main() -> None:
         peak["used_kb"] = max(peak["used_kb"], _used_kb() - base)
         time.sleep(a.every)
     sites = [v for k, v in actors.items() if k.startswith("site:")]
-    result = {"command": cmd, "returncode": proc.returncode, "wall_seconds": time.time() - t0,
-              "peak_total_pss_mb": peak["pss_kb"] / 1024, "peak_total_rss_mb": peak["rss_kb"] / 1024,
-              "peak_machine_used_mb": peak["used_kb"] / 1024, "site_actors": len(sites),
-              "site_pss_mb": {"median": statistics.median(v["pss_kb"] for v in sites) / 1024,
-                              "max": max(v["pss_kb"] for v in sites) / 1024} if sites else None,
-              "site_rss_mb": {"median": statistics.median(v["rss_kb"] for v in sites) / 1024,
-                              "max": max(v["rss_kb"] for v in sites) / 1024} if sites else None,
-              "learner_pss_mb": [v["pss_kb"] / 1024 for k, v in actors.items() if k.startswith("learner:")]}
+    result = {
+        "command": cmd,
+        "returncode": proc.returncode,
+        "wall_seconds": time.time() - t0,
+        "peak_total_pss_mb": peak["pss_kb"] / 1024,
+        "peak_total_rss_mb": peak["rss_kb"] / 1024,
+        "peak_machine_used_mb": peak["used_kb"] / 1024,
+        "site_actors": len(sites),
+        "site_pss_mb": {
+            "median": statistics.median(v["pss_kb"] for v in sites) / 1024,
+            "max": max(v["pss_kb"] for v in sites) / 1024,
+        }
+        if sites
+        else None,
+        "site_rss_mb": {
+            "median": statistics.median(v["rss_kb"] for v in sites) / 1024,
+            "max": max(v["rss_kb"] for v in sites) / 1024,
+        }
+        if sites
+        else None,
+        "learner_pss_mb": [
+            v["pss_kb"] / 1024 for k, v in actors.items() if k.startswith("learner:")
+        ],
+    }
     print(json.dumps(result, indent=2))
     if a.out:
         Path(a.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -28,7 +28,11 @@ def main() -> None:
     paths = [Path(p) for p in sys.argv[1:]]
     runs = []
     for p in paths:
-        runs += sorted(d for d in (p / "runs").glob("*") if (d / "COMPLETE").exists()) if (p / "runs").is_dir() else [p]
+        runs += (
+            sorted(d for d in (p / "runs").glob("*") if (d / "COMPLETE").exists())
+            if (p / "runs").is_dir()
+            else [p]
+        )
     torch.set_num_threads(1)
     rows, detail = [], []
     for run in runs:
@@ -36,14 +40,25 @@ def main() -> None:
         m = json.loads((run / "metrics.json").read_text())["metrics"]
         g = gap(run)
         earlier = [s for s in g["sites"] if "replay" in s]
-        row = {"run": run.name, "method": cfg["run"]["method"], "seed": cfg["run"]["seed"],
-               "order": cfg["run"]["order"], "resolution_match": cfg["train"].get("replay_resolution_match", 0.0),
-               **{k: m[k] for k in ("Mem", "Gen", "Final", "BWT", "Forgetting")}}
+        row = {
+            "run": run.name,
+            "method": cfg["run"]["method"],
+            "seed": cfg["run"]["seed"],
+            "order": cfg["run"]["order"],
+            "resolution_match": cfg["train"].get("replay_resolution_match", 0.0),
+            **{k: m[k] for k in ("Mem", "Gen", "Final", "BWT", "Forgetting")},
+        }
         for key in ("real", "real_at_smd_res", "replay"):
-            row[f"earlier_{key}"] = sum(s[key] for s in earlier) / len(earlier) if earlier else float("nan")
+            row[f"earlier_{key}"] = (
+                sum(s[key] for s in earlier) / len(earlier) if earlier else float("nan")
+            )
         rows.append(row)
         detail.append(g)
-        print(run.name, {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items() if k != "run"}, flush=True)
+        print(
+            run.name,
+            {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items() if k != "run"},
+            flush=True,
+        )
     pd.DataFrame(rows).to_csv(HERE / "mni152_forgetting.csv", index=False, float_format="%.4f")
     (HERE / "mni152_forgetting.json").write_text(json.dumps(detail, indent=1) + "\n")
 

@@ -29,7 +29,8 @@ def load(root: Path, method: str) -> dict[tuple[str, str], dict]:
         out[(str(cfg["seed"]), cfg["order"])] = {
             "metrics": json.loads((d / "metrics.json").read_text())["metrics"],
             "tstr": {s: v["tstr_ratio"] for s, v in smd.items()},
-            "steps": {s: v.get("prompt_steps", float("nan")) for s, v in smd.items()}}
+            "steps": {s: v.get("prompt_steps", float("nan")) for s, v in smd.items()},
+        }
     return out
 
 
@@ -52,32 +53,58 @@ def main() -> None:
         b = np.array([B[c]["metrics"][k] for c in cells])
         d = a - b
         boots = [rng.choice(d, len(d)).mean() for _ in range(10000)]
-        print(f"  {k}: {la} {a.mean():.3f} +- {a.std(ddof=1):.3f}, {lb} {b.mean():.3f} +- {b.std(ddof=1):.3f}; "
-              f"difference {d.mean():+.3f} [{np.percentile(boots, 2.5):+.3f}, {np.percentile(boots, 97.5):+.3f}], "
-              f"{int((d > 0).sum())}/{len(d)} higher")
+        print(
+            f"  {k}: {la} {a.mean():.3f} +- {a.std(ddof=1):.3f}, {lb} {b.mean():.3f} +- {b.std(ddof=1):.3f}; "
+            f"difference {d.mean():+.3f} [{np.percentile(boots, 2.5):+.3f}, {np.percentile(boots, 97.5):+.3f}], "
+            f"{int((d > 0).sum())}/{len(d)} higher"
+        )
     seeds = sorted({c[0] for c in cells}, key=int)
-    first = {s: next(c for c in cells if c[0] == s) for s in seeds}  # prompts do not depend on the order
+    first = {
+        s: next(c for c in cells if c[0] == s) for s in seeds
+    }  # prompts do not depend on the order
     print(f"  TSTR ratio per site, seeds {', '.join(seeds)}:")
     for site in sorted(A[cells[0]]["tstr"]):
         a = [A[first[s]]["tstr"][site] for s in seeds]
         b = [B[first[s]]["tstr"][site] for s in seeds]
-        print(f"    {site:8s} {la} {np.mean(a):.3f} ({', '.join(f'{x:.3f}' for x in a)})  "
-              f"{lb} {np.mean(b):.3f} ({', '.join(f'{x:.3f}' for x in b)})")
+        print(
+            f"    {site:8s} {la} {np.mean(a):.3f} ({', '.join(f'{x:.3f}' for x in a)})  "
+            f"{lb} {np.mean(b):.3f} ({', '.join(f'{x:.3f}' for x in b)})"
+        )
     for label, runs in ((la, A), (lb, B)):
         steps = [v for s in seeds for v in runs[first[s]]["steps"].values()]
         tstr = [v for s in seeds for v in runs[first[s]]["tstr"].values()]
-        print(f"  {label}: mean TSTR ratio {np.mean(tstr):.3f}, mean prompt steps {np.mean(steps):.1f}")
+        print(
+            f"  {label}: mean TSTR ratio {np.mean(tstr):.3f}, mean prompt steps {np.mean(steps):.1f}"
+        )
     if args.csv:
         with args.csv.open("w", newline="") as f:
             w = csv.writer(f)
             sites = sorted(A[cells[0]]["tstr"])
-            w.writerow(["folder", "seed", "order", "Mem", "Gen", "BWT", "FWT",
-                        *[f"tstr/{s}" for s in sites], *[f"prompt_steps/{s}" for s in sites]])
+            w.writerow(
+                [
+                    "folder",
+                    "seed",
+                    "order",
+                    "Mem",
+                    "Gen",
+                    "BWT",
+                    "FWT",
+                    *[f"tstr/{s}" for s in sites],
+                    *[f"prompt_steps/{s}" for s in sites],
+                ]
+            )
             for label, runs in ((la, A), (lb, B)):
                 for c in cells:
                     r = runs[c]
-                    w.writerow([label, *c, *[round(r["metrics"][k], 6) for k in ("Mem", "Gen", "BWT", "FWT")],
-                                *[round(r["tstr"][s], 6) for s in sites], *[r["steps"][s] for s in sites]])
+                    w.writerow(
+                        [
+                            label,
+                            *c,
+                            *[round(r["metrics"][k], 6) for k in ("Mem", "Gen", "BWT", "FWT")],
+                            *[round(r["tstr"][s], 6) for s in sites],
+                            *[r["steps"][s] for s in sites],
+                        ]
+                    )
 
 
 if __name__ == "__main__":

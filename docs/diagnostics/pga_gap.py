@@ -45,11 +45,17 @@ LOOKAHEADS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 def _norm(a: list[torch.Tensor], b: list[torch.Tensor] | None = None) -> float:
     if b is None:
         return float(torch.sqrt(sum((x.double() ** 2).sum() for x in a)))
-    return float(torch.sqrt(sum(((x.double() - y.double()) ** 2).sum() for x, y in zip(a, b, strict=True))))
+    return float(
+        torch.sqrt(sum(((x.double() - y.double()) ** 2).sum() for x, y in zip(a, b, strict=True)))
+    )
 
 
-def _domains(cur: tuple[torch.Tensor, torch.Tensor], replay: list[tuple[torch.Tensor, torch.Tensor]],
-             batch: int, gen: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _domains(
+    cur: tuple[torch.Tensor, torch.Tensor],
+    replay: list[tuple[torch.Tensor, torch.Tensor]],
+    batch: int,
+    gen: torch.Generator,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """A step's domains as the learner draws them: a batch of the current site, the replay batch
     shared out over the earlier sites."""
     per = -(-batch // max(len(replay), 1))
@@ -65,14 +71,32 @@ def gap(run: Path, draws: int) -> dict:
     arrays = _latest(run)
     order = [r["visited"] for r in list(csv.DictReader((run / "R.csv").open()))[1:]]
     last, earlier = order[-1], order[:-1]
-    d = build_site_data(dataclasses.replace(site_spec(cfg, last, SITE_NAMES.index(last)), data_dir=""))
-    cur = (torch.from_numpy(d.train_x.astype(np.float32)), torch.from_numpy(d.train_y.astype(np.float32)))
-    replay = [(torch.from_numpy(arrays[f"learner/bank/replay/{s}/x"]).float(),
-               torch.from_numpy(arrays[f"learner/bank/replay/{s}/y"].astype(np.float32))) for s in earlier]
+    d = build_site_data(
+        dataclasses.replace(site_spec(cfg, last, SITE_NAMES.index(last)), data_dir="")
+    )
+    cur = (
+        torch.from_numpy(d.train_x.astype(np.float32)),
+        torch.from_numpy(d.train_y.astype(np.float32)),
+    )
+    replay = [
+        (
+            torch.from_numpy(arrays[f"learner/bank/replay/{s}/x"]).float(),
+            torch.from_numpy(arrays[f"learner/bank/replay/{s}/y"].astype(np.float32)),
+        )
+        for s in earlier
+    ]
     final = UNet(1, cfg.model.width, cfg.model.depth)
-    final.load_state_dict({k[len("learner/weights/"):]: torch.from_numpy(v.copy()) for k, v in arrays.items()
-                           if k.startswith("learner/weights/")})
-    states = {"untrained": build_model(1, cfg.model.width, cfg.model.depth, seed=cfg.run.seed), "final": final}
+    final.load_state_dict(
+        {
+            k[len("learner/weights/") :]: torch.from_numpy(v.copy())
+            for k, v in arrays.items()
+            if k.startswith("learner/weights/")
+        }
+    )
+    states = {
+        "untrained": build_model(1, cfg.model.width, cfg.model.depth, seed=cfg.run.seed),
+        "final": final,
+    }
     lr = cfg.train.lr
     out = {"run": run.name, "current": last, "replayed": earlier, "lr": lr, "rows": []}
     for state, model in states.items():
@@ -82,21 +106,33 @@ def gap(run: Path, draws: int) -> dict:
             gen = torch.Generator().manual_seed(1000 + k)
             doms = _domains(cur, replay, cfg.train.batch_size, gen)
             rest = [int(i) for i in torch.randperm(len(doms) - 1, generator=gen) + 1]
-            half = len(rest) // 2  # a random split: the current site and half the replayed sites in A
-            roles = Roles(current=0, replay=tuple(range(1, len(doms))), group_a=(0, *sorted(rest[:half])),
-                          group_b=tuple(sorted(rest[half:])))
+            half = (
+                len(rest) // 2
+            )  # a random split: the current site and half the replayed sites in A
+            roles = Roles(
+                current=0,
+                replay=tuple(range(1, len(doms))),
+                group_a=(0, *sorted(rest[:half])),
+                group_b=tuple(sorted(rest[half:])),
+            )
             plain = first_order_gradient(model, doms, roles, 0.0, meta=False).grads
             base = _norm(plain)
             for a in LOOKAHEADS:
                 fo = first_order_gradient(model, doms, roles, a * lr).grads
                 ex = alignment_gradient(model, doms, roles, a * lr).grads
                 sy = alignment_gradient(model, doms, roles, a * lr, symmetric=True).grads
-                vals = {"rel_fo": _norm(fo, plain) / base, "rel_exact": _norm(ex, plain) / base,
-                        "rel_sym": _norm(sy, plain) / base, "gap_exact": _norm(fo, ex) / _norm(fo)}
+                vals = {
+                    "rel_fo": _norm(fo, plain) / base,
+                    "rel_exact": _norm(ex, plain) / base,
+                    "rel_sym": _norm(sy, plain) / base,
+                    "gap_exact": _norm(fo, ex) / _norm(fo),
+                }
                 for key, v in vals.items():
                     sums[a][key] = sums[a].get(key, 0.0) + v / draws
-        out["rows"] += [{"state": state, "lookahead": a, **{k: round(v, 4) for k, v in s.items()}}
-                        for a, s in sums.items()]
+        out["rows"] += [
+            {"state": state, "lookahead": a, **{k: round(v, 4) for k, v in s.items()}}
+            for a, s in sums.items()
+        ]
     return out
 
 
@@ -108,11 +144,17 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(1)
     res = gap(a.run, a.draws)
-    print(f"{res['run']}: current {res['current']}, replayed {', '.join(res['replayed'])}, lr {res['lr']}")
-    print(f"  {'state':<9} {'lookahead':>9} {'rel_fo':>8} {'rel_exact':>9} {'rel_sym':>8} {'gap_exact':>9}")
+    print(
+        f"{res['run']}: current {res['current']}, replayed {', '.join(res['replayed'])}, lr {res['lr']}"
+    )
+    print(
+        f"  {'state':<9} {'lookahead':>9} {'rel_fo':>8} {'rel_exact':>9} {'rel_sym':>8} {'gap_exact':>9}"
+    )
     for r in res["rows"]:
-        print(f"  {r['state']:<9} {r['lookahead']:>9} {r['rel_fo']:>8.3f} {r['rel_exact']:>9.3f} "
-              f"{r['rel_sym']:>8.3f} {r['gap_exact']:>9.3f}")
+        print(
+            f"  {r['state']:<9} {r['lookahead']:>9} {r['rel_fo']:>8.3f} {r['rel_exact']:>9.3f} "
+            f"{r['rel_sym']:>8.3f} {r['gap_exact']:>9.3f}"
+        )
     if a.json:
         a.json.write_text(json.dumps(res, indent=1) + "\n")
 

@@ -43,17 +43,30 @@ def main(names: list[str]) -> None:
     torch.set_num_threads(2)
     cfg = build_config("quick")
     s = cfg.smd
-    bank = ReplayBank(str(backbone_path(smd_spec(cfg, 1))), 0, 32, s.sample_steps, cfg.data.image_size, 1)
+    bank = ReplayBank(
+        str(backbone_path(smd_spec(cfg, 1))), 0, 32, s.sample_steps, cfg.data.image_size, 1
+    )
     for name in names:
         d = build_site_data(site_spec(cfg, name, SITE_NAMES.index(name)))
-        prompt, _ = tune_prompt(bank.backbone, d.train_x, d.train_y, s.prompt_steps, s.prompt_lr, s.prompt_batch,
-                                torch_generator(derive_seed(0, "prompt", name)), candidates=s.prompt_candidates)
+        prompt, _ = tune_prompt(
+            bank.backbone,
+            d.train_x,
+            d.train_y,
+            s.prompt_steps,
+            s.prompt_lr,
+            s.prompt_batch,
+            torch_generator(derive_seed(0, "prompt", name)),
+            candidates=s.prompt_candidates,
+        )
         bank.add_prompt(name, prompt)
         sx, sy = bank.replay(name)
         trts = _train_and_test(d.train_x, d.train_y, sx, sy, s.fidelity_steps, 0)
-        print(f"{name}: organ-minus-ring contrast real {contrast(d.train_x, d.train_y)[0]:.3f} "
-              f"+- {contrast(d.train_x, d.train_y)[1]:.3f}, synthetic {contrast(sx, sy)[0]:.3f} "
-              f"+- {contrast(sx, sy)[1]:.3f}; TRTS Dice {trts:.3f}", flush=True)
+        print(
+            f"{name}: organ-minus-ring contrast real {contrast(d.train_x, d.train_y)[0]:.3f} "
+            f"+- {contrast(d.train_x, d.train_y)[1]:.3f}, synthetic {contrast(sx, sy)[0]:.3f} "
+            f"+- {contrast(sx, sy)[1]:.3f}; TRTS Dice {trts:.3f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

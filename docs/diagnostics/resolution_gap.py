@@ -48,20 +48,35 @@ def _dice(model: UNet, x: torch.Tensor, y: torch.Tensor) -> float:
 def gap(run: Path) -> dict:
     cfg = Config.from_dict(json.loads((run / "config.json").read_text()))
     arrays = _checkpoint(run)
-    weights = {k[len("learner/weights/"):]: v for k, v in arrays.items() if k.startswith("learner/weights/")}
+    weights = {
+        k[len("learner/weights/") :]: v
+        for k, v in arrays.items()
+        if k.startswith("learner/weights/")
+    }
     model = UNet(1, cfg.model.width, cfg.model.depth)
     model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in weights.items()})
     order = [r["visited"] for r in list(csv.DictReader((run / "R.csv").open()))[1:]]
     small = cfg.smd.image_size
     out = {"run": run.name, "sites": []}
     for stage, name in enumerate(order, start=1):
-        d = build_site_data(dataclasses.replace(site_spec(cfg, name, SITE_NAMES.index(name)), data_dir=""))
+        d = build_site_data(
+            dataclasses.replace(site_spec(cfg, name, SITE_NAMES.index(name)), data_dir="")
+        )
         x = torch.from_numpy(d.test_x.astype(np.float32))
         y = torch.from_numpy(d.test_y.astype(np.float32))
         size = x.shape[-1]
-        low = F.interpolate(F.interpolate(x, size=(small, small), mode="area"), size=(size, size),
-                            mode="bilinear", align_corners=False)
-        row = {"site": name, "stage": stage, "real": _dice(model, x, y), "real_at_smd_res": _dice(model, low, y)}
+        low = F.interpolate(
+            F.interpolate(x, size=(small, small), mode="area"),
+            size=(size, size),
+            mode="bilinear",
+            align_corners=False,
+        )
+        row = {
+            "site": name,
+            "stage": stage,
+            "real": _dice(model, x, y),
+            "real_at_smd_res": _dice(model, low, y),
+        }
         if f"learner/bank/replay/{name}/x" in arrays:
             rx = torch.from_numpy(arrays[f"learner/bank/replay/{name}/x"]).float()
             ry = torch.from_numpy(arrays[f"learner/bank/replay/{name}/y"].astype(np.float32))
@@ -82,7 +97,9 @@ def main() -> None:
         print(f"  {'site':<9} {'stage':>5} {'real':>6} {'real@smd_res':>12} {'replay':>7}")
         for s in r["sites"]:
             rep = f"{s['replay']:.3f}" if "replay" in s else "-"
-            print(f"  {s['site']:<9} {s['stage']:>5} {s['real']:>6.3f} {s['real_at_smd_res']:>12.3f} {rep:>7}")
+            print(
+                f"  {s['site']:<9} {s['stage']:>5} {s['real']:>6.3f} {s['real_at_smd_res']:>12.3f} {rep:>7}"
+            )
     if a.json:
         a.json.write_text(json.dumps(res, indent=1) + "\n")
 

@@ -33,13 +33,18 @@ def makespan(methods, seconds, choose, seeds=(0, 1, 2), orders=("random", "rever
     for seed in seeds:
         for order in orders:
             for m in methods:
-                cfg = dataclasses.replace(base, run=dataclasses.replace(base.run, method=m, seed=seed, order=order))
+                cfg = dataclasses.replace(
+                    base, run=dataclasses.replace(base.run, method=m, seed=seed, order=order)
+                )
                 queue.append((len(queue) + 1, f"{m}-{seed}-{order}", cfg))
     clock, running = 0.0, []  # heap of (end, seed)
     while queue or running:
         while queue and len(running) < slots:
             _, _, cfg = queue.pop(choose(queue, {s for _, s in running}))
-            heapq.heappush(running, (clock + seconds[(cfg.run.method, cfg.run.seed, cfg.run.order)], cfg.run.seed))
+            heapq.heappush(
+                running,
+                (clock + seconds[(cfg.run.method, cfg.run.seed, cfg.run.order)], cfg.run.seed),
+            )
         clock, _ = heapq.heappop(running)
     return clock
 

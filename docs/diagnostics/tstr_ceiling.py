@@ -49,12 +49,18 @@ def ceiling(profile: str, seed: int, site: str, index: int) -> dict[str, float]:
     cfg = build_config(profile, parse_set([f"run.seed={seed}"]))
     d = build_site_data(site_spec(cfg, site, index))
     size, channels = d.train_x.shape[-1], d.train_x.shape[1]
-    x, y = from_model_space(to_model_space(d.train_x, d.train_y, cfg.smd.image_size), size, channels)
+    x, y = from_model_space(
+        to_model_space(d.train_x, d.train_y, cfg.smd.image_size), size, channels
+    )
     steps = cfg.smd.fidelity_steps
     tseed = derive_seed(seed, "tstr", site)  # the seed a run's fidelity check uses
     real = _train_and_test(d.train_x, d.train_y, d.test_x, d.test_y, steps=steps, seed=tseed)
     low = _train_and_test(x, y, d.test_x, d.test_y, steps=steps, seed=tseed)
-    return {"dice_real": real, "dice_real_at_smd": low, "ceiling_ratio": low / real if real > 0 else float("nan")}
+    return {
+        "dice_real": real,
+        "dice_real_at_smd": low,
+        "ceiling_ratio": low / real if real > 0 else float("nan"),
+    }
 
 
 def contrast(x: np.ndarray, y: np.ndarray) -> float:
@@ -73,8 +79,9 @@ def mask_match(masks: np.ndarray, reference: np.ndarray) -> float:
     return float(dice.max(1).mean())
 
 
-def errors_on_real(x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, steps: int,
-                   seed: int) -> dict[str, float]:
+def errors_on_real(
+    x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, steps: int, seed: int
+) -> dict[str, float]:
     """Precision and recall on the real test split of the TSTR segmenter trained on (x, y): low
     precision means it marks structures the training pairs never showed as background."""
     from simulator.segmentation import predict
@@ -83,7 +90,10 @@ def errors_on_real(x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np.
     pred = predict(model, torch.from_numpy(test_x).float()).numpy().astype(bool)
     truth = test_y.astype(bool)
     tp = float((pred & truth).sum())
-    return {"precision": tp / max(float(pred.sum()), 1.0), "recall": tp / max(float(truth.sum()), 1.0)}
+    return {
+        "precision": tp / max(float(pred.sum()), 1.0),
+        "recall": tp / max(float(truth.sum()), 1.0),
+    }
 
 
 def replay_contrast(run: Path, profile: str, seed: int) -> dict[str, dict[str, float]]:
@@ -98,9 +108,13 @@ def replay_contrast(run: Path, profile: str, seed: int) -> dict[str, dict[str, f
             continue
         d = build_site_data(site_spec(cfg, site, i))
         rx, ry = arrays[f"learner/bank/replay/{site}/x"], arrays[f"learner/bank/replay/{site}/y"]
-        out[site] = {"contrast_real": contrast(d.train_x, d.train_y), "contrast_replay": contrast(rx, ry),
-                     "replay_empty_masks": float((ry.reshape(len(ry), -1).sum(1) == 0).mean()),
-                     "replay_mask_match": mask_match(ry, d.train_y), "real_mask_match": mask_match(d.test_y, d.train_y)}
+        out[site] = {
+            "contrast_real": contrast(d.train_x, d.train_y),
+            "contrast_replay": contrast(rx, ry),
+            "replay_empty_masks": float((ry.reshape(len(ry), -1).sum(1) == 0).mean()),
+            "replay_mask_match": mask_match(ry, d.train_y),
+            "real_mask_match": mask_match(d.test_y, d.train_y),
+        }
         for name, (tx, ty) in (("real", (d.train_x, d.train_y)), ("replay", (rx, ry))):
             m = np.broadcast_to(ty.astype(bool), tx.shape)
             out[site][f"{name}_target_median"] = float(np.median(tx[m]))
@@ -116,13 +130,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="quick")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--run", type=Path, help="a run folder whose smd.json gives each site's replay TSTR ratio")
+    ap.add_argument(
+        "--run", type=Path, help="a run folder whose smd.json gives each site's replay TSTR ratio"
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(2)
     replay, contrasts = {}, {}
     if args.run:
-        replay = {s: v["tstr_ratio"] for s, v in json.loads((args.run / "smd.json").read_text())["sites"].items()}
+        replay = {
+            s: v["tstr_ratio"]
+            for s, v in json.loads((args.run / "smd.json").read_text())["sites"].items()
+        }
         run_seed = json.loads((args.run / "config.json").read_text())["run"]["seed"]
         contrasts = replay_contrast(args.run, args.profile, run_seed)
     rows = []
@@ -130,26 +149,42 @@ def main() -> None:
         for i, site in enumerate(SITE_NAMES[:6]):
             r = {"seed": seed, "site": site, **ceiling(args.profile, seed, site, i)}
             rows.append(r)
-            print(f"seed {seed} {site:8s} real {r['dice_real']:.3f}  real@smd {r['dice_real_at_smd']:.3f}  "
-                  f"ceiling ratio {r['ceiling_ratio']:.3f}", flush=True)
+            print(
+                f"seed {seed} {site:8s} real {r['dice_real']:.3f}  real@smd {r['dice_real_at_smd']:.3f}  "
+                f"ceiling ratio {r['ceiling_ratio']:.3f}",
+                flush=True,
+            )
     print("mean ceiling ratio per site:")
     for site in SITE_NAMES[:6]:
         vals = [r["ceiling_ratio"] for r in rows if r["site"] == site]
         extra = f"  (replay ratio in --run: {replay[site]:.3f})" if site in replay else ""
         if site in contrasts:
             c = contrasts[site]
-            extra += (f"  target contrast real {c['contrast_real']:+.3f} replay {c['contrast_replay']:+.3f}, "
-                      f"empty replay masks {c['replay_empty_masks']:.2f}, best mask Dice to a real train mask: "
-                      f"replay {c['replay_mask_match']:.3f}, real test {c['real_mask_match']:.3f}; "
-                      f"on real test, trained on replay: precision {c['replay_trained_precision']:.3f} recall "
-                      f"{c['replay_trained_recall']:.3f}, on real: {c['real_trained_precision']:.3f} "
-                      f"{c['real_trained_recall']:.3f}; target median / background 99th percentile: real "
-                      f"{c['real_target_median']:.3f} / {c['real_background_p99']:.3f}, replay "
-                      f"{c['replay_target_median']:.3f} / {c['replay_background_p99']:.3f}")
+            extra += (
+                f"  target contrast real {c['contrast_real']:+.3f} replay {c['contrast_replay']:+.3f}, "
+                f"empty replay masks {c['replay_empty_masks']:.2f}, best mask Dice to a real train mask: "
+                f"replay {c['replay_mask_match']:.3f}, real test {c['real_mask_match']:.3f}; "
+                f"on real test, trained on replay: precision {c['replay_trained_precision']:.3f} recall "
+                f"{c['replay_trained_recall']:.3f}, on real: {c['real_trained_precision']:.3f} "
+                f"{c['real_trained_recall']:.3f}; target median / background 99th percentile: real "
+                f"{c['real_target_median']:.3f} / {c['real_background_p99']:.3f}, replay "
+                f"{c['replay_target_median']:.3f} / {c['replay_background_p99']:.3f}"
+            )
         print(f"  {site:8s} {np.mean(vals):.3f}{extra}")
     if args.json:
-        args.json.write_text(json.dumps({"profile": args.profile, "rows": rows, "run": str(args.run or ""),
-                                         "replay_ratio": replay, "contrast": contrasts}, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "profile": args.profile,
+                    "rows": rows,
+                    "run": str(args.run or ""),
+                    "replay_ratio": replay,
+                    "contrast": contrasts,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -58,7 +58,9 @@ def alignment_logs(res: PGAGradient, roles: Roles, G: torch.Tensor) -> dict[str,
     """``align_cos_mem``, ``align_cos_gen`` (each where defined) and ``align_rel_change``."""
     logs = {}
     if roles.replay:
-        logs["align_cos_mem"] = sum(cosine(G, roles.current, k) for k in roles.replay) / len(roles.replay)
+        logs["align_cos_mem"] = sum(cosine(G, roles.current, k) for k in roles.replay) / len(
+            roles.replay
+        )
     if roles.group_a and roles.group_b:
         logs["align_cos_gen"] = _group_cos(G, roles.group_a, roles.group_b)
     logs["align_rel_change"] = relative_change(res.grads, res.plain)
@@ -72,5 +74,9 @@ def inner_over_outer(inner_rms: float, outer_rms: float) -> float:
 
 def cosine_summary(names: list[str], G: torch.Tensor) -> dict[str, float]:
     """``cos/<a>/<b>`` for every ordered pair of distinct domains of a step."""
-    return {f"cos/{a}/{b}": cosine(G, i, j)
-            for i, a in enumerate(names) for j, b in enumerate(names) if i != j}
+    return {
+        f"cos/{a}/{b}": cosine(G, i, j)
+        for i, a in enumerate(names)
+        for j, b in enumerate(names)
+        if i != j
+    }

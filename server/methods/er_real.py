@@ -29,8 +29,14 @@ class ERReal(Method):
     @classmethod
     def state_spec(cls, params):
         """The buffer of real pairs (any number of them: ``None`` stands for that dimension)."""
-        return {"buffer_x": ((None, None, None, None), "float32"), "buffer_y": ((None, None, None, None), "uint8")}
-    hyperparameters = (HParam("buffer_per_site", 8, lo=1, hi=100000, help="real pairs kept per site"),)
+        return {
+            "buffer_x": ((None, None, None, None), "float32"),
+            "buffer_y": ((None, None, None, None), "uint8"),
+        }
+
+    hyperparameters = (
+        HParam("buffer_per_site", 8, lo=1, hi=100000, help="real pairs kept per site"),
+    )
 
     def __init__(self, model: torch.nn.Module, hparams: dict) -> None:
         super().__init__(model, hparams)
@@ -45,16 +51,22 @@ class ERReal(Method):
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         self.buf_x = torch.from_numpy(state["buffer_x"].copy()) if "buffer_x" in state else None
-        self.buf_y = torch.from_numpy(state["buffer_y"].copy()).float() if "buffer_y" in state else None
+        self.buf_y = (
+            torch.from_numpy(state["buffer_y"].copy()).float() if "buffer_y" in state else None
+        )
 
     def update(self, batch: Batch) -> dict[str, float]:
         self.model.train()
         loss_c = seg_loss(self.model(batch.x), batch.y)
         loss = loss_c
         if self.buf_x is not None and len(self.buf_x):
-            idx = torch.randint(len(self.buf_x), (min(len(batch.x), len(self.buf_x)),), generator=self.gen)
+            idx = torch.randint(
+                len(self.buf_x), (min(len(batch.x), len(self.buf_x)),), generator=self.gen
+            )
             dev = batch.x.device
-            loss = 0.5 * (loss_c + seg_loss(self.model(self.buf_x[idx].to(dev)), self.buf_y[idx].to(dev)))
+            loss = 0.5 * (
+                loss_c + seg_loss(self.model(self.buf_x[idx].to(dev)), self.buf_y[idx].to(dev))
+            )
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()

@@ -28,13 +28,24 @@ class EWC(Method):
     @classmethod
     def state_spec(cls, params):
         """The running Fisher and the anchor weights of every parameter (float32, its shape)."""
-        return {f"{kind}.{n}": (shape, "float32") for kind in ("fisher", "anchor") for n, (shape, _) in params.items()}
-    hyperparameters = (HParam("lambda_ewc", 100.0, lo=0.0, help="weight of the EWC penalty"),
-                       HParam("fisher_batches", 8, lo=1, hi=10000, help="last batches the Fisher is estimated on"))
+        return {
+            f"{kind}.{n}": (shape, "float32")
+            for kind in ("fisher", "anchor")
+            for n, (shape, _) in params.items()
+        }
+
+    hyperparameters = (
+        HParam("lambda_ewc", 100.0, lo=0.0, help="weight of the EWC penalty"),
+        HParam("fisher_batches", 8, lo=1, hi=10000, help="last batches the Fisher is estimated on"),
+    )
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
-        self.fisher = {k[7:]: torch.from_numpy(v.copy()) for k, v in state.items() if k.startswith("fisher.")}
-        self.anchor = {k[7:]: torch.from_numpy(v.copy()) for k, v in state.items() if k.startswith("anchor.")}
+        self.fisher = {
+            k[7:]: torch.from_numpy(v.copy()) for k, v in state.items() if k.startswith("fisher.")
+        }
+        self.anchor = {
+            k[7:]: torch.from_numpy(v.copy()) for k, v in state.items() if k.startswith("anchor.")
+        }
 
     def begin_stage(self, ctx: StageContext) -> None:
         self.opt = self.adam()
@@ -56,9 +67,14 @@ class EWC(Method):
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        self.recent = (self.recent + [(batch.x.detach(), batch.y.detach())])[-int(self.hp["fisher_batches"]):]
-        return {"loss": float(loss.detach()), "loss_current": float(loss_c.detach()),
-                "ewc_penalty": float(penalty.detach())}
+        self.recent = (self.recent + [(batch.x.detach(), batch.y.detach())])[
+            -int(self.hp["fisher_batches"]) :
+        ]
+        return {
+            "loss": float(loss.detach()),
+            "loss_current": float(loss_c.detach()),
+            "ewc_penalty": float(penalty.detach()),
+        }
 
     def end_stage(self) -> None:
         """Fisher of this site at the final weights, added to the earlier sites' Fisher."""

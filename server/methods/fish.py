@@ -33,11 +33,17 @@ class Fish(Method):
     relative_cost = 3.5
     private = True
     log_names = {"loss": LOSS, "inner_over_outer": RATIO}
-    hyperparameters = (HParam("lookahead", 1.0, lo=0.0,
-                              help="each inner step in outer-optimiser steps: lookahead*lr*g/rms(g) "
-                                   "(1.0 until a sweep picks it)"),
-                       HParam("meta_step", 0.5, lo=0.0, hi=1.0, help="Reptile step towards the inner weights"),
-                       HParam("views", 2, lo=1, hi=16, help="style-augmented views besides the batch"))
+    hyperparameters = (
+        HParam(
+            "lookahead",
+            1.0,
+            lo=0.0,
+            help="each inner step in outer-optimiser steps: lookahead*lr*g/rms(g) "
+            "(1.0 until a sweep picks it)",
+        ),
+        HParam("meta_step", 0.5, lo=0.0, hi=1.0, help="Reptile step towards the inner weights"),
+        HParam("views", 2, lo=1, hi=16, help="style-augmented views besides the batch"),
+    )
 
     def begin_stage(self, ctx: StageContext) -> None:
         self.opt = self.adam()
@@ -45,24 +51,34 @@ class Fish(Method):
 
     def update(self, batch: Batch) -> dict[str, float]:
         self.model.train()
-        doms = [(batch.x, batch.y)] + [(style_augment(batch.x, self.gen), batch.y)
-                                       for _ in range(int(self.hp["views"]))]
+        doms = [(batch.x, batch.y)] + [
+            (style_augment(batch.x, self.gen), batch.y) for _ in range(int(self.hp["views"]))
+        ]
         start = [p.detach().clone() for p in self.model.parameters()]
         # a plain step on the current site keeps the site learned (Fish's warm-up, continued)
         loss_c = seg_loss(self.model(batch.x), batch.y)
-        apply_gradient(self.model, self.opt, list(torch.autograd.grad(loss_c, list(self.model.parameters()))))
+        apply_gradient(
+            self.model, self.opt, list(torch.autograd.grad(loss_c, list(self.model.parameters())))
+        )
         step = float(self.hp["lookahead"]) * float(self.hp["lr"])
-        params = {n: p.detach().clone().requires_grad_(True) for n, p in self.model.named_parameters()}
+        params = {
+            n: p.detach().clone().requires_grad_(True) for n, p in self.model.named_parameters()
+        }
         for i in torch.randperm(len(doms), generator=self.gen).tolist():
             x, y = doms[i]
             loss = seg_loss(functional_call(self.model, params, (x,)), y)
             grads = torch.autograd.grad(loss, list(params.values()))
             scale = inner_scale(list(grads), step)
-            params = {n: (p - scale * g).detach().requires_grad_(True)
-                      for (n, p), g in zip(params.items(), grads, strict=True)}
+            params = {
+                n: (p - scale * g).detach().requires_grad_(True)
+                for (n, p), g in zip(params.items(), grads, strict=True)
+            }
         with torch.no_grad():
             inner = rms([params[n] - p for n, p in self.model.named_parameters()])
             for n, p in self.model.named_parameters():
                 p.add_(self.hp["meta_step"] * (params[n] - p))
             outer = rms([p - s for p, s in zip(self.model.parameters(), start, strict=True)])
-        return {"loss": float(loss_c.detach()), "inner_over_outer": inner / outer if outer > 0 else 0.0}
+        return {
+            "loss": float(loss_c.detach()),
+            "inner_over_outer": inner / outer if outer > 0 else 0.0,
+        }

@@ -18,4 +18,6 @@ class Joint(ERReal):
     name = "joint"
     relative_cost = 1.1
     private = False
-    hyperparameters = (HParam("buffer_per_site", 100000, lo=1, hi=10000000, help="real pairs kept per site"),)
+    hyperparameters = (
+        HParam("buffer_per_site", 100000, lo=1, hi=10000000, help="real pairs kept per site"),
+    )

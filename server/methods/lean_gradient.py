@@ -33,8 +33,9 @@ def _plain_weights(roles: Roles, n: int) -> list[float]:
     return w
 
 
-def lean_gradient(model: torch.nn.Module, doms: list[Pair], roles: Roles, step: float,
-                  meta: bool = True) -> PGAGradient:
+def lean_gradient(
+    model: torch.nn.Module, doms: list[Pair], roles: Roles, step: float, meta: bool = True
+) -> PGAGradient:
     """The update of :func:`first_order_gradient` (equal up to float rounding) with fewer passes.
 
     No per-domain gradient is kept, so the step logs no alignment statistics: the plain step
@@ -51,8 +52,13 @@ def lean_gradient(model: torch.nn.Module, doms: list[Pair], roles: Roles, step: 
         idx = [i for i, wi in enumerate(w) if wi != 0]
         loss, per = f.weighted_loss(theta, [doms[i] for i in idx], [w[i] for i in idx])
         grads = f.grad(loss, theta)
-        return PGAGradient(grads=grads, plain=grads, domain_grads=[], inner_rms=0.0,
-                           logs=_loss_logs(roles, dict(zip(idx, per, strict=True))))
+        return PGAGradient(
+            grads=grads,
+            plain=grads,
+            domain_grads=[],
+            inner_rms=0.0,
+            logs=_loss_logs(roles, dict(zip(idx, per, strict=True))),
+        )
     losses: dict[int, float] = {}
     terms: list[tuple[float, Grads]] = []
     g_c = None
@@ -67,7 +73,9 @@ def lean_gradient(model: torch.nn.Module, doms: list[Pair], roles: Roles, step: 
         n_a = len(roles.group_a)
         parts: list[tuple[float, Grads]] = []
         if rest:
-            loss_rest, per = f.weighted_loss(theta, [doms[i] for i in rest], [1.0 / n_a] * len(rest))
+            loss_rest, per = f.weighted_loss(
+                theta, [doms[i] for i in rest], [1.0 / n_a] * len(rest)
+            )
             losses.update(zip(rest, per, strict=True))
             parts.append((1.0, f.grad(loss_rest, theta)))
         if roles.current in roles.group_a:
@@ -75,7 +83,9 @@ def lean_gradient(model: torch.nn.Module, doms: list[Pair], roles: Roles, step: 
         g_a = weighted_sum(parts)
         terms.append((roles.lambda_gen, g_a))
     logs = _loss_logs(roles, losses)
-    logs.pop("loss_replay", None)  # present only when the split put every replayed site in A: not a fair mean
+    logs.pop(
+        "loss_replay", None
+    )  # present only when the split put every replayed site in A: not a fair mean
     shifts = []
 
     def meta_test(lead: Grads, idx: tuple[int, ...], key: str) -> Grads:
@@ -90,5 +100,10 @@ def lean_gradient(model: torch.nn.Module, doms: list[Pair], roles: Roles, step: 
         terms.append((1.0, meta_test(g_c, roles.replay, "loss_mem_meta")))
     if g_a is not None:
         terms.append((roles.lambda_gen, meta_test(g_a, roles.group_b, "loss_gen_meta")))
-    return PGAGradient(grads=weighted_sum(terms), plain=[], domain_grads=[],
-                       inner_rms=sum(shifts) / len(shifts) if shifts else 0.0, logs=logs)
+    return PGAGradient(
+        grads=weighted_sum(terms),
+        plain=[],
+        domain_grads=[],
+        inner_rms=sum(shifts) / len(shifts) if shifts else 0.0,
+        logs=logs,
+    )

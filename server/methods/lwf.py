@@ -25,8 +25,10 @@ class LwF(Method):
     relative_cost = 1.1
     private = True
     log_names = {"loss": LOSS, "loss_current": LOSS, "distill": LOSS}
-    hyperparameters = (HParam("lambda_distill", 1.0, lo=0.0, help="weight of the distillation loss"),
-                       HParam("temperature", 2.0, lo=1e-3, help="distillation temperature"))
+    hyperparameters = (
+        HParam("lambda_distill", 1.0, lo=0.0, help="weight of the distillation loss"),
+        HParam("temperature", 2.0, lo=1e-3, help="distillation temperature"),
+    )
 
     def begin_stage(self, ctx: StageContext) -> None:
         self.opt = self.adam()

@@ -70,10 +70,16 @@ from simulator.segmentation import seg_loss, seg_loss_per_image, seg_loss_weight
 Pair = tuple[torch.Tensor, torch.Tensor]
 Grads = list[torch.Tensor]
 
-LOOKAHEAD = HParam("lookahead", 1.0, lo=0.0,
-                   help="inner step in outer-optimiser steps: theta' = theta - lookahead*lr*g/rms(g) "
-                        "(1: as long as one Adam step; 1.0 until a sweep picks it)")
-LAMBDA_GEN = HParam("lambda_gen", 1.0, lo=0.0, help="weight of the generalizability objective J_gen")
+LOOKAHEAD = HParam(
+    "lookahead",
+    1.0,
+    lo=0.0,
+    help="inner step in outer-optimiser steps: theta' = theta - lookahead*lr*g/rms(g) "
+    "(1: as long as one Adam step; 1.0 until a sweep picks it)",
+)
+LAMBDA_GEN = HParam(
+    "lambda_gen", 1.0, lo=0.0, help="weight of the generalizability objective J_gen"
+)
 
 
 def style_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -131,17 +137,17 @@ class Roles:
 class PGAGradient:
     """One step's gradient, its meta-free counterpart and the per-domain gradients it reused."""
 
-    grads: Grads                 # the direction handed to the optimiser
-    plain: Grads                 # the same terms with the meta-test losses at theta
-    domain_grads: list[Grads]    # per domain, at theta
-    inner_rms: float             # RMS of the inner displacement (mean over those taken; 0: none)
+    grads: Grads  # the direction handed to the optimiser
+    plain: Grads  # the same terms with the meta-test losses at theta
+    domain_grads: list[Grads]  # per domain, at theta
+    inner_rms: float  # RMS of the inner displacement (mean over those taken; 0: none)
     logs: dict[str, float] = field(default_factory=dict)
 
 
 def rms(grads: Grads) -> float:
     """Root mean square of a gradient over all its parameters (a detached scalar)."""
     n = sum(g.numel() for g in grads)
-    return float(torch.nn.utils.get_total_norm([g.detach() for g in grads])) / n ** 0.5
+    return float(torch.nn.utils.get_total_norm([g.detach() for g in grads])) / n**0.5
 
 
 def inner_scale(grads: Grads, step: float) -> float:
@@ -173,12 +179,19 @@ class _Functional:
             return self.loss(params, pairs[0])
         x = torch.cat([p[0] for p in pairs])
         y = torch.cat([p[1] for p in pairs])
-        w = torch.cat([torch.full((len(p[0]),), 1.0 / (len(pairs) * len(p[0])), dtype=x.dtype, device=x.device)
-                       for p in pairs])
+        w = torch.cat(
+            [
+                torch.full(
+                    (len(p[0]),), 1.0 / (len(pairs) * len(p[0])), dtype=x.dtype, device=x.device
+                )
+                for p in pairs
+            ]
+        )
         return seg_loss_weighted(functional_call(self.model, params, (x,)), y, w)
 
-    def weighted_loss(self, params: dict[str, torch.Tensor], pairs: list[Pair],
-                      weights: list[float]) -> tuple[torch.Tensor, list[float]]:
+    def weighted_loss(
+        self, params: dict[str, torch.Tensor], pairs: list[Pair], weights: list[float]
+    ) -> tuple[torch.Tensor, list[float]]:
         """sum_d weights[d] * L_d in one pass over the domains' concatenated batches, and each L_d.
 
         L_d is domain d's mean loss (the network treats each image alone, so one pass over the
@@ -187,8 +200,12 @@ class _Functional:
         x = torch.cat([p[0] for p in pairs]) if len(pairs) > 1 else pairs[0][0]
         y = torch.cat([p[1] for p in pairs]) if len(pairs) > 1 else pairs[0][1]
         per = seg_loss_per_image(functional_call(self.model, params, (x,)), y)
-        w = torch.cat([torch.full((len(p[0]),), wd / len(p[0]), dtype=per.dtype, device=per.device)
-                       for p, wd in zip(pairs, weights, strict=True)])
+        w = torch.cat(
+            [
+                torch.full((len(p[0]),), wd / len(p[0]), dtype=per.dtype, device=per.device)
+                for p, wd in zip(pairs, weights, strict=True)
+            ]
+        )
         bounds = [0]
         for p in pairs:
             bounds.append(bounds[-1] + len(p[0]))
@@ -196,13 +213,19 @@ class _Functional:
         losses = [float(flat[a:b].mean()) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         return (per * w).sum(), losses
 
-    def grad(self, loss: torch.Tensor, params: dict[str, torch.Tensor], create_graph: bool = False) -> Grads:
+    def grad(
+        self, loss: torch.Tensor, params: dict[str, torch.Tensor], create_graph: bool = False
+    ) -> Grads:
         return list(torch.autograd.grad(loss, list(params.values()), create_graph=create_graph))
 
-    def displaced(self, params: dict[str, torch.Tensor], grads: Grads, scale: float) -> dict[str, torch.Tensor]:
+    def displaced(
+        self, params: dict[str, torch.Tensor], grads: Grads, scale: float
+    ) -> dict[str, torch.Tensor]:
         """theta - scale * g as new leaves (first order: no graph through the inner step)."""
-        return {n: (p.detach() - scale * g.detach()).requires_grad_(True)
-                for (n, p), g in zip(params.items(), grads, strict=True)}
+        return {
+            n: (p.detach() - scale * g.detach()).requires_grad_(True)
+            for (n, p), g in zip(params.items(), grads, strict=True)
+        }
 
 
 def _mean(grads: list[Grads]) -> Grads:
@@ -213,7 +236,9 @@ def _dot(a: Grads, b: Grads) -> torch.Tensor:
     return sum((x * y).sum() for x, y in zip(a, b, strict=True))
 
 
-def _combine(roles: Roles, g: list[Grads], mem: Grads | None, g_a: Grads | None, b: Grads | None) -> Grads:
+def _combine(
+    roles: Roles, g: list[Grads], mem: Grads | None, g_a: Grads | None, b: Grads | None
+) -> Grads:
     """g_c + mem + lambda_gen (g_A + b), ``mem`` and ``b`` being domain means: one order of summation."""
     out = [torch.zeros_like(t) for t in g[0]]
     terms: list[tuple[float, Grads]] = []
@@ -256,13 +281,17 @@ def _loss_logs(roles: Roles, losses) -> dict[str, float]:
             return None
         return sum(float(torch.as_tensor(losses[i]).detach()) for i in idx) / len(idx)
 
-    parts = {"loss_current": mean((roles.current,) if roles.current is not None else ()),
-             "loss_replay": mean(roles.replay), "loss_gen_a": mean(roles.group_a if roles.use_gen else ())}
+    parts = {
+        "loss_current": mean((roles.current,) if roles.current is not None else ()),
+        "loss_replay": mean(roles.replay),
+        "loss_gen_a": mean(roles.group_a if roles.use_gen else ()),
+    }
     return {k: v for k, v in parts.items() if v is not None}
 
 
-def first_order_gradient(model: torch.nn.Module, doms: list[Pair], roles: Roles, step: float,
-                         meta: bool = True) -> PGAGradient:
+def first_order_gradient(
+    model: torch.nn.Module, doms: list[Pair], roles: Roles, step: float, meta: bool = True
+) -> PGAGradient:
     """Gradient of J_mem + lambda_gen J_gen, first order, with inner steps of RMS ``step``.
 
     ``step`` = lookahead * lr. ``meta=False`` (or ``step`` 0) evaluates the meta-test losses at
@@ -297,12 +326,18 @@ def first_order_gradient(model: torch.nn.Module, doms: list[Pair], roles: Roles,
     grads = plain if (mem is mem_theta and b is b_theta) else _combine(roles, g, mem, g_a, b)
     if not meta:
         shifts = []
-    return PGAGradient(grads=grads, plain=plain, domain_grads=g,
-                       inner_rms=sum(shifts) / len(shifts) if shifts else 0.0, logs=logs)
+    return PGAGradient(
+        grads=grads,
+        plain=plain,
+        domain_grads=g,
+        inner_rms=sum(shifts) / len(shifts) if shifts else 0.0,
+        logs=logs,
+    )
 
 
-def alignment_gradient(model: torch.nn.Module, doms: list[Pair], roles: Roles, step: float,
-                       symmetric: bool = False) -> PGAGradient:
+def alignment_gradient(
+    model: torch.nn.Module, doms: list[Pair], roles: Roles, step: float, symmetric: bool = False
+) -> PGAGradient:
     """Gradient of the explicit alignment objective, by double backpropagation.
 
     beta = step / rms(g_lead) (step = lookahead * lr), the scalar the first-order step uses.
@@ -319,7 +354,11 @@ def alignment_gradient(model: torch.nn.Module, doms: list[Pair], roles: Roles, s
     def lead(grads: Grads, detached: Grads) -> Grads:
         return grads if symmetric else detached
 
-    objective = losses[roles.current] if roles.current is not None else torch.zeros((), dtype=losses[0].dtype)
+    objective = (
+        losses[roles.current]
+        if roles.current is not None
+        else torch.zeros((), dtype=losses[0].dtype)
+    )
     shifts = []
     if roles.mem_active:
         c = roles.current
@@ -344,8 +383,13 @@ def alignment_gradient(model: torch.nn.Module, doms: list[Pair], roles: Roles, s
     grads = list(torch.autograd.grad(objective, list(theta.values())))
     mem = _mean([g[k] for k in roles.replay]) if roles.mem_active else None
     b = _mean([g[i] for i in roles.group_b]) if roles.use_gen else None
-    return PGAGradient(grads=grads, plain=_combine(roles, g, mem, g_a, b), domain_grads=g,
-                       inner_rms=sum(shifts) / len(shifts) if shifts else 0.0, logs=logs)
+    return PGAGradient(
+        grads=grads,
+        plain=_combine(roles, g, mem, g_a, b),
+        domain_grads=g,
+        inner_rms=sum(shifts) / len(shifts) if shifts else 0.0,
+        logs=logs,
+    )
 
 
 def apply_gradient(model: torch.nn.Module, opt: Adam, grads: Grads) -> float:

@@ -29,10 +29,17 @@ class MLDG(Method):
     name = "mldg"
     relative_cost = 2.5
     private = True
-    log_names = {"loss": LOSS, "loss_meta_test": LOSS, "align_cos_gen": COSINE, "align_rel_change": RATIO,
-                 "inner_over_outer": RATIO}
+    log_names = {
+        "loss": LOSS,
+        "loss_meta_test": LOSS,
+        "align_cos_gen": COSINE,
+        "align_rel_change": RATIO,
+        "inner_over_outer": RATIO,
+    }
     hyperparameters = (LOOKAHEAD,)
-    roles = Roles(current=None, group_a=(0,), group_b=(1,), use_mem=False, use_gen=True, lambda_gen=1.0)
+    roles = Roles(
+        current=None, group_a=(0,), group_b=(1,), use_mem=False, use_gen=True, lambda_gen=1.0
+    )
 
     def begin_stage(self, ctx: StageContext) -> None:
         self.opt = self.adam()
@@ -41,8 +48,9 @@ class MLDG(Method):
     def update(self, batch: Batch) -> dict[str, float]:
         self.model.train()
         doms = [(batch.x, batch.y), (style_augment(batch.x, self.gen), batch.y)]
-        res = first_order_gradient(self.model, doms, self.roles,
-                                   float(self.hp["lookahead"]) * float(self.hp["lr"]))
+        res = first_order_gradient(
+            self.model, doms, self.roles, float(self.hp["lookahead"]) * float(self.hp["lr"])
+        )
         outer = apply_gradient(self.model, self.opt, res.grads)
         logs = {"loss": res.logs["loss_gen_a"], "loss_meta_test": res.logs["loss_gen_meta"]}
         logs.update(alignment_logs(res, self.roles, gram(res.domain_grads)))

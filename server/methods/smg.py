@@ -27,15 +27,23 @@ from simulator.method import Batch, HParam, Method, StageContext
 from simulator.schemas import COSINE, LOSS, RATIO, SIGNED, MetricRule, rules
 
 REPLAY_SITES_PER_STEP = HParam(
-    "replay_sites_per_step", 0, lo=0, hi=1_000_000,
+    "replay_sites_per_step",
+    0,
+    lo=0,
+    hi=1_000_000,
     help="earlier sites replayed per step, drawn from the method's own stream (0: all), "
-         "so a step's cost stops growing with the stage")
+    "so a step's cost stops growing with the stage",
+)
 
 STATS_EVERY = HParam(
-    "stats_every", 10, lo=1, hi=1_000_000,
+    "stats_every",
+    10,
+    lo=1,
+    hi=1_000_000,
     help="alignment statistics (per-domain gradients, cosines, align_rel_change) on every n-th step "
-         "and the last step of a visit; the other steps take the same update with fewer passes "
-         "(1: every step)")
+    "and the last step of a visit; the other steps take the same update with fewer passes "
+    "(1: every step)",
+)
 
 
 class SMG(Method):
@@ -59,9 +67,18 @@ class SMG(Method):
     private = True
     uses_replay = True
     hyperparameters = (LOOKAHEAD, LAMBDA_GEN, REPLAY_SITES_PER_STEP, STATS_EVERY)
-    log_names = {**rules(("loss", "loss_current", "loss_replay", "loss_gen_a", "loss_mem_meta", "loss_gen_meta"), LOSS),
-                 "align_cos_mem": COSINE, "align_cos_gen": COSINE, "align_rel_change": RATIO,
-                 "inner_over_outer": RATIO, "align_mem": SIGNED, "align_gen": SIGNED}
+    log_names = {
+        **rules(
+            ("loss", "loss_current", "loss_replay", "loss_gen_a", "loss_mem_meta", "loss_gen_meta"),
+            LOSS,
+        ),
+        "align_cos_mem": COSINE,
+        "align_cos_gen": COSINE,
+        "align_rel_change": RATIO,
+        "inner_over_outer": RATIO,
+        "align_mem": SIGNED,
+        "align_gen": SIGNED,
+    }
 
     @classmethod
     def summary_names(cls, domains: list[str]) -> dict[str, MetricRule]:
@@ -69,6 +86,7 @@ class SMG(Method):
         at stage 1 the two style views."""
         names = [*domains, "view1", "view2"]
         return {f"cos/{a}/{b}": COSINE for a in names for b in names if a != b}
+
     use_mem = True
     use_gen = True
     #: False: the meta-test losses are evaluated at theta (plain replay with smg's weighting)
@@ -104,12 +122,21 @@ class SMG(Method):
             pool = []
             if self.use_gen:  # stage 1: two simulated sites from the current batch
                 names += ["view1", "view2"]
-                doms += [(style_augment(batch.x, self.gen), batch.y), (style_augment(batch.x, self.gen), batch.y)]
+                doms += [
+                    (style_augment(batch.x, self.gen), batch.y),
+                    (style_augment(batch.x, self.gen), batch.y),
+                ]
                 pool = [1, 2]
         a, b = split(len(pool), self.gen) if len(pool) >= 2 else ([], [])
-        roles = Roles(current=0, replay=tuple(range(1, 1 + len(replay))),
-                      group_a=tuple(pool[i] for i in a), group_b=tuple(pool[i] for i in b),
-                      use_mem=self.use_mem, use_gen=self.use_gen, lambda_gen=float(self.hp["lambda_gen"]))
+        roles = Roles(
+            current=0,
+            replay=tuple(range(1, 1 + len(replay))),
+            group_a=tuple(pool[i] for i in a),
+            group_b=tuple(pool[i] for i in b),
+            use_mem=self.use_mem,
+            use_gen=self.use_gen,
+            lambda_gen=float(self.hp["lambda_gen"]),
+        )
         return names, doms, roles
 
     def _step_length(self) -> float:

@@ -26,9 +26,32 @@ TARGETS = {"phantom": (), "mni152": (), "folder": (), "prostate": (), "fundus": 
 DEFAULT_GENERATED_SITES = 6
 
 _ALPHABET = (
-    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
-    "juliett", "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo",
-    "sierra", "tango", "uniform", "victor", "whiskey", "xray", "yankee", "zulu",
+    "alpha",
+    "bravo",
+    "charlie",
+    "delta",
+    "echo",
+    "foxtrot",
+    "golf",
+    "hotel",
+    "india",
+    "juliett",
+    "kilo",
+    "lima",
+    "mike",
+    "november",
+    "oscar",
+    "papa",
+    "quebec",
+    "romeo",
+    "sierra",
+    "tango",
+    "uniform",
+    "victor",
+    "whiskey",
+    "xray",
+    "yankee",
+    "zulu",
 )
 #: The sites of a generated benchmark, in order: the alphabet, then the alphabet again with 2, 3, ...
 SITE_NAMES = tuple(f"{name}{'' if lap == 1 else lap}" for lap in range(1, 11) for name in _ALPHABET)
@@ -39,12 +62,16 @@ def parse(value: str) -> tuple[str, str]:
     """``(kind, path)`` of a benchmark spec; ``path`` is empty for generated benchmarks."""
     kind, sep, path = value.partition(":")
     if kind not in KINDS:
-        raise ConfigError(f"data.benchmark: {value!r} is not allowed; expected one of phantom, mni152, "
-                          f"folder:PATH, prostate:PATH, fundus:PATH")
+        raise ConfigError(
+            f"data.benchmark: {value!r} is not allowed; expected one of phantom, mni152, "
+            f"folder:PATH, prostate:PATH, fundus:PATH"
+        )
     if kind in GENERATED and sep:
         raise ConfigError(f"data.benchmark: {kind} is generated and takes no path; got {value!r}")
     if kind in USER_LAYOUTS and not path:
-        raise ConfigError(f"data.benchmark: {kind} needs a data folder, as {kind}:PATH; got {value!r}")
+        raise ConfigError(
+            f"data.benchmark: {kind} needs a data folder, as {kind}:PATH; got {value!r}"
+        )
     return kind, path
 
 
@@ -55,8 +82,10 @@ def normalise(value: str) -> str:
         return kind
     folder = Path(path).expanduser().resolve()
     if not folder.is_dir():
-        raise ConfigError(f"data.benchmark: {folder}: no such folder; expected one folder per site "
-                          f"in the {kind} layout")
+        raise ConfigError(
+            f"data.benchmark: {folder}: no such folder; expected one folder per site "
+            f"in the {kind} layout"
+        )
     return f"{kind}:{folder}"
 
 
@@ -86,12 +115,16 @@ def site_names(value: str) -> tuple[str, ...]:
     root = Path(path)
     names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not names:
-        raise ConfigError(f"data.benchmark: {root}: no site folders; expected one folder per site "
-                          f"in the {k} layout")
+        raise ConfigError(
+            f"data.benchmark: {root}: no site folders; expected one folder per site "
+            f"in the {k} layout"
+        )
     bad = [n for n in names if not _SITE_NAME.match(n)]
     if bad:
-        raise ConfigError(f"data.benchmark: {root / bad[0]}: a site folder name must be letters, digits, "
-                          f"'_', '-' or '.' (at most 64); rename the folder")
+        raise ConfigError(
+            f"data.benchmark: {root / bad[0]}: a site folder name must be letters, digits, "
+            f"'_', '-' or '.' (at most 64); rename the folder"
+        )
     return tuple(names)
 
 
@@ -104,4 +137,6 @@ def check_target(value: str, target: str) -> None:
     k = kind(value)
     if target != "auto" and target not in TARGETS[k]:
         allowed = ", ".join(("auto", *TARGETS[k]))
-        raise ConfigError(f"data.target: {target!r} is not allowed for the {k} benchmark; expected {allowed}")
+        raise ConfigError(
+            f"data.target: {target!r} is not allowed for the {k} benchmark; expected {allowed}"
+        )

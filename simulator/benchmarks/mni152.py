@@ -67,14 +67,18 @@ def template_dir() -> Path:
     """The folder inside the installed ``nilearn`` package that holds the template."""
     spec = importlib.util.find_spec("nilearn")
     if spec is None or not spec.submodule_search_locations:
-        raise TemplateMissing("the mni152 benchmark reads the MNI152 template shipped inside the nilearn "
-                              "package, which is not installed; install smg-sim's dependencies "
-                              "(pip install -e .) or pip install 'nilearn<0.14'")
+        raise TemplateMissing(
+            "the mni152 benchmark reads the MNI152 template shipped inside the nilearn "
+            "package, which is not installed; install smg-sim's dependencies "
+            "(pip install -e .) or pip install 'nilearn<0.14'"
+        )
     folder = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
     missing = [f for f in TEMPLATE_FILES.values() if not (folder / f).is_file()]
     if missing:
-        raise TemplateMissing(f"{folder / missing[0]}: expected the MNI152 template file shipped with nilearn; "
-                              "reinstall nilearn")
+        raise TemplateMissing(
+            f"{folder / missing[0]}: expected the MNI152 template file shipped with nilearn; "
+            "reinstall nilearn"
+        )
     return folder
 
 
@@ -113,15 +117,17 @@ def _square(img: np.ndarray) -> np.ndarray:
     h, w = img.shape
     n = max(h, w)
     out = np.zeros((n, n), np.float32)
-    out[(n - h) // 2:(n - h) // 2 + h, (n - w) // 2:(n - w) // 2 + w] = img
+    out[(n - h) // 2 : (n - h) // 2 + h, (n - w) // 2 : (n - w) // 2 + w] = img
     return out
 
 
 def deformed_slice(z: int, size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """The maps of slice ``z`` under a random affine and elastic deformation, at ``size``."""
     vol = volumes()
-    maps = {k: cv2.resize(_square(vol[k][z]), (size, size), interpolation=cv2.INTER_AREA)
-            for k in ("t1", "gm", "wm", "csf", "brain")}
+    maps = {
+        k: cv2.resize(_square(vol[k][z]), (size, size), interpolation=cv2.INTER_AREA)
+        for k in ("t1", "gm", "wm", "csf", "brain")
+    }
     angle = rng.uniform(-12, 12)
     scale = rng.uniform(0.9, 1.1)
     shift = rng.uniform(-0.05, 0.05, size=2) * size
@@ -136,20 +142,35 @@ def deformed_slice(z: int, size: int, rng: np.random.Generator) -> dict[str, np.
         field = cv2.GaussianBlur(rng.uniform(-1, 1, (size, size)).astype(np.float32), (0, 0), sigma)
         field /= np.abs(field).max() + 1e-8
         grid += field * rng.uniform(0.02, 0.05) * size
-    return {k: cv2.remap(m, src_x, src_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                         borderValue=0) for k, m in maps.items()}
+    return {
+        k: cv2.remap(
+            m,
+            src_x,
+            src_y,
+            interpolation=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=0,
+        )
+        for k, m in maps.items()
+    }
 
 
 def render(maps: dict[str, np.ndarray], acq: Acquisition, rng: np.random.Generator) -> np.ndarray:
     """Tissue contrast from the probability maps plus the template's own texture, then the scanner."""
     csf, gm, wm = acq.tissue
     img = csf * maps["csf"] + gm * maps["gm"] + wm * maps["wm"]
-    t1_model = MNI_FAMILIES[0][0] * maps["csf"] + MNI_FAMILIES[0][1] * maps["gm"] + MNI_FAMILIES[0][2] * maps["wm"]
+    t1_model = (
+        MNI_FAMILIES[0][0] * maps["csf"]
+        + MNI_FAMILIES[0][1] * maps["gm"]
+        + MNI_FAMILIES[0][2] * maps["wm"]
+    )
     img = img + 0.5 * (maps["t1"] - t1_model) * maps["brain"]  # real fine structure of the template
     return acquire(img, acq, rng)
 
 
-def make_case(z: int, size: int, acq: Acquisition, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def make_case(
+    z: int, size: int, acq: Acquisition, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     maps = deformed_slice(z, size, rng)
     return render(maps, acq, rng), (maps["wm"] > 0.5).astype(np.uint8)
 

@@ -9,15 +9,22 @@ from simulator.seeding import derive_seed, numpy_rng
 ORDER_KEYWORDS = ("fixed", "random", "reverse")
 
 
-def resolve_sites(order: str, n_sites: int, catalog: tuple[str, ...] = SITE_NAMES,
-                  default: int = DEFAULT_GENERATED_SITES) -> list[str]:
+def resolve_sites(
+    order: str,
+    n_sites: int,
+    catalog: tuple[str, ...] = SITE_NAMES,
+    default: int = DEFAULT_GENERATED_SITES,
+) -> list[str]:
     """The set of sites of a run: the first ``n_sites`` names, or the names an order lists.
 
     ``n_sites == 0`` means every site an order lists, else the first ``default`` of ``catalog``.
     """
     if n_sites == 0:
-        n_sites = len([n for n in order.split(",") if n.strip()]) if order not in ORDER_KEYWORDS else (
-            min(default, len(catalog)))
+        n_sites = (
+            len([n for n in order.split(",") if n.strip()])
+            if order not in ORDER_KEYWORDS
+            else (min(default, len(catalog)))
+        )
     if n_sites < 1:
         raise ConfigError(f"--sites must be >= 1, got {n_sites}")
     if order in ORDER_KEYWORDS:
@@ -26,10 +33,14 @@ def resolve_sites(order: str, n_sites: int, catalog: tuple[str, ...] = SITE_NAME
         return list(catalog[:n_sites])
     names = [n.strip() for n in order.split(",") if n.strip()]
     if not names:
-        raise ConfigError(f"--order {order!r}: expected fixed, random, reverse or a comma list of site names")
+        raise ConfigError(
+            f"--order {order!r}: expected fixed, random, reverse or a comma list of site names"
+        )
     unknown = [n for n in names if n not in catalog]
     if unknown:
-        raise ConfigError(f"--order: unknown site name {unknown[0]!r}; known sites: {', '.join(catalog)}")
+        raise ConfigError(
+            f"--order: unknown site name {unknown[0]!r}; known sites: {', '.join(catalog)}"
+        )
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ConfigError(f"--order: site {dup[0]!r} is listed more than once")

@@ -62,8 +62,11 @@ class Acquisition:
         }
 
 
-def site_acquisition(site_index: int, rng: np.random.Generator,
-                     families: tuple[tuple[float, ...], ...] = CONTRAST_FAMILIES) -> Acquisition:
+def site_acquisition(
+    site_index: int,
+    rng: np.random.Generator,
+    families: tuple[tuple[float, ...], ...] = CONTRAST_FAMILIES,
+) -> Acquisition:
     """Draw one site's acquisition; the contrast family rotates with the site index."""
     family = site_index % len(families)
     base = np.array(families[family])
@@ -150,8 +153,11 @@ def acquire(img: np.ndarray, acq: Acquisition, rng: np.random.Generator) -> np.n
         img = cv2.GaussianBlur(img, (0, 0), acq.blur * size / 64)
     low = max(8, int(round(size * acq.resolution)))
     if low < size:
-        img = cv2.resize(cv2.resize(img, (low, low), interpolation=cv2.INTER_AREA), (size, size),
-                         interpolation=cv2.INTER_LINEAR)
+        img = cv2.resize(
+            cv2.resize(img, (low, low), interpolation=cv2.INTER_AREA),
+            (size, size),
+            interpolation=cv2.INTER_LINEAR,
+        )
     img = img + rng.normal(0, acq.noise, img.shape)
     return np.clip(img, 0, 1).astype(np.float32)
 
@@ -175,8 +181,9 @@ def phantom_site(site_index: int, seed: int, n_train: int, n_test: int, size: in
 APPEARANCE_DIM = 13
 
 
-def random_acquisition(rng: np.random.Generator,
-                       families: tuple[tuple[float, ...], ...] = CONTRAST_FAMILIES) -> Acquisition:
+def random_acquisition(
+    rng: np.random.Generator, families: tuple[tuple[float, ...], ...] = CONTRAST_FAMILIES
+) -> Acquisition:
     """A random acquisition for the public pool: tissue intensities drawn freely, not by family."""
     acq = site_acquisition(0, rng, families)
     tissue = tuple(float(t) for t in rng.uniform(0.05, 1.0, size=len(families[0])))
@@ -186,16 +193,19 @@ def random_acquisition(rng: np.random.Generator,
 def appearance_vector(acq: Acquisition) -> np.ndarray:
     """The acquisition as a vector of roughly unit scale (the SMD pre-training condition)."""
     t = np.array(acq.tissue, np.float32) * 2 - 1
-    rest = np.array([
-        np.log(acq.gamma) / 0.5,
-        (acq.contrast - 1.0) / 0.25,
-        acq.brightness / 0.08,
-        acq.bias * np.cos(acq.bias_angle) / 0.35,
-        acq.bias * np.sin(acq.bias_angle) / 0.35,
-        (acq.noise - 0.04) / 0.03,
-        (acq.blur - 0.5) / 0.5,
-        (acq.resolution - 0.75) / 0.25,
-    ], np.float32)
+    rest = np.array(
+        [
+            np.log(acq.gamma) / 0.5,
+            (acq.contrast - 1.0) / 0.25,
+            acq.brightness / 0.08,
+            acq.bias * np.cos(acq.bias_angle) / 0.35,
+            acq.bias * np.sin(acq.bias_angle) / 0.35,
+            (acq.noise - 0.04) / 0.03,
+            (acq.blur - 0.5) / 0.5,
+            (acq.resolution - 0.75) / 0.25,
+        ],
+        np.float32,
+    )
     return np.concatenate([t, rest]).astype(np.float32)
 
 

@@ -20,12 +20,25 @@ from simulator.driver.runner import (
 )
 from simulator.errors import AccessViolation, ConfigError
 
-__all__ = ["EXIT_DRIVER_KILLED", "RunResult", "compare", "inspect_data", "pretrain_backbone", "resume", "run",
-           "write_site_previews"]
+__all__ = [
+    "EXIT_DRIVER_KILLED",
+    "RunResult",
+    "compare",
+    "inspect_data",
+    "pretrain_backbone",
+    "resume",
+    "run",
+    "write_site_previews",
+]
 
 
-def run(cfg: Config, stream: TextIO | None = None, progress: bool = True, site_cls: type | None = None,
-        reuse: Path | None = None) -> RunResult:
+def run(
+    cfg: Config,
+    stream: TextIO | None = None,
+    progress: bool = True,
+    site_cls: type | None = None,
+    reuse: Path | None = None,
+) -> RunResult:
     """Run one sequential-learning simulation and write its run folder (checkpointed every stage).
 
     ``site_cls`` replaces the site class (tests use it to run deliberately leaking sites).
@@ -49,8 +62,11 @@ def resume(run_dir: Path, stream: TextIO | None = None, progress: bool = True) -
     folder = RunFolder.existing(plan.out)
     marked = cut_logs(folder.path, ckpt)
     stream = stream or sys.stderr
-    stream.write(f"smg-sim: resuming {folder.path} after stage {ckpt.stage}"
-                 + (f" ({marked} ledger lines of the interrupted stage marked as retries)" if marked else "") + "\n")
+    stream.write(
+        f"smg-sim: resuming {folder.path} after stage {ckpt.stage}"
+        + (f" ({marked} ledger lines of the interrupted stage marked as retries)" if marked else "")
+        + "\n"
+    )
     return execute(plan, folder, stream, progress, None, ckpt)
 
 
@@ -58,7 +74,9 @@ def _site_command_record(kind: str, record: Path | None) -> Path:
     """The folder where a ``data`` command keeps its ledger and file-access trace."""
     import datetime as dt
 
-    record = Path(record) if record else Path("runs") / f"{kind}-{dt.datetime.now():%Y%m%d-%H%M%S-%f}"
+    record = (
+        Path(record) if record else Path("runs") / f"{kind}-{dt.datetime.now():%Y%m%d-%H%M%S-%f}"
+    )
     record.mkdir(parents=True, exist_ok=False)
     return record.resolve()
 
@@ -68,14 +86,17 @@ def _check_trace(record: Path, cfg: Config) -> None:
     from simulator.driver.audit import _file_access
     from simulator.filetrace import read_trace
 
-    check, _ = _file_access(read_trace(record / "file_access"), str(catalog.data_root(cfg.data.benchmark)))
+    check, _ = _file_access(
+        read_trace(record / "file_access"), str(catalog.data_root(cfg.data.benchmark))
+    )
     (record / "file_access_check.json").write_text(json.dumps(check, indent=2) + "\n")
     if check["verdict"] != "pass":
         raise AccessViolation(f"{record}: {check['detail']}")
 
 
-def write_site_previews(cfg: Config, folder: Path | None, allow_real: bool = False,
-                        record: Path | None = None) -> tuple[list[Path], Path]:
+def write_site_previews(
+    cfg: Config, folder: Path | None, allow_real: bool = False, record: Path | None = None
+) -> tuple[list[Path], Path]:
     """Have every site of ``cfg`` save a preview of its data (one PNG per site).
 
     Generated (simulated) sites write into ``folder``. Sites of a user data set hold real images:
@@ -87,8 +108,10 @@ def write_site_previews(cfg: Config, folder: Path | None, allow_real: bool = Fal
 
     real = catalog.is_user_data(cfg.data.benchmark)
     if real and not allow_real:
-        raise ConfigError(f"data preview: {cfg.data.benchmark} holds real images; pass --allow-real-previews to "
-                          f"write previews of them (each into its own site folder unless --out is given)")
+        raise ConfigError(
+            f"data preview: {cfg.data.benchmark} holds real images; pass --allow-real-previews to "
+            f"write previews of them (each into its own site folder unless --out is given)"
+        )
     if folder is None and not real:
         raise ConfigError("data preview: --out is needed for a generated benchmark")
     sites = run_sites(cfg)
@@ -97,8 +120,12 @@ def write_site_previews(cfg: Config, folder: Path | None, allow_real: bool = Fal
     target = str(Path(folder).resolve()) if folder is not None else ""
     engine.write_previews(cfg, sites, site_indices(cfg, sites), target, real, rec)
     _check_trace(rec, cfg)
-    where = [Path(target) / f"{n}.png" if target else catalog.site_dir(cfg.data.benchmark, n) / f"{n}.png"
-             for n in sites]
+    where = [
+        Path(target) / f"{n}.png"
+        if target
+        else catalog.site_dir(cfg.data.benchmark, n) / f"{n}.png"
+        for n in sites
+    ]
     return where, rec
 
 
@@ -125,7 +152,9 @@ def pretrain_backbone(cfg: Config, stream: TextIO | None = None, force: bool = F
 
     spec = smd_spec(cfg, 1)
     _, report = pretrain_progress(spec.pretrain_steps, stream or sys.stderr)
-    path, cached = ensure_backbone(spec, str(resolve_device(cfg.runtime.device)), report, force=force)
+    path, cached = ensure_backbone(
+        spec, str(resolve_device(cfg.runtime.device)), report, force=force
+    )
     info = json.loads((path.parent / "info.json").read_text())
     return {"path": str(path), "cached": cached, **info}
 
@@ -138,7 +167,9 @@ def _pretrain_backbones(plans: list[tuple[str, Config]], stream: TextIO) -> None
     specs = {}
     for _, cfg in plans:
         if smd_needed(cfg):
-            spec = smd_spec(cfg, 1)  # the public pools are single-channel; other data fail in the run
+            spec = smd_spec(
+                cfg, 1
+            )  # the public pools are single-channel; other data fail in the run
             specs[spec.key()] = (spec, cfg)
     for spec, cfg in specs.values():
         _, report = pretrain_progress(spec.pretrain_steps, stream)
@@ -151,23 +182,45 @@ def _launcher(out: Path, shared: Path, address: str, threads: int):
     import subprocess
 
     def launch(name: str, cfg: Config) -> subprocess.Popen:
-        runtime = dataclasses.replace(cfg.runtime, address=address, torch_threads=threads, dashboard=False)
+        runtime = dataclasses.replace(
+            cfg.runtime, address=address, torch_threads=threads, dashboard=False
+        )
         job = out / "jobs" / f"{name}.json"  # read by simulator.driver.worker
         job.parent.mkdir(parents=True, exist_ok=True)
-        job.write_text(json.dumps({"config": dataclasses.replace(cfg, runtime=runtime).to_dict(),
-                                   "reuse": str(shared)}, indent=1) + "\n")
+        job.write_text(
+            json.dumps(
+                {
+                    "config": dataclasses.replace(cfg, runtime=runtime).to_dict(),
+                    "reuse": str(shared),
+                },
+                indent=1,
+            )
+            + "\n"
+        )
         log = out / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("w") as fh:
-            return subprocess.Popen([sys.executable, "-m", "simulator.driver.worker", str(job)],
-                                    stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            return subprocess.Popen(
+                [sys.executable, "-m", "simulator.driver.worker", str(job)],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
 
     return launch
 
 
-def compare(base: Config, methods: list[str], seeds: list[int], orders: list[str], out: Path,
-            stream: TextIO | None = None, progress: bool = False, baseline: str | None = None,
-            max_parallel: int = 1):
+def compare(
+    base: Config,
+    methods: list[str],
+    seeds: list[int],
+    orders: list[str],
+    out: Path,
+    stream: TextIO | None = None,
+    progress: bool = False,
+    baseline: str | None = None,
+    max_parallel: int = 1,
+):
     """Run every (method, seed, order) missing under ``out``, then summarise.
 
     One run after another in this process, or with ``max_parallel > 1`` that many at once, each in a
@@ -180,7 +233,9 @@ def compare(base: Config, methods: list[str], seeds: list[int], orders: list[str
     from simulator.driver import engine
 
     def make(cfg: Config, method: str, seed: int, order: str, folder: Path) -> Config:
-        run_cfg = dataclasses.replace(cfg.run, method=method, seed=seed, order=order, out=str(folder))
+        run_cfg = dataclasses.replace(
+            cfg.run, method=method, seed=seed, order=order, out=str(folder)
+        )
         new = dataclasses.replace(cfg, run=run_cfg)
         run_sites(new)
         check_method(new, method)
@@ -194,7 +249,9 @@ def compare(base: Config, methods: list[str], seeds: list[int], orders: list[str
     engine.start_ray(base.runtime)
     shared = out / "shared"  # each site's prompt and replay figures, made once per (seed, site)
     if max_parallel <= 1:
-        status = cmp.run_compare(plans, lambda c: run(c, stream=stream, progress=progress, reuse=shared), stream)
+        status = cmp.run_compare(
+            plans, lambda c: run(c, stream=stream, progress=progress, reuse=shared), stream
+        )
     else:
         _pretrain_backbones(plans, stream)
         threads = max(1, base.runtime.torch_threads // max_parallel)

@@ -39,10 +39,14 @@ class SiteArtifacts:
 def artifact_key(cfg: Config, spec: SiteSpec, backbone: str) -> str:
     """A hash of every input the prompt, the replay and their checks depend on."""
     s = cfg.smd
-    inputs = {"backbone": backbone, "site": dataclasses.asdict(spec), "seed": cfg.run.seed,
-              "prompt": [s.prompt_steps, s.prompt_lr, s.prompt_batch, s.prompt_candidates],
-              "replay": [s.replay_per_site, s.sample_steps, cfg.data.image_size],
-              "checks": [s.fidelity_steps, cfg.privacy.nn_threshold]}
+    inputs = {
+        "backbone": backbone,
+        "site": dataclasses.asdict(spec),
+        "seed": cfg.run.seed,
+        "prompt": [s.prompt_steps, s.prompt_lr, s.prompt_batch, s.prompt_candidates],
+        "replay": [s.replay_per_site, s.sample_steps, cfg.data.image_size],
+        "checks": [s.fidelity_steps, cfg.privacy.nn_threshold],
+    }
     if s.prompt_stop_tol > 0 and cfg.privacy.dp_epsilon <= 0:  # DP tuning runs all its steps
         inputs["prompt"] += [s.prompt_stop_tol, s.prompt_check_every]
     if cfg.privacy.dp_epsilon > 0:  # keys of runs without DP stay what they were
@@ -71,7 +75,9 @@ class ArtifactCache:
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f".{key}.{os.getpid()}.tmp"
         with tmp.open("wb") as fh:
-            np.savez(fh, tokens=art.tokens, logs=json.dumps(art.logs, sort_keys=True), source=art.source)
+            np.savez(
+                fh, tokens=art.tokens, logs=json.dumps(art.logs, sort_keys=True), source=art.source
+            )
         os.replace(tmp, self.root / f"{key}.npz")
 
     def _lock(self, key: str) -> Path:

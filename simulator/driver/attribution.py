@@ -18,5 +18,7 @@ def attribution_summary(S: np.ndarray, order: list[str]) -> dict[str, Any]:
         "set_accuracy": float(np.mean(pred == np.arange(len(order)))),
         "chance": 1.0 / len(order),
         "attributed_to": {s: order[int(pred[k])] for k, s in enumerate(order)},
-        "mean_scores": {d: {s: float(S[i, k]) for k, s in enumerate(order)} for i, d in enumerate(order)},
+        "mean_scores": {
+            d: {s: float(S[i, k]) for k, s in enumerate(order)} for i, d in enumerate(order)
+        },
     }

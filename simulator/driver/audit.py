@@ -41,10 +41,12 @@ def _memorisation_verdict(m: dict[str, float]) -> tuple[str, str]:
     copies = m.get("nn_fraction_under_threshold", 0.0)
     ratio = m.get("nn_ratio_flagged_fraction", 0.0)
     auc_low = m.get("mia_auc_low", 0.5)
-    notes = [f"{100 * copies:.1f}% of synthetic images within {m.get('nn_threshold', 0):.3f} RMS of a real one",
-             f"{100 * ratio:.1f}% flagged by the ratio test",
-             f"membership AUC {m.get('mia_auc', float('nan')):.3f} "
-             f"[{m.get('mia_auc_low', float('nan')):.3f}, {m.get('mia_auc_high', float('nan')):.3f}]"]
+    notes = [
+        f"{100 * copies:.1f}% of synthetic images within {m.get('nn_threshold', 0):.3f} RMS of a real one",
+        f"{100 * ratio:.1f}% flagged by the ratio test",
+        f"membership AUC {m.get('mia_auc', float('nan')):.3f} "
+        f"[{m.get('mia_auc_low', float('nan')):.3f}, {m.get('mia_auc_high', float('nan')):.3f}]",
+    ]
     bad = copies > 0 or ratio > 0.05 or auc_low > 0.6
     return (WARN if bad else PASS), "; ".join(notes)
 
@@ -129,23 +131,37 @@ def _egress_kind_check(ledger: list[Entry]) -> dict[str, str]:
         n += 1
         if e["kind"] not in EGRESS_KINDS:
             bad.append(f"seq {e['seq']}: {site} sent kind {e['kind']!r}")
-    return _check("egress kinds", FAIL if bad else PASS, "; ".join(bad[:10])
-                  or f"all {n} site messages are of kinds {', '.join(EGRESS_KINDS)}")
+    return _check(
+        "egress kinds",
+        FAIL if bad else PASS,
+        "; ".join(bad[:10]) or f"all {n} site messages are of kinds {', '.join(EGRESS_KINDS)}",
+    )
 
 
 def _exports_check(ledger: list[Entry], exports: str) -> dict[str, str]:
     """What the export mode allows left each site: in prompt-only mode, prompts and scalars alone."""
     if exports != "prompt":
-        return _check("export mode", PASS, "model mode: sites export their model after a visit, the SMD prompt "
-                                           "and scalar metrics (the returned weights are an open channel, below)")
+        return _check(
+            "export mode",
+            PASS,
+            "model mode: sites export their model after a visit, the SMD prompt "
+            "and scalar metrics (the returned weights are an open channel, below)",
+        )
     bad = []
     for site, e in _site_messages(ledger):
         keys = [a["key"] for a in e["arrays"]]
-        if e["kind"] not in ("prompt", "metrics") or (e["kind"] == "prompt" and keys != ["prompt/tokens"]) or (
-                e["kind"] == "metrics" and keys):
+        if (
+            e["kind"] not in ("prompt", "metrics")
+            or (e["kind"] == "prompt" and keys != ["prompt/tokens"])
+            or (e["kind"] == "metrics" and keys)
+        ):
             bad.append(f"seq {e['seq']}: {site} sent a {e['kind']} message with arrays {keys}")
-    return _check("export mode", FAIL if bad else PASS, "; ".join(bad[:10]) or
-                  "prompt-only mode: the ledger shows nothing but prompts and scalar metrics leaving any site")
+    return _check(
+        "export mode",
+        FAIL if bad else PASS,
+        "; ".join(bad[:10])
+        or "prompt-only mode: the ledger shows nothing but prompts and scalar metrics leaving any site",
+    )
 
 
 def _image_shape_check(ledger: list[Entry], facts: dict[str, dict[str, Any]]) -> dict[str, str]:
@@ -156,8 +172,11 @@ def _image_shape_check(ledger: list[Entry], facts: dict[str, dict[str, Any]]) ->
         for a in e["arrays"]:
             if h and len(a["shape"]) >= 2 and tuple(a["shape"][-2:]) in ((h, w), (w, h)):
                 bad.append(f"seq {e['seq']}: {site} sent {a['key']} of shape {a['shape']}")
-    return _check("no image-shaped array left a site", FAIL if bad else PASS,
-                  "; ".join(bad[:10]) or "no array sent by a site has an image-sized slice")
+    return _check(
+        "no image-shaped array left a site",
+        FAIL if bad else PASS,
+        "; ".join(bad[:10]) or "no array sent by a site has an image-sized slice",
+    )
 
 
 def _guard_check(site: str, g: dict[str, Any] | None) -> dict[str, str]:
@@ -166,16 +185,22 @@ def _guard_check(site: str, g: dict[str, Any] | None) -> dict[str, str]:
         return _check("egress guard", FAIL, "no guard report", scope=site)
     viol = g.get("violation_list", [])
     if g["mode"] == "off":
-        return _check("egress guard", FAIL, "the guard was switched off (privacy.mode=off)",
-                      site)
+        return _check("egress guard", FAIL, "the guard was switched off (privacy.mode=off)", site)
     if viol:
-        lines = [f"{v['kind']} {v['key']}: {v['rule']}: {v['detail']} ({v['action']})"
-                 for v in viol]
-        return _check("egress guard", FAIL,
-                      f"{len(viol)} violation(s): " + "; ".join(lines[:20]), site)
-    return _check("egress guard", PASS, f"{int(g['checked_messages'])} messages, "
-                  f"{int(g['checked_arrays'])} arrays, {int(g['checked_bytes'])} bytes checked "
-                  f"({g['mode']}); no violation", site)
+        lines = [
+            f"{v['kind']} {v['key']}: {v['rule']}: {v['detail']} ({v['action']})" for v in viol
+        ]
+        return _check(
+            "egress guard", FAIL, f"{len(viol)} violation(s): " + "; ".join(lines[:20]), site
+        )
+    return _check(
+        "egress guard",
+        PASS,
+        f"{int(g['checked_messages'])} messages, "
+        f"{int(g['checked_arrays'])} arrays, {int(g['checked_bytes'])} bytes checked "
+        f"({g['mode']}); no violation",
+        site,
+    )
 
 
 DATA_ROOT = "(the data root)"
@@ -208,12 +233,21 @@ def _file_access(
         if owner == DATA_ROOT and t.get("mode") == "list":
             continue  # listing the site folders' names (the driver does, to know the sites)
         if t["role"] != f"site:{owner}":
-            what = {"list": "listed", "remove": "removed", "rename": "renamed", "mkdir": "created"}.get(
-                t.get("mode"), "opened")
-            bad.append(f"{t['role']} {what} {t['path']} ({'data of site ' + owner if owner != DATA_ROOT else owner})")
-    check = _check("only each site opened its own data", FAIL if bad else PASS,
-                   "; ".join(sorted(set(bad))[:10]) or
-                   f"{len(trace)} opens of site data, all by the owning site's process")
+            what = {
+                "list": "listed",
+                "remove": "removed",
+                "rename": "renamed",
+                "mkdir": "created",
+            }.get(t.get("mode"), "opened")
+            bad.append(
+                f"{t['role']} {what} {t['path']} ({'data of site ' + owner if owner != DATA_ROOT else owner})"
+            )
+    check = _check(
+        "only each site opened its own data",
+        FAIL if bad else PASS,
+        "; ".join(sorted(set(bad))[:10])
+        or f"{len(trace)} opens of site data, all by the owning site's process",
+    )
     return check, file_rows
 
 
@@ -224,13 +258,22 @@ def _process_count(trace: list[Entry], role: str) -> int:
 
 def _trace_coverage(files: dict[str, int], sites: list[str]) -> dict[str, str]:
     """Every process that held or could reach site data left a trace; every site's shows access."""
-    missing = [f for f in ("driver.jsonl", "learner.jsonl", *(f"site-{s}.jsonl" for s in sites)) if f not in files]
+    missing = [
+        f
+        for f in ("driver.jsonl", "learner.jsonl", *(f"site-{s}.jsonl" for s in sites))
+        if f not in files
+    ]
     empty = [s for s in sites if files.get(f"site-{s}.jsonl") == 0]
-    problems = ([f"no trace {f}" for f in missing]
-                + [f"site {s}'s trace is empty although the site holds data" for s in empty])
-    return _check("every data-reading process was traced", FAIL if problems else PASS,
-                  "; ".join(problems) or f"{len(files)} trace files (driver, learner, {len(sites)} sites); "
-                                         f"every site's shows its data being read")
+    problems = [f"no trace {f}" for f in missing] + [
+        f"site {s}'s trace is empty although the site holds data" for s in empty
+    ]
+    return _check(
+        "every data-reading process was traced",
+        FAIL if problems else PASS,
+        "; ".join(problems)
+        or f"{len(files)} trace files (driver, learner, {len(sites)} sites); "
+        f"every site's shows its data being read",
+    )
 
 
 def _metric_rules(method: str) -> dict[str, Any]:
@@ -238,9 +281,21 @@ def _metric_rules(method: str) -> dict[str, Any]:
     from server.methods import method_class
 
     out: dict[str, Any] = {}
-    for table in (schemas.DESCRIBE, schemas.TRAIN, schemas.VISIT_START, schemas.EVALUATE, schemas.PROMPT_LOGS,
-                  schemas.FIDELITY, schemas.SCORES, schemas.PING, schemas.ARMED, schemas.PREVIEW, schemas.MODEL,
-                  schemas.GUARD_COUNTS, method_class(method).log_names):
+    for table in (
+        schemas.DESCRIBE,
+        schemas.TRAIN,
+        schemas.VISIT_START,
+        schemas.EVALUATE,
+        schemas.PROMPT_LOGS,
+        schemas.FIDELITY,
+        schemas.SCORES,
+        schemas.PING,
+        schemas.ARMED,
+        schemas.PREVIEW,
+        schemas.MODEL,
+        schemas.GUARD_COUNTS,
+        method_class(method).log_names,
+    ):
         out.update(table)
     return out
 
@@ -263,17 +318,38 @@ def open_channels(ledger: list[Entry], method: str) -> list[dict[str, Any]]:
             row[1] += 1
         names = e.get("scalar_keys", {}).get("metrics", [])
         if names:
-            bits = sum(rules[n].bits() if n in rules else schemas.COSINE.bits() if n.startswith("cos/")
-                       else schemas.FRACTION.bits() if n.startswith("score/") else 64.0 for n in names)
+            bits = sum(
+                rules[n].bits()
+                if n in rules
+                else schemas.COSINE.bits()
+                if n.startswith("cos/")
+                else schemas.FRACTION.bits()
+                if n.startswith("score/")
+                else 64.0
+                for n in names
+            )
             rows["metrics"][0] += bits
             rows["metrics"][1] += 1
-    what = {"weights": "values inside the declared weights and method state of model replies",
-            "prompt": "values of the declared K x D prompt of prompt replies",
-            "metrics": "declared metric values, each within its range at its resolution"}
-    bound = {"weights": "none (a formal bound would need DP training of the model)",
-             "prompt": "DP prompt tuning when privacy.dp_epsilon is set", "metrics": "range and resolution"}
-    return [{"channel": k, "what": what[k], "messages": v[1], "bits": float(v[0]), "bounded_by": bound[k]}
-            for k, v in rows.items()]
+    what = {
+        "weights": "values inside the declared weights and method state of model replies",
+        "prompt": "values of the declared K x D prompt of prompt replies",
+        "metrics": "declared metric values, each within its range at its resolution",
+    }
+    bound = {
+        "weights": "none (a formal bound would need DP training of the model)",
+        "prompt": "DP prompt tuning when privacy.dp_epsilon is set",
+        "metrics": "range and resolution",
+    }
+    return [
+        {
+            "channel": k,
+            "what": what[k],
+            "messages": v[1],
+            "bits": float(v[0]),
+            "bounded_by": bound[k],
+        }
+        for k, v in rows.items()
+    ]
 
 
 def _empirical_checks(smd: dict[str, Any]) -> list[dict[str, str]]:
@@ -290,11 +366,19 @@ def _site_summary(
     f: RunFiles, counts: dict[str, int], exported: dict[str, dict[str, int]]
 ) -> dict[str, Any]:
     """Per site: messages and bytes sent, data held, replay memorisation statistics."""
-    return {s: {"messages": counts.get(s, 0), "exported_bytes": dict(exported.get(s, {})),
-                "data_bytes": int(f.facts.get(s, {}).get("data_bytes", 0)),
-                "memorisation": {k: v for k, v in f.smd.get("sites", {}).get(s, {}).items()
-                                 if k.startswith(("nn_", "real_nn", "mia_"))}}
-            for s in f.sites}
+    return {
+        s: {
+            "messages": counts.get(s, 0),
+            "exported_bytes": dict(exported.get(s, {})),
+            "data_bytes": int(f.facts.get(s, {}).get("data_bytes", 0)),
+            "memorisation": {
+                k: v
+                for k, v in f.smd.get("sites", {}).get(s, {}).items()
+                if k.startswith(("nn_", "real_nn", "mia_"))
+            },
+        }
+        for s in f.sites
+    }
 
 
 def _formal(f: RunFiles) -> dict[str, Any]:
@@ -302,49 +386,91 @@ def _formal(f: RunFiles) -> dict[str, Any]:
     priv = f.config.get("privacy", {})
     target = float(priv.get("dp_epsilon", 0.0) or 0.0)
     if target <= 0:
-        return {"verdict": "none", "claim": "no differentially private training is used; there is no formal "
-                                            "(epsilon, delta) guarantee"}
+        return {
+            "verdict": "none",
+            "claim": "no differentially private training is used; there is no formal "
+            "(epsilon, delta) guarantee",
+        }
     infos = f.smd.get("sites", {})
     tuned = {s: infos[s] for s in f.sites if s in infos}
     if not tuned:
-        return {"verdict": "none", "claim": f"privacy.dp_epsilon={target:g} is set but no site tuned a prompt "
-                                            f"(the method uses no replay); nothing a site sent is DP"}
-    rows = {s: {"epsilon": i.get("dp_epsilon"), "delta": i.get("dp_delta"), "noise_multiplier":
-                i.get("dp_noise_multiplier"), "sample_rate": i.get("dp_sample_rate"), "steps": i.get("prompt_steps"),
-                "cases": i.get("dp_cases"), "clip": i.get("dp_clip")} for s, i in tuned.items()}
-    bad = [s for s, r in rows.items() if r["epsilon"] is None or r["epsilon"] > target * 1.001 + 1e-9]
+        return {
+            "verdict": "none",
+            "claim": f"privacy.dp_epsilon={target:g} is set but no site tuned a prompt "
+            f"(the method uses no replay); nothing a site sent is DP",
+        }
+    rows = {
+        s: {
+            "epsilon": i.get("dp_epsilon"),
+            "delta": i.get("dp_delta"),
+            "noise_multiplier": i.get("dp_noise_multiplier"),
+            "sample_rate": i.get("dp_sample_rate"),
+            "steps": i.get("prompt_steps"),
+            "cases": i.get("dp_cases"),
+            "clip": i.get("dp_clip"),
+        }
+        for s, i in tuned.items()
+    }
+    bad = [
+        s for s, r in rows.items() if r["epsilon"] is None or r["epsilon"] > target * 1.001 + 1e-9
+    ]
     if bad:
-        return {"verdict": FAIL, "sites": rows,
-                "claim": f"privacy.dp_epsilon={target:g} is set but the prompt of {', '.join(bad)} has no DP "
-                         f"accounting within it"}
+        return {
+            "verdict": FAIL,
+            "sites": rows,
+            "claim": f"privacy.dp_epsilon={target:g} is set but the prompt of {', '.join(bad)} has no DP "
+            f"accounting within it",
+        }
     eps = max(r["epsilon"] for r in rows.values())
     delta = max(r["delta"] for r in rows.values())
-    generated = not str(f.config.get("data", {}).get("benchmark", "")).startswith(tuple(
-        f"{k}:" for k in ("folder", "prostate", "fundus")))
-    unit = ("one case (patient) of a site's train data; in the generated benchmarks every slice is a case of "
-            "its own" if generated else "one case (patient) of a site's train data, all its slices together")
-    notes = ["the scalar evaluation, fidelity and memorisation figures a site sends are not covered"]
+    generated = not str(f.config.get("data", {}).get("benchmark", "")).startswith(
+        tuple(f"{k}:" for k in ("folder", "prostate", "fundus"))
+    )
+    unit = (
+        "one case (patient) of a site's train data; in the generated benchmarks every slice is a case of "
+        "its own"
+        if generated
+        else "one case (patient) of a site's train data, all its slices together"
+    )
+    notes = [
+        "the scalar evaluation, fidelity and memorisation figures a site sends are not covered"
+    ]
     if priv.get("exports", "model") == "model":
-        notes.insert(0, "in model mode the segmentation weights a site returns after its visit are not covered "
-                        "by this bound")
-    return {"verdict": "bounded", "epsilon": eps, "delta": delta, "sites": rows, "notes": notes,
-            "claim": f"each site's exported prompt is ({eps:.3g}, {delta:.3g})-differentially private with respect "
-                     f"to {unit} (DP-SGD prompt tuning, per-case clipping, Poisson sampling, Opacus's RDP "
-                     f"accountant); " + "; ".join(notes)}
+        notes.insert(
+            0,
+            "in model mode the segmentation weights a site returns after its visit are not covered "
+            "by this bound",
+        )
+    return {
+        "verdict": "bounded",
+        "epsilon": eps,
+        "delta": delta,
+        "sites": rows,
+        "notes": notes,
+        "claim": f"each site's exported prompt is ({eps:.3g}, {delta:.3g})-differentially private with respect "
+        f"to {unit} (DP-SGD prompt tuning, per-case clipping, Poisson sampling, Opacus's RDP "
+        f"accountant); " + "; ".join(notes),
+    }
 
 
-def _claims(structural: list[dict[str, str]], empirical: list[dict[str, str]],
-            formal: dict[str, Any]) -> dict[str, Any]:
+def _claims(
+    structural: list[dict[str, str]], empirical: list[dict[str, str]], formal: dict[str, Any]
+) -> dict[str, Any]:
     """The three claims with their verdicts, kept apart."""
     structural_ok = all(c["verdict"] == PASS for c in structural)
     return {
-        "structural": {"verdict": PASS if structural_ok else FAIL,
-                       "claim": "no real image or mask left the site that holds it",
-                       "checks": structural},
-        "empirical": {"verdict": (WARN if any(c["verdict"] == WARN for c in empirical) else PASS)
-                      if empirical else NA,
-                      "claim": "the synthetic replay does not reproduce or reveal training images",
-                      "checks": empirical},
+        "structural": {
+            "verdict": PASS if structural_ok else FAIL,
+            "claim": "no real image or mask left the site that holds it",
+            "checks": structural,
+        },
+        "empirical": {
+            "verdict": (WARN if any(c["verdict"] == WARN for c in empirical) else PASS)
+            if empirical
+            else NA,
+            "claim": "the synthetic replay does not reproduce or reveal training images",
+            "checks": empirical,
+        },
         "formal": formal,
     }
 
@@ -354,9 +480,14 @@ def assemble_audit(f: RunFiles) -> dict[str, Any]:
     counts, exported = _exported(f.ledger)
     file_check, file_rows = _file_access(f.trace, f.sites_info.get("data_root"))
     exports = f.config.get("privacy", {}).get("exports", "model")
-    structural = [_egress_kind_check(f.ledger), _exports_check(f.ledger, exports), _image_shape_check(f.ledger, f.facts),
-                  *(_guard_check(s, f.guard.get(s)) for s in f.sites), file_check,
-                  _trace_coverage(f.trace_files, f.sites)]
+    structural = [
+        _egress_kind_check(f.ledger),
+        _exports_check(f.ledger, exports),
+        _image_shape_check(f.ledger, f.facts),
+        *(_guard_check(s, f.guard.get(s)) for s in f.sites),
+        file_check,
+        _trace_coverage(f.trace_files, f.sites),
+    ]
     claims = _claims(structural, _empirical_checks(f.smd), _formal(f))
     return {
         "run": str(f.run_dir),
@@ -364,17 +495,23 @@ def assemble_audit(f: RunFiles) -> dict[str, Any]:
         "privacy_mode": f.config.get("privacy", {}).get("mode", "strict"),
         "exports": exports,
         "private_method": not f.guard or all(g.get("mode") != "record" for g in f.guard.values()),
-        "verdict": FAIL if FAIL in (claims["structural"]["verdict"], claims["formal"]["verdict"]) else PASS,
+        "verdict": FAIL
+        if FAIL in (claims["structural"]["verdict"], claims["formal"]["verdict"])
+        else PASS,
         "claims": claims,
         "sites": _site_summary(f, counts, exported),
-        "file_access": [{"role": r, "site_data": o, "opens": n, "processes": _process_count(f.trace, r)}
-                        for (r, o), n in sorted(file_rows.items())],
+        "file_access": [
+            {"role": r, "site_data": o, "opens": n, "processes": _process_count(f.trace, r)}
+            for (r, o), n in sorted(file_rows.items())
+        ],
         "ledger": {"messages": len(f.ledger), "bytes": sum(e["bytes"] for e in f.ledger)},
         "open_channels": open_channels(f.ledger, f.config["run"]["method"]),
         "isolation": process_isolation(f.actors, f.config.get("runtime", {}).get("engine", "ray")),
-        "placement": [{"session": i, "actor": name, **where}
-                      for i, sess in enumerate(f.actors.get("sessions", []))
-                      for name, where in sorted(sess["actors"].items())],
+        "placement": [
+            {"session": i, "actor": name, **where}
+            for i, sess in enumerate(f.actors.get("sessions", []))
+            for name, where in sorted(sess["actors"].items())
+        ],
     }
 
 

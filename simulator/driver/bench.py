@@ -49,21 +49,36 @@ def measure_step(cfg: Config, name: str, replay_sites: int, steps: int) -> dict[
         method.update(batch)
     seconds = (time.perf_counter() - t0) / steps
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"method": name, "seconds_per_step": seconds, "peak_rss_mb": peak / 1024,
-            "rss_after_first_step_mb": base / 1024}
+    return {
+        "method": name,
+        "seconds_per_step": seconds,
+        "peak_rss_mb": peak / 1024,
+        "rss_after_first_step_mb": base / 1024,
+    }
 
 
-def step_cost(cfg: Config, methods: list[str], replay_sites: int = 5, steps: int = 10) -> list[dict]:
+def step_cost(
+    cfg: Config, methods: list[str], replay_sites: int = 5, steps: int = 10
+) -> list[dict]:
     """Seconds per outer step and peak RSS for each method, each in its own process."""
     from simulator.driver.plan import method_hparams
 
-    for name in methods:  # unknown names and bad hyper-parameters fail here, before any process starts
+    for (
+        name
+    ) in methods:  # unknown names and bad hyper-parameters fail here, before any process starts
         method_hparams(cfg, name)
     out = []
     for name in methods:
-        job = json.dumps({"config": cfg.to_dict(), "method": name, "replay_sites": replay_sites, "steps": steps})
-        res = subprocess.run([sys.executable, "-m", "simulator.driver.bench"], input=job, capture_output=True,
-                             text=True, check=True)
+        job = json.dumps(
+            {"config": cfg.to_dict(), "method": name, "replay_sites": replay_sites, "steps": steps}
+        )
+        res = subprocess.run(
+            [sys.executable, "-m", "simulator.driver.bench"],
+            input=job,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         out.append(json.loads(res.stdout.strip().splitlines()[-1]))
     return out
 
@@ -76,15 +91,18 @@ def run_phases(cfg: Config, method: str) -> dict:
     from simulator.driver import api
 
     with tempfile.TemporaryDirectory(prefix="smg-sim-bench-") as tmp:
-        run_cfg = dataclasses.replace(cfg.run, method=method, sites=6, order="random", seed=0,
-                                      out=str(Path(tmp) / "run"))
+        run_cfg = dataclasses.replace(
+            cfg.run, method=method, sites=6, order="random", seed=0, out=str(Path(tmp) / "run")
+        )
         res = api.run(dataclasses.replace(cfg, run=run_cfg), progress=False)
         return {"method": method, **res.timings, "metrics": res.metrics}
 
 
 def _child() -> None:
     job = json.loads(sys.stdin.read())
-    row = measure_step(Config.from_dict(job["config"]), job["method"], job["replay_sites"], job["steps"])
+    row = measure_step(
+        Config.from_dict(job["config"]), job["method"], job["replay_sites"], job["steps"]
+    )
     print(json.dumps(row))
 
 

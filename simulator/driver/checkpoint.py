@@ -64,10 +64,22 @@ def write_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
     arrays, rest = _split_arrays(ckpt.snapshot)
     with (tmp / "arrays.npz").open("wb") as fh:
         np.savez(fh, **arrays)
-    write_json(tmp / "state.json", {
-        "stage": ckpt.stage, "R": ckpt.R[: ckpt.stage + 1].tolist(), "engine": rest,
-        "ledger": {"bytes": ckpt.ledger_bytes, "count": ckpt.ledger_count, "total_bytes": ckpt.ledger_total_bytes},
-        "stages_bytes": ckpt.stages_bytes, "elapsed_seconds": ckpt.elapsed_seconds, "smd_info": ckpt.smd_info})
+    write_json(
+        tmp / "state.json",
+        {
+            "stage": ckpt.stage,
+            "R": ckpt.R[: ckpt.stage + 1].tolist(),
+            "engine": rest,
+            "ledger": {
+                "bytes": ckpt.ledger_bytes,
+                "count": ckpt.ledger_count,
+                "total_bytes": ckpt.ledger_total_bytes,
+            },
+            "stages_bytes": ckpt.stages_bytes,
+            "elapsed_seconds": ckpt.elapsed_seconds,
+            "smd_info": ckpt.smd_info,
+        },
+    )
     final = root / name
     if final.exists():
         shutil.rmtree(final)
@@ -94,13 +106,23 @@ def read_checkpoint(run_dir: Path, n_sites: int) -> Checkpoint | None:
     rows = np.array(state["R"], dtype=float)
     R[: len(rows)] = rows
     engine = dict(state["engine"])
-    learner = {"arrays": {k[len("learner/"):]: v for k, v in arrays.items() if k.startswith("learner/")},
-               "facts": engine.pop("learner_facts")}
-    prompts = {k[len("prompt/"):]: v for k, v in arrays.items() if k.startswith("prompt/")}
+    learner = {
+        "arrays": {k[len("learner/") :]: v for k, v in arrays.items() if k.startswith("learner/")},
+        "facts": engine.pop("learner_facts"),
+    }
+    prompts = {k[len("prompt/") :]: v for k, v in arrays.items() if k.startswith("prompt/")}
     snapshot = {**engine, "learner": learner, "prompts": prompts}
-    return Checkpoint(state["stage"], R, snapshot, state["ledger"]["bytes"], state["ledger"]["count"],
-                      state["ledger"]["total_bytes"], state["stages_bytes"], state["elapsed_seconds"],
-                      state["smd_info"])
+    return Checkpoint(
+        state["stage"],
+        R,
+        snapshot,
+        state["ledger"]["bytes"],
+        state["ledger"]["count"],
+        state["ledger"]["total_bytes"],
+        state["stages_bytes"],
+        state["elapsed_seconds"],
+        state["smd_info"],
+    )
 
 
 def cut_logs(run_dir: Path, ckpt: Checkpoint) -> int:
@@ -116,12 +138,17 @@ def cut_logs(run_dir: Path, ckpt: Checkpoint) -> int:
         fh.truncate(ckpt.stages_bytes)
     ledger = run_dir / "ledger.jsonl"
     data = ledger.read_bytes()
-    head, tail = data[: ckpt.ledger_bytes], data[ckpt.ledger_bytes:]
+    head, tail = data[: ckpt.ledger_bytes], data[ckpt.ledger_bytes :]
     lines = [json.loads(line) for line in tail.decode().splitlines() if line.strip()]
     if not lines:
         return 0
-    marked = "".join(json.dumps({**e, "retry": max(1, int(e.get("retry", 0))), "interrupted": True},
-                                sort_keys=True) + "\n" for e in lines)
+    marked = "".join(
+        json.dumps(
+            {**e, "retry": max(1, int(e.get("retry", 0))), "interrupted": True}, sort_keys=True
+        )
+        + "\n"
+        for e in lines
+    )
     tmp = ledger.with_suffix(".tmp")
     tmp.write_bytes(head + marked.encode())
     os.replace(tmp, ledger)

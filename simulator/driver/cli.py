@@ -8,214 +8,370 @@ import sys
 from simulator.benchmarks.order import ORDER_KEYWORDS
 from simulator.config import PROFILES
 
-BENCHMARK_HELP = ("data: phantom (default, generated), mni152 (real brain anatomy from the MNI152 "
-                  "template in nilearn), folder:PATH (SITE/images + SITE/masks PNG), prostate:PATH "
-                  "(SITE/CaseXX.nii.gz + CaseXX_segmentation.nii.gz) or fundus:PATH "
-                  "(DomainN/.../image + .../mask PNG)")
+BENCHMARK_HELP = (
+    "data: phantom (default, generated), mni152 (real brain anatomy from the MNI152 "
+    "template in nilearn), folder:PATH (SITE/images + SITE/masks PNG), prostate:PATH "
+    "(SITE/CaseXX.nii.gz + CaseXX_segmentation.nii.gz) or fundus:PATH "
+    "(DomainN/.../image + .../mask PNG)"
+)
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--benchmark", default=None, metavar="SPEC", help=BENCHMARK_HELP)
-    p.add_argument("--target", default=None, choices=("auto", "disc", "cup"),
-                   help="what to segment: auto (the benchmark's target) or, for fundus, disc or cup")
+    p.add_argument(
+        "--target",
+        default=None,
+        choices=("auto", "disc", "cup"),
+        help="what to segment: auto (the benchmark's target) or, for fundus, disc or cup",
+    )
 
 
 def _add_cluster_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--address", default=None, metavar="auto|HOST:PORT",
-                   help="join a running Ray cluster instead of starting one (runtime.address)")
-    p.add_argument("--site-resources", default=None, metavar="NAME=RESOURCE,...",
-                   help="pin each named site's actor to a node that offers that custom Ray resource, as a "
-                        "hospital's data stays on its own machine (runtime.site_resources)")
+    p.add_argument(
+        "--address",
+        default=None,
+        metavar="auto|HOST:PORT",
+        help="join a running Ray cluster instead of starting one (runtime.address)",
+    )
+    p.add_argument(
+        "--site-resources",
+        default=None,
+        metavar="NAME=RESOURCE,...",
+        help="pin each named site's actor to a node that offers that custom Ray resource, as a "
+        "hospital's data stays on its own machine (runtime.site_resources)",
+    )
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     _add_data_options(p)
-    p.add_argument("--sites", type=int, default=None,
-                   help="number of hospital sites to simulate (default 6 of a generated benchmark, every "
-                        "site of a user data set, or the length of --order's list)")
-    p.add_argument("--order", default="fixed",
-                   help=f"visiting order: {', '.join(ORDER_KEYWORDS)} (random is drawn from --seed), "
-                        "or a comma list of site names such as charlie,alpha,bravo (default fixed)")
-    p.add_argument("--method", default=None,
-                   help="continual-learning method, by registry name (default smg); "
-                        "an unknown name lists the known ones")
-    p.add_argument("--profile", default="quick", choices=PROFILES,
-                   help="size and schedule: smoke (tests, seconds), quick (default, minutes on a CPU), "
-                        "paper (GPU)")
-    p.add_argument("--seed", type=int, default=None,
-                   help="run seed; data, order, initial weights and sampling seeds derive from it (default 0)")
-    p.add_argument("--out", default=None,
-                   help="run folder to create (must not exist or be empty; default runs/<time>-<method>-...)")
-    _add_set(p, "override a config value, e.g. --set train.steps_per_stage=50 (repeatable); "
-                "sections: run, data, model, train, runtime, smd, privacy, methods")
-    p.add_argument("--privacy", choices=("strict", "warn", "off"), default=None,
-                   help="egress guard: strict (default) stops the run on a violation; warn blocks the "
-                        "offending entry, records it and continues (the audit fails); off checks nothing "
-                        "(only to measure the guard's cost; the audit fails)")
-    p.add_argument("--exports", choices=("model", "prompt"), default=None,
-                   help="what a site exports: model (default; the model travels to the site, as in the paper) "
-                        "or prompt (only its SMD prompt and scalar metrics; the learner trains on synthetic "
-                        "images of each site)")
-    p.add_argument("--allow-non-private", action="store_true",
-                   help="allow the non-private reference methods (er_real), which move real images out "
-                        "of sites; their privacy audit fails by design")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs Ray may use (default from the profile: 2)")
+    p.add_argument(
+        "--sites",
+        type=int,
+        default=None,
+        help="number of hospital sites to simulate (default 6 of a generated benchmark, every "
+        "site of a user data set, or the length of --order's list)",
+    )
+    p.add_argument(
+        "--order",
+        default="fixed",
+        help=f"visiting order: {', '.join(ORDER_KEYWORDS)} (random is drawn from --seed), "
+        "or a comma list of site names such as charlie,alpha,bravo (default fixed)",
+    )
+    p.add_argument(
+        "--method",
+        default=None,
+        help="continual-learning method, by registry name (default smg); "
+        "an unknown name lists the known ones",
+    )
+    p.add_argument(
+        "--profile",
+        default="quick",
+        choices=PROFILES,
+        help="size and schedule: smoke (tests, seconds), quick (default, minutes on a CPU), "
+        "paper (GPU)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="run seed; data, order, initial weights and sampling seeds derive from it (default 0)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="run folder to create (must not exist or be empty; default runs/<time>-<method>-...)",
+    )
+    _add_set(
+        p,
+        "override a config value, e.g. --set train.steps_per_stage=50 (repeatable); "
+        "sections: run, data, model, train, runtime, smd, privacy, methods",
+    )
+    p.add_argument(
+        "--privacy",
+        choices=("strict", "warn", "off"),
+        default=None,
+        help="egress guard: strict (default) stops the run on a violation; warn blocks the "
+        "offending entry, records it and continues (the audit fails); off checks nothing "
+        "(only to measure the guard's cost; the audit fails)",
+    )
+    p.add_argument(
+        "--exports",
+        choices=("model", "prompt"),
+        default=None,
+        help="what a site exports: model (default; the model travels to the site, as in the paper) "
+        "or prompt (only its SMD prompt and scalar metrics; the learner trains on synthetic "
+        "images of each site)",
+    )
+    p.add_argument(
+        "--allow-non-private",
+        action="store_true",
+        help="allow the non-private reference methods (er_real), which move real images out "
+        "of sites; their privacy audit fails by design",
+    )
+    p.add_argument(
+        "--num-cpus", type=int, default=None, help="CPUs Ray may use (default from the profile: 2)"
+    )
     p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
-    p.add_argument("--engine", choices=("ray", "flower"), default=None,
-                   help="ray: every site a Ray actor (default); flower: the same run as a Flower app in "
-                        "Flower's simulation, one SuperNode per site")
+    p.add_argument(
+        "--engine",
+        choices=("ray", "flower"),
+        default=None,
+        help="ray: every site a Ray actor (default); flower: the same run as a Flower app in "
+        "Flower's simulation, one SuperNode per site",
+    )
     _add_cluster_options(p)
-    p.add_argument("--inject-fault", dest="inject_fault", action="append", default=[], metavar="FAULT",
-                   help="for tests and demos: kill-site:NAME@STAGE (the site's process dies during that "
-                        "stage; it is restarted and the work repeated) or kill-driver@STAGE (the driver "
-                        "exits after that stage's checkpoint; continue with smg-sim resume); repeatable")
+    p.add_argument(
+        "--inject-fault",
+        dest="inject_fault",
+        action="append",
+        default=[],
+        metavar="FAULT",
+        help="for tests and demos: kill-site:NAME@STAGE (the site's process dies during that "
+        "stage; it is restarted and the work repeated) or kill-driver@STAGE (the driver "
+        "exits after that stage's checkpoint; continue with smg-sim resume); repeatable",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def _add_run(sub) -> None:
-    run = sub.add_parser("run", help="run one sequential-learning simulation",
-                         description="Visit the sites in order, train at each site, evaluate every "
-                                     "site after every stage, and write a run folder.")
+    run = sub.add_parser(
+        "run",
+        help="run one sequential-learning simulation",
+        description="Visit the sites in order, train at each site, evaluate every "
+        "site after every stage, and write a run folder.",
+    )
     _add_run_options(run)
 
 
 def _add_compare(sub) -> None:
-    cmp = sub.add_parser("compare", help="run several methods over several seeds and orders, then tabulate",
-                         description="Runs every (method, seed, order) under OUT/runs/ in one Ray instance "
-                                     "(finished runs are skipped, unfinished ones moved aside), then writes "
-                                     "compare.csv, compare.md, runs.csv, paired.csv, compare_bars.png and "
-                                     "compare_mem_gen.png.")
+    cmp = sub.add_parser(
+        "compare",
+        help="run several methods over several seeds and orders, then tabulate",
+        description="Runs every (method, seed, order) under OUT/runs/ in one Ray instance "
+        "(finished runs are skipped, unfinished ones moved aside), then writes "
+        "compare.csv, compare.md, runs.csv, paired.csv, compare_bars.png and "
+        "compare_mem_gen.png.",
+    )
     cmp.add_argument("--methods", required=True, help="comma list, e.g. finetune,smd_replay,smg")
     cmp.add_argument("--seeds", default="0", help="comma list of run seeds (default 0)")
-    cmp.add_argument("--orders", default="random", help="comma list of orders: fixed, random, reverse "
-                     "(an explicit site list is not allowed here) (default random)")
+    cmp.add_argument(
+        "--orders",
+        default="random",
+        help="comma list of orders: fixed, random, reverse "
+        "(an explicit site list is not allowed here) (default random)",
+    )
     _add_data_options(cmp)
-    cmp.add_argument("--sites", type=int, default=None,
-                     help="number of sites (default 6 of a generated benchmark, every site of a user data set)")
+    cmp.add_argument(
+        "--sites",
+        type=int,
+        default=None,
+        help="number of sites (default 6 of a generated benchmark, every site of a user data set)",
+    )
     cmp.add_argument("--profile", default="quick", choices=PROFILES, help="profile (default quick)")
     cmp.add_argument("--out", required=True, help="comparison folder (created or continued)")
     _add_set(cmp, "override a config value for every run (repeatable)")
-    cmp.add_argument("--allow-non-private", action="store_true",
-                     help="allow the non-private references (joint, er_real); their audits fail by design")
+    cmp.add_argument(
+        "--allow-non-private",
+        action="store_true",
+        help="allow the non-private references (joint, er_real); their audits fail by design",
+    )
     cmp.add_argument("--num-cpus", type=int, default=None, help="CPUs Ray may use (default 2)")
     _add_cluster_options(cmp)
-    cmp.add_argument("--baseline", default=None, metavar="NAME",
-                     help="paired differences only against this method (default: every method against every other)")
+    cmp.add_argument(
+        "--baseline",
+        default=None,
+        metavar="NAME",
+        help="paired differences only against this method (default: every method against every other)",
+    )
     cmp.add_argument("--progress", action="store_true", help="show each run's progress lines")
-    cmp.add_argument("--max-parallel", type=int, default=1, metavar="N",
-                     help="runs at once, each in a driver process of its own that joins this comparison's "
-                          "Ray instance, with runtime.torch_threads shared out among them; its log is "
-                          "OUT/logs/<run>.log (default 1: one run after another in this process)")
+    cmp.add_argument(
+        "--max-parallel",
+        type=int,
+        default=1,
+        metavar="N",
+        help="runs at once, each in a driver process of its own that joins this comparison's "
+        "Ray instance, with runtime.torch_threads shared out among them; its log is "
+        "OUT/logs/<run>.log (default 1: one run after another in this process)",
+    )
 
 
 def _add_bench(sub) -> None:
-    bench = sub.add_parser("bench", help="benchmarks: step cost per method and stage, and where a run's time goes",
-                           description="Seconds per outer step and peak resident memory of each method at a "
-                                       "profile's sizes, at each given stage (stage s replays s-1 earlier "
-                                       "sites; each method and stage in its own process); with --run, one "
-                                       "whole run of that method and its seconds per phase. Writes bench.json.")
+    bench = sub.add_parser(
+        "bench",
+        help="benchmarks: step cost per method and stage, and where a run's time goes",
+        description="Seconds per outer step and peak resident memory of each method at a "
+        "profile's sizes, at each given stage (stage s replays s-1 earlier "
+        "sites; each method and stage in its own process); with --run, one "
+        "whole run of that method and its seconds per phase. Writes bench.json.",
+    )
     bench.add_argument("--methods", default="finetune,smd_replay_matched,smg", help="comma list")
     bench.add_argument("--stages", default="2,6", help="comma list of stages to time (default 2,6)")
-    bench.add_argument("--profile", default="quick", choices=PROFILES, help="profile (default quick)")
-    bench.add_argument("--steps", type=int, default=10, help="timed steps per method and stage (default 10)")
-    bench.add_argument("--run", default=None, metavar="METHOD",
-                       help="also time one whole run of METHOD (6 sites, random order, seed 0) by phase")
-    bench.add_argument("--out", default="bench.json", help="where to write the figures (default bench.json)")
+    bench.add_argument(
+        "--profile", default="quick", choices=PROFILES, help="profile (default quick)"
+    )
+    bench.add_argument(
+        "--steps", type=int, default=10, help="timed steps per method and stage (default 10)"
+    )
+    bench.add_argument(
+        "--run",
+        default=None,
+        metavar="METHOD",
+        help="also time one whole run of METHOD (6 sites, random order, seed 0) by phase",
+    )
+    bench.add_argument(
+        "--out", default="bench.json", help="where to write the figures (default bench.json)"
+    )
     _add_set(bench, "override a config value, e.g. --set methods.smg.lookahead=2 (repeatable)")
 
 
 def _add_resume(sub) -> None:
-    res = sub.add_parser("resume", help="continue an unfinished run from its last checkpoint",
-                         description="Continue RUN_DIR after the last stage it checkpointed; the results "
-                                     "are those of a run that never stopped. A finished run, one without a "
-                                     "checkpoint, or one whose config.json the current code resolves "
-                                     "differently is refused (the differing keys are named).")
+    res = sub.add_parser(
+        "resume",
+        help="continue an unfinished run from its last checkpoint",
+        description="Continue RUN_DIR after the last stage it checkpointed; the results "
+        "are those of a run that never stopped. A finished run, one without a "
+        "checkpoint, or one whose config.json the current code resolves "
+        "differently is refused (the differing keys are named).",
+    )
     res.add_argument("run_dir", help="a run folder written by smg-sim run")
     res.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def _add_status(sub) -> None:
-    st = sub.add_parser("status", help="the state of every run under runs/ (or of the folder given)",
-                        description="Per run folder: complete, running, resumable or failed; the stage "
-                                    "reached, the latest Mem and Gen, an ETA for a running run, and its live "
-                                    "actors from the Ray dashboard's state API when the dashboard is on.")
-    st.add_argument("path", nargs="?", default="runs", help="a run folder or a folder of them (default runs)")
+    st = sub.add_parser(
+        "status",
+        help="the state of every run under runs/ (or of the folder given)",
+        description="Per run folder: complete, running, resumable or failed; the stage "
+        "reached, the latest Mem and Gen, an ETA for a running run, and its live "
+        "actors from the Ray dashboard's state API when the dashboard is on.",
+    )
+    st.add_argument(
+        "path", nargs="?", default="runs", help="a run folder or a folder of them (default runs)"
+    )
 
 
 def _add_audit(sub) -> None:
-    audit = sub.add_parser("audit", help="re-check a finished run's privacy from its own files",
-                           description="Rebuild privacy_audit.json/.md/.html of RUN_DIR from its ledger, "
-                                       "guard reports and file-access trace; print the verdict; exit 1 "
-                                       "if the run fails the audit.")
+    audit = sub.add_parser(
+        "audit",
+        help="re-check a finished run's privacy from its own files",
+        description="Rebuild privacy_audit.json/.md/.html of RUN_DIR from its ledger, "
+        "guard reports and file-access trace; print the verdict; exit 1 "
+        "if the run fails the audit.",
+    )
     audit.add_argument("run_dir", help="a run folder written by smg-sim run")
 
 
 def _add_smd(sub) -> None:
     smd = sub.add_parser("smd", help="the Site-Modulated Diffusion backbone")
     smd_sub = smd.add_subparsers(dest="smd_command", required=True)
-    pre = smd_sub.add_parser("pretrain", help="pre-train (or find in the cache) the public SMD backbone",
-                             description="Pre-train the SMD backbone of a profile on public data only and "
-                                         "store it in the user cache ($SMG_SIM_CACHE or ~/.cache/smg-sim), "
-                                         "keyed by a hash of its config; runs reuse it.")
+    pre = smd_sub.add_parser(
+        "pretrain",
+        help="pre-train (or find in the cache) the public SMD backbone",
+        description="Pre-train the SMD backbone of a profile on public data only and "
+        "store it in the user cache ($SMG_SIM_CACHE or ~/.cache/smg-sim), "
+        "keyed by a hash of its config; runs reuse it.",
+    )
     pre.add_argument("--profile", default="quick", choices=PROFILES, help="profile (default quick)")
     _add_set(pre, "override a config value, e.g. --set smd.pretrain_steps=2000 (repeatable)")
-    pre.add_argument("--force", action="store_true", help="pre-train again even if the cache holds it")
+    pre.add_argument(
+        "--force", action="store_true", help="pre-train again even if the cache holds it"
+    )
 
 
 def _add_site_selection(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sites", type=int, default=None,
-                   help="number of sites (default 6 of a generated benchmark, every site of a user data set)")
+    p.add_argument(
+        "--sites",
+        type=int,
+        default=None,
+        help="number of sites (default 6 of a generated benchmark, every site of a user data set)",
+    )
     p.add_argument("--profile", default="quick", choices=PROFILES, help="sizes (default quick)")
-    p.add_argument("--seed", type=int, default=0, help="run seed (sets the train/test split; default 0)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="run seed (sets the train/test split; default 0)"
+    )
 
 
 def _add_data(sub) -> None:
     data = sub.add_parser("data", help="look at the benchmark data (inside the sites)")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     preview = data_sub.add_parser(
-        "preview", help="each site saves a PNG of three of its train images with mask outlines",
+        "preview",
+        help="each site saves a PNG of three of its train images with mask outlines",
         description="Each site actor writes <out>/<site>.png of its own data; nothing crosses "
-                    "between processes but the file size.")
+        "between processes but the file size.",
+    )
     _add_data_options(preview)
     _add_site_selection(preview)
-    preview.add_argument("--out", default=None,
-                         help="folder for the PNG files (needed for a generated benchmark, e.g. docs/sites; "
-                              "user data: each site's own folder unless given)")
-    preview.add_argument("--allow-real-previews", action="store_true",
-                         help="let the sites of a user data set write previews of their real images")
+    preview.add_argument(
+        "--out",
+        default=None,
+        help="folder for the PNG files (needed for a generated benchmark, e.g. docs/sites; "
+        "user data: each site's own folder unless given)",
+    )
+    preview.add_argument(
+        "--allow-real-previews",
+        action="store_true",
+        help="let the sites of a user data set write previews of their real images",
+    )
     inspect = data_sub.add_parser(
-        "inspect", help="per site: cases, slices, image size, intensities, foreground, problems",
+        "inspect",
+        help="per site: cases, slices, image size, intensities, foreground, problems",
         description="Each site's reader runs inside that site's actor and reports statistics only: "
-                    "numbers of cases and slices, image sizes as read, intensity statistics, foreground "
-                    "fraction and every problem found (missing masks, size mismatches, unreadable files, "
-                    "unexpected mask values, empty sites). Exit code 1 when a problem was found.")
+        "numbers of cases and slices, image sizes as read, intensity statistics, foreground "
+        "fraction and every problem found (missing masks, size mismatches, unreadable files, "
+        "unexpected mask values, empty sites). Exit code 1 when a problem was found.",
+    )
     inspect.add_argument("spec", metavar="SPEC", help=BENCHMARK_HELP)
-    inspect.add_argument("--target", default=None, choices=("auto", "disc", "cup"),
-                         help="what to segment: auto, or disc / cup for fundus")
+    inspect.add_argument(
+        "--target",
+        default=None,
+        choices=("auto", "disc", "cup"),
+        help="what to segment: auto, or disc / cup for fundus",
+    )
     _add_site_selection(inspect)
     _add_set(inspect, "override a config value, e.g. --set data.image_size=128 (repeatable)")
 
 
 def _add_flower(sub) -> None:
-    fl = sub.add_parser("flower", help="a local Flower deployment: a SuperLink and one SuperNode per site",
-                        description="up: start flower-superlink and one flower-supernode per site on 127.0.0.1 "
-                                    "(insecure mode; every SuperNode a process of its own, its site and its "
-                                    "data folder in its node config, an SMD cache of its own), record their ids in DIR/deployment.json and print the "
-                                    "flwr run command; down: stop exactly the processes up started.")
+    fl = sub.add_parser(
+        "flower",
+        help="a local Flower deployment: a SuperLink and one SuperNode per site",
+        description="up: start flower-superlink and one flower-supernode per site on 127.0.0.1 "
+        "(insecure mode; every SuperNode a process of its own, its site and its "
+        "data folder in its node config, an SMD cache of its own), record their ids in DIR/deployment.json and print the "
+        "flwr run command; down: stop exactly the processes up started.",
+    )
     fl_sub = fl.add_subparsers(dest="flower_command", required=True)
     up = fl_sub.add_parser("up", help="start the SuperLink and the SuperNodes")
-    up.add_argument("--sites", type=int, default=6, help="number of sites, one SuperNode each (default 6)")
-    up.add_argument("--benchmark", default="phantom", metavar="SPEC", help="phantom (default), mni152, or a user data set (folder:PATH, "
-                                                                          "prostate:PATH, fundus:PATH): each node's "
-                                                                          "data-dir is its site's folder")
-    up.add_argument("--dir", default="runs/flower-local", help="where the deployment's state and logs go "
-                                                               "(default runs/flower-local)")
+    up.add_argument(
+        "--sites", type=int, default=6, help="number of sites, one SuperNode each (default 6)"
+    )
+    up.add_argument(
+        "--benchmark",
+        default="phantom",
+        metavar="SPEC",
+        help="phantom (default), mni152, or a user data set (folder:PATH, "
+        "prostate:PATH, fundus:PATH): each node's "
+        "data-dir is its site's folder",
+    )
+    up.add_argument(
+        "--dir",
+        default="runs/flower-local",
+        help="where the deployment's state and logs go (default runs/flower-local)",
+    )
     down = fl_sub.add_parser("down", help="stop the processes a `flower up` started")
     down.add_argument("--dir", default="runs/flower-local", help="the folder given to flower up")
 
 
 def _add_set(p: argparse.ArgumentParser, text: str) -> None:
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", help=text)
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help=text,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -223,13 +379,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smg-sim",
         description="Simulate cross-site continual segmentation: one Ray actor per hospital site, "
-                    "a central sequential learner, results tables and plots.",
+        "a central sequential learner, results tables and plots.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
     sub.add_parser("methods", help="list the registered methods")
-    for add in (_add_resume, _add_status, _add_compare, _add_bench, _add_audit, _add_smd, _add_data,
-                _add_flower):
+    for add in (
+        _add_resume,
+        _add_status,
+        _add_compare,
+        _add_bench,
+        _add_audit,
+        _add_smd,
+        _add_data,
+        _add_flower,
+    ):
         add(sub)
     return parser
 

@@ -85,14 +85,24 @@ def _span(stats: dict, key: str) -> str:
 
 def _print_inspection(cfg, report: dict[str, tuple[dict, list[str]]]) -> int:
     """The per-site statistics of ``smg-sim data inspect``; exit code 1 when a problem was found."""
-    print(f"benchmark {cfg.data.benchmark} (target {cfg.data.target}, images resized to "
-          f"{cfg.data.image_size} px)")
-    cols = [("cases_train", "train cases", "{:.0f}"), ("cases_test", "test cases", "{:.0f}"),
-            ("slices", "slices", "{:.0f}"), ("channels", "ch", "{:.0f}"),
-            ("raw_height_min", "size as read (HxW)", None), ("intensity_mean", "mean", "{:.3f}"),
-            ("intensity_std", "std", "{:.3f}"), ("intensity_p01", "p1", "{:.3f}"),
-            ("intensity_p99", "p99", "{:.3f}"), ("foreground_fraction", "fg", "{:.3f}"),
-            ("empty_masks", "empty", "{:.0f}"), ("problems", "problems", "{:.0f}")]
+    print(
+        f"benchmark {cfg.data.benchmark} (target {cfg.data.target}, images resized to "
+        f"{cfg.data.image_size} px)"
+    )
+    cols = [
+        ("cases_train", "train cases", "{:.0f}"),
+        ("cases_test", "test cases", "{:.0f}"),
+        ("slices", "slices", "{:.0f}"),
+        ("channels", "ch", "{:.0f}"),
+        ("raw_height_min", "size as read (HxW)", None),
+        ("intensity_mean", "mean", "{:.3f}"),
+        ("intensity_std", "std", "{:.3f}"),
+        ("intensity_p01", "p1", "{:.3f}"),
+        ("intensity_p99", "p99", "{:.3f}"),
+        ("foreground_fraction", "fg", "{:.3f}"),
+        ("empty_masks", "empty", "{:.0f}"),
+        ("problems", "problems", "{:.0f}"),
+    ]
     rows = []
     for site, (stats, _) in report.items():
         row = [site]
@@ -101,15 +111,21 @@ def _print_inspection(cfg, report: dict[str, tuple[dict, list[str]]]) -> int:
                 if "raw_height_min" in stats:
                     row.append(f"{_span(stats, 'raw_height')}x{_span(stats, 'raw_width')}")
                 else:
-                    row.append(f"{stats['height']:.0f}x{stats['width']:.0f}" if "height" in stats else "-")
+                    row.append(
+                        f"{stats['height']:.0f}x{stats['width']:.0f}" if "height" in stats else "-"
+                    )
             else:
                 row.append(fmt.format(stats[key]) if key in stats else "-")
         rows.append(row)
     header = ["site", *(c[1] for c in cols)]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
-        print("  ".join(str(v).rjust(w) if i else str(v).ljust(w) for i, (v, w) in enumerate(zip(r, widths,
-                                                                                                   strict=True))))
+        print(
+            "  ".join(
+                str(v).rjust(w) if i else str(v).ljust(w)
+                for i, (v, w) in enumerate(zip(r, widths, strict=True))
+            )
+        )
     n_problems = 0
     for site, (stats, problems) in report.items():
         total = int(stats.get("problems", len(problems)))
@@ -195,16 +211,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for m in methods:
         method_class(m)
     if args.baseline is not None and args.baseline not in methods:
-        raise ConfigError(f"--baseline {args.baseline!r} is not among --methods ({', '.join(methods)})")
+        raise ConfigError(
+            f"--baseline {args.baseline!r} is not among --methods ({', '.join(methods)})"
+        )
     if args.max_parallel < 1:
         raise ConfigError(f"--max-parallel must be >= 1, got {args.max_parallel}")
-    _, status = api.compare(base, methods, seeds, orders, Path(args.out), progress=args.progress,
-                            baseline=args.baseline, max_parallel=args.max_parallel)
+    _, status = api.compare(
+        base,
+        methods,
+        seeds,
+        orders,
+        Path(args.out),
+        progress=args.progress,
+        baseline=args.baseline,
+        max_parallel=args.max_parallel,
+    )
     print((Path(args.out) / "compare.md").read_text())
     failed = [name for name, s in status.items() if s == "failed"]
     if failed:
-        print(f"smg-sim compare: {len(failed)} run(s) failed: {', '.join(failed)}; their folders say "
-              f"why, and running the same command again retries them", file=sys.stderr)
+        print(
+            f"smg-sim compare: {len(failed)} run(s) failed: {', '.join(failed)}; their folders say "
+            f"why, and running the same command again retries them",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     return EXIT_OK
 
@@ -222,16 +251,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise ConfigError(f"--stages {args.stages!r}: expected comma-separated integers") from None
     if not stages or min(stages) < 1:
         raise ConfigError(f"--stages {args.stages!r}: expected stages >= 1")
-    rows = [{**r, "stage": s} for s in stages for r in step_cost(cfg, _csv(args.methods), s - 1, args.steps)]
+    rows = [
+        {**r, "stage": s}
+        for s in stages
+        for r in step_cost(cfg, _csv(args.methods), s - 1, args.steps)
+    ]
     print(f"{'method':18s} {'stage':>5s} {'s/step':>8s} {'x finetune':>10s} {'peak RSS MB':>12s}")
     base = {r["stage"]: r["seconds_per_step"] for r in rows if r["method"] == "finetune"}
     for r in rows:
-        ratio = f"{r['seconds_per_step'] / base[r['stage']]:10.2f}" if r["stage"] in base else f"{'-':>10s}"
-        print(f"{r['method']:18s} {r['stage']:5d} {r['seconds_per_step']:8.3f} {ratio} {r['peak_rss_mb']:12.0f}")
+        ratio = (
+            f"{r['seconds_per_step'] / base[r['stage']]:10.2f}"
+            if r["stage"] in base
+            else f"{'-':>10s}"
+        )
+        print(
+            f"{r['method']:18s} {r['stage']:5d} {r['seconds_per_step']:8.3f} {ratio} {r['peak_rss_mb']:12.0f}"
+        )
     report: dict = {"profile": args.profile, "steps": rows}
     if args.run:
         report["run"] = run_phases(cfg, args.run)
-        print(f"one {args.run} run: {report['run']['after_ray_start_seconds']:.1f} s after Ray start")
+        print(
+            f"one {args.run} run: {report['run']['after_ray_start_seconds']:.1f} s after Ray start"
+        )
         for phase, sec in report["run"]["phases"].items():
             print(f"  {phase:16s} {sec:8.1f} s")
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
@@ -261,16 +302,24 @@ def cmd_smd(args: argparse.Namespace) -> int:
     """``smg-sim smd pretrain``: pre-train (or find) the public SMD backbone of a profile."""
     from simulator.driver import api
 
-    info = api.pretrain_backbone(build_config(args.profile, parse_set(args.overrides)), force=args.force)
-    state = "found in cache" if info["cached"] else f"pre-trained in {info['pretrain_seconds']:.1f} s"
-    print(f"SMD backbone {state}: {info['path']} ({info['parameters']} parameters, "
-          f"final loss {info['final_loss']:.4f})")
+    info = api.pretrain_backbone(
+        build_config(args.profile, parse_set(args.overrides)), force=args.force
+    )
+    state = (
+        "found in cache" if info["cached"] else f"pre-trained in {info['pretrain_seconds']:.1f} s"
+    )
+    print(
+        f"SMD backbone {state}: {info['path']} ({info['parameters']} parameters, "
+        f"final loss {info['final_loss']:.4f})"
+    )
     return EXIT_OK
 
 
 def _data_config(args: argparse.Namespace, overrides: list[str]) -> Config:
     run_values = {"seed": args.seed, **({"sites": args.sites} if args.sites is not None else {})}
-    return build_config(args.profile, merge({"run": run_values}, _data_overrides(args), parse_set(overrides)))
+    return build_config(
+        args.profile, merge({"run": run_values}, _data_overrides(args), parse_set(overrides))
+    )
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -281,8 +330,11 @@ def cmd_data(args: argparse.Namespace) -> int:
         args.benchmark = args.spec
         cfg = _data_config(args, args.overrides)
         return _print_inspection(cfg, api.inspect_data(cfg))
-    paths, record = api.write_site_previews(_data_config(args, []), Path(args.out) if args.out else None,
-                                            allow_real=args.allow_real_previews)
+    paths, record = api.write_site_previews(
+        _data_config(args, []),
+        Path(args.out) if args.out else None,
+        allow_real=args.allow_real_previews,
+    )
     for path in paths:
         print(path)
     print(f"smg-sim: messages and file-access trace in {record}")
@@ -298,8 +350,10 @@ def cmd_flower(args: argparse.Namespace) -> int:
             print(f"smg-sim: stopped {what}")
         return EXIT_OK
     if catalog.is_user_data(args.benchmark):
-        raise ConfigError("smg-sim flower up: a user data set needs each SuperNode's data spec in its node "
-                          "config; this command starts generated benchmarks only")
+        raise ConfigError(
+            "smg-sim flower up: a user data set needs each SuperNode's data spec in its node "
+            "config; this command starts generated benchmarks only"
+        )
     state = flower_deploy.up(Path(args.dir), args.sites, args.benchmark)
     for p in state["processes"]:
         print(f"smg-sim: {p['role']}: pid {p['pid']}, log {p['log']}")
@@ -310,8 +364,16 @@ def cmd_flower(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "methods": cmd_methods, "run": cmd_run, "resume": cmd_resume, "status": cmd_status, "compare": cmd_compare, "bench": cmd_bench,
-    "audit": cmd_audit, "smd": cmd_smd, "data": cmd_data, "flower": cmd_flower,
+    "methods": cmd_methods,
+    "run": cmd_run,
+    "resume": cmd_resume,
+    "status": cmd_status,
+    "compare": cmd_compare,
+    "bench": cmd_bench,
+    "audit": cmd_audit,
+    "smd": cmd_smd,
+    "data": cmd_data,
+    "flower": cmd_flower,
 }
 
 

@@ -72,9 +72,14 @@ def run_name(cfg: Config) -> str:
     return f"{cfg.run.method}-s{cfg.run.seed}-{order}-{config_hash(cfg)}"
 
 
-def plan_compare(base: Config, methods: list[str], seeds: list[int], orders: list[str], out: Path,
-                 make_config: Callable[[Config, str, int, str, Path], Config]
-                 ) -> list[tuple[str, Config]]:
+def plan_compare(
+    base: Config,
+    methods: list[str],
+    seeds: list[int],
+    orders: list[str],
+    out: Path,
+    make_config: Callable[[Config, str, int, str, Path], Config],
+) -> list[tuple[str, Config]]:
     """Every (method, seed, order) run, validated before anything starts, cell by cell.
 
     Runs are planned one (seed, order) cell at a time, every method of a cell before the next
@@ -91,14 +96,16 @@ def plan_compare(base: Config, methods: list[str], seeds: list[int], orders: lis
                 # the hash leaves out run.out, so a placeholder folder gives the final name
                 cfg = make_config(base, method, seed, order, out / "runs" / "unnamed")
                 name = run_name(cfg)
-                final = dataclasses.replace(cfg, run=dataclasses.replace(
-                    cfg.run, out=str(out / "runs" / name)))
+                final = dataclasses.replace(
+                    cfg, run=dataclasses.replace(cfg.run, out=str(out / "runs" / name))
+                )
                 plans.append((name, final))
     return plans
 
 
-def _pending(plans: list[tuple[str, Config]], stream: TextIO, grid: GridEta) -> tuple[list[tuple[int, str, Config]],
-                                                                                     dict[str, str]]:
+def _pending(
+    plans: list[tuple[str, Config]], stream: TextIO, grid: GridEta
+) -> tuple[list[tuple[int, str, Config]], dict[str, str]]:
     """The planned runs still to do; finished ones are skipped, unfinished folders moved aside."""
     todo, status = [], {}
     for i, (name, cfg) in enumerate(plans, 1):
@@ -122,8 +129,9 @@ def _failed_line(name: str, exc_type: str, text: str) -> str:
     return f"smg-sim compare: {name}: FAILED ({exc_type}: {last}); continuing with the next run\n"
 
 
-def run_compare(plans: list[tuple[str, Config]], run: Callable[[Config], object], stream: TextIO | None = None
-                ) -> dict[str, str]:
+def run_compare(
+    plans: list[tuple[str, Config]], run: Callable[[Config], object], stream: TextIO | None = None
+) -> dict[str, str]:
     """Run every planned run that is not finished, one after another, in this process.
 
     Unfinished folders are moved aside, not deleted. A run that fails is reported and left with
@@ -152,8 +160,13 @@ def run_compare(plans: list[tuple[str, Config]], run: Callable[[Config], object]
     return status
 
 
-def run_parallel(plans: list[tuple[str, Config]], launch: Callable[[str, Config], subprocess.Popen],
-                 max_parallel: int, stream: TextIO | None = None, poll_seconds: float = 1.0) -> dict[str, str]:
+def run_parallel(
+    plans: list[tuple[str, Config]],
+    launch: Callable[[str, Config], subprocess.Popen],
+    max_parallel: int,
+    stream: TextIO | None = None,
+    poll_seconds: float = 1.0,
+) -> dict[str, str]:
     """Like :func:`run_compare`, with up to ``max_parallel`` runs at once, each in its own process.
 
     ``launch(name, cfg)`` starts one run's driver process (its exit code 0 means finished).
@@ -168,10 +181,13 @@ def run_parallel(plans: list[tuple[str, Config]], launch: Callable[[str, Config]
     try:
         while queue or running:
             while queue and len(running) < max_parallel:
-                i, name, cfg = queue.pop(next_job(queue, {c.run.seed for _, c, _ in running.values()},
-                                                   grid.cost_of))
+                i, name, cfg = queue.pop(
+                    next_job(queue, {c.run.seed for _, c, _ in running.values()}, grid.cost_of)
+                )
                 running[name] = (launch(name, cfg), cfg, time.perf_counter())
-                stream.write(f"smg-sim compare: [{i}/{len(plans)}] {name} started ({grid.line()})\n")
+                stream.write(
+                    f"smg-sim compare: [{i}/{len(plans)}] {name} started ({grid.line()})\n"
+                )
             time.sleep(poll_seconds)
             for name in [n for n, (proc, _, _) in running.items() if proc.poll() is not None]:
                 proc, cfg, t0 = running.pop(name)
@@ -179,10 +195,16 @@ def run_parallel(plans: list[tuple[str, Config]], launch: Callable[[str, Config]
                 grid.done(cfg.run.method, seconds)
                 if proc.returncode == 0 and is_complete(Path(cfg.run.out)):
                     status[name] = "ran"
-                    stream.write(f"smg-sim compare: {name} finished in {seconds:.0f} s ({grid.line()})\n")
+                    stream.write(
+                        f"smg-sim compare: {name} finished in {seconds:.0f} s ({grid.line()})\n"
+                    )
                 else:
                     why = Path(cfg.run.out, FAILED)
-                    text = why.read_text() if why.exists() else f"driver process exited with {proc.returncode}"
+                    text = (
+                        why.read_text()
+                        if why.exists()
+                        else f"driver process exited with {proc.returncode}"
+                    )
                     status[name] = "failed"
                     stream.write(_failed_line(name, "RunFailed", text))
     finally:
@@ -207,11 +229,18 @@ def summarize(out: Path, baseline: str | None = None) -> pd.DataFrame:
         path = folder / "config.json"
         cfg = Config.from_dict(json.loads(path.read_text()), source=str(path))
         m = json.loads((folder / "metrics.json").read_text())
-        rows.append({"run": folder.name, "method": cfg.run.method, "seed": cfg.run.seed,
-                     "order": cfg.run.order, "config": config_hash(cfg),
-                     "visited": " ".join(m["order"]),
-                     **{k: m["metrics"][k] for k in METRIC_NAMES},
-                     "seconds": m.get("timings", {}).get("total_seconds")})
+        rows.append(
+            {
+                "run": folder.name,
+                "method": cfg.run.method,
+                "seed": cfg.run.seed,
+                "order": cfg.run.order,
+                "config": config_hash(cfg),
+                "visited": " ".join(m["order"]),
+                **{k: m["metrics"][k] for k in METRIC_NAMES},
+                "seconds": m.get("timings", {}).get("total_seconds"),
+            }
+        )
     if not rows:
         raise FileNotFoundError(f"no finished run under {out / 'runs'}")
     runs = pd.DataFrame(rows)
@@ -240,29 +269,39 @@ def _check_runs_can_be_paired(runs: pd.DataFrame, out: Path) -> None:
             raise RunFolderError(
                 f"{out / 'runs'}: method {method!r} has runs with different settings (config "
                 f"{', '.join(sorted(found))}); move the runs you do not want to compare out of "
-                f"that folder or compare into a new one")
+                f"that folder or compare into a new one"
+            )
     dup = runs[runs.duplicated(["method", "seed", "order"], keep=False)]
     if not dup.empty:
         raise RunFolderError(
             f"{out / 'runs'}: runs {', '.join(dup['run'])} are the same method, seed and order; "
-            f"keep one of them (a folder named before run names carried a config hash is a copy)")
+            f"keep one of them (a folder named before run names carried a config hash is a copy)"
+        )
 
 
 def _paired_markdown(paired: pd.DataFrame) -> list[str]:
     """The ``## Paired differences`` section of compare.md (Mem and Gen rows of paired.csv)."""
-    lines = ["## Paired differences", "",
-             "Difference = method - baseline on each (seed, order) cell both ran; CI: bootstrap "
-             "95 % CI of the mean paired difference; p: exact two-sided sign-test p-value (ties "
-             f"dropped). {', '.join(PAIRED_SHOWN)} here; every metric in paired.csv.", ""]
+    lines = [
+        "## Paired differences",
+        "",
+        "Difference = method - baseline on each (seed, order) cell both ran; CI: bootstrap "
+        "95 % CI of the mean paired difference; p: exact two-sided sign-test p-value (ties "
+        f"dropped). {', '.join(PAIRED_SHOWN)} here; every metric in paired.csv.",
+        "",
+    ]
     shown = paired[paired["metric"].isin(PAIRED_SHOWN)]
     if shown.empty:
         return [*lines, "no pairs: fewer than two methods share a (seed, order) cell."]
-    lines += ["| method | baseline | metric | cells | wins | mean diff | 95 % CI | p |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "| method | baseline | metric | cells | wins | mean diff | 95 % CI | p |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for _, r in shown.iterrows():
-        lines.append(f"| {r['method']} | {r['baseline']} | {r['metric']} | {int(r['cells'])} | "
-                     f"{int(r['wins'])} | {r['mean_diff']:+.3f} | "
-                     f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | {r['p_value']:.3g} |")
+        lines.append(
+            f"| {r['method']} | {r['baseline']} | {r['metric']} | {int(r['cells'])} | "
+            f"{int(r['wins'])} | {r['mean_diff']:+.3f} | "
+            f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | {r['p_value']:.3g} |"
+        )
     return lines
 
 
@@ -278,29 +317,43 @@ def _aggregate(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 def _markdown(table: pd.DataFrame, keys: list[str]) -> list[str]:
-    lines = ["| " + " | ".join(keys) + " | runs | " + " | ".join(METRIC_NAMES) + " |",
-             "|---" * (len(METRIC_NAMES) + len(keys) + 1) + "|"]
+    lines = [
+        "| " + " | ".join(keys) + " | runs | " + " | ".join(METRIC_NAMES) + " |",
+        "|---" * (len(METRIC_NAMES) + len(keys) + 1) + "|",
+    ]
     for _, r in table.iterrows():
+
         def cell(k: str, r=r) -> str:
             mean = f"{r[f'{k}_mean']:+.3f}" if k in ("BWT", "FWT") else f"{r[f'{k}_mean']:.3f}"
-            return mean if r["runs"] < 2 else f"{mean} ± {r[f'{k}_std']:.3f}"  # no spread from one run
+            return (
+                mean if r["runs"] < 2 else f"{mean} ± {r[f'{k}_std']:.3f}"
+            )  # no spread from one run
 
-        cells = [str(r[key]) for key in keys] + [str(int(r["runs"]))] + [cell(k) for k in METRIC_NAMES]
+        cells = (
+            [str(r[key]) for key in keys] + [str(int(r["runs"]))] + [cell(k) for k in METRIC_NAMES]
+        )
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
 def _colour(i: int):
     """A distinct colour for each of up to 20 methods (tab10 repeats after ten)."""
-    return plt.cm.tab20((2 * (i - 10) + 1) % 20) if i >= 10 else plt.cm.tab10(i)  # then the light shades
+    return (
+        plt.cm.tab20((2 * (i - 10) + 1) % 20) if i >= 10 else plt.cm.tab10(i)
+    )  # then the light shades
 
 
 def _plots(table: pd.DataFrame, out: Path) -> None:
     n = len(table)
     fig, axes = plt.subplots(1, len(METRIC_NAMES), figsize=(3.2 * len(METRIC_NAMES), 3.6))
     for ax, k in zip(axes, METRIC_NAMES, strict=True):
-        ax.bar(range(n), table[f"{k}_mean"], yerr=table[f"{k}_std"], capsize=3,
-               color=[_colour(i) for i in range(n)])
+        ax.bar(
+            range(n),
+            table[f"{k}_mean"],
+            yerr=table[f"{k}_std"],
+            capsize=3,
+            color=[_colour(i) for i in range(n)],
+        )
         ax.set_xticks(range(n), table["method"], rotation=60, ha="right", fontsize=8)
         ax.set_title(k)
         ax.axhline(0, color="black", lw=0.5)
@@ -309,8 +362,17 @@ def _plots(table: pd.DataFrame, out: Path) -> None:
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(5, 4.2))
     for i, r in table.iterrows():
-        ax.errorbar(r["Gen_mean"], r["Mem_mean"], xerr=r["Gen_std"], yerr=r["Mem_std"], fmt="o",
-                    color=_colour(i), capsize=3, label=r["method"], markersize=7 - 3 * (i >= 10))
+        ax.errorbar(
+            r["Gen_mean"],
+            r["Mem_mean"],
+            xerr=r["Gen_std"],
+            yerr=r["Mem_std"],
+            fmt="o",
+            color=_colour(i),
+            capsize=3,
+            label=r["method"],
+            markersize=7 - 3 * (i >= 10),
+        )
     ax.set_xlabel("Gen (unseen sites)")
     ax.set_ylabel("Mem (earlier sites)")
     ax.set_xlim(0, 1)

@@ -33,15 +33,21 @@ def parse_faults(text: str, order: list[str]) -> tuple[Fault, ...]:
     for item in (t.strip() for t in text.split(",") if t.strip()):
         m = _FAULT.match(item)
         if not m:
-            raise ConfigError(f"runtime.inject_fault: {item!r} is not a fault; expected kill-site:NAME@STAGE "
-                              f"or kill-driver@STAGE")
+            raise ConfigError(
+                f"runtime.inject_fault: {item!r} is not a fault; expected kill-site:NAME@STAGE "
+                f"or kill-driver@STAGE"
+            )
         fault = Fault("kill-site", int(m[3]), m[2]) if m[1] else Fault("kill-driver", int(m[5]))
         if not 1 <= fault.stage <= len(order):
-            raise ConfigError(f"runtime.inject_fault: {item!r}: stage {fault.stage} is out of range; "
-                              f"expected 1 <= stage <= {len(order)}")
+            raise ConfigError(
+                f"runtime.inject_fault: {item!r}: stage {fault.stage} is out of range; "
+                f"expected 1 <= stage <= {len(order)}"
+            )
         if fault.site is not None and fault.site not in order:
-            raise ConfigError(f"runtime.inject_fault: {item!r}: {fault.site!r} is not a site of this run; "
-                              f"expected one of {', '.join(order)}")
+            raise ConfigError(
+                f"runtime.inject_fault: {item!r}: {fault.site!r} is not a site of this run; "
+                f"expected one of {', '.join(order)}"
+            )
         out.append(fault)
     return tuple(out)
 
@@ -61,4 +67,6 @@ class FaultPlan:
         return False
 
     def sites_to_kill(self, stage: int) -> list[str]:
-        return [f.site for f in self.pending if f.kind == "kill-site" and f.stage == stage and f.site]
+        return [
+            f.site for f in self.pending if f.kind == "kill-site" and f.stage == stage and f.site
+        ]

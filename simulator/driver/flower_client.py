@@ -59,8 +59,13 @@ def _node_pid() -> int:
 def _hello(msg: Message, context: Context) -> Message:
     cfg = context.node_config
     site = str(cfg.get("site", "")) if "site" in cfg else ""
-    return _reply(msg, RecordDict(), site=site, pid=_node_pid() if site else os.getpid(),
-                  **({"partition-id": int(cfg["partition-id"])} if "partition-id" in cfg else {}))
+    return _reply(
+        msg,
+        RecordDict(),
+        site=site,
+        pid=_node_pid() if site else os.getpid(),
+        **({"partition-id": int(cfg["partition-id"])} if "partition-id" in cfg else {}),
+    )
 
 
 #: what a node keeps about its site in ``Context.state`` (the spec and settings; no pixel, nothing derived from one)
@@ -76,9 +81,18 @@ def _build(name: str, rec: ConfigRecord):
 
     spec = SiteSpec(**json.loads(str(rec["spec"])))
     trace = str(rec.get("trace", ""))
-    site = Site(name, spec, build_method, int(rec["torch_threads"]), str(rec["device"]), str(rec["privacy_mode"]),
-                trace or None)
-    site._session = int(rec["session"])  # one guard session per site and run, whichever process answers
+    site = Site(
+        name,
+        spec,
+        build_method,
+        int(rec["torch_threads"]),
+        str(rec["device"]),
+        str(rec["privacy_mode"]),
+        trace or None,
+    )
+    site._session = int(
+        rec["session"]
+    )  # one guard session per site and run, whichever process answers
     root = str(Path(spec.data_dir).parent) if spec.data_dir else ""
     _SITES[name] = (site, trace, root)
     return _SITES[name]
@@ -94,10 +108,17 @@ def _setup(msg: Message, call: ConfigRecord, context: Context) -> Message:
         raise ValueError(f"setup for site {name!r} reached the node of site {node['site']!r}")
     if "data-dir" in node:  # where the site's data lives is the node's to say, not the server's
         spec = dataclasses.replace(spec, data_dir=str(node["data-dir"]))
-    context.state[SITE_STATE] = ConfigRecord({
-        "site": name, "spec": json.dumps(dataclasses.asdict(spec)), "trace": str(call.get("trace", "")),
-        "torch_threads": int(call["torch_threads"]), "device": str(call["device"]),
-        "privacy_mode": str(call["privacy_mode"]), "session": time.time_ns() // 1000})
+    context.state[SITE_STATE] = ConfigRecord(
+        {
+            "site": name,
+            "spec": json.dumps(dataclasses.asdict(spec)),
+            "trace": str(call.get("trace", "")),
+            "torch_threads": int(call["torch_threads"]),
+            "device": str(call["device"]),
+            "privacy_mode": str(call["privacy_mode"]),
+            "session": time.time_ns() // 1000,
+        }
+    )
     site, _, _ = _build(name, context.state[SITE_STATE])
     out = site.ping()
     _save_guard(site, context)
@@ -124,8 +145,12 @@ def _site(name: str, context: Context):
 
 def _save_guard(site, context: Context) -> None:
     g = site._guard
-    context.state[GUARD_STATE] = ConfigRecord({**{k: getattr(g, k) for k in _COUNTS},
-                                               "violations": json.dumps([dataclasses.asdict(v) for v in g.violations])})
+    context.state[GUARD_STATE] = ConfigRecord(
+        {
+            **{k: getattr(g, k) for k in _COUNTS},
+            "violations": json.dumps([dataclasses.asdict(v) for v in g.violations]),
+        }
+    )
 
 
 def _handle(msg: Message, context: Context) -> Message:
@@ -136,7 +161,9 @@ def _handle(msg: Message, context: Context) -> Message:
     if method == "setup":
         return _setup(msg, call, context)
     if method not in SITE_CALLS:  # nothing but the site's guarded public methods can be reached
-        raise ValueError(f"{method!r} is not a site call; expected one of {', '.join(sorted(SITE_CALLS))}")
+        raise ValueError(
+            f"{method!r} is not a site call; expected one of {', '.join(sorted(SITE_CALLS))}"
+        )
     name = str(call["site"])
     site, trace, root = _site(name, context)
     if trace and root:  # this process's file access is this site's while it answers this message

@@ -46,15 +46,23 @@ def _binary(name: str) -> str:
     path = Path(sys.executable).parent / name
     found = str(path) if path.exists() else shutil.which(name)
     if not found:
-        raise ConfigError(f"{name} not found next to {sys.executable} or on PATH; install flwr[simulation]")
+        raise ConfigError(
+            f"{name} not found next to {sys.executable} or on PATH; install flwr[simulation]"
+        )
     return found
 
 
 def _start(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
     fh = log.open("ab")
     try:  # a process group of its own: down stops it with every process it started
-        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                start_new_session=True)
+        return subprocess.Popen(
+            cmd,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
     finally:
         fh.close()
 
@@ -65,7 +73,9 @@ def _wait_listening(proc: subprocess.Popen, port: int, what: str, log: Path) -> 
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited with code {proc.returncode}; see {log}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {START_SECONDS:g} s; see {log}")
+            raise RuntimeError(
+                f"{what} did not listen on 127.0.0.1:{port} within {START_SECONDS:g} s; see {log}"
+            )
         time.sleep(0.3)
 
 
@@ -78,10 +88,16 @@ def node_folders(folder: Path, benchmark: str, site: str) -> tuple[Path, Path]:
     """A SuperNode's own folders: its site's data (``data-dir`` in its node config: the site's folder
     of a user data set, or ``DIR/data/SITE`` where a generated benchmark is kept) and its cache
     (``SMG_SIM_CACHE``: the SMD backbone it receives), as a hospital's machine has its own disk."""
-    data_dir = catalog.site_dir(benchmark, site) if catalog.is_user_data(benchmark) else folder / "data" / site
+    data_dir = (
+        catalog.site_dir(benchmark, site)
+        if catalog.is_user_data(benchmark)
+        else folder / "data" / site
+    )
     for path in (data_dir, folder):
         if any(c in str(path) for c in "'\"\n"):
-            raise ConfigError(f"{path}: a path with quotes or newlines cannot go into a Flower node config")
+            raise ConfigError(
+                f"{path}: a path with quotes or newlines cannot go into a Flower node config"
+            )
     return data_dir.resolve(), (folder / "nodes" / site / "cache").resolve()
 
 
@@ -90,8 +106,10 @@ def up(folder: Path, sites: int, benchmark: str = "phantom") -> dict:
     folder = Path(folder).resolve()
     old = read_state(folder)
     if old and any(pid_alive(p["pid"]) for p in old["processes"]):
-        raise ConfigError(f"{folder / STATE}: a deployment started there is still running; "
-                          f"stop it first with: smg-sim flower down --dir {folder}")
+        raise ConfigError(
+            f"{folder / STATE}: a deployment started there is still running; "
+            f"stop it first with: smg-sim flower down --dir {folder}"
+        )
     names = list(catalog.site_names(benchmark))
     if not 1 <= sites <= len(names):
         raise ConfigError(f"--sites {sites}: the benchmark {benchmark} has {len(names)} sites")
@@ -103,17 +121,35 @@ def up(folder: Path, sites: int, benchmark: str = "phantom") -> dict:
     env = {**os.environ, "PATH": path, "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
     link_port = _free_port()
     processes: list[dict] = []
-    state = {"dir": str(folder), "superlink": f"127.0.0.1:{link_port}", "sites": names, "benchmark": benchmark,
-             "started": time.time(), "processes": processes}
+    state = {
+        "dir": str(folder),
+        "superlink": f"127.0.0.1:{link_port}",
+        "sites": names,
+        "benchmark": benchmark,
+        "started": time.time(),
+        "processes": processes,
+    }
 
     def record() -> None:
         (folder / STATE).write_text(json.dumps(state, indent=2))
 
     try:
         log = folder / "superlink.log"
-        link = _start([_binary("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(link_port),
-                       "--database", str(folder / "superlink.db"), "--disable-runtime-dependency-installation"],
-                      log, env)
+        link = _start(
+            [
+                _binary("flower-superlink"),
+                "--insecure",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(link_port),
+                "--database",
+                str(folder / "superlink.db"),
+                "--disable-runtime-dependency-installation",
+            ],
+            log,
+            env,
+        )
         processes.append({"role": "superlink", "pid": link.pid, "pgid": link.pid, "log": str(log)})
         record()
         _wait_listening(link, link_port, "flower-superlink", log)
@@ -122,12 +158,38 @@ def up(folder: Path, sites: int, benchmark: str = "phantom") -> dict:
             port = _free_port()
             log = folder / f"supernode-{name}.log"
             data_dir, cache = node_folders(folder, benchmark, name)
-            node_env = {**env, "SMG_SIM_CACHE": str(cache)}  # the node's own SMD cache: the backbone travels
-            node = _start([_binary("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link_port}",
-                           "--node-config", f"site='{name}' data-dir='{data_dir}'", "--host", "127.0.0.1",
-                           "--port", str(port)], log, node_env)
-            processes.append({"role": f"supernode:{name}", "site": name, "pid": node.pid, "pgid": node.pid,
-                              "port": port, "log": str(log), "data_dir": str(data_dir), "cache": str(cache)})
+            node_env = {
+                **env,
+                "SMG_SIM_CACHE": str(cache),
+            }  # the node's own SMD cache: the backbone travels
+            node = _start(
+                [
+                    _binary("flower-supernode"),
+                    "--insecure",
+                    "--superlink",
+                    f"127.0.0.1:{link_port}",
+                    "--node-config",
+                    f"site='{name}' data-dir='{data_dir}'",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],
+                log,
+                node_env,
+            )
+            processes.append(
+                {
+                    "role": f"supernode:{name}",
+                    "site": name,
+                    "pid": node.pid,
+                    "pgid": node.pid,
+                    "port": port,
+                    "log": str(log),
+                    "data_dir": str(data_dir),
+                    "cache": str(cache),
+                }
+            )
             record()
             nodes.append((node, port, name, log))
         for node, port, name, log in nodes:
@@ -137,8 +199,10 @@ def up(folder: Path, sites: int, benchmark: str = "phantom") -> dict:
         raise
     home = folder / "flwr"
     home.mkdir(exist_ok=True)
-    (home / "config.toml").write_text(f'[superlink]\ndefault = "smg-local"\n\n[superlink.smg-local]\n'
-                                      f'address = "127.0.0.1:{link_port}"\ninsecure = true\n')
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "smg-local"\n\n[superlink.smg-local]\n'
+        f'address = "127.0.0.1:{link_port}"\ninsecure = true\n'
+    )
     state["flwr_home"] = str(home)
     record()
     return state

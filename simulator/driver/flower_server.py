@@ -18,9 +18,15 @@ from flwr.serverapp import Grid, ServerApp
 
 #: run-config key -> (config section, key); every other key is refused with the keys it may be
 RUN_CONFIG = {
-    "sites": ("run", "sites"), "order": ("run", "order"), "method": ("run", "method"), "seed": ("run", "seed"),
-    "out": ("run", "out"), "benchmark": ("data", "benchmark"), "privacy": ("privacy", "mode"),
-    "exports": ("privacy", "exports"), "allow-non-private": ("privacy", "allow_non_private"),
+    "sites": ("run", "sites"),
+    "order": ("run", "order"),
+    "method": ("run", "method"),
+    "seed": ("run", "seed"),
+    "out": ("run", "out"),
+    "benchmark": ("data", "benchmark"),
+    "privacy": ("privacy", "mode"),
+    "exports": ("privacy", "exports"),
+    "allow-non-private": ("privacy", "allow_non_private"),
 }
 
 app = ServerApp()
@@ -35,8 +41,10 @@ def config_from_run_config(run_config: dict[str, Any]):
     profile = str(values.pop("profile", "quick"))
     bad = sorted(k for k in values if k not in RUN_CONFIG)
     if bad:
-        raise ConfigError(f"flower run config: unknown key(s) {', '.join(bad)}; expected profile, "
-                          f"{', '.join(RUN_CONFIG)}")
+        raise ConfigError(
+            f"flower run config: unknown key(s) {', '.join(bad)}; expected profile, "
+            f"{', '.join(RUN_CONFIG)}"
+        )
     overrides: dict[str, dict[str, Any]] = {"runtime": {"engine": "flower"}}
     for key, value in values.items():
         if value == "" and key in ("out", "benchmark"):
@@ -54,7 +62,9 @@ def main(grid: Grid, context: Context) -> None:
     from simulator.driver.runfolder import RunFolder
     from simulator.driver.runner import execute, write_plan
 
-    if type(grid).__name__ == "InMemoryGrid":  # Flower's simulation: its Ray instance hosts the ClientApps
+    if (
+        type(grid).__name__ == "InMemoryGrid"
+    ):  # Flower's simulation: its Ray instance hosts the ClientApps
         await_ray()
     cfg = config_from_run_config(dict(context.run_config))
     plan = plan_run(cfg)

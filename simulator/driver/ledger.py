@@ -26,7 +26,9 @@ class Ledger:
         self.on_record: Callable[[dict], None] | None = None
         self._fh = self.path.open("a", encoding="utf-8")
 
-    def record(self, rd: RecordDict, src: str | None = None, dst: str | None = None, retry: int = 0) -> None:
+    def record(
+        self, rd: RecordDict, src: str | None = None, dst: str | None = None, retry: int = 0
+    ) -> None:
         """Record one crossing; ``src``/``dst`` override the message's own (for broadcasts).
 
         ``retry``: the how-manieth repetition of an interrupted call this crossing belongs to

@@ -11,8 +11,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 #: The phases of a run, in the order a run meets them (the keys of ``timings.phases``).
-PHASES = ("ray_start", "actors", "smd_pretraining", "training", "prompt_tuning", "replay_sampling", "fidelity",
-          "memorisation", "evaluation", "attribution", "writing")
+PHASES = (
+    "ray_start",
+    "actors",
+    "smd_pretraining",
+    "training",
+    "prompt_tuning",
+    "replay_sampling",
+    "fidelity",
+    "memorisation",
+    "evaluation",
+    "attribution",
+    "writing",
+)
 
 
 class PhaseClock:

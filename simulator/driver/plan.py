@@ -52,7 +52,9 @@ def method_hparams(cfg: Config, name: str) -> dict[str, HValue]:
 def run_sites(cfg: Config) -> list[str]:
     """The sites of a run of ``cfg``: ``--sites 0`` takes the benchmark's default number."""
     spec = cfg.data.benchmark
-    return resolve_sites(cfg.run.order, cfg.run.sites, catalog.site_names(spec), catalog.default_sites(spec))
+    return resolve_sites(
+        cfg.run.order, cfg.run.sites, catalog.site_names(spec), catalog.default_sites(spec)
+    )
 
 
 def site_indices(cfg: Config, names: list[str]) -> dict[str, int]:
@@ -73,10 +75,18 @@ def site_spec(cfg: Config, name: str, index: int) -> SiteSpec:
         data_dir = str(catalog.site_dir(d.benchmark, name))
     else:
         data_dir = str(site_data_root() / kind / name)
-    return SiteSpec(benchmark=kind, site=name, site_index=index,
-                    seed=derive_seed(cfg.run.seed, "data", d.benchmark, name), image_size=d.image_size,
-                    n_train=d.n_train, n_test=d.n_test, target=d.target, test_fraction=d.test_fraction,
-                    data_dir=data_dir)
+    return SiteSpec(
+        benchmark=kind,
+        site=name,
+        site_index=index,
+        seed=derive_seed(cfg.run.seed, "data", d.benchmark, name),
+        image_size=d.image_size,
+        n_train=d.n_train,
+        n_test=d.n_test,
+        target=d.target,
+        test_fraction=d.test_fraction,
+        data_dir=data_dir,
+    )
 
 
 def default_out(cfg: Config) -> Path:
@@ -86,8 +96,11 @@ def default_out(cfg: Config) -> Path:
 
 def smd_needed(cfg: Config) -> bool:
     """Whether a run of ``cfg`` uses SMD (its method replays, prompt-only exports, or ``smd.enabled``)."""
-    return (method_class(cfg.run.method).uses_replay or cfg.smd.enabled == "on"
-            or cfg.privacy.exports == "prompt")
+    return (
+        method_class(cfg.run.method).uses_replay
+        or cfg.smd.enabled == "on"
+        or cfg.privacy.exports == "prompt"
+    )
 
 
 def site_resources(mapping: str, names: list[str]) -> dict[str, str]:
@@ -98,8 +111,10 @@ def site_resources(mapping: str, names: list[str]) -> dict[str, str]:
         if not sep or not site or not resource:
             raise ConfigError(f"runtime.site_resources: {item!r}; expected NAME=RESOURCE")
         if site not in names:
-            raise ConfigError(f"runtime.site_resources: {site!r} is not a site of this run; "
-                              f"expected one of {', '.join(names)}")
+            raise ConfigError(
+                f"runtime.site_resources: {site!r} is not a site of this run; "
+                f"expected one of {', '.join(names)}"
+            )
         out[site] = resource
     return out
 
@@ -108,8 +123,10 @@ def check_method(cfg: Config, name: str) -> type[Method]:
     """The method's class, if ``cfg`` may run it (non-private references need the explicit flag)."""
     cls = method_class(name)  # unknown names list the known ones
     if not cls.private and not cfg.privacy.allow_non_private:
-        raise ConfigError(f"method {cls.name!r} is a non-private reference: it moves real images out of "
-                          "sites; run it only with --allow-non-private (its privacy audit will fail)")
+        raise ConfigError(
+            f"method {cls.name!r} is a non-private reference: it moves real images out of "
+            "sites; run it only with --allow-non-private (its privacy audit will fail)"
+        )
     return cls
 
 
@@ -126,11 +143,17 @@ def plan_run(cfg: Config, reuse: Path | None = None, new_folder: bool = True) ->
         method_hparams(cfg, name)
     smd_on = smd_needed(cfg)
     if smd_on and cfg.smd.enabled == "off":
-        why = f"method {cls.name!r} needs SMD replay" if cls.uses_replay else "prompt-only exports need SMD"
+        why = (
+            f"method {cls.name!r} needs SMD replay"
+            if cls.uses_replay
+            else "prompt-only exports need SMD"
+        )
         raise ConfigError(f"smd.enabled: {why}; use auto or on")
     if cfg.privacy.exports == "prompt" and not cls.private:
-        raise ConfigError(f"privacy.exports=prompt: {cls.name!r} needs real images at the learner; prompt-only "
-                          f"mode trains on synthetic images of each site")
+        raise ConfigError(
+            f"privacy.exports=prompt: {cls.name!r} needs real images at the learner; prompt-only "
+            f"mode trains on synthetic images of each site"
+        )
     if smd_on:
         from simulator.smd.pretrain import pool_name
 
@@ -144,6 +167,16 @@ def plan_run(cfg: Config, reuse: Path | None = None, new_folder: bool = True) ->
     out = Path(cfg.run.out) if cfg.run.out else default_out(cfg)
     if new_folder:
         check_new(out)
-    return RunPlan(cfg, sites, order, site_indices(cfg, order), out, cls, method_hparams(cfg, cls.name),
-                   cfg.privacy.mode if cls.private else "record", smd_on, reuse,
-                   parse_faults(cfg.runtime.inject_fault, order))
+    return RunPlan(
+        cfg,
+        sites,
+        order,
+        site_indices(cfg, order),
+        out,
+        cls,
+        method_hparams(cfg, cls.name),
+        cfg.privacy.mode if cls.private else "record",
+        smd_on,
+        reuse,
+        parse_faults(cfg.runtime.inject_fault, order),
+    )

@@ -15,7 +15,9 @@ def _fmt(seconds: float) -> str:
 class Progress:
     """Prints progress to a stream; the ETA is extrapolated from completed work units."""
 
-    def __init__(self, total_units: float, stream: TextIO | None = None, enabled: bool = True) -> None:
+    def __init__(
+        self, total_units: float, stream: TextIO | None = None, enabled: bool = True
+    ) -> None:
         self.total = max(float(total_units), 1e-9)
         self.done = 0.0
         self.stream = stream or sys.stderr
@@ -64,8 +66,14 @@ class RunProgress(Progress):
 
     EVALUATION, VISIT, SMD = 1.0, 3.0, 2.0
 
-    def __init__(self, stages: int, smd: bool, stream: TextIO | None = None, enabled: bool = True) -> None:
-        total = (stages + 1) * self.EVALUATION + stages * self.VISIT + (stages * self.SMD if smd else 0.0)
+    def __init__(
+        self, stages: int, smd: bool, stream: TextIO | None = None, enabled: bool = True
+    ) -> None:
+        total = (
+            (stages + 1) * self.EVALUATION
+            + stages * self.VISIT
+            + (stages * self.SMD if smd else 0.0)
+        )
         super().__init__(total, stream, enabled)
         self.smd = smd
 
@@ -80,7 +88,11 @@ class RunProgress(Progress):
 
     def skip_to(self, stage: int) -> None:
         """A resumed run: the units of stages 0..``stage`` are done."""
-        done = (stage + 1) * self.EVALUATION + stage * self.VISIT + (stage * self.SMD if self.smd else 0.0)
+        done = (
+            (stage + 1) * self.EVALUATION
+            + stage * self.VISIT
+            + (stage * self.SMD if self.smd else 0.0)
+        )
         self.done = min(self.total, done)
 
     def restart_clock(self) -> None:

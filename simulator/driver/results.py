@@ -19,20 +19,28 @@ from simulator.metrics import all_metrics, gen_per_stage, mem_per_stage  # noqa:
 def summary_table(R: np.ndarray, order: list[str], metrics: dict[str, float]) -> str:
     """The table printed at the end of a run."""
     df = r_frame(R, order)
-    lines = ["Dice R[stage][site] (sites in visiting order):",
-             df.to_string(index=False, float_format=lambda v: f"{v:.3f}"), ""]
-    lines.append("  ".join(f"{k} {v:+.3f}" if k in ("BWT", "FWT") else f"{k} {v:.3f}"
-                           for k, v in metrics.items()))
+    lines = [
+        "Dice R[stage][site] (sites in visiting order):",
+        df.to_string(index=False, float_format=lambda v: f"{v:.3f}"),
+        "",
+    ]
+    lines.append(
+        "  ".join(
+            f"{k} {v:+.3f}" if k in ("BWT", "FWT") else f"{k} {v:.3f}" for k, v in metrics.items()
+        )
+    )
     return "\n".join(lines)
 
 
 def guard_totals(guard: dict[str, dict]) -> dict[str, float]:
     """The egress guards' counts and seconds summed over sites."""
-    return {"messages": sum(g["checked_messages"] for g in guard.values()),
-            "bytes": sum(g["checked_bytes"] for g in guard.values()),
-            "seconds": sum(g["seconds"] for g in guard.values()),
-            "build_seconds": sum(g.get("build_seconds", 0.0) for g in guard.values()),
-            "violations": sum(g["violations"] for g in guard.values())}
+    return {
+        "messages": sum(g["checked_messages"] for g in guard.values()),
+        "bytes": sum(g["checked_bytes"] for g in guard.values()),
+        "seconds": sum(g["seconds"] for g in guard.values()),
+        "build_seconds": sum(g.get("build_seconds", 0.0) for g in guard.values()),
+        "violations": sum(g["violations"] for g in guard.values()),
+    }
 
 
 def merge_guard_sessions(sessions: list[dict], restarts: int = 0) -> dict:
@@ -48,8 +56,14 @@ def merge_guard_sessions(sessions: list[dict], restarts: int = 0) -> dict:
     return out
 
 
-def write_results(folder: RunFolder, plan: RunPlan, R: np.ndarray, guard: dict[str, dict],
-                  weights: dict[str, np.ndarray], stage_logs: list[dict]) -> None:
+def write_results(
+    folder: RunFolder,
+    plan: RunPlan,
+    R: np.ndarray,
+    guard: dict[str, dict],
+    weights: dict[str, np.ndarray],
+    stage_logs: list[dict],
+) -> None:
     """Write R, guard reports, final weights and plots (metrics.json comes last, with the timings)."""
     write_json(folder.file("guard.json"), guard)
     folder.write_R(R, plan.order)
@@ -58,20 +72,37 @@ def write_results(folder: RunFolder, plan: RunPlan, R: np.ndarray, guard: dict[s
     title = f"{cfg.run.method} ({cfg.run.profile}, seed {cfg.run.seed})"
     plot_R(R, plan.order, folder.file("R.png"), title=f"Dice R: {title}")
     plot_mem_gen(R, folder.file("mem_gen.png"), title=f"Mem/Gen: {title}")
-    plot_alignment(stage_logs, folder.file("alignment.png"), title=f"{cfg.run.method}: gradient cosines "
-                   "between sites at the end of each stage (blue: aligned, red: conflicting)")
+    plot_alignment(
+        stage_logs,
+        folder.file("alignment.png"),
+        title=f"{cfg.run.method}: gradient cosines "
+        "between sites at the end of each stage (blue: aligned, red: conflicting)",
+    )
     plot_timings(stage_logs, folder.file("timings.png"), title=f"Seconds per phase: {title}")
 
 
-def write_metrics(folder: RunFolder, plan: RunPlan, R: np.ndarray, guard: dict[str, dict],
-                  timings: dict, ledger: Ledger) -> dict[str, float]:
+def write_metrics(
+    folder: RunFolder,
+    plan: RunPlan,
+    R: np.ndarray,
+    guard: dict[str, dict],
+    timings: dict,
+    ledger: Ledger,
+) -> dict[str, float]:
     """``metrics.json``: the metrics of R, per-stage curves, timings, ledger and guard totals."""
     m = all_metrics(R)
-    write_json(folder.file("metrics.json"), {
-        "metrics": m, "order": plan.order, "mem_per_stage": mem_per_stage(R),
-        "gen_per_stage": gen_per_stage(R), "timings": timings,
-        "ledger": {"messages": ledger.count, "bytes": ledger.bytes}, "egress_guard": guard_totals(guard),
-    })
+    write_json(
+        folder.file("metrics.json"),
+        {
+            "metrics": m,
+            "order": plan.order,
+            "mem_per_stage": mem_per_stage(R),
+            "gen_per_stage": gen_per_stage(R),
+            "timings": timings,
+            "ledger": {"messages": ledger.count, "bytes": ledger.bytes},
+            "egress_guard": guard_totals(guard),
+        },
+    )
     return m
 
 
@@ -105,8 +136,15 @@ def plot_R(R: np.ndarray, order: list[str], path: Path, title: str = "") -> None
     im = ax.imshow(R, vmin=0, vmax=1, cmap="viridis", aspect="auto")
     for i in range(R.shape[0]):
         for j in range(T):
-            ax.text(j, i, f"{R[i, j]:.2f}", ha="center", va="center",
-                    color="white" if R[i, j] < 0.6 else "black", fontsize=8)
+            ax.text(
+                j,
+                i,
+                f"{R[i, j]:.2f}",
+                ha="center",
+                va="center",
+                color="white" if R[i, j] < 0.6 else "black",
+                fontsize=8,
+            )
             if i == j + 1:
                 ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=1.5))
     ax.set_xticks(range(T), order, rotation=45, ha="right")
@@ -170,7 +208,10 @@ def plot_alignment(stage_logs: list[dict], path: Path, title: str = "") -> bool:
         ax.set_yticks(range(len(names)), names, fontsize=7)
         ax.set_title(f"stage {stage}", fontsize=9)
     fig.colorbar(im, ax=axes[0].tolist(), label="gradient cosine", shrink=0.8)
-    fig.suptitle(title or "Gradient cosines between sites at the end of each stage (blue: aligned)", fontsize=9)
+    fig.suptitle(
+        title or "Gradient cosines between sites at the end of each stage (blue: aligned)",
+        fontsize=9,
+    )
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return True

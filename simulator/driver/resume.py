@@ -41,21 +41,33 @@ def check_resumable(run_dir: Path) -> tuple[Config, Checkpoint, Path | None]:
     try:
         cfg = Config.from_dict(saved, source=str(path))
     except ConfigError as exc:
-        raise ResumeError(f"{path}: the current code cannot read this run's settings: {exc}") from None
+        raise ResumeError(
+            f"{path}: the current code cannot read this run's settings: {exc}"
+        ) from None
     diff = config_differences(saved, cfg.to_dict())
     if diff:
-        raise ResumeError(f"{path}: the current code resolves this run's settings differently at "
-                          f"{', '.join(diff)}; resume it with the code that started it")
+        raise ResumeError(
+            f"{path}: the current code resolves this run's settings differently at "
+            f"{', '.join(diff)}; resume it with the code that started it"
+        )
     method = json.loads((run_dir / "method.json").read_text())
     now = method_hparams(cfg, cfg.run.method)
     diff = config_differences(method["hyperparameters"], now)
     if diff:
-        raise ResumeError(f"{run_dir / 'method.json'}: the current code resolves {cfg.run.method}'s "
-                          f"hyper-parameters differently at {', '.join(diff)}")
+        raise ResumeError(
+            f"{run_dir / 'method.json'}: the current code resolves {cfg.run.method}'s "
+            f"hyper-parameters differently at {', '.join(diff)}"
+        )
     ckpt = read_checkpoint(run_dir, len(run_sites(cfg)))
     if ckpt is None:
-        why = (run_dir / FAILED).read_text().strip() if (run_dir / FAILED).exists() else "no FAILED marker"
-        raise ResumeError(f"{run_dir} has no checkpoint (it stopped before its first evaluation finished: "
-                          f"{why}); start it again")
+        why = (
+            (run_dir / FAILED).read_text().strip()
+            if (run_dir / FAILED).exists()
+            else "no FAILED marker"
+        )
+        raise ResumeError(
+            f"{run_dir} has no checkpoint (it stopped before its first evaluation finished: "
+            f"{why}); start it again"
+        )
     shared = ckpt.snapshot.get("reuse_folder") or ""
     return cfg, ckpt, Path(shared) if shared else None

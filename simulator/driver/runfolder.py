@@ -58,8 +58,9 @@ def check_new(path: Path) -> None:
     """Refuse a folder that already holds files, so nothing already written is overwritten."""
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise RunFolderError(f"run folder {path} already exists and is not empty; "
-                             "choose another --out or remove it")
+        raise RunFolderError(
+            f"run folder {path} already exists and is not empty; choose another --out or remove it"
+        )
 
 
 class RunFolder:

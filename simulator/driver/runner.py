@@ -60,10 +60,19 @@ def prepare_smd(cfg: Config, channels: int, stream: TextIO, progress: bool) -> d
     spec = smd_spec(cfg, channels)
     prog, report = pretrain_progress(spec.pretrain_steps, stream, progress)
     path, cached = ensure_backbone(spec, str(resolve_device(cfg.runtime.device)), report)
-    prog.message(f"smg-sim: SMD backbone {'reused from cache' if cached else 'pre-trained and cached'}: {path}")
+    prog.message(
+        f"smg-sim: SMD backbone {'reused from cache' if cached else 'pre-trained and cached'}: {path}"
+    )
     info = json.loads((path.parent / "info.json").read_text())
-    sha = cached_digest(path)  # what the learner announces to sites, whatever machine holds the file
-    return {"backbone_path": str(path), "backbone_cached": cached, "backbone": info, "backbone_sha256": sha}
+    sha = cached_digest(
+        path
+    )  # what the learner announces to sites, whatever machine holds the file
+    return {
+        "backbone_path": str(path),
+        "backbone_cached": cached,
+        "backbone": info,
+        "backbone_sha256": sha,
+    }
 
 
 def finish_smd(cfg: Config, eng, folder: RunFolder, order: list[str], prog: Progress) -> dict:
@@ -75,8 +84,9 @@ def finish_smd(cfg: Config, eng, folder: RunFolder, order: list[str], prog: Prog
     if len(order) >= 2:
         prog.line("SMD attribution: every site scores every site's replay")
         make_pool, _ = PUBLIC_POOLS[pool_name(cfg)]
-        public, _, _ = make_pool(derive_seed(cfg.smd.public_seed, "attribution-negatives"), 128,
-                                 cfg.data.image_size)
+        public, _, _ = make_pool(
+            derive_seed(cfg.smd.public_seed, "attribution-negatives"), 128, cfg.data.image_size
+        )
         out["attribution"] = eng.attribution(public)
     folder.file("replay_samples.png").write_bytes(eng.replay_grid())
     out["replay"] = eng.replay_stats()
@@ -87,16 +97,25 @@ def write_plan(folder: RunFolder, plan: RunPlan) -> None:
     """The resolved config and the method's resolved hyper-parameters, before any work."""
     plan.config.write(folder.file("config.json"))
     cls = plan.method
-    write_json(folder.file("method.json"), {
-        "method": cls.name, "private": cls.private, "uses_replay": cls.uses_replay,
-        "hyperparameters": plan.hparams, "description": (cls.__doc__ or "").strip()})
+    write_json(
+        folder.file("method.json"),
+        {
+            "method": cls.name,
+            "private": cls.private,
+            "uses_replay": cls.uses_replay,
+            "hyperparameters": plan.hparams,
+            "description": (cls.__doc__ or "").strip(),
+        },
+    )
 
 
 def _start(plan: RunPlan, stream: TextIO, url: str | None) -> None:
     stream.write(f"smg-sim: run folder {plan.out}\n")
     stream.write(f"smg-sim: Ray dashboard {url}\n" if url else "smg-sim: Ray dashboard off\n")
-    stream.write(f"smg-sim: method {plan.config.run.method}, profile {plan.config.run.profile}, "
-                 f"order {' -> '.join(plan.order)}\n")
+    stream.write(
+        f"smg-sim: method {plan.config.run.method}, profile {plan.config.run.profile}, "
+        f"order {' -> '.join(plan.order)}\n"
+    )
 
 
 def _image_channels(facts: dict[str, dict[str, float]]) -> int:
@@ -106,8 +125,16 @@ def _image_channels(facts: dict[str, dict[str, float]]) -> int:
     return channels.pop()
 
 
-def _stage_writer(folder: RunFolder, plan: RunPlan, eng, ledger: Ledger, kept: list[dict], R: np.ndarray,
-                  smd_info: dict, t_start: float):
+def _stage_writer(
+    folder: RunFolder,
+    plan: RunPlan,
+    eng,
+    ledger: Ledger,
+    kept: list[dict],
+    R: np.ndarray,
+    smd_info: dict,
+    t_start: float,
+):
     """The callback run after each stage: its line in stages.jsonl (and ``kept``), a progress
     line, then the stage's checkpoint; with ``kill-driver@STAGE`` the process exits right after."""
     from simulator.driver.checkpoint import Checkpoint, write_checkpoint
@@ -115,21 +142,40 @@ def _stage_writer(folder: RunFolder, plan: RunPlan, eng, ledger: Ledger, kept: l
     T = len(plan.order)
 
     def on_stage(res) -> None:
-        line = {"stage": res.stage, "site": res.site, **res.logs,
-                "dice": {s: float(v) for s, v in zip(plan.order, res.row, strict=True)}}
+        line = {
+            "stage": res.stage,
+            "site": res.site,
+            **res.logs,
+            "dice": {s: float(v) for s, v in zip(plan.order, res.row, strict=True)},
+        }
         folder.append_stage(line)
         kept.append(line)
         R[res.stage] = res.row
         if res.stage > 0:
-            seen = res.row[:res.stage]
-            eng.progress.message(f"stage {res.stage}/{T} {res.site}: Dice on visited sites {seen.mean():.3f}"
-                                 + (f", on unseen {res.row[res.stage:].mean():.3f}" if res.stage < T else ""))
-        write_checkpoint(folder.path, Checkpoint(
-            res.stage, R, eng.snapshot(), ledger.offset(), ledger.count, ledger.bytes,
-            folder.file("stages.jsonl").stat().st_size, time.perf_counter() - t_start, smd_info))
+            seen = res.row[: res.stage]
+            eng.progress.message(
+                f"stage {res.stage}/{T} {res.site}: Dice on visited sites {seen.mean():.3f}"
+                + (f", on unseen {res.row[res.stage :].mean():.3f}" if res.stage < T else "")
+            )
+        write_checkpoint(
+            folder.path,
+            Checkpoint(
+                res.stage,
+                R,
+                eng.snapshot(),
+                ledger.offset(),
+                ledger.count,
+                ledger.bytes,
+                folder.file("stages.jsonl").stat().st_size,
+                time.perf_counter() - t_start,
+                smd_info,
+            ),
+        )
         if eng.faults.take("kill-driver", res.stage):
-            eng.progress.message(f"smg-sim: injected fault: the driver exits after stage {res.stage}'s "
-                                 f"checkpoint; continue with: smg-sim resume {folder.path}")
+            eng.progress.message(
+                f"smg-sim: injected fault: the driver exits after stage {res.stage}'s "
+                f"checkpoint; continue with: smg-sim resume {folder.path}"
+            )
             os._exit(EXIT_DRIVER_KILLED)  # as a crash would: no clean-up, no FAILED marker
 
     return on_stage
@@ -137,24 +183,47 @@ def _stage_writer(folder: RunFolder, plan: RunPlan, eng, ledger: Ledger, kept: l
 
 def _formal_words(audit: dict) -> str:
     f = audit["claims"]["formal"]
-    return f"eps {f['epsilon']:.3g}, delta {f['delta']:.3g}" if f["verdict"] == "bounded" else f["verdict"]
+    return (
+        f"eps {f['epsilon']:.3g}, delta {f['delta']:.3g}"
+        if f["verdict"] == "bounded"
+        else f["verdict"]
+    )
 
 
-def _report(stream: TextIO, plan: RunPlan, R: np.ndarray, m: dict[str, float], audit: dict,
-            timings: dict[str, float], folder: RunFolder) -> None:
+def _report(
+    stream: TextIO,
+    plan: RunPlan,
+    R: np.ndarray,
+    m: dict[str, float],
+    audit: dict,
+    timings: dict[str, float],
+    folder: RunFolder,
+) -> None:
     stream.write(summary_table(R, plan.order, m) + "\n")
-    stream.write(f"smg-sim: privacy audit {audit['verdict'].upper()} "
-                 f"(structural {audit['claims']['structural']['verdict']}, empirical "
-                 f"{audit['claims']['empirical']['verdict']}, formal DP {_formal_words(audit)}): "
-                 f"{folder.file('privacy_audit.md')}\n")
+    stream.write(
+        f"smg-sim: privacy audit {audit['verdict'].upper()} "
+        f"(structural {audit['claims']['structural']['verdict']}, empirical "
+        f"{audit['claims']['empirical']['verdict']}, formal DP {_formal_words(audit)}): "
+        f"{folder.file('privacy_audit.md')}\n"
+    )
     phases = ", ".join(f"{k} {v:.1f}" for k, v in timings["phases"].items() if v >= 0.05)
     stream.write(f"smg-sim: seconds per phase: {phases}\n")
-    stream.write(f"smg-sim: done in {timings['total_seconds']:.1f} s "
-                 f"({timings['after_ray_start_seconds']:.1f} s after Ray start); results in {plan.out}\n")
+    stream.write(
+        f"smg-sim: done in {timings['total_seconds']:.1f} s "
+        f"({timings['after_ray_start_seconds']:.1f} s after Ray start); results in {plan.out}\n"
+    )
 
 
-def _open_engine(plan: RunPlan, ledger: Ledger, trace_dir: Path, stream: TextIO, progress: bool,
-                 site_cls: type | None, t_start: float, grid=None):
+def _open_engine(
+    plan: RunPlan,
+    ledger: Ledger,
+    trace_dir: Path,
+    stream: TextIO,
+    progress: bool,
+    site_cls: type | None,
+    t_start: float,
+    grid=None,
+):
     """Start Ray and the site actors (or, with a Flower ``grid``, reach the sites' nodes); returns
     (engine, the time Ray was ready)."""
     from simulator.driver import engine
@@ -164,17 +233,27 @@ def _open_engine(plan: RunPlan, ledger: Ledger, trace_dir: Path, stream: TextIO,
     t_ray = time.perf_counter()
     _start(plan, stream, url)
     if grid is not None:
-        stream.write(f"smg-sim: engine flower: {len(plan.order)} sites on Flower nodes, reached by Flower messages\n")
+        stream.write(
+            f"smg-sim: engine flower: {len(plan.order)} sites on Flower nodes, reached by Flower messages\n"
+        )
     prog = RunProgress(len(plan.order), plan.smd_on, stream=stream, enabled=progress)
-    eng = engine.Engine(plan, ledger, prog, namespace=f"smg-sim-{plan.out.name}", trace_dir=str(trace_dir),
-                        **({"site_cls": site_cls} if site_cls else {}), grid=grid)
+    eng = engine.Engine(
+        plan,
+        ledger,
+        prog,
+        namespace=f"smg-sim-{plan.out.name}",
+        trace_dir=str(trace_dir),
+        **({"site_cls": site_cls} if site_cls else {}),
+        grid=grid,
+    )
     eng.clock.add("ray_start", t_ray - t_start)
     eng.dashboard_url = url
     return eng, t_ray
 
 
-def _prepare(eng, plan: RunPlan, stream: TextIO, progress: bool, done: frozenset[str] = frozenset()
-             ) -> tuple[dict, dict]:
+def _prepare(
+    eng, plan: RunPlan, stream: TextIO, progress: bool, done: frozenset[str] = frozenset()
+) -> tuple[dict, dict]:
     """Site facts, the learner, and the SMD backbone when replay is on; returns (facts, smd info).
     ``done``: the sites whose stage a checkpoint holds (they tune no prompt again)."""
     with eng.clock.phase("actors"):
@@ -193,9 +272,17 @@ def _prepare(eng, plan: RunPlan, stream: TextIO, progress: bool, done: frozenset
     return facts, smd_info
 
 
-def _finish(eng, plan: RunPlan, folder: RunFolder, ledger: Ledger, R: np.ndarray, stage_logs: list[dict],
-            t_start: float, t_ray: float, resumed: tuple[int, float] | None = None
-            ) -> tuple[dict[str, float], dict, dict]:
+def _finish(
+    eng,
+    plan: RunPlan,
+    folder: RunFolder,
+    ledger: Ledger,
+    R: np.ndarray,
+    stage_logs: list[dict],
+    t_start: float,
+    t_ray: float,
+    resumed: tuple[int, float] | None = None,
+) -> tuple[dict[str, float], dict, dict]:
     """Results, plots, the privacy audit and metrics.json; returns (metrics, audit, timings)."""
     from simulator.driver.audit import build_audit
 
@@ -205,8 +292,12 @@ def _finish(eng, plan: RunPlan, folder: RunFolder, ledger: Ledger, R: np.ndarray
     audit = build_audit(folder.path)
     t_end = time.perf_counter()
     eng.clock.add("writing", t_end - t_write)
-    timings = {"after_ray_start_seconds": t_end - t_ray, "total_seconds": t_end - t_start,
-               "ray_start_seconds": t_ray - t_start, "phases": dict(eng.clock.total)}
+    timings = {
+        "after_ray_start_seconds": t_end - t_ray,
+        "total_seconds": t_end - t_start,
+        "ray_start_seconds": t_ray - t_start,
+        "phases": dict(eng.clock.total),
+    }
     if resumed is not None:  # the phases and total include the seconds before the run was resumed
         timings["resumed_after_stage"], before = resumed
         timings["total_seconds"] += before
@@ -214,8 +305,15 @@ def _finish(eng, plan: RunPlan, folder: RunFolder, ledger: Ledger, R: np.ndarray
     return write_metrics(folder, plan, R, guard, timings, ledger), audit, timings
 
 
-def execute(plan: RunPlan, folder: RunFolder, stream: TextIO, progress: bool, site_cls: type | None,
-             ckpt, grid=None) -> RunResult:
+def execute(
+    plan: RunPlan,
+    folder: RunFolder,
+    stream: TextIO,
+    progress: bool,
+    site_cls: type | None,
+    ckpt,
+    grid=None,
+) -> RunResult:
     """The run itself, from the start or from checkpoint ``ckpt``.
 
     With ``runtime.engine = flower`` it runs inside a Flower ServerApp in Flower's simulation
@@ -228,37 +326,66 @@ def execute(plan: RunPlan, folder: RunFolder, stream: TextIO, progress: bool, si
         return execute_in_simulation(plan, folder, stream, progress, site_cls, ckpt, execute)
     t_start = time.perf_counter()
     before = ckpt.elapsed_seconds if ckpt else 0.0  # seconds the run spent before it was resumed
-    ledger = Ledger(folder.file("ledger.jsonl"), *((ckpt.ledger_count, ckpt.ledger_total_bytes) if ckpt else ()))
+    ledger = Ledger(
+        folder.file("ledger.jsonl"), *((ckpt.ledger_count, ckpt.ledger_total_bytes) if ckpt else ())
+    )
     trace_dir = folder.file("file_access")
     data_root = catalog.data_root(cfg.data.benchmark)
     start_trace(trace_dir / "driver.jsonl", "driver", [data_root])
     folder.file("FAILED").unlink(missing_ok=True)
     eng = None
     try:
-        eng, t_ray = _open_engine(plan, ledger, trace_dir, stream, progress, site_cls, t_start, grid)
-        facts, smd_info = _prepare(eng, plan, stream, progress,
-                                   frozenset(plan.order[:ckpt.stage]) if ckpt else frozenset())
+        eng, t_ray = _open_engine(
+            plan, ledger, trace_dir, stream, progress, site_cls, t_start, grid
+        )
+        facts, smd_info = _prepare(
+            eng,
+            plan,
+            stream,
+            progress,
+            frozenset(plan.order[: ckpt.stage]) if ckpt else frozenset(),
+        )
         _record_processes(folder, eng)
         R = np.zeros((len(plan.order) + 1, len(plan.order)))
         if ckpt is None:
-            write_json(folder.file("sites.json"), {"sites": plan.sites, "order": plan.order, "facts": facts,
-                                                   "data_root": str(data_root)})
+            write_json(
+                folder.file("sites.json"),
+                {
+                    "sites": plan.sites,
+                    "order": plan.order,
+                    "facts": facts,
+                    "data_root": str(data_root),
+                },
+            )
             stage_logs: list[dict] = []
         else:
             _check_backbone(smd_info, ckpt.smd_info)
             eng.restore(ckpt.snapshot)
             eng.progress.skip_to(ckpt.stage)
             R = ckpt.R
-            stage_logs = [json.loads(line) for line in folder.file("stages.jsonl").read_text().splitlines()]
-        on_stage = _stage_writer(folder, plan, eng, ledger, stage_logs, R, smd_info, t_start - before)
+            stage_logs = [
+                json.loads(line) for line in folder.file("stages.jsonl").read_text().splitlines()
+            ]
+        on_stage = _stage_writer(
+            folder, plan, eng, ledger, stage_logs, R, smd_info, t_start - before
+        )
         R = eng.run(on_stage, start=ckpt.stage + 1 if ckpt else 0, R=R)
         if plan.smd_on:
             smd_info.update(finish_smd(cfg, eng, folder, plan.order, eng.progress))
             write_json(folder.file("smd.json"), smd_info)
         if eng.reused:
             write_json(folder.file("reuse.json"), {"folder": str(plan.reuse), "sites": eng.reused})
-        m, audit, timings = _finish(eng, plan, folder, ledger, R, stage_logs, t_start, t_ray,
-                                    (ckpt.stage, before) if ckpt else None)
+        m, audit, timings = _finish(
+            eng,
+            plan,
+            folder,
+            ledger,
+            R,
+            stage_logs,
+            t_start,
+            t_ray,
+            (ckpt.stage, before) if ckpt else None,
+        )
         folder.mark_complete()
         _report(stream, plan, R, m, audit, timings, folder)
         return RunResult(plan.out, plan.order, R, m, timings)
@@ -279,8 +406,16 @@ def _record_processes(folder: RunFolder, eng) -> None:
 
     from simulator.driver import engine
 
-    write_json(folder.file("runtime.json"), {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
-                                             "ray_address": engine.cluster_address(), "dashboard": eng.dashboard_url})
+    write_json(
+        folder.file("runtime.json"),
+        {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": time.time(),
+            "ray_address": engine.cluster_address(),
+            "dashboard": eng.dashboard_url,
+        },
+    )
     path = folder.file("actors.json")
     sessions = json.loads(path.read_text())["sessions"] if path.exists() else []
     write_json(path, {"sessions": [*sessions, {"started": time.time(), "actors": eng.placement()}]})
@@ -289,6 +424,8 @@ def _record_processes(folder: RunFolder, eng) -> None:
 def _check_backbone(now: dict, then: dict) -> None:
     """A resumed run must replay from the very backbone it started with."""
     if now.get("backbone_sha256") != then.get("backbone_sha256"):
-        raise ResumeError(f"the SMD backbone differs from the one the run started with "
-                          f"({then.get('backbone_path')}, sha256 {str(then.get('backbone_sha256'))[:12]}...); "
-                          f"the run cannot be resumed")
+        raise ResumeError(
+            f"the SMD backbone differs from the one the run started with "
+            f"({then.get('backbone_path')}, sha256 {str(then.get('backbone_sha256'))[:12]}...); "
+            f"the run cannot be resumed"
+        )

@@ -29,8 +29,12 @@ class GridEta:
     by ``parallel``.
     """
 
-    def __init__(self, plans: list[tuple[str, Config]], parallel: int = 1,
-                 cost_of: Callable[[str], float] | None = None) -> None:
+    def __init__(
+        self,
+        plans: list[tuple[str, Config]],
+        parallel: int = 1,
+        cost_of: Callable[[str], float] | None = None,
+    ) -> None:
         self.remaining = [cfg.run.method for _, cfg in plans]
         self.parallel = max(1, parallel)
         self.seconds: dict[str, list[float]] = {}
@@ -54,13 +58,17 @@ class GridEta:
         # seconds per unit of relative cost, over every timed run
         runs = [(m, s) for m, v in self.seconds.items() for s in v]
         unit = sum(s for _, s in runs) / sum(self.cost_of(m) for m, _ in runs)
-        return sum(mean[m] if m in mean else unit * self.cost_of(m)
-                   for m in self.remaining) / self.parallel
+        return (
+            sum(mean[m] if m in mean else unit * self.cost_of(m) for m in self.remaining)
+            / self.parallel
+        )
 
     def line(self) -> str:
         eta = self.eta()
-        return (f"grid elapsed {fmt_duration(time.perf_counter() - self.t0)}, "
-                f"{len(self.remaining)} run(s) left, ETA {fmt_duration(eta) if eta is not None else '?'}")
+        return (
+            f"grid elapsed {fmt_duration(time.perf_counter() - self.t0)}, "
+            f"{len(self.remaining)} run(s) left, ETA {fmt_duration(eta) if eta is not None else '?'}"
+        )
 
 
 def relative_cost(method: str) -> float:
@@ -78,8 +86,11 @@ def recorded_seconds(folder: Path) -> float | None:
         return None
 
 
-def next_job(queue: list[tuple[int, str, Config]], running_seeds: set[int],
-             cost_of: Callable[[str], float] | None = None) -> int:
+def next_job(
+    queue: list[tuple[int, str, Config]],
+    running_seeds: set[int],
+    cost_of: Callable[[str], float] | None = None,
+) -> int:
     """Index in ``queue`` of the next run to start: from the first (seed, order) cell that has a
     run whose seed no running run has, that cell's costliest such run.
 
@@ -94,5 +105,9 @@ def next_job(queue: list[tuple[int, str, Config]], running_seeds: set[int],
     if not apart:
         apart = list(range(len(queue)))
     first = queue[apart[0]][2].run
-    cell = [k for k in apart if (queue[k][2].run.seed, queue[k][2].run.order) == (first.seed, first.order)]
+    cell = [
+        k
+        for k in apart
+        if (queue[k][2].run.seed, queue[k][2].run.order) == (first.seed, first.order)
+    ]
     return max(cell, key=lambda k: cost(queue[k][2].run.method))  # the first of equals on a tie

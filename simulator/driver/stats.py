@@ -17,15 +17,26 @@ from scipy.stats import binomtest
 from simulator.errors import ConfigError
 
 CELL = ("seed", "order")
-PAIRED_COLUMNS = ("method", "baseline", "metric", "cells", "wins", "mean_diff", "ci_low", "ci_high",
-                  "p_value")
+PAIRED_COLUMNS = (
+    "method",
+    "baseline",
+    "metric",
+    "cells",
+    "wins",
+    "mean_diff",
+    "ci_low",
+    "ci_high",
+    "p_value",
+)
 
 
 def _check_columns(runs: pd.DataFrame, metrics: list[str] | tuple[str, ...]) -> None:
     missing = [c for c in ("method", *CELL, *metrics) if c not in runs.columns]
     if missing:
-        raise ValueError(f"runs table lacks column(s) {', '.join(missing)}; "
-                         f"it has {', '.join(map(str, runs.columns))}")
+        raise ValueError(
+            f"runs table lacks column(s) {', '.join(missing)}; "
+            f"it has {', '.join(map(str, runs.columns))}"
+        )
 
 
 def _cells(runs: pd.DataFrame, method: str, metric: str) -> pd.DataFrame:
@@ -34,8 +45,10 @@ def _cells(runs: pd.DataFrame, method: str, metric: str) -> pd.DataFrame:
     dup = rows.duplicated(list(CELL), keep=False)
     if dup.any():
         seed, order = rows.loc[dup, list(CELL)].iloc[0]
-        raise ValueError(f"method {method!r} has more than one run for cell seed={seed}, "
-                         f"order={order!r}; a cell must be run once per method to be paired")
+        raise ValueError(
+            f"method {method!r} has more than one run for cell seed={seed}, "
+            f"order={order!r}; a cell must be run once per method to be paired"
+        )
     return rows
 
 
@@ -54,8 +67,9 @@ def paired_differences(runs: pd.DataFrame, method: str, baseline: str, metric: s
     return diffs[~np.isnan(diffs)]
 
 
-def bootstrap_ci(diffs: np.ndarray, level: float = 0.95, n_boot: int = 10000,
-                 seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    diffs: np.ndarray, level: float = 0.95, n_boot: int = 10000, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap confidence interval of the mean of ``diffs``, deterministic in ``seed``.
 
     With one difference the interval is that value; with none it is (nan, nan).
@@ -88,8 +102,9 @@ def sign_test_p(diffs: np.ndarray) -> float:
     return float(min(1.0, binomtest(wins, wins + losses, 0.5, alternative="two-sided").pvalue))
 
 
-def paired_table(runs: pd.DataFrame, metrics: list[str] | tuple[str, ...],
-                 baseline: str | None = None) -> pd.DataFrame:
+def paired_table(
+    runs: pd.DataFrame, metrics: list[str] | tuple[str, ...], baseline: str | None = None
+) -> pd.DataFrame:
     """Paired differences of every method against every other one (or against ``baseline``).
 
     One row per ordered pair (method, baseline) with method != baseline and per metric, with the
@@ -100,8 +115,10 @@ def paired_table(runs: pd.DataFrame, metrics: list[str] | tuple[str, ...],
     _check_columns(runs, metrics)
     methods = list(pd.unique(runs["method"]))
     if baseline is not None and baseline not in methods:
-        raise ConfigError(f"baseline {baseline!r} is not among the compared methods; "
-                          f"expected one of {', '.join(map(str, methods))}")
+        raise ConfigError(
+            f"baseline {baseline!r} is not among the compared methods; "
+            f"expected one of {', '.join(map(str, methods))}"
+        )
     bases = methods if baseline is None else [baseline]
     rows = []
     for method in methods:
@@ -113,8 +130,17 @@ def paired_table(runs: pd.DataFrame, metrics: list[str] | tuple[str, ...],
                 if diffs.size == 0:
                     continue
                 low, high = bootstrap_ci(diffs)
-                rows.append({"method": method, "baseline": base, "metric": metric,
-                             "cells": int(diffs.size), "wins": int((diffs > 0).sum()),
-                             "mean_diff": float(diffs.mean()), "ci_low": low, "ci_high": high,
-                             "p_value": sign_test_p(diffs)})
+                rows.append(
+                    {
+                        "method": method,
+                        "baseline": base,
+                        "metric": metric,
+                        "cells": int(diffs.size),
+                        "wins": int((diffs > 0).sum()),
+                        "mean_diff": float(diffs.mean()),
+                        "ci_low": low,
+                        "ci_high": high,
+                        "p_value": sign_test_p(diffs),
+                    }
+                )
     return pd.DataFrame(rows, columns=list(PAIRED_COLUMNS))

@@ -46,7 +46,11 @@ def _state(run: Path) -> tuple[str, str]:
     why = (run / FAILED).read_text().strip() if (run / FAILED).exists() else "its driver is gone"
     if (run / "checkpoint" / "LATEST").exists():
         return "resumable", why
-    return ("failed", why) if (run / "stages.jsonl").exists() or (run / FAILED).exists() else ("starting", "")
+    return (
+        ("failed", why)
+        if (run / "stages.jsonl").exists() or (run / FAILED).exists()
+        else ("starting", "")
+    )
 
 
 def _live_actors(run: Path) -> list[str]:
@@ -56,14 +60,19 @@ def _live_actors(run: Path) -> list[str]:
     if not url:
         return []
     try:
-        with urllib.request.urlopen(f"{url}/api/v0/actors?limit=10000&detail=false", timeout=3) as r:
+        with urllib.request.urlopen(
+            f"{url}/api/v0/actors?limit=10000&detail=false", timeout=3
+        ) as r:
             data = json.loads(r.read().decode())
     except (OSError, ValueError):
         return []
     rows = data.get("data", {}).get("result", {}).get("result", [])
     ns = f"smg-sim-{run.name}"
-    return sorted(f"{a.get('name')} ({a.get('state')}, pid {a.get('pid')})" for a in rows
-                  if a.get("ray_namespace") == ns and a.get("name"))
+    return sorted(
+        f"{a.get('name')} ({a.get('state')}, pid {a.get('pid')})"
+        for a in rows
+        if a.get("ray_namespace") == ns and a.get("name")
+    )
 
 
 def run_status(run: Path) -> RunStatus:
@@ -73,8 +82,11 @@ def run_status(run: Path) -> RunStatus:
     cfg = run / "config.json"
     if cfg.exists():
         st.method = json.loads(cfg.read_text())["run"]["method"]
-    lines = [json.loads(x) for x in (run / "stages.jsonl").read_text().splitlines()] if (
-        run / "stages.jsonl").exists() else []
+    lines = (
+        [json.loads(x) for x in (run / "stages.jsonl").read_text().splitlines()]
+        if (run / "stages.jsonl").exists()
+        else []
+    )
     sites = run / "sites.json"
     if sites.exists():
         st.stages = len(json.loads(sites.read_text())["order"])
@@ -85,7 +97,7 @@ def run_status(run: Path) -> RunStatus:
         if st.stage >= 2:
             st.mem = sum(row[: st.stage - 1]) / (st.stage - 1)
         if 0 < st.stage < len(row):
-            st.gen = sum(row[st.stage:]) / (len(row) - st.stage)
+            st.gen = sum(row[st.stage :]) / (len(row) - st.stage)
         spent = [x["stage_seconds"] for x in lines if "stage_seconds" in x]
         if state == "running" and spent and st.stages:
             st.eta_seconds = sum(spent) / len(spent) * (st.stages - st.stage)
@@ -111,9 +123,15 @@ def format_status(rows: list[RunStatus], now: float | None = None) -> str:
     for r in rows:
         stage = f"{max(r.stage, 0)}/{r.stages}" if r.stages else "-"
         fmt = lambda v: f"{v:6.3f}" if v is not None else f"{'-':>6s}"  # noqa: E731
-        eta = f"{int(r.eta_seconds) // 60}:{int(r.eta_seconds) % 60:02d}" if r.eta_seconds is not None else "-"
-        out.append(f"{r.path.name[:44]:44s} {r.state:10s} {r.method[:18]:18s} {stage:>7s} {fmt(r.mem)} "
-                   f"{fmt(r.gen)} {eta:>7s}")
+        eta = (
+            f"{int(r.eta_seconds) // 60}:{int(r.eta_seconds) % 60:02d}"
+            if r.eta_seconds is not None
+            else "-"
+        )
+        out.append(
+            f"{r.path.name[:44]:44s} {r.state:10s} {r.method[:18]:18s} {stage:>7s} {fmt(r.mem)} "
+            f"{fmt(r.gen)} {eta:>7s}"
+        )
         if r.why and r.state in ("resumable", "failed"):
             out.append(f"    {r.why.splitlines()[0][:110]}")
         out += [f"    actor {a}" for a in r.actors]

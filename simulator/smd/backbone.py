@@ -94,23 +94,33 @@ class SMDBackbone(nn.Module):
         self.cond_mlp = nn.Sequential(
             nn.Linear(spec.cond_dim, 128), nn.SiLU(), nn.Linear(128, spec.tokens * spec.token_dim)
         )
-        self.noise = DDPMScheduler(num_train_timesteps=spec.train_timesteps, beta_schedule="squaredcos_cap_v2",
-                                   prediction_type=spec.prediction)
+        self.noise = DDPMScheduler(
+            num_train_timesteps=spec.train_timesteps,
+            beta_schedule="squaredcos_cap_v2",
+            prediction_type=spec.prediction,
+        )
         # the prompt that tuning starts from: the tokens of the mean public appearance
         self.register_buffer("prompt_init", torch.zeros(spec.tokens, spec.token_dim))
 
     def tokens_from_condition(self, cond: torch.Tensor) -> torch.Tensor:
         return self.cond_mlp(cond).view(-1, self.spec.tokens, self.spec.token_dim)
 
-    def denoise_loss(self, x0: torch.Tensor, tokens: torch.Tensor, gen: torch.Generator | None = None,
-                     reduce: bool = True) -> torch.Tensor:
+    def denoise_loss(
+        self,
+        x0: torch.Tensor,
+        tokens: torch.Tensor,
+        gen: torch.Generator | None = None,
+        reduce: bool = True,
+    ) -> torch.Tensor:
         """MSE of the predicted target (noise, clean sample or v) at random timesteps.
 
         Per sample if ``reduce`` is False.
         """
         b = x0.shape[0]
         noise = torch.randn(x0.shape, generator=gen, device="cpu").to(x0.device)
-        t = torch.randint(0, self.spec.train_timesteps, (b,), generator=gen, device="cpu").to(x0.device)
+        t = torch.randint(0, self.spec.train_timesteps, (b,), generator=gen, device="cpu").to(
+            x0.device
+        )
         xt = self.noise.add_noise(x0, noise, t)
         if tokens.shape[0] != b:
             tokens = tokens.expand(b, -1, -1)
@@ -125,8 +135,9 @@ class SMDBackbone(nn.Module):
         return err.mean() if reduce else err
 
     @torch.no_grad()
-    def sample(self, tokens: torch.Tensor, n: int, steps: int, gen: torch.Generator,
-               batch: int = 64) -> torch.Tensor:
+    def sample(
+        self, tokens: torch.Tensor, n: int, steps: int, gen: torch.Generator, batch: int = 64
+    ) -> torch.Tensor:
         """``n`` samples (N, C+1, s, s) in [-1, 1] from one K x D prompt with DDIM (eta = 0)."""
         from diffusers import DDIMScheduler
 
@@ -140,7 +151,11 @@ class SMDBackbone(nn.Module):
         for start in range(0, n, batch):
             m = min(batch, n - start)
             x = torch.randn((m, ch, s, s), generator=gen, device="cpu").to(device)
-            tok = tokens.reshape(1, self.spec.tokens, self.spec.token_dim).expand(m, -1, -1).to(device)
+            tok = (
+                tokens.reshape(1, self.spec.tokens, self.spec.token_dim)
+                .expand(m, -1, -1)
+                .to(device)
+            )
             for t in sched.timesteps:
                 eps = self.unet(x, t.to(device), encoder_hidden_states=tok).sample
                 x = sched.step(eps, t, x).prev_sample

@@ -60,7 +60,9 @@ def save_backbone(model: SMDBackbone, path: Path, info: dict) -> None:
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
     torch.save({"spec": spec_values(model.spec), "state": model.state_dict(), "info": info}, tmp)
     os.replace(tmp, path)
-    (path.parent / "info.json").write_text(json.dumps({"spec": model.spec.to_json(), **info}, indent=2))
+    (path.parent / "info.json").write_text(
+        json.dumps({"spec": model.spec.to_json(), **info}, indent=2)
+    )
 
 
 def _read(path: Path) -> tuple[SMDSpec, dict[str, torch.Tensor], dict]:
@@ -75,11 +77,15 @@ def cached_digest(path: Path) -> str:
     return backbone_digest(spec, state)
 
 
-def load_backbone(path: Path, device: str | torch.device = "cpu", sha256: str | None = None) -> SMDBackbone:
+def load_backbone(
+    path: Path, device: str | torch.device = "cpu", sha256: str | None = None
+) -> SMDBackbone:
     """Load a cached backbone (frozen, eval mode); with ``sha256``, only if its digest is that one."""
     spec, state, _ = _read(Path(path))
     if sha256 is not None and backbone_digest(spec, state) != sha256:
-        raise ValueError(f"{path}: backbone digest differs from the one announced ({sha256[:12]}...); not loaded")
+        raise ValueError(
+            f"{path}: backbone digest differs from the one announced ({sha256[:12]}...); not loaded"
+        )
     model = SMDBackbone(spec)
     model.load_state_dict(state)
     model.requires_grad_(False)
@@ -93,9 +99,13 @@ def install_backbone(key: str, sha256: str, spec: SMDSpec, state: Mapping[str, n
     ``sha256``. A backbone already cached with that digest is left as it is.
     """
     if spec.key() != key:
-        raise ValueError(f"backbone key {key!r} is not the key of the spec sent with it ({spec.key()})")
+        raise ValueError(
+            f"backbone key {key!r} is not the key of the spec sent with it ({spec.key()})"
+        )
     if backbone_digest(spec, state) != sha256:
-        raise ValueError(f"backbone {key}: the arrays sent do not have the announced digest ({sha256[:12]}...)")
+        raise ValueError(
+            f"backbone {key}: the arrays sent do not have the announced digest ({sha256[:12]}...)"
+        )
     path = backbone_file(key)
     if path.exists() and cached_digest(path) == sha256:
         return False

@@ -37,11 +37,14 @@ def pool_name(cfg: Config) -> str:
         return cfg.smd.pool
     kind = benchmarks.kind(cfg.data.benchmark)
     if kind not in PUBLIC_POOLS:
-        raise ConfigError(f"smd.pool: the {kind} benchmark has no public pre-training pool of its own, and SMD "
-                          f"replay never trains on a site's images; set smd.pool to one of "
-                          f"{', '.join(PUBLIC_POOLS)} (single-channel data), or choose a method without "
-                          f"replay (finetune, ewc, lwf, mldg)")
+        raise ConfigError(
+            f"smd.pool: the {kind} benchmark has no public pre-training pool of its own, and SMD "
+            f"replay never trains on a site's images; set smd.pool to one of "
+            f"{', '.join(PUBLIC_POOLS)} (single-channel data), or choose a method without "
+            f"replay (finetune, ewc, lwf, mldg)"
+        )
     return kind
+
 
 ProgressFn = Callable[[int, int, float], None]
 
@@ -51,8 +54,10 @@ def smd_spec(cfg: Config, channels: int) -> SMDSpec:
     s = cfg.smd
     pool = pool_name(cfg)
     if channels != 1:
-        raise ConfigError(f"smd.pool: the public pools are single-channel but the sites' images have "
-                          f"{channels} channels; SMD replay needs single-channel data")
+        raise ConfigError(
+            f"smd.pool: the public pools are single-channel but the sites' images have "
+            f"{channels} channels; SMD replay needs single-channel data"
+        )
     return SMDSpec(
         benchmark=pool,
         channels=channels,
@@ -72,7 +77,9 @@ def smd_spec(cfg: Config, channels: int) -> SMDSpec:
     )
 
 
-def pretrain(spec: SMDSpec, device: str = "cpu", progress: ProgressFn | None = None) -> tuple[SMDBackbone, dict]:
+def pretrain(
+    spec: SMDSpec, device: str = "cpu", progress: ProgressFn | None = None
+) -> tuple[SMDBackbone, dict]:
     """Train a backbone from scratch on the public pool of ``spec.benchmark``."""
     make_pool, _ = PUBLIC_POOLS[spec.benchmark]
     t0 = time.perf_counter()
@@ -88,7 +95,8 @@ def pretrain(spec: SMDSpec, device: str = "cpu", progress: ProgressFn | None = N
     opt = torch.optim.AdamW(model.parameters(), lr=spec.pretrain_lr, weight_decay=1e-4)
     warmup = max(1, spec.pretrain_steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min(1.0, (i + 1) / warmup) * (0.1 + 0.9 * (1 - i / spec.pretrain_steps)))
+        opt, lambda i: min(1.0, (i + 1) / warmup) * (0.1 + 0.9 * (1 - i / spec.pretrain_steps))
+    )
     losses = []
     model.train()
     for step in range(1, spec.pretrain_steps + 1):
@@ -106,13 +114,17 @@ def pretrain(spec: SMDSpec, device: str = "cpu", progress: ProgressFn | None = N
         model.prompt_init.copy_(model.tokens_from_condition(C).mean(0))
     model.requires_grad_(False)
     model.eval()
-    info = {"pretrain_seconds": time.perf_counter() - t0, "final_loss": sum(losses[-50:]) / len(losses[-50:]),
-            "parameters": int(sum(p.numel() for p in model.unet.parameters()))}
+    info = {
+        "pretrain_seconds": time.perf_counter() - t0,
+        "final_loss": sum(losses[-50:]) / len(losses[-50:]),
+        "parameters": int(sum(p.numel() for p in model.unet.parameters())),
+    }
     return model.cpu(), info
 
 
-def ensure_backbone(spec: SMDSpec, device: str = "cpu", progress: ProgressFn | None = None,
-                    force: bool = False) -> tuple[Path, bool]:
+def ensure_backbone(
+    spec: SMDSpec, device: str = "cpu", progress: ProgressFn | None = None, force: bool = False
+) -> tuple[Path, bool]:
     """The cached backbone's path, pre-training it first if needed; returns (path, was_cached)."""
     path = backbone_path(spec)
     if path.exists() and not force:

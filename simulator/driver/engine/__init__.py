@@ -15,5 +15,13 @@ from simulator.driver.engine.runtime import (
     write_previews,
 )
 
-__all__ = ["Engine", "StageResult", "cluster_address", "create_sites", "get", "inspect_sites", "start_ray",
-           "write_previews"]
+__all__ = [
+    "Engine",
+    "StageResult",
+    "cluster_address",
+    "create_sites",
+    "get",
+    "inspect_sites",
+    "start_ray",
+    "write_previews",
+]

@@ -42,13 +42,21 @@ class FlowerRef:
             if replies:
                 reply = replies[0]
                 if reply.has_error():
-                    raise SiteUnavailable(self.site, self.method, f"its node answered with an error: "
-                                                                  f"{reply.error.reason}")
+                    raise SiteUnavailable(
+                        self.site,
+                        self.method,
+                        f"its node answered with an error: {reply.error.reason}",
+                    )
                 return payload_of(reply.content)
             if deadline is not None and time.monotonic() > deadline:
-                raise SiteUnavailable(self.site, self.method, f"no answer from its node within {timeout:g} s "
-                                                              f"(runtime.site_timeout)")
-            time.sleep(wait)  # quick answers are picked up at once; a long visit is polled every half second
+                raise SiteUnavailable(
+                    self.site,
+                    self.method,
+                    f"no answer from its node within {timeout:g} s (runtime.site_timeout)",
+                )
+            time.sleep(
+                wait
+            )  # quick answers are picked up at once; a long visit is polled every half second
             wait = min(wait * 2, MAX_POLL_SECONDS)
 
 
@@ -72,7 +80,9 @@ class FlowerSite:
 
     def __getattr__(self, method: str) -> _FlowerMethod:
         if method not in SITE_CALLS:
-            raise AttributeError(f"site {self.name!r}: {method!r} is not a call a Flower node answers")
+            raise AttributeError(
+                f"site {self.name!r}: {method!r} is not a call a Flower node answers"
+            )
         return _FlowerMethod(self, method)
 
 
@@ -81,11 +91,16 @@ def _ask(grid: Any, msgs: list[Message], timeout: float, what: str) -> list[Mess
     (``send_and_receive`` returns them as they arrive)."""
     dst = [m.metadata.dst_node_id for m in msgs]
     if len(set(dst)) != len(dst):
-        raise ValueError(f"{what}: one message per node expected, got several for a node among {dst}")
+        raise ValueError(
+            f"{what}: one message per node expected, got several for a node among {dst}"
+        )
     replies = list(grid.send_and_receive(msgs, timeout=timeout))
     if len(replies) < len(msgs):
-        raise SiteUnavailable("?", what, f"{len(msgs) - len(replies)} of {len(msgs)} nodes did not answer "
-                                         f"within {timeout:g} s")
+        raise SiteUnavailable(
+            "?",
+            what,
+            f"{len(msgs) - len(replies)} of {len(msgs)} nodes did not answer within {timeout:g} s",
+        )
     bad = [r.error.reason for r in replies if r.has_error()]
     if bad:
         raise SiteUnavailable("?", what, f"a node answered with an error: {bad[0]}")
@@ -101,13 +116,22 @@ def wait_for_nodes(grid: Any, n: int, timeout: float) -> list[int]:
         if len(nodes) >= n:
             return nodes
         if time.monotonic() > deadline:
-            raise ConfigError(f"the Flower federation has {len(nodes)} node(s); the run needs one per site ({n})")
+            raise ConfigError(
+                f"the Flower federation has {len(nodes)} node(s); the run needs one per site ({n})"
+            )
         time.sleep(0.5)
 
 
-def connect_sites(grid: Any, names: list[str], all_sites: list[str], specs: dict[str, SiteSpec],
-                  setup: dict[str, Any], trace_dir: str | None, ledger: Any, timeout: float
-                  ) -> dict[str, FlowerSite]:
+def connect_sites(
+    grid: Any,
+    names: list[str],
+    all_sites: list[str],
+    specs: dict[str, SiteSpec],
+    setup: dict[str, Any],
+    trace_dir: str | None,
+    ledger: Any,
+    timeout: float,
+) -> dict[str, FlowerSite]:
     """Find each site's node, send each its spec, and return a handle per site (in ``names`` order).
 
     ``all_sites``: the run's sites in partition order (a simulated node with ``partition-id`` i
@@ -118,15 +142,26 @@ def connect_sites(grid: Any, names: list[str], all_sites: list[str], specs: dict
     where: dict[str, tuple[int, int]] = {}
     for node, reply in zip(nodes, hello, strict=True):
         info = reply.content[CALL]
-        site = str(info["site"]) if info.get("site") else (
-            all_sites[int(info["partition-id"])] if int(info["partition-id"]) < len(all_sites) else "")
+        site = (
+            str(info["site"])
+            if info.get("site")
+            else (
+                all_sites[int(info["partition-id"])]
+                if int(info["partition-id"]) < len(all_sites)
+                else ""
+            )
+        )
         if site in where:
-            raise ConfigError(f"two Flower nodes ({where[site][0]} and {node}) both say they are site {site!r}")
+            raise ConfigError(
+                f"two Flower nodes ({where[site][0]} and {node}) both say they are site {site!r}"
+            )
         if site:
             where[site] = (node, int(info["pid"]))
     missing = [s for s in names if s not in where]
     if missing:
-        raise ConfigError(f"no Flower node is site {', '.join(missing)}; nodes are {', '.join(sorted(where))}")
+        raise ConfigError(
+            f"no Flower node is site {', '.join(missing)}; nodes are {', '.join(sorted(where))}"
+        )
     msgs = []
     for s in names:
         node = where[s][0]
@@ -141,8 +176,15 @@ def connect_sites(grid: Any, names: list[str], all_sites: list[str], specs: dict
 
 def placement(sites: dict[str, FlowerSite]) -> dict[str, dict[str, Any]]:
     """Where each site runs: its Flower node and the process that answered its node's messages."""
-    return {f"site-{n}": {"node_id": f"flower:{h.node_id}", "node_ip": "", "pid": h.pid, "state": "ALIVE"}
-            for n, h in sites.items()}
+    return {
+        f"site-{n}": {
+            "node_id": f"flower:{h.node_id}",
+            "node_ip": "",
+            "pid": h.pid,
+            "state": "ALIVE",
+        }
+        for n, h in sites.items()
+    }
 
 
 def await_ray(seconds: float = 120.0) -> None:

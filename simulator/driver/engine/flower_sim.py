@@ -19,8 +19,15 @@ from simulator.driver.runfolder import RunFolder
 from simulator.errors import ConfigError
 
 
-def execute_in_simulation(plan: RunPlan, folder: RunFolder, stream: TextIO, progress: bool, site_cls: type | None,
-                          ckpt, execute: Callable[..., Any]):
+def execute_in_simulation(
+    plan: RunPlan,
+    folder: RunFolder,
+    stream: TextIO,
+    progress: bool,
+    site_cls: type | None,
+    ckpt,
+    execute: Callable[..., Any],
+):
     """Run the plan as a Flower app in Flower's simulation, one SuperNode per site; ``execute`` is
     the run's pipeline (:func:`simulator.driver.runner.execute`), called with the ServerApp's grid."""
     import ray
@@ -29,12 +36,18 @@ def execute_in_simulation(plan: RunPlan, folder: RunFolder, stream: TextIO, prog
 
     cfg = plan.config
     if site_cls is not None:
-        raise ConfigError("runtime.engine=flower runs the sites' own ClientApp; a replaced site class needs the "
-                          "Ray engine")
+        raise ConfigError(
+            "runtime.engine=flower runs the sites' own ClientApp; a replaced site class needs the "
+            "Ray engine"
+        )
     if "kill-site" in cfg.runtime.inject_fault:
-        raise ConfigError("runtime.inject_fault: kill-site needs the Ray engine (it restarts site actors); "
-                          "runtime.engine=flower fails the run instead, which can be resumed")
-    engine.start_ray(cfg.runtime)  # Flower's simulation runs its ClientApp workers in this Ray instance
+        raise ConfigError(
+            "runtime.inject_fault: kill-site needs the Ray engine (it restarts site actors); "
+            "runtime.engine=flower fails the run instead, which can be resumed"
+        )
+    engine.start_ray(
+        cfg.runtime
+    )  # Flower's simulation runs its ClientApp workers in this Ray instance
     # (Flower's modules are imported once Ray runs: its processes start with the environment a Ray
     # engine's run gives them)
     from flwr.serverapp import ServerApp
@@ -53,12 +66,21 @@ def execute_in_simulation(plan: RunPlan, folder: RunFolder, stream: TextIO, prog
         except BaseException as exc:  # re-raised below, in the caller's thread
             done["error"] = exc
 
-    for name in ("flwr", "flower"):  # Flower's own INFO lines would interleave with the run's progress
+    for name in (
+        "flwr",
+        "flower",
+    ):  # Flower's own INFO lines would interleave with the run's progress
         logging.getLogger(name).setLevel(logging.WARNING)
-    run_simulation(server_app=server, client_app=client_app, num_supernodes=len(plan.order),
-                   backend_config={"client_resources": {"num_cpus": cpus, "num_gpus": 0.0}})
+    run_simulation(
+        server_app=server,
+        client_app=client_app,
+        num_supernodes=len(plan.order),
+        backend_config={"client_resources": {"num_cpus": cpus, "num_gpus": 0.0}},
+    )
     if "error" in done:
         raise done["error"]
     if "result" not in done:
-        raise RuntimeError("Flower's simulation ended without running the ServerApp; see its log above")
+        raise RuntimeError(
+            "Flower's simulation ended without running the ServerApp; see its log above"
+        )
     return done["result"]

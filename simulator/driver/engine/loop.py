@@ -55,8 +55,16 @@ class StageResult:
 class Engine(SMDSteps):
     """Runs one sequential-learning run over site actors."""
 
-    def __init__(self, plan: RunPlan, ledger: Ledger, progress: RunProgress, namespace: str,
-                 trace_dir: str | None = None, site_cls: type = Site, grid: Any = None) -> None:
+    def __init__(
+        self,
+        plan: RunPlan,
+        ledger: Ledger,
+        progress: RunProgress,
+        namespace: str,
+        trace_dir: str | None = None,
+        site_cls: type = Site,
+        grid: Any = None,
+    ) -> None:
         self.plan = plan
         self.cfg = plan.config
         self.order = plan.order
@@ -66,8 +74,9 @@ class Engine(SMDSteps):
         #: the Flower grid when the engine runs inside a ServerApp (sites are Flower nodes), else None
         self.grid = grid
         if grid is None:
-            self.actors = create_sites(self.cfg, self.order, plan.indices, namespace, trace_dir, plan.guard_mode,
-                                       site_cls)
+            self.actors = create_sites(
+                self.cfg, self.order, plan.indices, namespace, trace_dir, plan.guard_mode, site_cls
+            )
         else:
             self.actors = self._connect_flower_sites(grid)
         self.namespace = namespace
@@ -99,14 +108,28 @@ class Engine(SMDSteps):
         specs = {n: site_spec(self.cfg, n, self.plan.indices[n]) for n in self.order}
         by_partition = sorted(self.order, key=self.plan.indices.__getitem__)
         rt = self.cfg.runtime
-        setup = {"torch_threads": rt.torch_threads, "device": rt.device, "privacy_mode": self.plan.guard_mode}
-        return Actors(connect_sites(grid, self.order, by_partition, specs, setup, self.trace_dir, self.ledger,
-                                    rt.site_timeout))
+        setup = {
+            "torch_threads": rt.torch_threads,
+            "device": rt.device,
+            "privacy_mode": self.plan.guard_mode,
+        }
+        return Actors(
+            connect_sites(
+                grid,
+                self.order,
+                by_partition,
+                specs,
+                setup,
+                self.trace_dir,
+                self.ledger,
+                rt.site_timeout,
+            )
+        )
 
     def _count_traffic(self, entry: dict[str, Any]) -> None:
         src = str(entry.get("src", ""))
         if src.startswith("site:"):
-            site = src[len("site:"):]
+            site = src[len("site:") :]
             self.sink.count("smg_site_messages", 1, run=self.tag, site=site)
             self.sink.count("smg_site_bytes", entry["bytes"], run=self.tag, site=site)
 
@@ -116,12 +139,26 @@ class Engine(SMDSteps):
         if self.grid is not None:
             from simulator.driver.engine.flower import placement
 
-            return {**placement(self.actors.sites), **actor_placement({"learner": self.actors.learner})}
-        return actor_placement({**{f"site-{n}": h for n, h in self.actors.sites.items()},
-                                "learner": self.actors.learner})
+            return {
+                **placement(self.actors.sites),
+                **actor_placement({"learner": self.actors.learner}),
+            }
+        return actor_placement(
+            {
+                **{f"site-{n}": h for n, h in self.actors.sites.items()},
+                "learner": self.actors.learner,
+            }
+        )
 
-    def _call(self, site: str, method: str, msg: RecordDict | None = None, *args: Any, retry: int = 0,
-              phase: str = "") -> RecordDict:
+    def _call(
+        self,
+        site: str,
+        method: str,
+        msg: RecordDict | None = None,
+        *args: Any,
+        retry: int = 0,
+        phase: str = "",
+    ) -> RecordDict:
         """Call a site method, recording the message in and the reply out (``retry``: see Ledger)."""
         handle = self.actors.sites[site]
         if msg is not None:
@@ -139,8 +176,12 @@ class Engine(SMDSteps):
         try:
             return get(ref, timeout=timeout)
         except ray.exceptions.GetTimeoutError:
-            raise SiteUnavailable(site, phase, f"no answer within {timeout:g} s (runtime.site_timeout); "
-                                               f"the run folder can be resumed") from None
+            raise SiteUnavailable(
+                site,
+                phase,
+                f"no answer within {timeout:g} s (runtime.site_timeout); "
+                f"the run folder can be resumed",
+            ) from None
 
     def _with_retries(self, site: str, phase: str, work: Callable[[int], Any]) -> Any:
         """``work(attempt)``; when the site's process dies, wait for Ray to restart it and repeat the
@@ -153,12 +194,17 @@ class Engine(SMDSteps):
                 return work(attempt)
             except ray.exceptions.RayActorError:
                 if attempt >= limit:
-                    raise SiteUnavailable(site, phase, f"its process died {attempt + 1} times "
-                                                       f"(runtime.site_restarts = {limit})") from None
+                    raise SiteUnavailable(
+                        site,
+                        phase,
+                        f"its process died {attempt + 1} times (runtime.site_restarts = {limit})",
+                    ) from None
                 attempt += 1
                 self.restarts[site] += 1
-                self.progress.message(f"smg-sim: site {site} died during its {phase}; Ray restarts it and "
-                                      f"the {phase} is repeated from the stage's inputs (retry {attempt})")
+                self.progress.message(
+                    f"smg-sim: site {site} died during its {phase}; Ray restarts it and "
+                    f"the {phase} is repeated from the stage's inputs (retry {attempt})"
+                )
                 self._await_restart(site, attempt)
 
     def _await_restart(self, site: str, retry: int) -> None:
@@ -170,7 +216,9 @@ class Engine(SMDSteps):
                 return
             except ray.exceptions.RayActorError:
                 if time.monotonic() > deadline:
-                    raise SiteUnavailable(site, "restart", "it did not come back within runtime.site_timeout") from None
+                    raise SiteUnavailable(
+                        site, "restart", "it did not come back within runtime.site_timeout"
+                    ) from None
                 time.sleep(0.2)
 
     def _crash_if_planned(self, site: str, stage: int, phase: str) -> None:
@@ -182,6 +230,7 @@ class Engine(SMDSteps):
         refs = {s: h.describe.remote() for s, h in self.actors.sites.items()}
         out = {}
         for s, ref in refs.items():
+
             def work(attempt: int, s: str = s, ref: Any = ref) -> dict[str, float]:
                 if attempt:
                     return metrics(self._call(s, "describe", retry=attempt))
@@ -193,11 +242,22 @@ class Engine(SMDSteps):
         return out
 
     def start_learner(self, in_channels: int) -> None:
-        self.actors.learner = ray.remote(Learner).options(
-            name="learner", namespace=self.namespace, num_cpus=0, max_restarts=0,
-        ).remote(self.cfg, self.plan.hparams, in_channels,
-                 str(Path(self.trace_dir) / "learner.jsonl") if self.trace_dir else None,
-                 str(catalog.data_root(self.cfg.data.benchmark)))
+        self.actors.learner = (
+            ray.remote(Learner)
+            .options(
+                name="learner",
+                namespace=self.namespace,
+                num_cpus=0,
+                max_restarts=0,
+            )
+            .remote(
+                self.cfg,
+                self.plan.hparams,
+                in_channels,
+                str(Path(self.trace_dir) / "learner.jsonl") if self.trace_dir else None,
+                str(catalog.data_root(self.cfg.data.benchmark)),
+            )
+        )
 
     def preload_smd(self, backbone_key: str, done: frozenset[str] = frozenset()) -> None:
         """Ask the learner and every site that will tune a prompt to import the backbone's libraries
@@ -211,7 +271,9 @@ class Engine(SMDSteps):
             if site in done:
                 continue
             if self.cache is not None:
-                key = artifact_key(self.cfg, site_spec(self.cfg, site, self.plan.indices[site]), backbone_key)
+                key = artifact_key(
+                    self.cfg, site_spec(self.cfg, site, self.plan.indices[site]), backbone_key
+                )
                 if self.cache.load(key) is not None:
                     continue
             self._preloads[site] = self.actors.sites[site].preload_smd.remote()
@@ -229,7 +291,9 @@ class Engine(SMDSteps):
     def enable_replay(self, backbone_path: str, channels: int) -> None:
         get(self.actors.learner.enable_replay.remote(backbone_path, channels))
         self.smd_on = True
-        self.backbone_key = Path(backbone_path).parent.name  # the cache folder is named by the spec hash
+        self.backbone_key = Path(
+            backbone_path
+        ).parent.name  # the cache folder is named by the spec hash
 
     def evaluate_all(self, stage: int = 0) -> np.ndarray:
         """Dice of the learner's current weights on every site, evaluated in parallel."""
@@ -243,6 +307,7 @@ class Engine(SMDSteps):
             refs[site] = self.actors.sites[site].evaluate.remote(ref)
         row = []
         for site in self.order:
+
             def work(attempt: int, site: str = site) -> float:
                 if attempt:
                     self.ledger.record(msg, dst=f"site:{site}", retry=attempt)
@@ -262,9 +327,13 @@ class Engine(SMDSteps):
         """
         steps = self.cfg.train.steps_per_stage
         self._crash_if_planned(site, stage, "visit")
-        if self.grid is not None:  # one message: a deployed node answers each message in a new process
+        if (
+            self.grid is not None
+        ):  # one message: a deployed node answers each message in a new process
             msg = get(self.actors.learner.visit_message.remote(site, stage))
-            self.progress.line(f"stage {stage}/{len(self.order)} site {site}: visit of {steps} steps on its node")
+            self.progress.line(
+                f"stage {stage}/{len(self.order)} site {site}: visit of {steps} steps on its node"
+            )
             reply = self._call(site, "visit", msg, phase="visit")
             self.progress.trained(steps, steps)
             return get(self.actors.learner.absorb.remote(reply, site, stage))
@@ -279,18 +348,23 @@ class Engine(SMDSteps):
                 done = int(logs["step"])
                 self.sink.gauge("smg_step", done, run=self.tag, site=site)
                 self.sink.gauge("smg_loss", logs.get("loss", float("nan")), run=self.tag, site=site)
-                self.sink.gauge("smg_step_seconds", logs["seconds"] / max(chunk, 1), run=self.tag, site=site)
+                self.sink.gauge(
+                    "smg_step_seconds", logs["seconds"] / max(chunk, 1), run=self.tag, site=site
+                )
                 if not attempt:
                     self.progress.trained(chunk, steps)
-                self.progress.line(f"stage {stage}/{len(self.order)} site {site} step {done}/{steps} "
-                                   f"loss {logs.get('loss', float('nan')):.3f}")
+                self.progress.line(
+                    f"stage {stage}/{len(self.order)} site {site} step {done}/{steps} "
+                    f"loss {logs.get('loss', float('nan')):.3f}"
+                )
             return self._call(site, "finish_visit", retry=attempt, phase="visit")
 
         reply = self._with_retries(site, "visit", work)
         return get(self.actors.learner.absorb.remote(reply, site, stage))
 
-    def run(self, on_stage: Callable[[StageResult], None], start: int = 0, R: np.ndarray | None = None
-            ) -> np.ndarray:
+    def run(
+        self, on_stage: Callable[[StageResult], None], start: int = 0, R: np.ndarray | None = None
+    ) -> np.ndarray:
         """The sequential loop from stage ``start`` (0: the untrained model's evaluation first);
         ``R`` holds the rows of the stages before ``start``. ``on_stage`` receives each stage's
         result as it completes (and may checkpoint it)."""
@@ -302,16 +376,26 @@ class Engine(SMDSteps):
             with self.clock.phase("evaluation"):
                 R[0] = self.evaluate_all(0)
             self.progress.evaluated()
-            on_stage(StageResult(0, None, {"eval_seconds": time.perf_counter() - t0,
-                                           "phases": self.clock.end_stage()}, R[0]))
+            on_stage(
+                StageResult(
+                    0,
+                    None,
+                    {"eval_seconds": time.perf_counter() - t0, "phases": self.clock.end_stage()},
+                    R[0],
+                )
+            )
         prompt_only = self.cfg.privacy.exports == "prompt"
         for stage in range(max(start, 1), T + 1):
             site = self.order[stage - 1]
             t_stage = time.perf_counter()
-            if prompt_only:  # the site exports its prompt first; the learner trains on its synthetic images
+            if (
+                prompt_only
+            ):  # the site exports its prompt first; the learner trains on its synthetic images
                 smd_logs = self._smd_stage(stage, site)
                 with self.clock.phase("training"):
-                    self.progress.line(f"stage {stage}/{T} site {site}: the learner trains on synthetic images")
+                    self.progress.line(
+                        f"stage {stage}/{T} site {site}: the learner trains on synthetic images"
+                    )
                     logs = get(self.actors.learner.train_locally.remote(site, stage))
                 self.progress.trained(1, 1)
             else:
@@ -323,8 +407,11 @@ class Engine(SMDSteps):
             with self.clock.phase("evaluation"):
                 R[stage] = self.evaluate_all(stage)
             self.progress.evaluated()
-            logs.update(eval_seconds=time.perf_counter() - t_eval, stage_seconds=time.perf_counter() - t_stage,
-                        phases=self.clock.end_stage())
+            logs.update(
+                eval_seconds=time.perf_counter() - t_eval,
+                stage_seconds=time.perf_counter() - t_stage,
+                phases=self.clock.end_stage(),
+            )
             self._report_stage(stage, R[stage])
             on_stage(StageResult(stage, site, logs, R[stage]))
         return R
@@ -343,10 +430,16 @@ class Engine(SMDSteps):
         """What the run carries from one stage to the next, for a checkpoint (the learner's
         weights, method state, prompts and replay; per-site figures; each site's guard report)."""
         self.refresh_guard_reports()
-        return {"learner": get(self.actors.learner.snapshot.remote()), "smd_sites": self.smd_sites,
-                "reuse_folder": str(self.plan.reuse) if self.plan.reuse else "",
-                "prompts": self.prompts, "reused": self.reused, "guard_sessions": self.guard_sessions,
-                "restarts": self.restarts, "phases": dict(self.clock.total)}
+        return {
+            "learner": get(self.actors.learner.snapshot.remote()),
+            "smd_sites": self.smd_sites,
+            "reuse_folder": str(self.plan.reuse) if self.plan.reuse else "",
+            "prompts": self.prompts,
+            "reused": self.reused,
+            "guard_sessions": self.guard_sessions,
+            "restarts": self.restarts,
+            "phases": dict(self.clock.total),
+        }
 
     def restore(self, snap: dict[str, Any]) -> None:
         """Continue from :meth:`snapshot` (after :meth:`start_learner` and :meth:`enable_replay`)."""
@@ -367,22 +460,27 @@ class Engine(SMDSteps):
         for site in list(self._preloads):
             self.collect_preload(site)
         for site in self.order:
+
             def work(attempt: int, site: str = site) -> GuardReport:
                 return GuardReport.from_record(self._call(site, "guard_report", retry=attempt))
 
             rep = self._with_retries(site, "guard report", work)
-            self.guard_sessions[site][str(rep.session)] = {**rep.counts, "mode": rep.mode, "site": rep.site,
-                                                      "violation_list": [dict(v) for v in rep.violations]}
+            self.guard_sessions[site][str(rep.session)] = {
+                **rep.counts,
+                "mode": rep.mode,
+                "site": rep.site,
+                "violation_list": [dict(v) for v in rep.violations],
+            }
 
     def guard_reports(self) -> dict[str, dict[str, Any]]:
         """Each site's guard report: counts, seconds and every violation, summed over the starts of
         its process (a process killed between two reports loses what it counted since the last)."""
         self.refresh_guard_reports()
-        return {site: merge_guard_sessions(list(sessions.values()), self.restarts[site])
-                for site, sessions in self.guard_sessions.items()}
+        return {
+            site: merge_guard_sessions(list(sessions.values()), self.restarts[site])
+            for site, sessions in self.guard_sessions.items()
+        }
 
     def shutdown(self) -> None:
         self.sink.close()
         self.actors.kill()
-
-

@@ -56,8 +56,13 @@ def start_ray(runtime: RuntimeConfig, dashboard: bool | None = None) -> str | No
         info = ray.init(address=runtime.address, **common)
     else:
         extra = {"_metrics_export_port": runtime.metrics_port} if runtime.metrics_port else {}
-        info = ray.init(num_cpus=runtime.num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                        **common, **extra)
+        info = ray.init(
+            num_cpus=runtime.num_cpus,
+            include_dashboard=dashboard,
+            dashboard_host="127.0.0.1",
+            **common,
+            **extra,
+        )
     url = getattr(info, "dashboard_url", None)
     if url and not url.startswith("http"):
         url = f"http://{url}"
@@ -83,8 +88,9 @@ class RayMetricsSink:
         self._last: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._refresh, args=(refresh_seconds,), daemon=True,
-                                        name="smg-sim-metrics")
+        self._thread = threading.Thread(
+            target=self._refresh, args=(refresh_seconds,), daemon=True, name="smg-sim-metrics"
+        )
         self._thread.start()
 
     def _metric(self, name: str) -> Any:
@@ -92,7 +98,9 @@ class RayMetricsSink:
             from ray.util.metrics import Counter, Gauge
 
             kind, description, keys = FIGURES[name]
-            self._made[name] = (Gauge if kind == "gauge" else Counter)(name, description=description, tag_keys=keys)
+            self._made[name] = (Gauge if kind == "gauge" else Counter)(
+                name, description=description, tag_keys=keys
+            )
         return self._made[name]
 
     def gauge(self, name: str, value: float, **tags: str) -> None:
@@ -126,8 +134,12 @@ def actor_placement(handles: dict[str, Any]) -> dict[str, dict[str, Any]]:
             continue
         info = ray._private.state.actors(handle._actor_id.hex())
         addr = info.get("Address") or {}
-        out[name] = {"node_id": addr.get("NodeID", ""), "node_ip": addr.get("IPAddress", ""),
-                     "pid": info.get("Pid"), "state": info.get("State")}
+        out[name] = {
+            "node_id": addr.get("NodeID", ""),
+            "node_ip": addr.get("IPAddress", ""),
+            "pid": info.get("Pid"),
+            "state": info.get("State"),
+        }
     return out
 
 
@@ -140,44 +152,70 @@ class Actors:
 
     def kill(self) -> None:
         for handle in [*self.sites.values(), self.learner]:
-            if isinstance(handle, ray.actor.ActorHandle):  # (a Flower site's node is not this run's to stop)
+            if isinstance(
+                handle, ray.actor.ActorHandle
+            ):  # (a Flower site's node is not this run's to stop)
                 ray.kill(handle)
 
 
-def create_sites(cfg: Config, names: list[str], indices: dict[str, int], namespace: str,
-                 trace_dir: str | None = None, privacy_mode: str | None = None,
-                 site_cls: type = Site) -> Actors:
+def create_sites(
+    cfg: Config,
+    names: list[str],
+    indices: dict[str, int],
+    namespace: str,
+    trace_dir: str | None = None,
+    privacy_mode: str | None = None,
+    site_cls: type = Site,
+) -> Actors:
     """One named Ray actor per site (visible by name in the dashboard)."""
     remote_site = ray.remote(site_cls)
     pinned = site_resources(cfg.runtime.site_resources, names)
     offered = ray.cluster_resources()
     missing = sorted({r for r in pinned.values() if r not in offered})
     if missing:  # an actor asking for them would wait for ever
-        raise ConfigError(f"runtime.site_resources: no node of the Ray cluster offers {', '.join(missing)}; "
-                          f"custom resources offered: {', '.join(sorted(k for k in offered if k != 'CPU' and not k.startswith(('node:', 'memory', 'object_store')))) or 'none'}")
+        raise ConfigError(
+            f"runtime.site_resources: no node of the Ray cluster offers {', '.join(missing)}; "
+            f"custom resources offered: {', '.join(sorted(k for k in offered if k != 'CPU' and not k.startswith(('node:', 'memory', 'object_store')))) or 'none'}"
+        )
     sites = {}
     for name in names:
         trace = str(Path(trace_dir) / f"site-{name}.jsonl") if trace_dir else None
         # a sliver of the node's custom resource: only the node that holds the site's data offers it
         resources = {pinned[name]: 0.001} if name in pinned else {}
         sites[name] = remote_site.options(
-            name=f"site-{name}", namespace=namespace, num_cpus=0, max_restarts=cfg.runtime.site_restarts,
+            name=f"site-{name}",
+            namespace=namespace,
+            num_cpus=0,
+            max_restarts=cfg.runtime.site_restarts,
             max_task_retries=0,  # the engine repeats interrupted work itself, from the stage's inputs
             resources=resources,
-        ).remote(name, site_spec(cfg, name, indices[name]), build_method,
-                 cfg.runtime.torch_threads, cfg.runtime.device, privacy_mode or cfg.privacy.mode, trace)
+        ).remote(
+            name,
+            site_spec(cfg, name, indices[name]),
+            build_method,
+            cfg.runtime.torch_threads,
+            cfg.runtime.device,
+            privacy_mode or cfg.privacy.mode,
+            trace,
+        )
     return Actors(sites)
 
 
-def write_previews(cfg: Config, names: list[str], indices: dict[str, int], folder: str, real: bool,
-                   record: Path) -> dict[str, int]:
+def write_previews(
+    cfg: Config, names: list[str], indices: dict[str, int], folder: str, real: bool, record: Path
+) -> dict[str, int]:
     """Each site writes a preview PNG of its own data into ``folder`` (``""``: its own data folder);
     every message goes to ``record/ledger.jsonl`` and every site's file access to ``record/file_access``."""
     from simulator.driver.ledger import Ledger
     from simulator.payloads import PreviewRequest
 
-    actors = create_sites(cfg, names, indices, namespace=f"smg-sim-preview-{os.getpid()}",
-                          trace_dir=str(record / "file_access"))
+    actors = create_sites(
+        cfg,
+        names,
+        indices,
+        namespace=f"smg-sim-preview-{os.getpid()}",
+        trace_dir=str(record / "file_access"),
+    )
     ledger = Ledger(record / "ledger.jsonl")
     try:
         refs = {}
@@ -196,18 +234,26 @@ def write_previews(cfg: Config, names: list[str], indices: dict[str, int], folde
         actors.kill()
 
 
-def inspect_sites(cfg: Config, names: list[str], indices: dict[str, int], record: Path
-                  ) -> dict[str, tuple[dict, list[str]]]:
+def inspect_sites(
+    cfg: Config, names: list[str], indices: dict[str, int], record: Path
+) -> dict[str, tuple[dict, list[str]]]:
     """Each site reads its own data (in its own actor) and returns statistics and problems; every
     reply goes to ``record/ledger.jsonl`` and every site's file access to ``record/file_access``."""
     from simulator.driver.ledger import Ledger
     from sites.inspect import SiteInspector
 
     remote = ray.remote(SiteInspector)
-    handles = {n: remote.options(name=f"site-{n}", namespace=f"smg-sim-inspect-{os.getpid()}", num_cpus=0,
-                                 max_restarts=0).remote(n, site_spec(cfg, n, indices[n]), cfg.privacy.mode,
-                                                        str(record / "file_access" / f"site-{n}.jsonl"))
-               for n in names}
+    handles = {
+        n: remote.options(
+            name=f"site-{n}", namespace=f"smg-sim-inspect-{os.getpid()}", num_cpus=0, max_restarts=0
+        ).remote(
+            n,
+            site_spec(cfg, n, indices[n]),
+            cfg.privacy.mode,
+            str(record / "file_access" / f"site-{n}.jsonl"),
+        )
+        for n in names
+    }
     ledger = Ledger(record / "ledger.jsonl")
     try:
         refs = {n: h.inspect.remote() for n, h in handles.items()}

@@ -23,7 +23,9 @@ class SMDSteps:
     """Prompt tuning at a site, the fidelity of its replay, and the attribution test."""
 
     def _smd_stage(self, stage: int, site: str) -> dict[str, float]:
-        self.progress.line(f"stage {stage}/{len(self.order)} site {site} prompt tuning and replay check")
+        self.progress.line(
+            f"stage {stage}/{len(self.order)} site {site} prompt tuning and replay check"
+        )
         out = self.tune_and_check(site)
         self.progress.smd_checked()
         return out
@@ -37,7 +39,9 @@ class SMDSteps:
         key = art = None
         claimed = False
         if self.cache is not None:
-            key = artifact_key(self.cfg, site_spec(self.cfg, site, self.plan.indices[site]), self.backbone_key)
+            key = artifact_key(
+                self.cfg, site_spec(self.cfg, site, self.plan.indices[site]), self.backbone_key
+            )
             art = self.cache.load(key)
             if art is None:
                 claimed = self.cache.claim(key)
@@ -49,7 +53,9 @@ class SMDSteps:
             out = dict(art.logs)
         else:
             try:
-                out = self._with_retries(site, "prompt tuning", lambda attempt: self._tune_and_check(site, attempt))
+                out = self._with_retries(
+                    site, "prompt tuning", lambda attempt: self._tune_and_check(site, attempt)
+                )
                 if self.cache is not None:
                     self.cache.save(key, SiteArtifacts(self.prompts[site], out, self.plan.out.name))
             finally:
@@ -114,4 +120,3 @@ class SMDSteps:
 
     def replay_stats(self) -> dict[str, float]:
         return get(self.actors.learner.replay_stats.remote())
-
