@@ -31,7 +31,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check simulator sites server tests
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 
 smoke: $(STAMP)
 	$(BIN)/smg-sim run --profile smoke $(ARGS)

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from flwr.app import RecordDict
 
-from server.methods import method_class
 from server.replay import ReplayBank
 from simulator.config import Config
 from simulator.devices import resolve_device
 from simulator.filetrace import start_trace
+from simulator.method import Method
 from simulator.outlines import encode_png, label, outlined_tile
 from simulator.payloads import (
     AttributeRequest,
@@ -43,12 +43,14 @@ from simulator.visit import LocalVisit
 class Learner:
     """Holds the model between visits and speaks to sites only through messages.
 
-    ``hparams`` is the method's resolved hyper-parameter table (the run plan resolves it once).
+    ``method`` is the method's class and ``hparams`` its resolved hyper-parameter table (the run
+    plan resolves both once).
     """
 
     def __init__(
         self,
         cfg: Config,
+        method: type[Method],
         hparams: Mapping[str, Any],
         in_channels: int,
         trace_file: str | None = None,
@@ -58,7 +60,7 @@ class Learner:
             start_trace(trace_file, "learner", [data_root])
         torch.set_num_threads(max(1, cfg.runtime.torch_threads))  # replay sampling runs here
         self.cfg = cfg
-        self.method = method_class(cfg.run.method)
+        self.method = method
         self.run_seed = cfg.run.seed
         self.arch = ModelArch(in_channels, cfg.model.width, cfg.model.depth)
         model = build_model(
@@ -124,18 +126,18 @@ class Learner:
         """Ask a site to tune its prompt against the public backbone."""
         smd, priv = self.cfg.smd, self.cfg.privacy
         return TuneRequest(
-            self.backbone_key,
-            self.backbone_sha256,
-            smd.prompt_steps,
-            smd.prompt_lr,
-            smd.prompt_batch,
-            smd.prompt_candidates,
-            derive_seed(self.run_seed, "prompt", site),
-            priv.dp_epsilon,
-            priv.dp_delta,
-            priv.dp_clip,
-            smd.prompt_stop_tol,
-            smd.prompt_check_every,
+            backbone_key=self.backbone_key,
+            backbone_sha256=self.backbone_sha256,
+            steps=smd.prompt_steps,
+            lr=smd.prompt_lr,
+            batch=smd.prompt_batch,
+            candidates=smd.prompt_candidates,
+            seed=derive_seed(self.run_seed, "prompt", site),
+            dp_epsilon=priv.dp_epsilon,
+            dp_delta=priv.dp_delta,
+            dp_clip=priv.dp_clip,
+            stop_tol=smd.prompt_stop_tol,
+            check_every=smd.prompt_check_every,
         ).to_record("learner", f"site:{site}")
 
     def absorb_prompt(self, reply: RecordDict, site: str) -> dict[str, float]:
@@ -143,10 +145,6 @@ class Learner:
         prompt = PromptReply.from_record(reply)
         self._bank().add_prompt(site, prompt.tokens)
         return dict(prompt.logs)
-
-    def add_prompt(self, site: str, tokens: np.ndarray) -> None:
-        """Keep a prompt this site exported in an earlier run of the same grid (same inputs)."""
-        self._bank().add_prompt(site, tokens)
 
     def fidelity_message(self, site: str) -> RecordDict:
         """Send a site the replay of its own prompt, for TSTR and intensity checks."""
@@ -162,7 +160,8 @@ class Learner:
         ).to_record("learner", f"site:{site}")
 
     def attribution_message(self, site: str, sites: list[str], public: np.ndarray) -> RecordDict:
-        """Send a site every site's replay (one set per site) and public images, for its detector."""
+        """Send a site every site's replay (one set per site) and public images, for its
+        detector."""
         sets = [self._bank().replay(s)[0] for s in sites]
         return AttributeRequest(
             tuple(sites),
@@ -198,24 +197,21 @@ class Learner:
             if self.method.uses_replay
             else {}
         )
+        match = self.method.uses_replay and train.replay_resolution_match > 0
         return VisitRequest(
-            self.arch,
-            self.method.name,
-            self.hparams,
-            stage,
-            train.steps_per_stage,
-            train.batch_size,
-            derive_seed(self.run_seed, "train", stage, site),
-            train.channels_last,
-            int(self.hparams.get("replay_sites_per_step", 0)),
-            self.weights,
-            self.state,
-            replay,
-            *(
-                (train.replay_resolution_match, self.cfg.smd.image_size)
-                if self.method.uses_replay and train.replay_resolution_match > 0
-                else (0.0, 0)
-            ),
+            arch=self.arch,
+            method=self.method.name,
+            hparams=self.hparams,
+            stage=stage,
+            steps=train.steps_per_stage,
+            batch_size=train.batch_size,
+            seed=derive_seed(self.run_seed, "train", stage, site),
+            channels_last=train.channels_last,
+            weights=self.weights,
+            state=self.state,
+            replay=replay,
+            match_p=train.replay_resolution_match if match else 0.0,
+            match_size=self.cfg.smd.image_size if match else 0,
         )
 
     def visit_message(self, site: str, stage: int) -> RecordDict:
@@ -223,9 +219,9 @@ class Learner:
         return self._visit_request(site, stage).to_record("learner", f"site:{site}")
 
     def train_locally(self, site: str, stage: int) -> dict[str, float]:
-        """Prompt-only mode: the visit of ``site`` runs here, on synthetic pairs of that site sampled
-        from the prompt it exported, with the same method, replay, seeds and steps as a visit at the
-        site would use; nothing is sent to the site."""
+        """Prompt-only mode: the visit of ``site`` runs here, on synthetic pairs of that site
+        sampled from the prompt it exported, with the same method, replay, seeds and steps as a
+        visit at the site would use; nothing is sent to the site."""
         from server.methods import build_method
 
         dev = resolve_device(self.cfg.runtime.device)

@@ -69,8 +69,8 @@ class ReplayBank:
         return self._replay[site]
 
     def synthetic(self, site: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """``n`` fresh synthetic pairs of ``site`` from its prompt (not kept): what the learner trains
-        on during the site's visit in prompt-only mode."""
+        """``n`` fresh synthetic pairs of ``site`` from its prompt (not kept): what the learner
+        trains on during the site's visit in prompt-only mode."""
         t0 = time.perf_counter()
         x = self.backbone.sample(
             torch.from_numpy(self.prompts[site]), n, self.steps, torch_generator(seed)

@@ -81,15 +81,18 @@ class RuntimeConfig:
     device: str = field(default="auto", metadata=_rng(choices=("auto", "cpu", "cuda")))
     #: join a running Ray cluster ("auto" or HOST:PORT) instead of starting one ("": start one)
     address: str = field(default="", metadata=_rng())
-    #: how often a site's process may be restarted after it died (its state is rebuilt from its spec)
+    #: how often a site's process may be restarted after it died (its state is rebuilt from
+    #: its spec)
     site_restarts: int = field(default=3, metadata=_rng(0, 100))
     #: seconds a site may take to answer one call before the run fails (it can then be resumed)
     site_timeout: float = field(default=1800.0, metadata=_rng(1.0, 1e7))
-    #: port of the Prometheus endpoint Ray exports the run's metrics on (0: Ray chooses; a local start only)
+    #: port of the Prometheus endpoint Ray exports the run's metrics on (0: Ray chooses; a local
+    #: start only)
     metrics_port: int = field(default=0, metadata=_rng(0, 65535))
     #: site actors pinned to nodes by a custom resource each: NAME=RESOURCE,... ("": anywhere)
     site_resources: str = field(default="", metadata=_rng())
-    #: faults to inject, for tests and demos: kill-site:NAME@STAGE and/or kill-driver@STAGE, comma-separated
+    #: faults to inject, for tests and demos: kill-site:NAME@STAGE and/or kill-driver@STAGE, comma-
+    #: separated
     inject_fault: str = field(default="", metadata=_rng())
 
 

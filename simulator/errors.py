@@ -41,7 +41,8 @@ class EgressViolation(RuntimeError):
 
 
 class SiteUnavailable(RuntimeError):
-    """A site did not answer in time, or failed more often than it may restart; the run can resume."""
+    """A site did not answer in time, or failed more often than it may restart; the run can
+    resume."""
 
     def __init__(self, site: str, phase: str, detail: str) -> None:
         self.site, self.phase, self.detail = site, phase, detail

@@ -5,7 +5,8 @@ actors of ``data inspect`` and ``data preview``) installs the hook once and poin
 own trace file with its role. Every ``open`` of a path under one of the watched data folders,
 and every directory listing, removal and rename there, is appended as a JSON line: time, role,
 pid, path (resolved: symlinks and relative paths followed), mode or event, and the watched folder
-it lies in (a deployed node watches its own data folder, which the learner's side does not know). The privacy audit
+it lies in (a deployed node watches its own data folder, which the learner's side does not know).
+The privacy audit
 reads these files to show which processes touched which site's data.
 
 Access from C code raises no Python audit event (``cv2.imread``/``cv2.imwrite`` open files
@@ -99,7 +100,8 @@ def start_trace(trace_file: str | Path, role: str, roots: list[str | Path]) -> N
     Path(trace_file).parent.mkdir(parents=True, exist_ok=True)
     _state["busy"].on = True
     try:
-        _state["sink"] = open(trace_file, "a", encoding="utf-8")  # noqa: SIM115 - kept open while tracing
+        # noqa: SIM115 - kept open while tracing
+        _state["sink"] = open(trace_file, "a", encoding="utf-8")
     finally:
         _state["busy"].on = False
     _state["role"] = role

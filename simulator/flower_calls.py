@@ -1,7 +1,7 @@
 """Flower messages that call a site: the call record, the calls a node answers, and their types.
 
 Shared by the engine's Flower transport (:mod:`simulator.driver.engine.flower`) and the
-ClientApp (:mod:`simulator.driver.flower_client`).
+ClientApp (:mod:`simulator.driver.flower.client`).
 """
 
 from __future__ import annotations

@@ -89,7 +89,8 @@ def declared(cls: type[Method]) -> dict[str, HParam]:
 def resolve_hparams(
     cls: type[Method], lr: float, values: Mapping[str, Any] | None = None
 ) -> dict[str, HValue]:
-    """The one place a method's hyper-parameters are merged and checked: defaults, ``lr``, then ``values``.
+    """The one place a method's hyper-parameters are merged and checked: defaults, ``lr``, then
+    ``values``.
 
     Unknown names and values of the wrong type or out of range raise a ConfigError naming
     ``methods.<method>.<name>`` and what is allowed.
@@ -152,7 +153,8 @@ class Method(ABC):
         cls, params: Mapping[str, tuple[tuple[int, ...], str]]
     ) -> dict[str, tuple[tuple[int, ...], str]]:
         """The entries :meth:`export_state` may produce, name -> (shape, dtype), given the model's
-        parameters name -> (shape, dtype): what the egress guard lets the model reply's state hold."""
+        parameters name -> (shape, dtype): what the egress guard lets the model reply's state
+        hold."""
         return {}
 
     @classmethod
@@ -162,7 +164,8 @@ class Method(ABC):
         return {}
 
     def __init__(self, model: nn.Module, hparams: Mapping[str, HValue]) -> None:
-        """``hparams``: the resolved table of :func:`resolve_hparams` (every declared name, typed)."""
+        """``hparams``: the resolved table of :func:`resolve_hparams` (every declared name,
+        typed)."""
         if set(hparams) != set(declared(type(self))):
             raise ConfigError(
                 f"method {self.name!r}: expected resolved hyper-parameters "
@@ -171,8 +174,14 @@ class Method(ABC):
         self.model = model
         self.hp = dict(hparams)
 
+    def replay_sites_per_step(self) -> int:
+        """What the visit's batch sampler needs from the method: how many earlier sites one step
+        replays, the replay batch shared out over them (0: every earlier site)."""
+        return 0
+
     def adam(self) -> Adam:
-        """The optimiser most methods use: Adam with ``lr`` and ``weight_decay`` from the hyper-parameters."""
+        """The optimiser most methods use: Adam with ``lr`` and ``weight_decay`` from the
+        hyper-parameters."""
         return Adam(self.model.parameters(), lr=self.hp["lr"], weight_decay=self.hp["weight_decay"])
 
     @abstractmethod
@@ -187,7 +196,8 @@ class Method(ABC):
         """Finish a visit (compute statistics to carry forward, ...)."""
 
     def stage_summary(self) -> dict[str, float]:
-        """Scalars that describe the end of the visit (PGA methods: the gradient cosines between sites)."""
+        """Scalars that describe the end of the visit (PGA methods: the gradient cosines between
+        sites)."""
         return {}
 
     def export_state(self) -> dict[str, np.ndarray]:

@@ -102,7 +102,8 @@ class Payload:
         used_config: set[str] = set()
         used_records = set(RESERVED)
         kwargs: dict[str, Any] = {}
-        metric_fields = {f.name for f in fields(cls) if f.metadata.get("role") == "metric"}  # type: ignore[arg-type]
+        # type: ignore[arg-type]
+        metric_fields = {f.name for f in fields(cls) if f.metadata.get("role") == "metric"}
         for f in fields(cls):  # type: ignore[arg-type]
             role = f.metadata.get("role", "config")
             if role == "config":
@@ -190,7 +191,8 @@ class SiteSpec(Payload):
 # -- learner -> site -----------------------------------------------------------------------
 @dataclass(frozen=True)
 class VisitRequest(Payload):
-    """Start a visit: weights, method with its resolved hyper-parameters, algorithm state, replay."""
+    """Start a visit: weights, method with its resolved hyper-parameters, algorithm state,
+    replay."""
 
     KIND: ClassVar[str] = "visit"
     arch: ModelArch = _role("arch")
@@ -201,8 +203,6 @@ class VisitRequest(Payload):
     batch_size: int = _role("config")
     seed: int = _role("config")
     channels_last: bool = _role("config")
-    #: how many earlier sites a step replays (0: all); the replay batch is shared out over that many
-    replay_sites_per_step: int = _role("config")
     weights: Arrays = _role("arrays")
     state: Arrays = _role("arrays")
     #: synthetic pairs of earlier sites, keyed ``<site>/x`` and ``<site>/y``
@@ -303,7 +303,8 @@ class AttributeRequest(Payload):
 
 @dataclass(frozen=True)
 class PreviewRequest(Payload):
-    """Write a preview PNG of ``n`` train images into ``folder`` (``""``: the site's own data folder).
+    """Write a preview PNG of ``n`` train images into ``folder`` (``""``: the site's own data
+    folder).
 
     ``real``: the site holds real (user) data and its operator allowed previews of it; a site with
     real data refuses without it, and writes only inside its own folder unless ``folder`` is given.

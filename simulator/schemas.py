@@ -66,7 +66,8 @@ class Schema:
     metrics: Mapping[str, MetricRule] = field(default_factory=dict)
     config: Mapping[str, tuple[str, ...] | type] = field(default_factory=dict)
     records: Mapping[str, Mapping[str, tuple[str, ...] | type]] = field(default_factory=dict)
-    #: array groups the message may hold even when empty (a model reply's ``state`` of a stateless method)
+    #: array groups the message may hold even when empty (a model reply's ``state`` of a stateless
+    #: method)
     groups: tuple[str, ...] = ()
 
     def array_groups(self) -> set[str]:

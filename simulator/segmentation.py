@@ -107,7 +107,8 @@ def seg_loss_per_image(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
 def seg_loss_weighted(
     logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor
 ) -> torch.Tensor:
-    """sum_i weights_i * loss_i, loss_i the segmentation loss of image i alone (0.5 BCE + 0.5 soft Dice).
+    """sum_i weights_i * loss_i, loss_i the segmentation loss of image i alone (0.5 BCE + 0.5 soft
+    Dice).
 
     With equal weights 1/N it is :func:`seg_loss` of the batch (up to rounding).
     """

@@ -57,13 +57,15 @@ class LocalVisit:
     train: Pair
     replay: dict[str, Pair]
     batch_size: int
+    #: how many earlier sites a step replays, as the method declares (0: all of them)
     replay_sites: int = 0
     #: current-site images go to ``match_size`` px and back with probability ``match_p``, drawn
     #: from a stream of their own (the batch stream stays the same with or without it)
     match_p: float = 0.0
     match_size: int = 0
     match_gen: torch.Generator | None = None
-    #: the weights the visit was sent, name -> (shape, dtype): exactly what its model reply may carry
+    #: the weights the visit was sent, name -> (shape, dtype): exactly what its model reply
+    #: may carry
     received: dict[str, tuple[tuple[int, ...], str]] = field(default_factory=dict)
     step: int = 0
     seconds: float = 0.0
@@ -108,7 +110,7 @@ class LocalVisit:
             train,
             replay,
             req.batch_size,
-            req.replay_sites_per_step,
+            method.replay_sites_per_step(),
             match_p=req.match_p,
             match_size=int(req.match_size),
             match_gen=match_gen,
@@ -147,7 +149,8 @@ class LocalVisit:
     def run(
         self, n_steps: int, before_step: Callable[[int], None] | None = None
     ) -> tuple[dict[str, float], float]:
-        """Up to ``n_steps`` outer steps; returns the mean of each logged scalar and the seconds taken."""
+        """Up to ``n_steps`` outer steps; returns the mean of each logged scalar and the seconds
+        taken."""
         n = min(int(n_steps), self.ctx.steps - self.step)
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
@@ -169,8 +172,8 @@ class LocalVisit:
     def finish(
         self,
     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, float], float]:
-        """End the visit: the trained weights, the method's state, the visit's mean logs (besides the
-        loss) with the method's end-of-visit summary, and the mean loss."""
+        """End the visit: the trained weights, the method's state, the visit's mean logs (besides
+        the loss) with the method's end-of-visit summary, and the mean loss."""
         self.method.end_stage()
         weights = {
             k: t.detach().cpu().contiguous().numpy() for k, t in self.model.state_dict().items()

@@ -142,7 +142,8 @@ _COEF = np.random.default_rng(20261201).integers(
 
 
 def _quantised(values: np.ndarray) -> np.ndarray:
-    """|v| at the comparison resolution, as integers (sign-invariant; non-finite values map to -1)."""
+    """|v| at the comparison resolution, as integers (sign-invariant; non-finite values map to
+    -1)."""
     v = np.abs(np.asarray(values, dtype=np.float64).ravel())
     q = np.full(v.shape, -1, dtype=np.int64)
     ok = np.isfinite(v) & (v < 9e12)
@@ -155,7 +156,8 @@ MIN_ODD = 3
 
 
 def _window_hashes(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A 64-bit hash of every window of ``WINDOW`` consecutive values, and whether it is informative.
+    """A 64-bit hash of every window of ``WINDOW`` consecutive values, and whether it is
+    informative.
 
     A window in which one value fills all but one or two places (a mask's zeros, a flat
     background, with one or two stray values) identifies almost nothing, and such windows are

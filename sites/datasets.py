@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from simulator.benchmarks.catalog import USER_LAYOUTS
 from simulator.benchmarks.mni152 import mni152_site
 from simulator.benchmarks.phantom import phantom_site
 from simulator.payloads import SiteSpec
@@ -47,7 +48,8 @@ class SiteData:
             raise ValueError("SiteData: a site needs at least one train and one test pair")
         if self.train_cases is not None and len(self.train_cases) != len(self.train_x):
             raise ValueError(
-                f"SiteData.train_cases: {len(self.train_cases)} case ids for {len(self.train_x)} slices"
+                f"SiteData.train_cases: {len(self.train_cases)} case ids for {len(self.train_x)} "
+                "slices"
             )
 
     def case_ids(self) -> np.ndarray:
@@ -91,7 +93,8 @@ def _generated(spec: SiteSpec, make: Callable) -> SiteData:
 
 
 def _user_data(spec: SiteSpec) -> SiteData:
-    """Every case in the site's folder, read with the reader of its layout; bad files stop the run."""
+    """Every case in the site's folder, read with the reader of its layout; bad files stop the
+    run."""
     site_dir = Path(spec.data_dir)
     read = read_site(spec.benchmark, site_dir, spec.image_size, spec.target)
     train, test = split_cases(read.cases, spec.test_fraction, spec.seed, site_dir)
@@ -127,7 +130,7 @@ def inspect_site(
 ) -> tuple[dict[str, float], list[str], np.ndarray | None, np.ndarray | None]:
     """Statistics of one site's data, every problem found (nothing raised for bad files), and the
     images and masks read (kept in the site: they seed its egress guard)."""
-    if spec.benchmark not in ("folder", "prostate", "fundus"):
+    if spec.benchmark not in USER_LAYOUTS:
         d = build_site_data(spec)
         stats = _array_stats(d.train_x, d.train_y, d.test_x, d.test_y)
         stats.update(cases_train=len(d.train_x), cases_test=len(d.test_x), problems=0)

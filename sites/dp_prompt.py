@@ -12,7 +12,8 @@ DP-SGD on the prompt alone, with the case (patient) as the privacy unit:
 * each per-case gradient is clipped to norm ``clip`` (on the appearance vector, the first half
   of the steps) or ``clip / 4`` (on the free tokens, the second half: their gradients are a
   quarter to a third as long; per-site medians 0.013-0.084 and 0.005-0.020 over the quick
-  profile's phantom sites, from ``docs/diagnostics/dp_tstr.py --norms``); the sum gets Gaussian noise of standard deviation
+  profile's phantom sites, from ``docs/diagnostics/dp_tstr.py --norms``); the sum gets Gaussian
+  noise of standard deviation
   ``sigma`` times that clip and is divided by the expected batch ``q * cases``; Adam then steps
   (post-processing, which costs no privacy);
 * ``sigma`` is calibrated in advance, by Opacus's RDP accountant, so that the fixed number of
@@ -21,7 +22,8 @@ DP-SGD on the prompt alone, with the case (patient) as the privacy unit:
 
 Every step that reads private data is one of these steps. What the non-private tuner does with
 private data beyond them is replaced: the candidate search is replaced by the zero appearance
-vector (the centre the search draws its candidates around) instead of scoring candidates on the site's images, the step count
+vector (the centre the search draws its candidates around) instead of scoring candidates on the
+site's images, the step count
 is fixed (no early stop), and no loss on private data is computed or sent.
 
 The noise is drawn from the run's seeded generator so that runs reproduce; a deployment would
@@ -42,7 +44,8 @@ from simulator.smd.backbone import SMDBackbone, to_model_space
 
 
 def noise_multiplier(epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
-    """The smallest sigma whose ``steps`` steps at ``sample_rate`` spend at most ``epsilon`` at ``delta``."""
+    """The smallest sigma whose ``steps`` steps at ``sample_rate`` spend at most ``epsilon`` at
+    ``delta``."""
     from opacus.accountants.utils import get_noise_multiplier
 
     return float(
@@ -58,7 +61,8 @@ def noise_multiplier(epsilon: float, delta: float, sample_rate: float, steps: in
 
 
 def spent_epsilon(sigma: float, sample_rate: float, steps: int, delta: float) -> float:
-    """The epsilon that ``steps`` DP-SGD steps of noise ``sigma`` at ``sample_rate`` spend at ``delta``."""
+    """The epsilon that ``steps`` DP-SGD steps of noise ``sigma`` at ``sample_rate`` spend at
+    ``delta``."""
     from opacus.accountants import RDPAccountant
 
     acc = RDPAccountant()

@@ -266,7 +266,8 @@ def _normalise_volume(vol: np.ndarray) -> np.ndarray:
 
 
 def read_prostate(site_dir: Path, size: int, problems: Problems, target: str = "auto") -> Read:
-    """``CaseXX.nii.gz`` + ``CaseXX_segmentation.nii.gz``: axial slices with organ, per-volume normalised."""
+    """``CaseXX.nii.gz`` + ``CaseXX_segmentation.nii.gz``: axial slices with organ, per-volume
+    normalised."""
     import nibabel as nib
 
     volumes, segs = {}, {}
@@ -280,7 +281,8 @@ def read_prostate(site_dir: Path, size: int, problems: Problems, target: str = "
         seg_path = segs.pop(name, None)
         if seg_path is None:
             problems.report(
-                f"{vol_path}: no segmentation; expected {site_dir / (name + '_segmentation.nii.gz')}"
+                f"{vol_path}: no segmentation; expected "
+                f"{site_dir / (name + '_segmentation.nii.gz')}"
             )
             continue
         files += 2

@@ -78,7 +78,8 @@ def smd_backbone():
     return path
 
 
-#: the settings of :func:`smd_replay_run` (the grid-sharing test makes the same run from a shared folder)
+#: the settings of :func:`smd_replay_run` (the grid-sharing test makes the same run from a
+#: shared folder)
 SMD_REPLAY_SETS = (
     "run.sites=2",
     "train.steps_per_stage=2",

@@ -36,7 +36,8 @@ def make_folder(
     seed: int = 0,
     split_site: str | None = "siteB",
 ) -> Path:
-    """``SITE/images/*.png`` + ``SITE/masks/*.png`` (0/255); ``split_site`` uses train/ and test/."""
+    """``SITE/images/*.png`` + ``SITE/masks/*.png`` (0/255); ``split_site`` uses train/ and
+    test/."""
     rng = np.random.default_rng(seed)
     for site in sites:
         for i in range(n):
@@ -77,7 +78,8 @@ def make_prostate(
 
 
 def make_fundus(root: Path, domains: int = 2, n: int = 6, size: int = 48, seed: int = 0) -> Path:
-    """``DomainN/{train,test}/ROIs/{image,mask}/*.png``, RGB images, masks 0 cup / 128 disc / 255 bg."""
+    """``DomainN/{train,test}/ROIs/{image,mask}/*.png``, RGB images, masks 0 cup / 128 disc / 255
+    bg."""
     rng = np.random.default_rng(seed)
     for d in range(1, domains + 1):
         for i in range(n):

@@ -176,20 +176,19 @@ def _visit(match_p=0.0, match_size=0):
     replay = {"s0/x": rx.numpy(), "s0/y": (rx > 0.5).float().numpy()}
     hp = resolve_hparams(method_class("smg"), 1e-3, {"stats_every": 4})
     req = VisitRequest(
-        ModelArch(1, 4, 2),
-        "smg",
-        hp,
-        2,
-        6,
-        4,
-        0,
-        False,
-        0,
-        weights,
-        {},
-        replay,
-        match_p,
-        match_size,
+        arch=ModelArch(1, 4, 2),
+        method="smg",
+        hparams=hp,
+        stage=2,
+        steps=6,
+        batch_size=4,
+        seed=0,
+        channels_last=False,
+        weights=weights,
+        state={},
+        replay=replay,
+        match_p=match_p,
+        match_size=match_size,
     )
     return LocalVisit.start(req, "a", (x, (x > 0.6).float()), torch.device("cpu"), build_method)
 

@@ -39,7 +39,8 @@ def run_cli(*args):
     ],
 )
 def test_bad_input_one_line_no_traceback_no_folder(tmp_path, capsys, args, message):
-    """In-process (the same entry point as the console script; one case below runs it as a process)."""
+    """In-process (the same entry point as the console script; one case below runs it as a
+    process)."""
     out = tmp_path / "run"
     code = cli.main(["run", "--profile", "smoke", "--out", str(out), *args])
     err = capsys.readouterr().err
@@ -128,7 +129,8 @@ def test_end_to_end_smoke_run_through_ray(ray_session, tmp_path, capsys):
     assert set(metrics) == {"Mem", "Gen", "Final", "BWT", "FWT", "Forgetting"}
     stages = [json.loads(line) for line in (out / "stages.jsonl").read_text().splitlines()]
     assert [s["stage"] for s in stages] == list(range(7))
-    # where the seconds went: every phase is named, training and evaluation took time, each stage has its own
+    # where the seconds went: every phase is named, training and evaluation took time, each stage
+    # has its own
     from simulator.driver.phases import PHASES
 
     timings = json.loads((out / "metrics.json").read_text())["timings"]

@@ -1,6 +1,6 @@
-"""An existing multi-node Ray cluster: sites pinned to the nodes that offer their resource, a run and
-a parallel comparison joining it. Ray's own test cluster (three raylets on this machine) runs in a
-subprocess of its own, apart from the test session's Ray."""
+"""An existing multi-node Ray cluster: sites pinned to the nodes that offer their resource, a
+run and a parallel comparison joining it. Ray's own test cluster (three raylets on this machine)
+runs in a subprocess of its own, apart from the test session's Ray."""
 
 import json
 import subprocess
@@ -16,16 +16,18 @@ SCRIPT = textwrap.dedent("""
     b = c.add_node(num_cpus=1, resources={"hospital_b": 1})
     c.wait_for_nodes()
     cli = [sys.executable, "-m", "simulator.driver.cli"]
-    common = ["--profile", "smoke", "--address", c.address, "--site-resources", "alpha=hospital_a,bravo=hospital_b",
+    common = ["--profile", "smoke", "--address", c.address,
+              "--site-resources", "alpha=hospital_a,bravo=hospital_b",
               "--set", "run.sites=2", "--set", "train.steps_per_stage=4"]
-    # each run of the comparison is an `smg-sim run --address` driver of its own joining the cluster;
-    # the refused run joins at the same time
-    procs = [subprocess.Popen(cli + ["compare", "--methods", "finetune", "--seeds", "0,1", "--orders", "fixed",
-                                     "--max-parallel", "2", "--out", out + "/cmp", *common],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
-             subprocess.Popen(cli + ["run", "--quiet", "--out", out + "/bad", "--profile", "smoke", "--address",
-                                     c.address, "--set", "run.sites=2", "--site-resources", "alpha=hospital_z"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+    # each run of the comparison is an `smg-sim run --address` driver of its own joining the
+    # cluster; the refused run joins at the same time
+    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen(cli + ["compare", "--methods", "finetune", "--seeds", "0,1",
+                                     "--orders", "fixed", "--max-parallel", "2",
+                                     "--out", out + "/cmp", *common], **pipes),
+             subprocess.Popen(cli + ["run", "--quiet", "--out", out + "/bad", "--profile", "smoke",
+                                     "--address", c.address, "--set", "run.sites=2",
+                                     "--site-resources", "alpha=hospital_z"], **pipes)]
     errs = [p.communicate(timeout=500)[1] for p in procs]
     print(json.dumps({"a": a.node_id, "b": b.node_id, "rc": [p.returncode for p in procs],
                       "err": [e[-2000:] for e in errs]}))

@@ -13,7 +13,7 @@ from nbclient import NotebookClient
 
 from simulator.config import Config, build_config, parse_set
 from simulator.driver import api
-from simulator.driver.stats import PAIRED_COLUMNS
+from simulator.driver.compare.stats import PAIRED_COLUMNS
 from simulator.errors import ConfigError, RunFolderError
 from simulator.metrics import METRIC_NAMES
 
@@ -50,7 +50,7 @@ def test_compare_skips_finished_runs_and_the_notebook_shows_the_table(
 
 
 def test_a_failed_run_does_not_stop_the_comparison(tmp_path):
-    from simulator.driver.compare import plan_compare, run_compare
+    from simulator.driver.compare.grid import plan_compare, run_compare
 
     base = build_config("smoke", parse_set(["run.sites=2"]))
 
@@ -104,7 +104,7 @@ def _config(method, seed=0, order="fixed", sets=()):
 
 
 def test_run_names_carry_a_hash_of_the_settings_but_not_of_seed_or_order():
-    from simulator.driver.compare import config_hash, run_name
+    from simulator.driver.compare.grid import config_hash, run_name
 
     name = run_name(_config("smg", 0, "random"))
     assert re.fullmatch(r"smg-s0-random-[0-9a-f]{8}", name)
@@ -131,7 +131,7 @@ def test_run_names_carry_a_hash_of_the_settings_but_not_of_seed_or_order():
 
 def _fake_run(root, method, seed, order, mem, sets=()):
     """A finished run folder as `smg-sim run` leaves it, as far as summarize reads it."""
-    from simulator.driver.compare import run_name
+    from simulator.driver.compare.grid import run_name
     from simulator.driver.runfolder import MARKER
 
     cfg = _config(method, seed, order, sets)
@@ -145,7 +145,7 @@ def _fake_run(root, method, seed, order, mem, sets=()):
 
 
 def test_the_tables_give_each_order_its_own_rows(tmp_path):
-    from simulator.driver.compare import config_hash, summarize
+    from simulator.driver.compare.grid import config_hash, summarize
 
     for seed, (m_rand, m_rev) in enumerate([(0.9, 0.3), (0.7, 0.1)]):
         _fake_run(tmp_path, "smg", seed, "random", m_rand)
@@ -170,7 +170,7 @@ def test_the_tables_give_each_order_its_own_rows(tmp_path):
 
 
 def test_paired_differences_over_seed_and_order_cells(tmp_path):
-    from simulator.driver.compare import summarize
+    from simulator.driver.compare.grid import summarize
 
     cells = [(s, o) for s in range(3) for o in ("random", "reverse")]
     for i, (seed, order) in enumerate(cells):
@@ -207,7 +207,7 @@ def test_paired_differences_over_seed_and_order_cells(tmp_path):
 
 
 def test_runs_of_one_method_with_other_settings_are_not_averaged(tmp_path):
-    from simulator.driver.compare import summarize
+    from simulator.driver.compare.grid import summarize
 
     _fake_run(tmp_path, "smg", 0, "fixed", 0.6)
     _fake_run(tmp_path, "smg", 1, "fixed", 0.6, ["train.lr=0.0005"])
@@ -262,7 +262,7 @@ def test_parallel_compare_runs_each_run_in_its_own_driver_process(ray_session, t
 
 
 def test_parallel_scheduler_starts_apart_the_runs_of_one_seed():
-    from simulator.driver.schedule import next_job
+    from simulator.driver.compare.schedule import next_job
 
     queue = [
         (1, "a", _config("finetune", 0)),
@@ -275,7 +275,7 @@ def test_parallel_scheduler_starts_apart_the_runs_of_one_seed():
 
 
 def test_parallel_scheduler_starts_a_cells_costliest_run_first_and_keeps_cells_in_order():
-    from simulator.driver.schedule import next_job
+    from simulator.driver.compare.schedule import next_job
 
     queue = [
         (1, "a", _config("finetune", 0, "random")),

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from server.learner import Learner
-from server.methods import build_method
+from server.methods import build_method, method_class
 from simulator.config import build_config, parse_set
 from simulator.driver.plan import method_hparams
 from simulator.messages import metrics
@@ -144,7 +144,9 @@ def test_the_privacy_unit_is_the_case(model, data):
 def test_a_site_sends_a_dp_prompt_with_only_the_declared_dp_logs(smd_backbone, spec):
     cfg = build_config("smoke", parse_set(["run.method=smd_replay", "privacy.dp_epsilon=4"]))
     site = Site("alpha", spec, build_method, torch_threads=1, device="cpu")
-    learner = Learner(cfg, method_hparams(cfg, cfg.run.method), in_channels=1)
+    learner = Learner(
+        cfg, method_class(cfg.run.method), method_hparams(cfg, cfg.run.method), in_channels=1
+    )
     learner.enable_replay(str(smd_backbone), 1)
     reply = site.tune_prompt(learner.tune_message("alpha"))
     logs = metrics(reply)

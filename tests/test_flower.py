@@ -1,4 +1,5 @@
-"""The same run as a Flower app: ServerApp and ClientApp in Flower's simulation give the Ray engine's R."""
+"""The same run as a Flower app: ServerApp and ClientApp in Flower's simulation give the Ray
+engine's R."""
 
 import dataclasses
 import json
@@ -35,7 +36,8 @@ def test_the_flower_engine_gives_the_ray_engines_results(ray_session, tmp_path):
     assert flower_run.metrics == ray_run.metrics
     audit = json.loads((tmp_path / "flower" / "privacy_audit.json").read_text())
     assert audit["verdict"] == "pass"
-    # every site opened only its own data, each as its own role, although one ClientApp worker served both
+    # every site opened only its own data, each as its own role, although one ClientApp worker
+    # served both
     assert {(r["role"], r["site_data"]) for r in audit["file_access"]} == {
         ("site:alpha", "alpha"),
         ("site:bravo", "bravo"),
@@ -72,8 +74,9 @@ def in_a_flower_task():
 
 
 def test_a_flower_node_answers_only_the_sites_guarded_calls(in_a_flower_task):
-    """A message naming anything but a public, guarded site method is refused before any site is touched."""
-    from simulator.driver.flower_client import _handle
+    """A message naming anything but a public, guarded site method is refused before any site is
+    touched."""
+    from simulator.driver.flower.client import _handle
 
     ctx = Context(
         run_id=1, node_id=5, node_config={"partition-id": 0}, state=RecordDict(), run_config={}
@@ -87,7 +90,7 @@ def test_a_flower_node_answers_only_the_sites_guarded_calls(in_a_flower_task):
 
 
 def test_a_node_says_which_site_it_is(in_a_flower_task):
-    from simulator.driver.flower_client import _handle
+    from simulator.driver.flower.client import _handle
 
     def hello(node_config):
         ctx = Context(
@@ -106,7 +109,7 @@ def test_a_deployed_node_keeps_its_site_data_where_its_node_config_says(
 ):
     """The server's spec names a data folder; a node with ``data-dir`` in its config uses its own,
     and a node refuses the setup of another site."""
-    from simulator.driver.flower_client import SITE_STATE, _handle
+    from simulator.driver.flower.client import SITE_STATE, _handle
 
     spec = dataclasses.replace(smoke_spec, data_dir=str(tmp_path / "server-side" / "alpha"))
     setup = {"torch_threads": 1, "device": "cpu", "privacy_mode": "strict", "trace": ""}
@@ -160,7 +163,7 @@ def test_replies_are_matched_to_their_nodes_not_to_their_arrival_order(in_a_flow
 
 
 def test_config_from_a_flower_run_config():
-    from simulator.driver.flower_server import config_from_run_config
+    from simulator.driver.flower.server import config_from_run_config
     from simulator.errors import ConfigError
 
     cfg = config_from_run_config(
@@ -195,16 +198,16 @@ def test_config_from_a_flower_run_config():
 def test_a_local_deployment_runs_the_app_with_every_site_in_its_own_supernode(
     ray_session, tmp_path
 ):
-    """`smg-sim flower up` (a SuperLink and two SuperNodes on 127.0.0.1, each with a cache of its own),
-    `flwr run` of `smg` against it, the same R as the Ray engine, the SMD backbone sent to each node
-    as arrays, an audit that passes with one process per site, and `flower down` stopping everything
-    it started."""
+    """`smg-sim flower up` (a SuperLink and two SuperNodes on 127.0.0.1, each with a cache of its
+    own), `flwr run` of `smg` against it, the same R as the Ray engine, the SMD backbone sent to
+    each node as arrays, an audit that passes with one process per site, and `flower down` stopping
+    everything it started."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    from simulator.driver import flower_deploy
+    from simulator.driver.flower import deploy as flower_deploy
     from simulator.smd.cache import cached_digest
 
     ref = api.run(
@@ -248,7 +251,8 @@ def test_a_local_deployment_runs_the_app_with_every_site_in_its_own_supernode(
         ("site:alpha", "alpha"),
         ("site:bravo", "bravo"),
     }
-    # the backbone reached each node as arrays (its cache was empty), checked by digest and kept there
+    # the backbone reached each node as arrays (its cache was empty), checked by digest and
+    # kept there
     ledger = [json.loads(line) for line in (out / "ledger.jsonl").read_text().splitlines()]
     sha = json.loads((out / "smd.json").read_text())["backbone_sha256"]
     for p in state["processes"]:

@@ -233,3 +233,53 @@ def test_no_references_to_design_sections():
         if (m := DESIGN_REF.search(text))
     ]
     assert not refs, f"comments or docstrings citing a DESIGN section: {refs}"
+
+
+# -- the driver grouped by concern -------------------------------------------------------------
+#: each sub-package of the driver, and the driver modules it may import besides its own
+DRIVER_GROUPS = {
+    "audit": {"simulator.driver.ledger", "simulator.driver.runfolder"},
+    "compare": {
+        "simulator.driver.api",
+        "simulator.driver.commands",
+        "simulator.driver.plots",
+        "simulator.driver.runfolder",
+    },
+}
+#: the Flower modules that run an app or a simulation, and the packages allowed to import them
+FLOWER_APPS = ("flwr.clientapp", "flwr.serverapp", "flwr.simulation", "flwr.superlink")
+FLOWER_HOMES = ("simulator/driver/flower/", "simulator/driver/engine/")
+#: the most modules the driver's top folder may hold (a new concern gets a sub-package)
+MAX_DRIVER_TOP = 24
+
+
+def test_the_driver_has_its_sub_packages():
+    for pkg in ("engine", "flower", "audit", "compare"):
+        assert (ROOT / "simulator" / "driver" / pkg / "__init__.py").exists(), pkg
+    top = sorted(p.name for p in (ROOT / "simulator" / "driver").glob("*.py"))
+    assert len(top) <= MAX_DRIVER_TOP, f"{len(top)} modules in simulator/driver/: {top}"
+
+
+@pytest.mark.parametrize("group", sorted(DRIVER_GROUPS))
+def test_a_driver_group_imports_only_what_its_concern_needs(group):
+    own = f"{DRIVER}.{group}"
+    offenders = {}
+    for p in files(f"simulator/driver/{group}"):
+        bad = {
+            m
+            for m in imports_driver(p)
+            if not (m == own or m.startswith(own + ".")) and m not in DRIVER_GROUPS[group]
+        }
+        if bad:
+            offenders[rel(p)] = sorted(bad)
+    assert not offenders, f"driver/{group} reaches outside its concern: {offenders}"
+
+
+def test_flower_apps_are_imported_only_by_the_flower_and_engine_packages():
+    users = sorted(
+        rel(p)
+        for p in files(*PACKAGES)
+        if any(m == f or m.startswith(f + ".") for m in imported_names(p) for f in FLOWER_APPS)
+        and not rel(p).startswith(FLOWER_HOMES)
+    )
+    assert not users, f"Flower's app and simulation modules imported elsewhere: {users}"

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from server.methods.domains import split
 from server.methods.lean_gradient import lean_gradient
 from server.methods.meta_gradient import (
     Roles,
@@ -13,7 +14,6 @@ from server.methods.meta_gradient import (
     first_order_gradient,
     inner_scale,
     rms,
-    split,
 )
 from simulator.segmentation import build_model
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from simulator.driver.phases import PHASES, PhaseClock
-from simulator.driver.results import cosine_matrices, plot_alignment
+from simulator.driver.plots import cosine_matrices, plot_alignment
 
 
 def test_cosine_matrices_from_stage_logs(tmp_path):

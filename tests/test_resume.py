@@ -1,4 +1,5 @@
-"""Checkpoints, resume and site faults: an interrupted run ends exactly as one that never stopped."""
+"""Checkpoints, resume and site faults: an interrupted run ends exactly as one that never
+stopped."""
 
 import json
 import subprocess
@@ -181,7 +182,9 @@ def test_the_dashboard_metrics_show_a_running_run(tmp_path):
     scrapes, errors = 0, []
     try:
         while proc.poll() is None and not want <= set(seen):
-            try:  # the endpoint is up once Ray has started, and answers slowly while training holds the cores
+            # the endpoint is up once Ray has started, and answers slowly while training holds the
+            # cores
+            try:
                 text = (
                     urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=20)
                     .read()

@@ -7,7 +7,7 @@ import pytest
 from flwr.app import RecordDict
 
 from server.learner import Learner
-from server.methods import build_method
+from server.methods import build_method, method_class
 from simulator.config import build_config, parse_set
 from simulator.driver.plan import method_hparams
 from simulator.errors import MessageError
@@ -21,7 +21,9 @@ from sites.site import Site
 
 def _learner(cfg):
     """A learner for ``cfg`` with its method's resolved hyper-parameters."""
-    return Learner(cfg, method_hparams(cfg, cfg.run.method), in_channels=1)
+    return Learner(
+        cfg, method_class(cfg.run.method), method_hparams(cfg, cfg.run.method), in_channels=1
+    )
 
 
 @pytest.fixture()

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from simulator.driver.stats import (
+from simulator.driver.compare.stats import (
     PAIRED_COLUMNS,
     bootstrap_ci,
     paired_differences,
@@ -160,7 +160,7 @@ def _eta_plans(methods, tmp_path=None):
 
 
 def test_grid_eta_costs_each_remaining_run_at_its_methods_mean():
-    from simulator.driver.schedule import GridEta
+    from simulator.driver.compare.schedule import GridEta
 
     plans = _eta_plans(("finetune", "smg", "finetune", "smg", "mldg"))
     grid = GridEta(plans, cost_of={"finetune": 1.0, "smg": 4.0, "mldg": 2.5}.get)
@@ -175,9 +175,9 @@ def test_grid_eta_costs_each_remaining_run_at_its_methods_mean():
 
 
 def test_grid_eta_counts_runs_finished_earlier_with_their_recorded_seconds(tmp_path):
-    from simulator.driver.compare import _pending
+    from simulator.driver.compare.grid import _pending
+    from simulator.driver.compare.schedule import GridEta
     from simulator.driver.runfolder import MARKER
-    from simulator.driver.schedule import GridEta
 
     plans = _eta_plans(("finetune", "smg", "smg"), tmp_path)
     done = Path(plans[0][1].run.out)

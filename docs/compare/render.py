@@ -136,8 +136,10 @@ def _summary(name: str) -> list[str]:
         ]
         for _, r in paired.iterrows():
             lines.append(
-                f"| {r['method']} | {r['baseline']} | {r['metric']} | {int(r['cells'])} | {int(r['wins'])} | "
-                f"{r['mean_diff']:+.3f} | [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | {r['p_value']:.3g} |"
+                f"| {r['method']} | {r['baseline']} | {r['metric']} | {int(r['cells'])} | "
+                f"{int(r['wins'])} | "
+                f"{r['mean_diff']:+.3f} | [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | "
+                f"{r['p_value']:.3g} |"
             )
     return lines
 
@@ -145,14 +147,17 @@ def _summary(name: str) -> list[str]:
 def _fidelity(name: str) -> list[str]:
     sites = json.loads((ROOT / "docs" / "runs" / name / "smd.json").read_text())["sites"]
     lines = [
-        "| site | TSTR ratio | Dice synthetic-trained | Dice real-trained | W1 | NN distance median | "
+        "| site | TSTR ratio | Dice synthetic-trained | Dice real-trained | W1 | "
+        "NN distance median | "
         "real-real NN median | MIA AUC [95 % CI] |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for site, m in sites.items():
         lines.append(
-            f"| {site} | {m['tstr_ratio']:.3f} | {m['tstr_dice_synthetic']:.3f} | {m['tstr_dice_real']:.3f} | "
-            f"{m['intensity_w1']:.3f} | {m['nn_distance_median']:.3f} | {m['real_nn_distance_median']:.3f} | "
+            f"| {site} | {m['tstr_ratio']:.3f} | {m['tstr_dice_synthetic']:.3f} | "
+            f"{m['tstr_dice_real']:.3f} | "
+            f"{m['intensity_w1']:.3f} | {m['nn_distance_median']:.3f} | "
+            f"{m['real_nn_distance_median']:.3f} | "
             f"{m['mia_auc']:.2f} [{m['mia_auc_low']:.2f}, {m['mia_auc_high']:.2f}] |"
         )
     return lines

@@ -8,7 +8,8 @@ sampled and a segmenter trained on the replay alone is tested on the site's real
 does it inside the site. ``--norms`` first prints the spread of per-case prompt-gradient norms,
 the scale ``privacy.dp_clip`` is chosen against. Writes one JSON file. Usage::
 
-    .venv/bin/python docs/diagnostics/dp_tstr.py --eps none,16,4,1,public --out docs/diagnostics/dp_tstr.json
+    .venv/bin/python docs/diagnostics/dp_tstr.py --eps none,16,4,1,public --out
+    docs/diagnostics/dp_tstr.json
 """
 
 from __future__ import annotations

@@ -3,9 +3,11 @@
 old rule: a remaining run costs its method's mean so far, an untimed method the mean of every run.
 new rule: ``GridEta`` itself (the same, plus runs finished by an earlier call counted with their
 recorded seconds, and an untimed method costed by its ``relative_cost``). Third column: the new
-rule without the earlier runs (a fresh grid). Times are seconds since the call started; the ETA divides by 2 runs at once.
+rule without the earlier runs (a fresh grid). Times are seconds since the call started; the ETA
+divides by 2 runs at once.
 
-Usage: .venv/bin/python docs/diagnostics/eta_replay.py docs/compare/twelve/compare-seeds12.log docs/compare/twelve
+Usage: .venv/bin/python docs/diagnostics/eta_replay.py docs/compare/twelve/compare-seeds12.log
+docs/compare/twelve
 """
 
 import re
@@ -14,7 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from simulator.driver.schedule import GridEta, recorded_seconds  # noqa: E402
+from simulator.driver.compare.schedule import GridEta, recorded_seconds  # noqa: E402
 
 PLANNED = (
     "smg,fish,mldg,smg_gen,smd_replay_matched,smg_mem,smd_replay,lwf,joint,ewc,finetune,er_real"
@@ -61,7 +63,8 @@ def main(log_path: str, grid: str) -> None:
         new.skip(_method(n), recorded_seconds(Path(grid) / "runs" / n))
     remaining = list(planned)
     print(
-        "after run | elapsed | old rule | new rule | new rule without the earlier runs | actual end",
+        "after run | elapsed | old rule | new rule | new rule without the earlier runs | "
+        "actual end",
         _seconds(*end.groups()) if end else None,
     )
     print("start", 0, None, round(new.eta() or 0))

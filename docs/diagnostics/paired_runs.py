@@ -54,8 +54,10 @@ def main() -> None:
         d = a - b
         boots = [rng.choice(d, len(d)).mean() for _ in range(10000)]
         print(
-            f"  {k}: {la} {a.mean():.3f} +- {a.std(ddof=1):.3f}, {lb} {b.mean():.3f} +- {b.std(ddof=1):.3f}; "
-            f"difference {d.mean():+.3f} [{np.percentile(boots, 2.5):+.3f}, {np.percentile(boots, 97.5):+.3f}], "
+            f"  {k}: {la} {a.mean():.3f} +- {a.std(ddof=1):.3f}, "
+            f"{lb} {b.mean():.3f} +- {b.std(ddof=1):.3f}; "
+            f"difference {d.mean():+.3f} [{np.percentile(boots, 2.5):+.3f}, "
+            f"{np.percentile(boots, 97.5):+.3f}], "
             f"{int((d > 0).sum())}/{len(d)} higher"
         )
     seeds = sorted({c[0] for c in cells}, key=int)
@@ -74,7 +76,8 @@ def main() -> None:
         steps = [v for s in seeds for v in runs[first[s]]["steps"].values()]
         tstr = [v for s in seeds for v in runs[first[s]]["tstr"].values()]
         print(
-            f"  {label}: mean TSTR ratio {np.mean(tstr):.3f}, mean prompt steps {np.mean(steps):.1f}"
+            f"  {label}: mean TSTR ratio {np.mean(tstr):.3f}, "
+            f"mean prompt steps {np.mean(steps):.1f}"
         )
     if args.csv:
         with args.csv.open("w", newline="") as f:

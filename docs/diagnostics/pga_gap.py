@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from resolution_gap import _checkpoint as _latest  # noqa: E402  (a script beside this one)
 
 from server.methods.meta_gradient import Roles, alignment_gradient, first_order_gradient
 from simulator.benchmarks.catalog import SITE_NAMES
@@ -36,8 +37,6 @@ from simulator.config import Config
 from simulator.driver.plan import site_spec
 from simulator.segmentation import UNet, build_model
 from sites.datasets import build_site_data
-
-from resolution_gap import _checkpoint as _latest  # noqa: E402  (a script beside this one)
 
 LOOKAHEADS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 
@@ -145,10 +144,12 @@ def main() -> None:
     torch.set_num_threads(1)
     res = gap(a.run, a.draws)
     print(
-        f"{res['run']}: current {res['current']}, replayed {', '.join(res['replayed'])}, lr {res['lr']}"
+        f"{res['run']}: current {res['current']}, replayed {', '.join(res['replayed'])}, lr "
+        f"{res['lr']}"
     )
     print(
-        f"  {'state':<9} {'lookahead':>9} {'rel_fo':>8} {'rel_exact':>9} {'rel_sym':>8} {'gap_exact':>9}"
+        f"  {'state':<9} {'lookahead':>9} {'rel_fo':>8} {'rel_exact':>9} {'rel_sym':>8} "
+        f"{'gap_exact':>9}"
     )
     for r in res["rows"]:
         print(

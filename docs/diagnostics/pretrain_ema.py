@@ -63,7 +63,7 @@ emas = {
     d: torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=_ema_fn(d))
     for d in (0.95, 0.98, 0.99)
 }
-for step in range(1, spec.pretrain_steps + 1):
+for _step in range(1, spec.pretrain_steps + 1):
     idx = torch.randint(len(X), (spec.pretrain_batch,), generator=gen)
     loss = model.denoise_loss(X[idx], model.tokens_from_condition(C[idx]), gen)
     opt.zero_grad(set_to_none=True)

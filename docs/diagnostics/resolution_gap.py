@@ -98,7 +98,8 @@ def main() -> None:
         for s in r["sites"]:
             rep = f"{s['replay']:.3f}" if "replay" in s else "-"
             print(
-                f"  {s['site']:<9} {s['stage']:>5} {s['real']:>6.3f} {s['real_at_smd_res']:>12.3f} {rep:>7}"
+                f"  {s['site']:<9} {s['stage']:>5} {s['real']:>6.3f} "
+                f"{s['real_at_smd_res']:>12.3f} {rep:>7}"
             )
     if a.json:
         a.json.write_text(json.dumps(res, indent=1) + "\n")

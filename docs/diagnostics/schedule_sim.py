@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from server.methods import METHODS  # noqa: E402
 from simulator.config import build_config  # noqa: E402
-from simulator.driver.schedule import next_job  # noqa: E402
+from simulator.driver.compare.schedule import next_job  # noqa: E402
 
 
 def _old_next(queue, running_seeds, _cost=None):

@@ -150,7 +150,8 @@ def main() -> None:
             r = {"seed": seed, "site": site, **ceiling(args.profile, seed, site, i)}
             rows.append(r)
             print(
-                f"seed {seed} {site:8s} real {r['dice_real']:.3f}  real@smd {r['dice_real_at_smd']:.3f}  "
+                f"seed {seed} {site:8s} real {r['dice_real']:.3f}  "
+                f"real@smd {r['dice_real_at_smd']:.3f}  "
                 f"ceiling ratio {r['ceiling_ratio']:.3f}",
                 flush=True,
             )
@@ -161,10 +162,13 @@ def main() -> None:
         if site in contrasts:
             c = contrasts[site]
             extra += (
-                f"  target contrast real {c['contrast_real']:+.3f} replay {c['contrast_replay']:+.3f}, "
-                f"empty replay masks {c['replay_empty_masks']:.2f}, best mask Dice to a real train mask: "
+                f"  target contrast real {c['contrast_real']:+.3f} "
+                f"replay {c['contrast_replay']:+.3f}, "
+                f"empty replay masks {c['replay_empty_masks']:.2f}, "
+                f"best mask Dice to a real train mask: "
                 f"replay {c['replay_mask_match']:.3f}, real test {c['real_mask_match']:.3f}; "
-                f"on real test, trained on replay: precision {c['replay_trained_precision']:.3f} recall "
+                f"on real test, trained on replay: "
+                f"precision {c['replay_trained_precision']:.3f} recall "
                 f"{c['replay_trained_recall']:.3f}, on real: {c['real_trained_precision']:.3f} "
                 f"{c['real_trained_recall']:.3f}; target median / background 99th percentile: real "
                 f"{c['real_target_median']:.3f} / {c['real_background_p99']:.3f}, replay "

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call
 
-from server.methods.meta_gradient import apply_gradient, inner_scale, rms, style_augment
+from server.methods.domains import style_augment
+from server.methods.meta_gradient import apply_gradient, inner_scale, rms
 from server.methods.streams import method_generator
 from simulator.method import Batch, HParam, Method, StageContext
 from simulator.schemas import LOSS, RATIO

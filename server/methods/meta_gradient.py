@@ -82,29 +82,6 @@ LAMBDA_GEN = HParam(
 )
 
 
-def style_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """A random intensity-curve, contrast and noise change per image (a simulated new site)."""
-    n = x.shape[0]
-    dev = x.device
-
-    def u(lo: float, hi: float) -> torch.Tensor:
-        return (torch.rand((n, 1, 1, 1), generator=gen) * (hi - lo) + lo).to(dev)
-
-    gamma = torch.exp(u(-0.6, 0.6))
-    y = x.clamp(0, 1) ** gamma
-    y = y * u(0.6, 1.4) + u(-0.15, 0.15)
-    y = torch.where(u(0, 1) < 0.3, 1.0 - y, y)  # sometimes invert the contrast
-    y = y + torch.randn(x.shape, generator=gen).to(dev) * u(0.0, 0.05)
-    return y.clamp(0, 1)
-
-
-def split(n: int, gen: torch.Generator) -> tuple[list[int], list[int]]:
-    """A random split of ``n >= 2`` domains into two non-empty groups."""
-    perm = torch.randperm(n, generator=gen).tolist()
-    cut = int(torch.randint(1, n, (1,), generator=gen))
-    return perm[:cut], perm[cut:]
-
-
 @dataclass(frozen=True)
 class Roles:
     """Which domain of a step (indices into its domain list) plays which part of the objective.
@@ -239,7 +216,8 @@ def _dot(a: Grads, b: Grads) -> torch.Tensor:
 def _combine(
     roles: Roles, g: list[Grads], mem: Grads | None, g_a: Grads | None, b: Grads | None
 ) -> Grads:
-    """g_c + mem + lambda_gen (g_A + b), ``mem`` and ``b`` being domain means: one order of summation."""
+    """g_c + mem + lambda_gen (g_A + b), ``mem`` and ``b`` being domain means: one order of
+    summation."""
     out = [torch.zeros_like(t) for t in g[0]]
     terms: list[tuple[float, Grads]] = []
     if roles.current is not None:

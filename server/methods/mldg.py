@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 from server.methods.alignment import alignment_logs, gram, inner_over_outer
-from server.methods.meta_gradient import (
-    LOOKAHEAD,
-    Roles,
-    apply_gradient,
-    first_order_gradient,
-    style_augment,
-)
+from server.methods.domains import style_augment
+from server.methods.meta_gradient import LOOKAHEAD, Roles, apply_gradient, first_order_gradient
 from server.methods.streams import method_generator
 from simulator.method import Batch, Method, StageContext
 from simulator.schemas import COSINE, LOSS, RATIO

@@ -1,4 +1,5 @@
-"""PGA by its symmetric alignment objective (no stop-gradient): a reference with no first-order form."""
+"""PGA by its symmetric alignment objective (no stop-gradient): a reference with no first-order
+form."""
 
 from __future__ import annotations
 
@@ -28,6 +29,11 @@ class PGASym(SMG):
     name = "pga_sym"
     relative_cost = 11.1
     hyperparameters = (LOOKAHEAD, LAMBDA_GEN, REPLAY_SITES_PER_STEP)  # statistics on every step
+
+    def _stats_every(self) -> int:
+        """Double back-propagation yields every domain's gradient on every step anyway, so the
+        statistics are computed on every step (no ``stats_every`` to set)."""
+        return 1
 
     def _gradient(self, doms: list[Pair], roles: Roles, stats: bool = True) -> PGAGradient:
         return alignment_gradient(self.model, doms, roles, self._step_length(), symmetric=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from server.methods.alignment import alignment_logs, cosine_summary, gram, inner_over_outer
+from server.methods.domains import split, style_augment
 from server.methods.lean_gradient import lean_gradient
 from server.methods.meta_gradient import (
     LAMBDA_GEN,
@@ -19,8 +20,6 @@ from server.methods.meta_gradient import (
     Roles,
     apply_gradient,
     first_order_gradient,
-    split,
-    style_augment,
 )
 from server.methods.streams import method_generator
 from simulator.method import Batch, HParam, Method, StageContext
@@ -40,7 +39,8 @@ STATS_EVERY = HParam(
     10,
     lo=1,
     hi=1_000_000,
-    help="alignment statistics (per-domain gradients, cosines, align_rel_change) on every n-th step "
+    help="alignment statistics (per-domain gradients, cosines, align_rel_change) on every "
+    "n-th step "
     "and the last step of a visit; the other steps take the same update with fewer passes "
     "(1: every step)",
 )
@@ -82,8 +82,8 @@ class SMG(Method):
 
     @classmethod
     def summary_names(cls, domains: list[str]) -> dict[str, MetricRule]:
-        """``cos/<a>/<b>`` for every two domains of a step: the visited site, the replayed sites, and
-        at stage 1 the two style views."""
+        """``cos/<a>/<b>`` for every two domains of a step: the visited site, the replayed sites,
+        and at stage 1 the two style views."""
         names = [*domains, "view1", "view2"]
         return {f"cos/{a}/{b}": COSINE for a in names for b in names if a != b}
 
@@ -102,8 +102,14 @@ class SMG(Method):
     def _stats_step(self) -> bool:
         """Whether this step computes the alignment statistics: every ``stats_every``-th step
         (the first included) and the visit's last step (whose cosines the stage summary shows)."""
-        every = int(self.hp.get("stats_every", 1))
+        every = self._stats_every()
         return every <= 1 or self._step % every == 0 or self._step == self._steps - 1
+
+    def _stats_every(self) -> int:
+        return int(self.hp["stats_every"])
+
+    def replay_sites_per_step(self) -> int:
+        return int(self.hp["replay_sites_per_step"])
 
     def _replay(self, batch: Batch) -> dict[str, Pair]:
         """The replayed sites of this step: all, or ``replay_sites_per_step`` drawn at random."""

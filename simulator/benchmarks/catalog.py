@@ -53,7 +53,8 @@ _ALPHABET = (
     "yankee",
     "zulu",
 )
-#: The sites of a generated benchmark, in order: the alphabet, then the alphabet again with 2, 3, ...
+#: The sites of a generated benchmark, in order: the alphabet, then the alphabet again with 2,
+#: 3, ...
 SITE_NAMES = tuple(f"{name}{'' if lap == 1 else lap}" for lap in range(1, 11) for name in _ALPHABET)
 _SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

@@ -156,7 +156,8 @@ def deformed_slice(z: int, size: int, rng: np.random.Generator) -> dict[str, np.
 
 
 def render(maps: dict[str, np.ndarray], acq: Acquisition, rng: np.random.Generator) -> np.ndarray:
-    """Tissue contrast from the probability maps plus the template's own texture, then the scanner."""
+    """Tissue contrast from the probability maps plus the template's own texture, then the
+    scanner."""
     csf, gm, wm = acq.tissue
     img = csf * maps["csf"] + gm * maps["gm"] + wm * maps["wm"]
     t1_model = (

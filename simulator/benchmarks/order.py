@@ -46,7 +46,8 @@ def resolve_sites(
         raise ConfigError(f"--order: site {dup[0]!r} is listed more than once")
     if len(names) != n_sites:
         raise ConfigError(
-            f"--order lists {len(names)} sites but --sites is {n_sites}; list exactly {n_sites} names"
+            f"--order lists {len(names)} sites but --sites is {n_sites}; list exactly {n_sites} "
+            "names"
         )
     return names
 

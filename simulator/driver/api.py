@@ -9,15 +9,15 @@ from typing import TextIO
 
 from simulator.benchmarks import catalog
 from simulator.config import Config
-from simulator.driver.plan import check_method, plan_run, run_sites, site_indices, smd_needed
+from simulator.driver.plan import check_method, plan_run, run_sites, site_specs
 from simulator.driver.runfolder import RunFolder
 from simulator.driver.runner import (
     EXIT_DRIVER_KILLED,
     RunResult,
     execute,
-    pretrain_progress,
     write_plan,
 )
+from simulator.driver.smd_phases import pretrain_progress
 from simulator.errors import AccessViolation, ConfigError
 
 __all__ = [
@@ -82,11 +82,12 @@ def _site_command_record(kind: str, record: Path | None) -> Path:
 
 
 def _check_trace(record: Path, cfg: Config) -> None:
-    """Each site of a ``data`` command touched only its own data, or a PrivacyError names who did what."""
-    from simulator.driver.audit import _file_access
+    """Each site of a ``data`` command touched only its own data, or a PrivacyError names who did
+    what."""
+    from simulator.driver.audit.checks import file_access
     from simulator.filetrace import read_trace
 
-    check, _ = _file_access(
+    check, _ = file_access(
         read_trace(record / "file_access"), str(catalog.data_root(cfg.data.benchmark))
     )
     (record / "file_access_check.json").write_text(json.dumps(check, indent=2) + "\n")
@@ -118,7 +119,7 @@ def write_site_previews(
     rec = _site_command_record("preview", record)
     engine.start_ray(cfg.runtime, dashboard=False)
     target = str(Path(folder).resolve()) if folder is not None else ""
-    engine.write_previews(cfg, sites, site_indices(cfg, sites), target, real, rec)
+    engine.write_previews(cfg, site_specs(cfg, sites), target, real, rec)
     _check_trace(rec, cfg)
     where = [
         Path(target) / f"{n}.png"
@@ -140,7 +141,7 @@ def inspect_data(cfg: Config, record: Path | None = None) -> dict[str, tuple[dic
     sites = run_sites(cfg)
     rec = _site_command_record("inspect", record)
     engine.start_ray(cfg.runtime, dashboard=False)
-    out = engine.inspect_sites(cfg, sites, site_indices(cfg, sites), rec)
+    out = engine.inspect_sites(cfg, site_specs(cfg, sites), rec)
     _check_trace(rec, cfg)
     return out
 
@@ -151,29 +152,33 @@ def pretrain_backbone(cfg: Config, stream: TextIO | None = None, force: bool = F
     from simulator.smd.pretrain import ensure_backbone, smd_spec
 
     spec = smd_spec(cfg, 1)
-    _, report = pretrain_progress(spec.pretrain_steps, stream or sys.stderr)
-    path, cached = ensure_backbone(
-        spec, str(resolve_device(cfg.runtime.device)), report, force=force
-    )
+    prog, report = pretrain_progress(spec.pretrain_steps, stream or sys.stderr)
+    try:
+        device = str(resolve_device(cfg.runtime.device))
+        path, cached = ensure_backbone(spec, device, report, force=force)
+    finally:
+        prog.close()
     info = json.loads((path.parent / "info.json").read_text())
     return {"path": str(path), "cached": cached, **info}
 
 
 def _pretrain_backbones(plans: list[tuple[str, Config]], stream: TextIO) -> None:
-    """Every SMD backbone the grid's replay runs need, built once here before parallel runs start."""
+    """Every SMD backbone the grid's replay runs need, built once here before parallel runs
+    start."""
     from simulator.devices import resolve_device
-    from simulator.smd.pretrain import ensure_backbone, smd_spec
+    from simulator.smd.pretrain import ensure_backbone
 
     specs = {}
     for _, cfg in plans:
-        if smd_needed(cfg):
-            spec = smd_spec(
-                cfg, 1
-            )  # the public pools are single-channel; other data fail in the run
+        spec = plan_run(cfg, new_folder=False).smd
+        if spec is not None:
             specs[spec.key()] = (spec, cfg)
     for spec, cfg in specs.values():
-        _, report = pretrain_progress(spec.pretrain_steps, stream)
-        ensure_backbone(spec, str(resolve_device(cfg.runtime.device)), report)
+        prog, report = pretrain_progress(spec.pretrain_steps, stream)
+        try:
+            ensure_backbone(spec, str(resolve_device(cfg.runtime.device)), report)
+        finally:
+            prog.close()
 
 
 def _launcher(out: Path, shared: Path, address: str, threads: int):
@@ -185,7 +190,7 @@ def _launcher(out: Path, shared: Path, address: str, threads: int):
         runtime = dataclasses.replace(
             cfg.runtime, address=address, torch_threads=threads, dashboard=False
         )
-        job = out / "jobs" / f"{name}.json"  # read by simulator.driver.worker
+        job = out / "jobs" / f"{name}.json"  # read by simulator.driver.compare.worker
         job.parent.mkdir(parents=True, exist_ok=True)
         job.write_text(
             json.dumps(
@@ -201,7 +206,7 @@ def _launcher(out: Path, shared: Path, address: str, threads: int):
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("w") as fh:
             return subprocess.Popen(
-                [sys.executable, "-m", "simulator.driver.worker", str(job)],
+                [sys.executable, "-m", "simulator.driver.compare.worker", str(job)],
                 stdout=fh,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -229,8 +234,8 @@ def compare(
     """
     import dataclasses
 
-    from simulator.driver import compare as cmp
     from simulator.driver import engine
+    from simulator.driver.compare import grid as cmp
 
     def make(cfg: Config, method: str, seed: int, order: str, folder: Path) -> Config:
         run_cfg = dataclasses.replace(

@@ -84,7 +84,8 @@ class ArtifactCache:
         return self.root / f"{key}.lock"
 
     def claim(self, key: str) -> bool:
-        """Take the right to make ``key``; False while another live process of this host holds it."""
+        """Take the right to make ``key``; False while another live process of this host holds
+        it."""
         self.root.mkdir(parents=True, exist_ok=True)
         lock = self._lock(key)
         for _ in range(2):
@@ -105,7 +106,8 @@ class ArtifactCache:
         self._lock(key).unlink(missing_ok=True)
 
     def wait(self, key: str, timeout: float = 3600.0, poll: float = 1.0) -> SiteArtifacts | None:
-        """The artifact another run is making, once it is saved (None if its maker gave up or died)."""
+        """The artifact another run is making, once it is saved (None if its maker gave up or
+        died)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             art = self.load(key)

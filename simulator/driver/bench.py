@@ -18,7 +18,8 @@ from simulator.config import Config
 
 
 def measure_step(cfg: Config, name: str, replay_sites: int, steps: int) -> dict[str, float | str]:
-    """Seconds per outer step of method ``name`` on random data at ``cfg``'s sizes (in this process)."""
+    """Seconds per outer step of method ``name`` on random data at ``cfg``'s sizes (in this
+    process)."""
     import torch
 
     from server.methods import build_method
@@ -84,7 +85,8 @@ def step_cost(
 
 
 def run_phases(cfg: Config, method: str) -> dict:
-    """One whole run of ``method`` (6 sites, random order, seed 0) in a temporary folder: its timings."""
+    """One whole run of ``method`` (6 sites, random order, seed 0) in a temporary folder: its
+    timings."""
     import dataclasses
     import tempfile
 

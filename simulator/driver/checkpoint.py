@@ -2,7 +2,8 @@
 
 After every stage the driver writes, atomically, everything the run needs to continue:
 
-    checkpoint/stage-<k>/arrays.npz   the learner's weights, method state, prompts and replay bank
+    checkpoint/stage-<k>/arrays.npz   the learner's weights, method state, prompts (the learner's,
+    the only copy) and replay bank
     checkpoint/stage-<k>/state.json   the stage, R so far, the ledger's and the stage log's byte
                                       offsets, per-site SMD figures, each site's guard report,
                                       seconds per phase, restarts, shared-artifact reuse
@@ -47,14 +48,14 @@ class Checkpoint:
 def _split_arrays(snapshot: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Arrays (to the npz) and the JSON-able rest of an engine snapshot."""
     arrays = {f"learner/{k}": v for k, v in snapshot["learner"]["arrays"].items()}
-    arrays.update({f"prompt/{k}": v for k, v in snapshot["prompts"].items()})
-    rest = {k: v for k, v in snapshot.items() if k not in ("learner", "prompts")}
+    rest = {k: v for k, v in snapshot.items() if k != "learner"}
     rest["learner_facts"] = snapshot["learner"]["facts"]
     return arrays, rest
 
 
 def write_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
-    """Write ``ckpt`` under ``run_dir/checkpoint/`` and make it the latest; older ones are removed."""
+    """Write ``ckpt`` under ``run_dir/checkpoint/`` and make it the latest; older ones are
+    removed."""
     root = Path(run_dir) / FOLDER
     name = f"stage-{ckpt.stage:03d}"
     tmp = root / f".{name}.{os.getpid()}.tmp"
@@ -110,8 +111,7 @@ def read_checkpoint(run_dir: Path, n_sites: int) -> Checkpoint | None:
         "arrays": {k[len("learner/") :]: v for k, v in arrays.items() if k.startswith("learner/")},
         "facts": engine.pop("learner_facts"),
     }
-    prompts = {k[len("prompt/") :]: v for k, v in arrays.items() if k.startswith("prompt/")}
-    snapshot = {**engine, "learner": learner, "prompts": prompts}
+    snapshot = {**engine, "learner": learner}
     return Checkpoint(
         state["stage"],
         R,

@@ -7,43 +7,17 @@ import sys
 
 from simulator.benchmarks.order import ORDER_KEYWORDS
 from simulator.config import PROFILES
-
-BENCHMARK_HELP = (
-    "data: phantom (default, generated), mni152 (real brain anatomy from the MNI152 "
-    "template in nilearn), folder:PATH (SITE/images + SITE/masks PNG), prostate:PATH "
-    "(SITE/CaseXX.nii.gz + CaseXX_segmentation.nii.gz) or fundus:PATH "
-    "(DomainN/.../image + .../mask PNG)"
+from simulator.driver.cli_options import (
+    BENCHMARK_HELP,
+    add_cluster_options,
+    add_data_options,
+    add_set,
+    add_site_selection,
 )
 
 
-def _add_data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--benchmark", default=None, metavar="SPEC", help=BENCHMARK_HELP)
-    p.add_argument(
-        "--target",
-        default=None,
-        choices=("auto", "disc", "cup"),
-        help="what to segment: auto (the benchmark's target) or, for fundus, disc or cup",
-    )
-
-
-def _add_cluster_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--address",
-        default=None,
-        metavar="auto|HOST:PORT",
-        help="join a running Ray cluster instead of starting one (runtime.address)",
-    )
-    p.add_argument(
-        "--site-resources",
-        default=None,
-        metavar="NAME=RESOURCE,...",
-        help="pin each named site's actor to a node that offers that custom Ray resource, as a "
-        "hospital's data stays on its own machine (runtime.site_resources)",
-    )
-
-
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    _add_data_options(p)
+    add_data_options(p)
     p.add_argument(
         "--sites",
         type=int,
@@ -81,7 +55,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="run folder to create (must not exist or be empty; default runs/<time>-<method>-...)",
     )
-    _add_set(
+    add_set(
         p,
         "override a config value, e.g. --set train.steps_per_stage=50 (repeatable); "
         "sections: run, data, model, train, runtime, smd, privacy, methods",
@@ -119,7 +93,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="ray: every site a Ray actor (default); flower: the same run as a Flower app in "
         "Flower's simulation, one SuperNode per site",
     )
-    _add_cluster_options(p)
+    add_cluster_options(p)
     p.add_argument(
         "--inject-fault",
         dest="inject_fault",
@@ -160,7 +134,7 @@ def _add_compare(sub) -> None:
         help="comma list of orders: fixed, random, reverse "
         "(an explicit site list is not allowed here) (default random)",
     )
-    _add_data_options(cmp)
+    add_data_options(cmp)
     cmp.add_argument(
         "--sites",
         type=int,
@@ -169,19 +143,20 @@ def _add_compare(sub) -> None:
     )
     cmp.add_argument("--profile", default="quick", choices=PROFILES, help="profile (default quick)")
     cmp.add_argument("--out", required=True, help="comparison folder (created or continued)")
-    _add_set(cmp, "override a config value for every run (repeatable)")
+    add_set(cmp, "override a config value for every run (repeatable)")
     cmp.add_argument(
         "--allow-non-private",
         action="store_true",
         help="allow the non-private references (joint, er_real); their audits fail by design",
     )
     cmp.add_argument("--num-cpus", type=int, default=None, help="CPUs Ray may use (default 2)")
-    _add_cluster_options(cmp)
+    add_cluster_options(cmp)
     cmp.add_argument(
         "--baseline",
         default=None,
         metavar="NAME",
-        help="paired differences only against this method (default: every method against every other)",
+        help="paired differences only against this method (default: every method against "
+        "every other)",
     )
     cmp.add_argument("--progress", action="store_true", help="show each run's progress lines")
     cmp.add_argument(
@@ -221,7 +196,7 @@ def _add_bench(sub) -> None:
     bench.add_argument(
         "--out", default="bench.json", help="where to write the figures (default bench.json)"
     )
-    _add_set(bench, "override a config value, e.g. --set methods.smg.lookahead=2 (repeatable)")
+    add_set(bench, "override a config value, e.g. --set methods.smg.lookahead=2 (repeatable)")
 
 
 def _add_resume(sub) -> None:
@@ -272,22 +247,9 @@ def _add_smd(sub) -> None:
         "keyed by a hash of its config; runs reuse it.",
     )
     pre.add_argument("--profile", default="quick", choices=PROFILES, help="profile (default quick)")
-    _add_set(pre, "override a config value, e.g. --set smd.pretrain_steps=2000 (repeatable)")
+    add_set(pre, "override a config value, e.g. --set smd.pretrain_steps=2000 (repeatable)")
     pre.add_argument(
         "--force", action="store_true", help="pre-train again even if the cache holds it"
-    )
-
-
-def _add_site_selection(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--sites",
-        type=int,
-        default=None,
-        help="number of sites (default 6 of a generated benchmark, every site of a user data set)",
-    )
-    p.add_argument("--profile", default="quick", choices=PROFILES, help="sizes (default quick)")
-    p.add_argument(
-        "--seed", type=int, default=0, help="run seed (sets the train/test split; default 0)"
     )
 
 
@@ -300,8 +262,8 @@ def _add_data(sub) -> None:
         description="Each site actor writes <out>/<site>.png of its own data; nothing crosses "
         "between processes but the file size.",
     )
-    _add_data_options(preview)
-    _add_site_selection(preview)
+    add_data_options(preview)
+    add_site_selection(preview)
     preview.add_argument(
         "--out",
         default=None,
@@ -328,8 +290,8 @@ def _add_data(sub) -> None:
         choices=("auto", "disc", "cup"),
         help="what to segment: auto, or disc / cup for fundus",
     )
-    _add_site_selection(inspect)
-    _add_set(inspect, "override a config value, e.g. --set data.image_size=128 (repeatable)")
+    add_site_selection(inspect)
+    add_set(inspect, "override a config value, e.g. --set data.image_size=128 (repeatable)")
 
 
 def _add_flower(sub) -> None:
@@ -338,7 +300,8 @@ def _add_flower(sub) -> None:
         help="a local Flower deployment: a SuperLink and one SuperNode per site",
         description="up: start flower-superlink and one flower-supernode per site on 127.0.0.1 "
         "(insecure mode; every SuperNode a process of its own, its site and its "
-        "data folder in its node config, an SMD cache of its own), record their ids in DIR/deployment.json and print the "
+        "data folder in its node config, an SMD cache of its own), record their ids in "
+        "DIR/deployment.json and print the "
         "flwr run command; down: stop exactly the processes up started.",
     )
     fl_sub = fl.add_subparsers(dest="flower_command", required=True)
@@ -361,17 +324,6 @@ def _add_flower(sub) -> None:
     )
     down = fl_sub.add_parser("down", help="stop the processes a `flower up` started")
     down.add_argument("--dir", default="runs/flower-local", help="the folder given to flower up")
-
-
-def _add_set(p: argparse.ArgumentParser, text: str) -> None:
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help=text,
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,9 @@ from pathlib import Path
 
 from simulator.benchmarks import catalog
 from simulator.benchmarks.order import ORDER_KEYWORDS
-from simulator.config import Config, build_config, merge, parse_set
+from simulator.config import build_config, parse_set
+from simulator.driver.cli_options import compare_config, config_from_args, data_config
+from simulator.driver.inspection import print_inspection
 from simulator.errors import (
     AccessViolation,
     ConfigError,
@@ -29,113 +31,6 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_PRIVACY = 3
 EXIT_INTERRUPTED = 130
-
-
-def _data_overrides(args: argparse.Namespace) -> dict[str, dict]:
-    data = {}
-    if args.benchmark is not None:
-        data["benchmark"] = args.benchmark
-    if args.target is not None:
-        data["target"] = args.target
-    return {"data": data} if data else {}
-
-
-def _cluster_overrides(args: argparse.Namespace) -> dict[str, dict]:
-    runtime = {}
-    if args.address:
-        runtime["address"] = args.address
-    if args.site_resources:
-        runtime["site_resources"] = args.site_resources
-    return {"runtime": runtime} if runtime else {}
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    """The resolved config for ``smg-sim run``."""
-    cli: dict[str, dict] = {"run": {"order": args.order}}
-    if args.sites is not None:
-        cli["run"]["sites"] = args.sites
-    elif args.order not in ORDER_KEYWORDS:
-        cli["run"]["sites"] = len([n for n in args.order.split(",") if n.strip()])
-    for key in ("method", "seed", "out"):
-        if getattr(args, key) is not None:
-            cli["run"][key] = getattr(args, key)
-    cli.update(_data_overrides(args))
-    if args.num_cpus is not None:
-        cli.setdefault("runtime", {})["num_cpus"] = args.num_cpus
-    if args.no_dashboard:
-        cli.setdefault("runtime", {})["dashboard"] = False
-    if args.engine:
-        cli.setdefault("runtime", {})["engine"] = args.engine
-    if args.privacy:
-        cli.setdefault("privacy", {})["mode"] = args.privacy
-    if args.exports:
-        cli.setdefault("privacy", {})["exports"] = args.exports
-    if args.allow_non_private:
-        cli.setdefault("privacy", {})["allow_non_private"] = True
-    cli = merge(cli, _cluster_overrides(args))
-    if args.inject_fault:
-        cli.setdefault("runtime", {})["inject_fault"] = ",".join(args.inject_fault)
-    return build_config(args.profile, merge(cli, parse_set(args.overrides)))
-
-
-def _span(stats: dict, key: str) -> str:
-    lo, hi = int(stats[f"{key}_min"]), int(stats[f"{key}_max"])
-    return str(lo) if lo == hi else f"{lo}-{hi}"
-
-
-def _print_inspection(cfg, report: dict[str, tuple[dict, list[str]]]) -> int:
-    """The per-site statistics of ``smg-sim data inspect``; exit code 1 when a problem was found."""
-    print(
-        f"benchmark {cfg.data.benchmark} (target {cfg.data.target}, images resized to "
-        f"{cfg.data.image_size} px)"
-    )
-    cols = [
-        ("cases_train", "train cases", "{:.0f}"),
-        ("cases_test", "test cases", "{:.0f}"),
-        ("slices", "slices", "{:.0f}"),
-        ("channels", "ch", "{:.0f}"),
-        ("raw_height_min", "size as read (HxW)", None),
-        ("intensity_mean", "mean", "{:.3f}"),
-        ("intensity_std", "std", "{:.3f}"),
-        ("intensity_p01", "p1", "{:.3f}"),
-        ("intensity_p99", "p99", "{:.3f}"),
-        ("foreground_fraction", "fg", "{:.3f}"),
-        ("empty_masks", "empty", "{:.0f}"),
-        ("problems", "problems", "{:.0f}"),
-    ]
-    rows = []
-    for site, (stats, _) in report.items():
-        row = [site]
-        for key, _, fmt in cols:
-            if key == "raw_height_min":
-                if "raw_height_min" in stats:
-                    row.append(f"{_span(stats, 'raw_height')}x{_span(stats, 'raw_width')}")
-                else:
-                    row.append(
-                        f"{stats['height']:.0f}x{stats['width']:.0f}" if "height" in stats else "-"
-                    )
-            else:
-                row.append(fmt.format(stats[key]) if key in stats else "-")
-        rows.append(row)
-    header = ["site", *(c[1] for c in cols)]
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for r in [header, *rows]:
-        print(
-            "  ".join(
-                str(v).rjust(w) if i else str(v).ljust(w)
-                for i, (v, w) in enumerate(zip(r, widths, strict=True))
-            )
-        )
-    n_problems = 0
-    for site, (stats, problems) in report.items():
-        total = int(stats.get("problems", len(problems)))
-        n_problems += total
-        for p in problems:
-            print(f"{site}: problem: {p}")
-        if total > len(problems):
-            print(f"{site}: ... and {total - len(problems)} more problems")
-    print("no problems found" if not n_problems else f"{n_problems} problems found")
-    return EXIT_OK if not n_problems else EXIT_FAILED
 
 
 def _csv(text: str) -> list[str]:
@@ -180,25 +75,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _compare_config(args: argparse.Namespace) -> Config:
-    overrides = parse_set(args.overrides)
-    if args.sites is not None:
-        overrides.setdefault("run", {})["sites"] = args.sites
-    overrides = merge(_data_overrides(args), _cluster_overrides(args), overrides)
-    if args.num_cpus is not None:
-        overrides.setdefault("runtime", {})["num_cpus"] = args.num_cpus
-    if args.allow_non_private:
-        overrides.setdefault("privacy", {})["allow_non_private"] = True
-    overrides.setdefault("runtime", {}).setdefault("dashboard", False)
-    return build_config(args.profile, overrides)
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
     """``smg-sim compare``: every (method, seed, order) run missing, then the tables."""
     from server.methods import method_class
     from simulator.driver import api
 
-    base = _compare_config(args)
+    base = compare_config(args)
     orders = _csv(args.orders)
     bad = [o for o in orders if o not in ORDER_KEYWORDS]
     if bad:
@@ -239,7 +121,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """``smg-sim bench``: seconds per step of each method at each stage, and optionally one run by phase."""
+    """``smg-sim bench``: seconds per step of each method at each stage, and optionally one run by
+    phase."""
     import json
 
     from simulator.driver.bench import run_phases, step_cost
@@ -265,7 +148,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             else f"{'-':>10s}"
         )
         print(
-            f"{r['method']:18s} {r['stage']:5d} {r['seconds_per_step']:8.3f} {ratio} {r['peak_rss_mb']:12.0f}"
+            f"{r['method']:18s} {r['stage']:5d} {r['seconds_per_step']:8.3f} {ratio} "
+            f"{r['peak_rss_mb']:12.0f}"
         )
     report: dict = {"profile": args.profile, "steps": rows}
     if args.run:
@@ -282,7 +166,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """``smg-sim audit RUN_DIR``: rebuild the privacy audit from the run folder's own files."""
-    from simulator.driver.audit import build_audit
+    from simulator.driver.audit.build import build_audit
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "ledger.jsonl").exists() or not (run_dir / "config.json").exists():
@@ -315,23 +199,16 @@ def cmd_smd(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _data_config(args: argparse.Namespace, overrides: list[str]) -> Config:
-    run_values = {"seed": args.seed, **({"sites": args.sites} if args.sites is not None else {})}
-    return build_config(
-        args.profile, merge({"run": run_values}, _data_overrides(args), parse_set(overrides))
-    )
-
-
 def cmd_data(args: argparse.Namespace) -> int:
     """``smg-sim data inspect|preview``: statistics, or preview PNGs, made inside each site."""
     from simulator.driver import api
 
     if args.data_command == "inspect":
         args.benchmark = args.spec
-        cfg = _data_config(args, args.overrides)
-        return _print_inspection(cfg, api.inspect_data(cfg))
+        cfg = data_config(args, args.overrides)
+        return EXIT_FAILED if print_inspection(cfg, api.inspect_data(cfg)) else EXIT_OK
     paths, record = api.write_site_previews(
-        _data_config(args, []),
+        data_config(args, []),
         Path(args.out) if args.out else None,
         allow_real=args.allow_real_previews,
     )
@@ -342,8 +219,9 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_flower(args: argparse.Namespace) -> int:
-    """``smg-sim flower up|down``: a local Flower deployment, every site its own SuperNode process."""
-    from simulator.driver import flower_deploy
+    """``smg-sim flower up|down``: a local Flower deployment, every site its own SuperNode
+    process."""
+    from simulator.driver.flower import deploy as flower_deploy
 
     if args.flower_command == "down":
         for what in flower_deploy.down(Path(args.dir)):

@@ -13,7 +13,8 @@ from simulator.messages import describe
 
 
 class Ledger:
-    """Appends one line per crossing: time, source, destination, kind, keys, shapes, bytes, sha256."""
+    """Appends one line per crossing: time, source, destination, kind, keys, shapes, bytes,
+    sha256."""
 
     def __init__(self, path: Path, count: int = 0, total_bytes: int = 0) -> None:
         """Append to ``path``; ``count``/``total_bytes``: what it already holds (a resumed run)."""

@@ -1,8 +1,8 @@
 """The run plan: everything about a run that is validated and resolved once, before work starts.
 
-Sites, visiting order, each site's catalogue index and spec, the method with its resolved
-hyper-parameters, the egress-guard mode and whether SMD replay is on are decided here;
-the engine, the learner and the results writer receive the plan and decide nothing again.
+Sites, visiting order, each site's spec and resource pin, the method with its resolved
+hyper-parameters, the egress-guard mode and the SMD backbone's spec are decided here; the
+engine, the learner and the results writer receive the plan and decide nothing again.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from server.methods import method_class
 from simulator.benchmarks import catalog
@@ -22,30 +23,51 @@ from simulator.paths import site_data_root
 from simulator.payloads import SiteSpec
 from simulator.seeding import derive_seed
 
+if TYPE_CHECKING:
+    from simulator.smd.backbone import SMDSpec
+
 
 @dataclass(frozen=True)
 class RunPlan:
-    """A validated run: config, sites, order, method and its hyper-parameters; nothing written yet."""
+    """A validated run: everything the engine, the learner and the writers need, resolved once.
+
+    Nothing downstream derives any of these again: the sites' specs, their resource pins, the SMD
+    backbone's spec, the method's class and hyper-parameters come from here.
+    """
 
     config: Config
     sites: list[str]
     order: list[str]
-    #: each site's position in its benchmark's catalogue (it picks, e.g., a generated site's scanner)
-    indices: dict[str, int]
+    #: each site's spec: what it builds its private data from, inside its own process
+    specs: dict[str, SiteSpec]
+    #: sites pinned to a node by a custom resource (``runtime.site_resources``): site -> resource
+    pins: dict[str, str]
     out: Path
     method: type[Method]
     hparams: dict[str, HValue]
     #: the egress guard's mode: the configured one, or ``record`` for a non-private reference
     guard_mode: str
-    smd_on: bool
+    #: the public SMD backbone's spec when the run uses SMD (replay or prompt-only), else None
+    smd: SMDSpec | None = None
     #: where prompts and replay figures are shared between the runs of a grid (None: not shared)
     reuse: Path | None = None
     #: faults to inject (``runtime.inject_fault``), checked against the sites and stages
     faults: tuple[Fault, ...] = ()
 
+    @property
+    def smd_on(self) -> bool:
+        """Whether the run uses SMD (a replay method, prompt-only exports or ``smd.enabled=on``)."""
+        return self.smd is not None
+
+    @property
+    def data_root(self) -> Path:
+        """The folder that holds every site's data folder (what the file-access trace watches)."""
+        return catalog.data_root(self.config.data.benchmark)
+
 
 def method_hparams(cfg: Config, name: str) -> dict[str, HValue]:
-    """The resolved hyper-parameters of method ``name`` under ``cfg`` (``train.lr`` is the default lr)."""
+    """The resolved hyper-parameters of method ``name`` under ``cfg`` (``train.lr`` is the default
+    lr)."""
     return resolve_hparams(method_class(name), cfg.train.lr, cfg.methods.get(name, {}))
 
 
@@ -57,18 +79,19 @@ def run_sites(cfg: Config) -> list[str]:
     )
 
 
-def site_indices(cfg: Config, names: list[str]) -> dict[str, int]:
-    """Each site's position in its benchmark's catalogue."""
-    names_in_catalog = catalog.site_names(cfg.data.benchmark)
-    return {n: names_in_catalog.index(n) for n in names}
+def site_specs(cfg: Config, names: list[str]) -> dict[str, SiteSpec]:
+    """The spec from which each named site builds its own data (the one place specs are made).
 
-
-def site_spec(cfg: Config, name: str, index: int) -> SiteSpec:
-    """The spec from which a site builds its own data.
-
-    ``data_dir`` is the site's own folder: where a generated benchmark is cached (on the
-    simulated site's disk under the user cache) or where a user data set keeps this site.
+    A site's ``site_index`` is its position in its benchmark's catalogue (it picks, e.g., a
+    generated site's scanner). ``data_dir`` is the site's own folder: where a generated benchmark
+    is cached (on the simulated site's disk under the user cache) or where a user data set keeps
+    this site.
     """
+    catalogue = catalog.site_names(cfg.data.benchmark)
+    return {n: _site_spec(cfg, n, catalogue.index(n)) for n in names}
+
+
+def _site_spec(cfg: Config, name: str, index: int) -> SiteSpec:
     d = cfg.data
     kind = catalog.kind(d.benchmark)
     if catalog.is_user_data(d.benchmark):
@@ -94,17 +117,15 @@ def default_out(cfg: Config) -> Path:
     return Path("runs") / f"{stamp}-{cfg.run.method}-{cfg.run.profile}-s{cfg.run.seed}"
 
 
-def smd_needed(cfg: Config) -> bool:
-    """Whether a run of ``cfg`` uses SMD (its method replays, prompt-only exports, or ``smd.enabled``)."""
-    return (
-        method_class(cfg.run.method).uses_replay
-        or cfg.smd.enabled == "on"
-        or cfg.privacy.exports == "prompt"
-    )
+def smd_needed(cfg: Config, method: type[Method]) -> bool:
+    """Whether a run of ``method`` under ``cfg`` uses SMD (the method replays, prompt-only exports,
+    or ``smd.enabled=on``)."""
+    return method.uses_replay or cfg.smd.enabled == "on" or cfg.privacy.exports == "prompt"
 
 
 def site_resources(mapping: str, names: list[str]) -> dict[str, str]:
-    """``runtime.site_resources`` (NAME=RESOURCE,...) as {site: resource}, checked against the run."""
+    """``runtime.site_resources`` (NAME=RESOURCE,...) as {site: resource}, checked against the
+    run."""
     out = {}
     for item in (t.strip() for t in mapping.split(",") if t.strip()):
         site, sep, resource = item.partition("=")
@@ -141,42 +162,40 @@ def plan_run(cfg: Config, reuse: Path | None = None, new_folder: bool = True) ->
     cls = check_method(cfg, cfg.run.method)
     for name in cfg.methods:  # every per-method table is checked, not only the running method's
         method_hparams(cfg, name)
-    smd_on = smd_needed(cfg)
+    smd_on = smd_needed(cfg, cls)
     if smd_on and cfg.smd.enabled == "off":
-        why = (
-            f"method {cls.name!r} needs SMD replay"
-            if cls.uses_replay
-            else "prompt-only exports need SMD"
-        )
-        raise ConfigError(f"smd.enabled: {why}; use auto or on")
+        why = f"method {cls.name!r} needs SMD replay" if cls.uses_replay else "prompt-only exports"
+        raise ConfigError(f"smd.enabled: {why} need SMD; use auto or on")
     if cfg.privacy.exports == "prompt" and not cls.private:
         raise ConfigError(
             f"privacy.exports=prompt: {cls.name!r} needs real images at the learner; prompt-only "
             f"mode trains on synthetic images of each site"
         )
+    smd = None
     if smd_on:
-        from simulator.smd.pretrain import pool_name
+        from simulator.smd.pretrain import smd_spec
 
-        try:
-            pool_name(cfg)
+        try:  # the public pools are single-channel: a site with other images fails at its facts
+            smd = smd_spec(cfg, 1)
         except ConfigError as exc:
             raise ConfigError(f"method {cls.name!r} needs SMD replay: {exc}") from None
     sites = run_sites(cfg)
     order = resolve_order(cfg.run.order, sites, cfg.run.seed)
-    site_resources(cfg.runtime.site_resources, order)  # a mapping that names other sites fails here
+    pins = site_resources(cfg.runtime.site_resources, order)
     out = Path(cfg.run.out) if cfg.run.out else default_out(cfg)
     if new_folder:
         check_new(out)
     return RunPlan(
-        cfg,
-        sites,
-        order,
-        site_indices(cfg, order),
-        out,
-        cls,
-        method_hparams(cfg, cls.name),
-        cfg.privacy.mode if cls.private else "record",
-        smd_on,
-        reuse,
-        parse_faults(cfg.runtime.inject_fault, order),
+        config=cfg,
+        sites=sites,
+        order=order,
+        specs=site_specs(cfg, order),
+        pins=pins,
+        out=out,
+        method=cls,
+        hparams=method_hparams(cfg, cls.name),
+        guard_mode=cfg.privacy.mode if cls.private else "record",
+        smd=smd,
+        reuse=reuse,
+        faults=parse_faults(cfg.runtime.inject_fault, order),
     )

@@ -1,4 +1,5 @@
-"""Whether a process recorded by id (a run's driver, a lock's holder, a deployment's node) still lives."""
+"""Whether a process recorded by id (a run's driver, a lock's holder, a deployment's node) still
+lives."""
 
 from __future__ import annotations
 

@@ -16,14 +16,13 @@ from typing import TextIO
 
 import numpy as np
 
-from simulator.benchmarks import catalog
-from simulator.config import Config
 from simulator.driver.ledger import Ledger
 from simulator.driver.plan import RunPlan
-from simulator.driver.progress import Progress, RunProgress
+from simulator.driver.progress import RunProgress
 from simulator.driver.results import summary_table, write_metrics, write_results
 from simulator.driver.runfolder import RunFolder, write_json
-from simulator.errors import ConfigError, ResumeError
+from simulator.driver.smd_phases import check_backbone, finish_smd, prepare_smd
+from simulator.errors import ConfigError
 from simulator.filetrace import start_trace, stop_trace
 
 #: the exit code of a driver stopped by ``--inject-fault kill-driver@STAGE``
@@ -39,58 +38,6 @@ class RunResult:
     R: np.ndarray
     metrics: dict[str, float]
     timings: dict[str, float] = field(default_factory=dict)
-
-
-def pretrain_progress(total: int, stream: TextIO, enabled: bool = True):
-    prog = Progress(total_units=total, stream=stream, enabled=enabled)
-
-    def report(step: int, steps: int, loss: float) -> None:
-        prog.done = step
-        prog.line(f"SMD pre-training (public data only) step {step}/{steps} loss {loss:.4f}")
-
-    return prog, report
-
-
-def prepare_smd(cfg: Config, channels: int, stream: TextIO, progress: bool) -> dict:
-    """Find the cached SMD backbone for this config, or pre-train it on public data."""
-    from simulator.devices import resolve_device
-    from simulator.smd.cache import cached_digest
-    from simulator.smd.pretrain import ensure_backbone, smd_spec
-
-    spec = smd_spec(cfg, channels)
-    prog, report = pretrain_progress(spec.pretrain_steps, stream, progress)
-    path, cached = ensure_backbone(spec, str(resolve_device(cfg.runtime.device)), report)
-    prog.message(
-        f"smg-sim: SMD backbone {'reused from cache' if cached else 'pre-trained and cached'}: {path}"
-    )
-    info = json.loads((path.parent / "info.json").read_text())
-    sha = cached_digest(
-        path
-    )  # what the learner announces to sites, whatever machine holds the file
-    return {
-        "backbone_path": str(path),
-        "backbone_cached": cached,
-        "backbone": info,
-        "backbone_sha256": sha,
-    }
-
-
-def finish_smd(cfg: Config, eng, folder: RunFolder, order: list[str], prog: Progress) -> dict:
-    """Per-site fidelity (kept by the engine), the attribution test, and a grid of replay samples."""
-    from simulator.seeding import derive_seed
-    from simulator.smd.pretrain import PUBLIC_POOLS, pool_name
-
-    out: dict = {"sites": dict(eng.smd_sites)}
-    if len(order) >= 2:
-        prog.line("SMD attribution: every site scores every site's replay")
-        make_pool, _ = PUBLIC_POOLS[pool_name(cfg)]
-        public, _, _ = make_pool(
-            derive_seed(cfg.smd.public_seed, "attribution-negatives"), 128, cfg.data.image_size
-        )
-        out["attribution"] = eng.attribution(public)
-    folder.file("replay_samples.png").write_bytes(eng.replay_grid())
-    out["replay"] = eng.replay_stats()
-    return out
 
 
 def write_plan(folder: RunFolder, plan: RunPlan) -> None:
@@ -234,7 +181,8 @@ def _open_engine(
     _start(plan, stream, url)
     if grid is not None:
         stream.write(
-            f"smg-sim: engine flower: {len(plan.order)} sites on Flower nodes, reached by Flower messages\n"
+            f"smg-sim: engine flower: {len(plan.order)} sites on Flower nodes, reached by Flower "
+            "messages\n"
         )
     prog = RunProgress(len(plan.order), plan.smd_on, stream=stream, enabled=progress)
     eng = engine.Engine(
@@ -262,11 +210,14 @@ def _prepare(
         eng.start_learner(n_channels)
     smd_info: dict = {}
     if plan.smd_on:
-        from simulator.smd.pretrain import smd_spec
-
-        eng.preload_smd(smd_spec(plan.config, n_channels).key(), done)
+        if n_channels != plan.smd.channels:
+            raise ConfigError(
+                f"smd.pool: the public pools are single-channel but the sites' images have "
+                f"{n_channels} channels; SMD replay needs single-channel data"
+            )
+        eng.preload_smd(plan.smd.key(), done)
         with eng.clock.phase("smd_pretraining"):
-            smd_info = prepare_smd(plan.config, n_channels, stream, progress)
+            smd_info = prepare_smd(plan, stream, progress)
             eng.enable_replay(smd_info["backbone_path"], n_channels)
         eng.progress.restart_clock()  # the ETA covers the run, not the pre-training
     return facts, smd_info
@@ -284,7 +235,7 @@ def _finish(
     resumed: tuple[int, float] | None = None,
 ) -> tuple[dict[str, float], dict, dict]:
     """Results, plots, the privacy audit and metrics.json; returns (metrics, audit, timings)."""
-    from simulator.driver.audit import build_audit
+    from simulator.driver.audit.build import build_audit
 
     t_write = time.perf_counter()
     guard = eng.guard_reports()
@@ -317,7 +268,8 @@ def execute(
     """The run itself, from the start or from checkpoint ``ckpt``.
 
     With ``runtime.engine = flower`` it runs inside a Flower ServerApp in Flower's simulation
-    (:mod:`simulator.driver.engine.flower_sim`), which calls back here with the ServerApp's ``grid``.
+    (:mod:`simulator.driver.engine.flower_sim`), which calls back here with the ServerApp's
+    ``grid``.
     """
     cfg = plan.config
     if cfg.runtime.engine == "flower" and grid is None:
@@ -330,7 +282,7 @@ def execute(
         folder.file("ledger.jsonl"), *((ckpt.ledger_count, ckpt.ledger_total_bytes) if ckpt else ())
     )
     trace_dir = folder.file("file_access")
-    data_root = catalog.data_root(cfg.data.benchmark)
+    data_root = plan.data_root
     start_trace(trace_dir / "driver.jsonl", "driver", [data_root])
     folder.file("FAILED").unlink(missing_ok=True)
     eng = None
@@ -359,7 +311,7 @@ def execute(
             )
             stage_logs: list[dict] = []
         else:
-            _check_backbone(smd_info, ckpt.smd_info)
+            check_backbone(smd_info, ckpt.smd_info)
             eng.restore(ckpt.snapshot)
             eng.progress.skip_to(ckpt.stage)
             R = ckpt.R
@@ -371,7 +323,7 @@ def execute(
         )
         R = eng.run(on_stage, start=ckpt.stage + 1 if ckpt else 0, R=R)
         if plan.smd_on:
-            smd_info.update(finish_smd(cfg, eng, folder, plan.order, eng.progress))
+            smd_info.update(finish_smd(plan, eng, folder, eng.progress))
             write_json(folder.file("smd.json"), smd_info)
         if eng.reused:
             write_json(folder.file("reuse.json"), {"folder": str(plan.reuse), "sites": eng.reused})
@@ -396,6 +348,7 @@ def execute(
         ledger.close()
         stop_trace()
         if eng is not None:
+            eng.progress.close()
             eng.shutdown()
 
 
@@ -419,13 +372,3 @@ def _record_processes(folder: RunFolder, eng) -> None:
     path = folder.file("actors.json")
     sessions = json.loads(path.read_text())["sessions"] if path.exists() else []
     write_json(path, {"sessions": [*sessions, {"started": time.time(), "actors": eng.placement()}]})
-
-
-def _check_backbone(now: dict, then: dict) -> None:
-    """A resumed run must replay from the very backbone it started with."""
-    if now.get("backbone_sha256") != then.get("backbone_sha256"):
-        raise ResumeError(
-            f"the SMD backbone differs from the one the run started with "
-            f"({then.get('backbone_path')}, sha256 {str(then.get('backbone_sha256'))[:12]}...); "
-            f"the run cannot be resumed"
-        )

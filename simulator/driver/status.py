@@ -107,7 +107,8 @@ def run_status(run: Path) -> RunStatus:
 
 
 def find_runs(root: Path) -> list[Path]:
-    """Every run folder under ``root`` (a run folder itself, or a folder of them, or a comparison's)."""
+    """Every run folder under ``root`` (a run folder itself, or a folder of them, or a
+    comparison's)."""
     root = Path(root)
     if (root / "config.json").exists() and (root / "method.json").exists():
         return [root]
@@ -118,7 +119,10 @@ def find_runs(root: Path) -> list[Path]:
 def format_status(rows: list[RunStatus], now: float | None = None) -> str:
     """The table ``smg-sim status`` prints."""
     del now
-    head = f"{'run':44s} {'state':10s} {'method':18s} {'stage':>7s} {'Mem':>6s} {'Gen':>6s} {'ETA':>7s}"
+    head = (
+        f"{'run':44s} {'state':10s} {'method':18s} {'stage':>7s} {'Mem':>6s} {'Gen':>6s} "
+        f"{'ETA':>7s}"
+    )
     out = [head]
     for r in rows:
         stage = f"{max(r.stage, 0)}/{r.stages}" if r.stages else "-"

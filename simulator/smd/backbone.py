@@ -60,7 +60,8 @@ class SMDSpec:
 
 def preload() -> float:
     """Import the libraries a backbone needs (diffusers: seconds of CPU per process) ahead of
-    the first backbone, so a process can do it while it would otherwise wait; returns the seconds."""
+    the first backbone, so a process can do it while it would otherwise wait; returns the
+    seconds."""
     import time
 
     t0 = time.perf_counter()

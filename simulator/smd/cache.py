@@ -50,7 +50,8 @@ def backbone_digest(spec: SMDSpec, state: Mapping[str, torch.Tensor | np.ndarray
 
 
 def spec_values(spec: SMDSpec) -> dict:
-    """The spec as plain values (tuples as lists): what a backbone file and a backbone message hold."""
+    """The spec as plain values (tuples as lists): what a backbone file and a backbone message
+    hold."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in spec.to_json().items()}
 
 
@@ -66,7 +67,8 @@ def save_backbone(model: SMDBackbone, path: Path, info: dict) -> None:
 
 
 def _read(path: Path) -> tuple[SMDSpec, dict[str, torch.Tensor], dict]:
-    """``weights_only=True``: the file can hold tensors and plain values only, so reading it runs no code."""
+    """``weights_only=True``: the file can hold tensors and plain values only, so reading it runs no
+    code."""
     blob = torch.load(path, map_location="cpu", weights_only=True)
     return SMDSpec.from_json(blob["spec"]), blob["state"], dict(blob.get("info", {}))
 
@@ -80,7 +82,8 @@ def cached_digest(path: Path) -> str:
 def load_backbone(
     path: Path, device: str | torch.device = "cpu", sha256: str | None = None
 ) -> SMDBackbone:
-    """Load a cached backbone (frozen, eval mode); with ``sha256``, only if its digest is that one."""
+    """Load a cached backbone (frozen, eval mode); with ``sha256``, only if its digest is that
+    one."""
     spec, state, _ = _read(Path(path))
     if sha256 is not None and backbone_digest(spec, state) != sha256:
         raise ValueError(

@@ -2,8 +2,9 @@
 
 With ``runtime.engine = flower`` the stage loop runs in a Flower ``ServerApp`` and every call it
 makes on a site becomes a Flower ``Message`` to that site's SuperNode, answered by the
-``ClientApp`` of :mod:`simulator.driver.flower_client`. A :class:`FlowerSite` has the shape of a Ray actor
-handle (``site.evaluate.remote(msg)`` returns a reference; :func:`~simulator.driver.engine.runtime.get`
+``ClientApp`` of :mod:`simulator.driver.flower.client`. A :class:`FlowerSite` has the shape of a Ray
+actor handle (``site.evaluate.remote(msg)`` returns a reference;
+:func:`~simulator.driver.engine.runtime.get`
 waits for it), so the engine, its ledger and its recovery code are the same for both engines.
 
 At the start the ServerApp asks every node which site it is (``hello``: its ``partition-id`` in
@@ -73,7 +74,8 @@ class _FlowerMethod:
 
 
 class FlowerSite:
-    """A site on a Flower node, with the call shape of a Ray actor handle (``.method.remote(...)``)."""
+    """A site on a Flower node, with the call shape of a Ray actor handle
+    (``.method.remote(...)``)."""
 
     def __init__(self, grid: Any, node_id: int, name: str, pid: int) -> None:
         self.grid, self.node_id, self.name, self.pid = grid, node_id, name, pid
@@ -189,7 +191,8 @@ def placement(sites: dict[str, FlowerSite]) -> dict[str, dict[str, Any]]:
 
 def await_ray(seconds: float = 120.0) -> None:
     """Under ``flwr run`` Flower's simulation starts Ray for its ClientApp workers while the
-    ServerApp starts; the learner joins that instance rather than racing it with a second ``ray.init``."""
+    ServerApp starts; the learner joins that instance rather than racing it with a second
+    ``ray.init``."""
     import ray
 
     deadline = time.monotonic() + seconds

@@ -2,7 +2,8 @@
 
 The ServerApp's main function is the same pipeline as the Ray engine's
 (:func:`~simulator.driver.runner.execute`), given the ServerApp's ``Grid``: every site call is a
-Flower message to the site's SuperNode, answered by the ClientApp of :mod:`simulator.driver.flower_client`.
+Flower message to the site's SuperNode, answered by the ClientApp of
+:mod:`simulator.driver.flower.client`.
 Flower's simulation runs the ClientApps in a pool of Ray actors of this run's Ray instance: one
 worker holding all of Ray's CPUs, so that the sites' state lives across messages in one process
 (the audit's one-process-per-site check reports that it is not met).
@@ -29,7 +30,8 @@ def execute_in_simulation(
     execute: Callable[..., Any],
 ):
     """Run the plan as a Flower app in Flower's simulation, one SuperNode per site; ``execute`` is
-    the run's pipeline (:func:`simulator.driver.runner.execute`), called with the ServerApp's grid."""
+    the run's pipeline (:func:`simulator.driver.runner.execute`), called with the ServerApp's
+    grid."""
     import ray
 
     from simulator.driver import engine
@@ -53,7 +55,7 @@ def execute_in_simulation(
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
-    from simulator.driver.flower_client import app as client_app
+    from simulator.driver.flower.client import app as client_app
 
     cpus = int(ray.cluster_resources().get("CPU", 1))
     done: dict = {}

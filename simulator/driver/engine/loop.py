@@ -20,11 +20,11 @@ import ray
 from flwr.app import RecordDict
 
 from server.learner import Learner
-from simulator.benchmarks import catalog
 from simulator.driver.artifacts import ArtifactCache, artifact_key
+from simulator.driver.engine.calls import SiteCalls
+from simulator.driver.engine.live import LiveFigures
 from simulator.driver.engine.runtime import (
     Actors,
-    RayMetricsSink,
     actor_placement,
     create_sites,
     get,
@@ -33,10 +33,9 @@ from simulator.driver.engine.smd_steps import SMDSteps
 from simulator.driver.faults import FaultPlan
 from simulator.driver.ledger import Ledger
 from simulator.driver.phases import PhaseClock
-from simulator.driver.plan import RunPlan, site_spec
+from simulator.driver.plan import RunPlan
 from simulator.driver.progress import RunProgress
 from simulator.driver.results import merge_guard_sessions
-from simulator.errors import SiteUnavailable
 from simulator.messages import metrics
 from simulator.payloads import GuardReport
 from sites.site import Site
@@ -71,11 +70,13 @@ class Engine(SMDSteps):
         self.ledger = ledger
         self.progress = progress
         self.trace_dir = trace_dir
-        #: the Flower grid when the engine runs inside a ServerApp (sites are Flower nodes), else None
+        #: the Flower grid when the engine runs inside a ServerApp (sites are Flower nodes), else
+        #: None
         self.grid = grid
         if grid is None:
+            specs = {n: plan.specs[n] for n in self.order}
             self.actors = create_sites(
-                self.cfg, self.order, plan.indices, namespace, trace_dir, plan.guard_mode, site_cls
+                self.cfg, specs, namespace, trace_dir, plan.guard_mode, site_cls, plan.pins
             )
         else:
             self.actors = self._connect_flower_sites(grid)
@@ -83,30 +84,26 @@ class Engine(SMDSteps):
         self.smd_on = False
         #: per site: prompt-tuning logs and the replay's fidelity and memorisation statistics
         self.smd_sites: dict[str, dict[str, float]] = {}
-        self.prompts: dict[str, np.ndarray] = {}
         self.clock = PhaseClock()
         self.cache = ArtifactCache(plan.reuse) if plan.reuse else None
         #: per site whose prompt and figures came from the cache: its key and the run that made them
         self.reused: dict[str, dict[str, str]] = {}
         self.backbone_key = ""
         self.faults = FaultPlan(plan.faults)
-        #: per site, how often its process died and was restarted
-        self.restarts: dict[str, int] = dict.fromkeys(self.order, 0)
+        self.calls = SiteCalls(self.actors, ledger, self.cfg.runtime, progress)
         #: per site and start of its process, the latest guard report of that process
         self.guard_sessions: dict[str, dict[str, dict[str, Any]]] = {s: {} for s in self.order}
-        self.sink = RayMetricsSink()
+        self.live = LiveFigures(plan.out.name, self.order)
         self.dashboard_url: str | None = None
-        self.tag = plan.out.name  # the run's tag on every figure in the dashboard
         #: per site, its answer to preload_smd while it is still on its way
         self._preloads: dict[str, Any] = {}
-        ledger.on_record = self._count_traffic
+        ledger.on_record = self.live.traffic
 
     def _connect_flower_sites(self, grid: Any) -> Actors:
         from simulator.driver.engine.flower import connect_sites
-        from simulator.driver.plan import site_spec
 
-        specs = {n: site_spec(self.cfg, n, self.plan.indices[n]) for n in self.order}
-        by_partition = sorted(self.order, key=self.plan.indices.__getitem__)
+        specs = self.plan.specs
+        by_partition = sorted(self.order, key=lambda n: specs[n].site_index)
         rt = self.cfg.runtime
         setup = {
             "torch_threads": rt.torch_threads,
@@ -126,13 +123,6 @@ class Engine(SMDSteps):
             )
         )
 
-    def _count_traffic(self, entry: dict[str, Any]) -> None:
-        src = str(entry.get("src", ""))
-        if src.startswith("site:"):
-            site = src[len("site:") :]
-            self.sink.count("smg_site_messages", 1, run=self.tag, site=site)
-            self.sink.count("smg_site_bytes", entry["bytes"], run=self.tag, site=site)
-
     def placement(self) -> dict[str, dict[str, Any]]:
         """Where each actor runs: node id, node address and process id."""
         get(self.actors.learner.replay_stats.remote())  # the learner's process is up, its pid known
@@ -150,81 +140,11 @@ class Engine(SMDSteps):
             }
         )
 
-    def _call(
-        self,
-        site: str,
-        method: str,
-        msg: RecordDict | None = None,
-        *args: Any,
-        retry: int = 0,
-        phase: str = "",
-    ) -> RecordDict:
-        """Call a site method, recording the message in and the reply out (``retry``: see Ledger)."""
-        handle = self.actors.sites[site]
-        if msg is not None:
-            self.ledger.record(msg, dst=f"site:{site}", retry=retry)
-            ref = getattr(handle, method).remote(msg, *args)
-        else:
-            ref = getattr(handle, method).remote(*args)
-        reply = self._get(ref, site, phase or method)
-        self.ledger.record(reply, retry=retry)
-        return reply
-
-    def _get(self, ref: Any, site: str, phase: str) -> Any:
-        """A site's answer, or :class:`SiteUnavailable` if it takes longer than ``runtime.site_timeout``."""
-        timeout = self.cfg.runtime.site_timeout
-        try:
-            return get(ref, timeout=timeout)
-        except ray.exceptions.GetTimeoutError:
-            raise SiteUnavailable(
-                site,
-                phase,
-                f"no answer within {timeout:g} s (runtime.site_timeout); "
-                f"the run folder can be resumed",
-            ) from None
-
-    def _with_retries(self, site: str, phase: str, work: Callable[[int], Any]) -> Any:
-        """``work(attempt)``; when the site's process dies, wait for Ray to restart it and repeat the
-        work from the stage's inputs (the site rebuilds its data from its spec), up to
-        ``runtime.site_restarts`` times."""
-        limit = self.cfg.runtime.site_restarts
-        attempt = 0
-        while True:
-            try:
-                return work(attempt)
-            except ray.exceptions.RayActorError:
-                if attempt >= limit:
-                    raise SiteUnavailable(
-                        site,
-                        phase,
-                        f"its process died {attempt + 1} times (runtime.site_restarts = {limit})",
-                    ) from None
-                attempt += 1
-                self.restarts[site] += 1
-                self.progress.message(
-                    f"smg-sim: site {site} died during its {phase}; Ray restarts it and "
-                    f"the {phase} is repeated from the stage's inputs (retry {attempt})"
-                )
-                self._await_restart(site, attempt)
-
-    def _await_restart(self, site: str, retry: int) -> None:
-        """Wait until the restarted site answers a liveness probe (its data rebuilt)."""
-        deadline = time.monotonic() + self.cfg.runtime.site_timeout
-        while True:
-            try:
-                self._call(site, "ping", retry=retry, phase="restart")
-                return
-            except ray.exceptions.RayActorError:
-                if time.monotonic() > deadline:
-                    raise SiteUnavailable(
-                        site, "restart", "it did not come back within runtime.site_timeout"
-                    ) from None
-                time.sleep(0.2)
-
     def _crash_if_planned(self, site: str, stage: int, phase: str) -> None:
-        """An injected fault: the site's process exits in the middle of this call (``kill-site``)."""
+        """An injected fault: the site's process exits in the middle of this call
+        (``kill-site``)."""
         if self.faults.take("kill-site", stage, site):
-            self._call(site, "crash_during", None, phase)
+            self.calls.call(site, "crash_during", None, phase)
 
     def describe_sites(self) -> dict[str, dict[str, float]]:
         refs = {s: h.describe.remote() for s, h in self.actors.sites.items()}
@@ -233,12 +153,12 @@ class Engine(SMDSteps):
 
             def work(attempt: int, s: str = s, ref: Any = ref) -> dict[str, float]:
                 if attempt:
-                    return metrics(self._call(s, "describe", retry=attempt))
-                reply = self._get(ref, s, "describe")
+                    return metrics(self.calls.call(s, "describe", retry=attempt))
+                reply = self.calls.wait(ref, s, "describe")
                 self.ledger.record(reply)
                 return metrics(reply)
 
-            out[s] = self._with_retries(s, "describe", work)
+            out[s] = self.calls.with_retries(s, "describe", work)
         return out
 
     def start_learner(self, in_channels: int) -> None:
@@ -252,18 +172,19 @@ class Engine(SMDSteps):
             )
             .remote(
                 self.cfg,
+                self.plan.method,
                 self.plan.hparams,
                 in_channels,
                 str(Path(self.trace_dir) / "learner.jsonl") if self.trace_dir else None,
-                str(catalog.data_root(self.cfg.data.benchmark)),
+                str(self.plan.data_root),
             )
         )
 
     def preload_smd(self, backbone_key: str, done: frozenset[str] = frozenset()) -> None:
         """Ask the learner and every site that will tune a prompt to import the backbone's libraries
         now (several seconds of CPU per process), all at once, rather than one after another when
-        each prompt is due. Sites whose prompt is done (``done``) or in the grid's artifact cache are
-        not asked. The answers are collected, and recorded, later (:meth:`collect_preload`)."""
+        each prompt is due. Sites whose prompt is done (``done``) or in the grid's artifact cache
+        are not asked. The answers are collected, and recorded, later (:meth:`collect_preload`)."""
         if self.grid is not None:  # a deployed node answers each message in a new process
             return
         self.actors.learner.preload_smd.remote()  # its next call (enable_replay) runs after it
@@ -271,9 +192,7 @@ class Engine(SMDSteps):
             if site in done:
                 continue
             if self.cache is not None:
-                key = artifact_key(
-                    self.cfg, site_spec(self.cfg, site, self.plan.indices[site]), backbone_key
-                )
+                key = artifact_key(self.cfg, self.plan.specs[site], backbone_key)
                 if self.cache.load(key) is not None:
                     continue
             self._preloads[site] = self.actors.sites[site].preload_smd.remote()
@@ -284,7 +203,7 @@ class Engine(SMDSteps):
         if ref is None:
             return
         try:
-            self.ledger.record(self._get(ref, site, "preload"))
+            self.ledger.record(self.calls.wait(ref, site, "preload"))
         except ray.exceptions.RayActorError:
             pass  # the process died since; the work that follows restarts it and repeats itself
 
@@ -312,15 +231,16 @@ class Engine(SMDSteps):
                 if attempt:
                     self.ledger.record(msg, dst=f"site:{site}", retry=attempt)
                 r = self.actors.sites[site].evaluate.remote(ref) if attempt else refs[site]
-                reply = self._get(r, site, "evaluation")
+                reply = self.calls.wait(r, site, "evaluation")
                 self.ledger.record(reply, retry=attempt)
                 return metrics(reply)["dice"]
 
-            row.append(self._with_retries(site, "evaluation", work))
+            row.append(self.calls.with_retries(site, "evaluation", work))
         return np.array(row)
 
     def visit(self, stage: int, site: str) -> dict[str, Any]:
-        """One visit: the learner's message, local training in chunks (for progress), the model back.
+        """One visit: the learner's message, local training in chunks (for progress), the model
+        back.
 
         If the site's process dies, the whole visit is repeated from the learner's message, which
         the learner builds again from the same weights and seeds.
@@ -334,32 +254,31 @@ class Engine(SMDSteps):
             self.progress.line(
                 f"stage {stage}/{len(self.order)} site {site}: visit of {steps} steps on its node"
             )
-            reply = self._call(site, "visit", msg, phase="visit")
+            reply = self.calls.call(site, "visit", msg, phase="visit")
             self.progress.trained(steps, steps)
             return get(self.actors.learner.absorb.remote(reply, site, stage))
 
         def work(attempt: int) -> RecordDict:
             msg = get(self.actors.learner.visit_message.remote(site, stage))
-            self._call(site, "start_visit", msg, retry=attempt, phase="visit")
+            self.calls.call(site, "start_visit", msg, retry=attempt, phase="visit")
             done = 0
             while done < steps:
                 chunk = min(self.cfg.train.progress_every, steps - done)
-                logs = metrics(self._call(site, "train", None, chunk, retry=attempt, phase="visit"))
-                done = int(logs["step"])
-                self.sink.gauge("smg_step", done, run=self.tag, site=site)
-                self.sink.gauge("smg_loss", logs.get("loss", float("nan")), run=self.tag, site=site)
-                self.sink.gauge(
-                    "smg_step_seconds", logs["seconds"] / max(chunk, 1), run=self.tag, site=site
+                logs = metrics(
+                    self.calls.call(site, "train", None, chunk, retry=attempt, phase="visit")
                 )
+                done = int(logs["step"])
+                loss = logs.get("loss", float("nan"))
+                self.live.step(site, done, loss, logs["seconds"] / max(chunk, 1))
                 if not attempt:
                     self.progress.trained(chunk, steps)
                 self.progress.line(
                     f"stage {stage}/{len(self.order)} site {site} step {done}/{steps} "
                     f"loss {logs.get('loss', float('nan')):.3f}"
                 )
-            return self._call(site, "finish_visit", retry=attempt, phase="visit")
+            return self.calls.call(site, "finish_visit", retry=attempt, phase="visit")
 
-        reply = self._with_retries(site, "visit", work)
+        reply = self.calls.with_retries(site, "visit", work)
         return get(self.actors.learner.absorb.remote(reply, site, stage))
 
     def run(
@@ -412,18 +331,9 @@ class Engine(SMDSteps):
                 stage_seconds=time.perf_counter() - t_stage,
                 phases=self.clock.end_stage(),
             )
-            self._report_stage(stage, R[stage])
+            self.live.stage(stage, R[stage])
             on_stage(StageResult(stage, site, logs, R[stage]))
         return R
-
-    def _report_stage(self, stage: int, row: np.ndarray) -> None:
-        self.sink.gauge("smg_stage", stage, run=self.tag)
-        for site, dice in zip(self.order, row, strict=True):
-            self.sink.gauge("smg_dice", dice, run=self.tag, site=site)
-        if stage >= 2:
-            self.sink.gauge("smg_mem", float(row[: stage - 1].mean()), run=self.tag)
-        if stage < len(self.order):
-            self.sink.gauge("smg_gen", float(row[stage:].mean()), run=self.tag)
 
     # -- checkpoints ----------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -434,21 +344,20 @@ class Engine(SMDSteps):
             "learner": get(self.actors.learner.snapshot.remote()),
             "smd_sites": self.smd_sites,
             "reuse_folder": str(self.plan.reuse) if self.plan.reuse else "",
-            "prompts": self.prompts,
             "reused": self.reused,
             "guard_sessions": self.guard_sessions,
-            "restarts": self.restarts,
+            "restarts": self.calls.restarts,
             "phases": dict(self.clock.total),
         }
 
     def restore(self, snap: dict[str, Any]) -> None:
-        """Continue from :meth:`snapshot` (after :meth:`start_learner` and :meth:`enable_replay`)."""
+        """Continue from :meth:`snapshot` (after :meth:`start_learner` and
+        :meth:`enable_replay`)."""
         get(self.actors.learner.restore.remote(snap["learner"]))
         self.smd_sites = dict(snap["smd_sites"])
-        self.prompts = dict(snap["prompts"])
         self.reused = dict(snap["reused"])
         self.guard_sessions = {s: dict(v) for s, v in snap["guard_sessions"].items()}
-        self.restarts = dict(snap["restarts"])
+        self.calls.restarts = dict(snap["restarts"])
         for phase, sec in snap["phases"].items():
             self.clock.total[phase] += sec
 
@@ -462,9 +371,9 @@ class Engine(SMDSteps):
         for site in self.order:
 
             def work(attempt: int, site: str = site) -> GuardReport:
-                return GuardReport.from_record(self._call(site, "guard_report", retry=attempt))
+                return GuardReport.from_record(self.calls.call(site, "guard_report", retry=attempt))
 
-            rep = self._with_retries(site, "guard report", work)
+            rep = self.calls.with_retries(site, "guard report", work)
             self.guard_sessions[site][str(rep.session)] = {
                 **rep.counts,
                 "mode": rep.mode,
@@ -477,10 +386,10 @@ class Engine(SMDSteps):
         its process (a process killed between two reports loses what it counted since the last)."""
         self.refresh_guard_reports()
         return {
-            site: merge_guard_sessions(list(sessions.values()), self.restarts[site])
+            site: merge_guard_sessions(list(sessions.values()), self.calls.restarts[site])
             for site, sessions in self.guard_sessions.items()
         }
 
     def shutdown(self) -> None:
-        self.sink.close()
+        self.live.close()
         self.actors.kill()

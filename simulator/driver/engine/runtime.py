@@ -18,10 +18,9 @@ import ray
 
 from server.methods import build_method
 from simulator.config import Config, RuntimeConfig
-from simulator.driver.plan import site_resources, site_spec
 from simulator.errors import ConfigError
 from simulator.messages import metrics
-from simulator.payloads import InspectReply
+from simulator.payloads import InspectReply, SiteSpec
 from simulator.telemetry import FIGURES
 from sites.site import Site
 
@@ -70,12 +69,14 @@ def start_ray(runtime: RuntimeConfig, dashboard: bool | None = None) -> str | No
 
 
 def cluster_address() -> str:
-    """The GCS address of the Ray instance this process is connected to (for other drivers to join)."""
+    """The GCS address of the Ray instance this process is connected to (for other drivers to
+    join)."""
     return ray.get_runtime_context().gcs_address
 
 
 class RayMetricsSink:
-    """The run's live figures as ``ray.util.metrics`` gauges and counters (see :mod:`simulator.telemetry`),
+    """The run's live figures as ``ray.util.metrics`` gauges and counters (see
+    :mod:`simulator.telemetry`),
     exported by Ray's metrics agent for Prometheus and the dashboard's Grafana panels.
 
     Ray exports a gauge's value once after it is set, so a background thread sets every gauge
@@ -160,25 +161,28 @@ class Actors:
 
 def create_sites(
     cfg: Config,
-    names: list[str],
-    indices: dict[str, int],
+    specs: dict[str, SiteSpec],
     namespace: str,
     trace_dir: str | None = None,
     privacy_mode: str | None = None,
     site_cls: type = Site,
+    pinned: dict[str, str] | None = None,
 ) -> Actors:
-    """One named Ray actor per site (visible by name in the dashboard)."""
+    """One named Ray actor per site (visible by name in the dashboard); ``pinned``: site ->
+    the custom resource of the node that holds its data."""
     remote_site = ray.remote(site_cls)
-    pinned = site_resources(cfg.runtime.site_resources, names)
+    pinned = pinned or {}
     offered = ray.cluster_resources()
     missing = sorted({r for r in pinned.values() if r not in offered})
     if missing:  # an actor asking for them would wait for ever
+        builtin = ("CPU", "GPU", "node:", "memory", "object_store")
+        custom = sorted(k for k in offered if not k.startswith(builtin))
         raise ConfigError(
             f"runtime.site_resources: no node of the Ray cluster offers {', '.join(missing)}; "
-            f"custom resources offered: {', '.join(sorted(k for k in offered if k != 'CPU' and not k.startswith(('node:', 'memory', 'object_store')))) or 'none'}"
+            f"custom resources offered: {', '.join(custom) or 'none'}"
         )
     sites = {}
-    for name in names:
+    for name, spec in specs.items():
         trace = str(Path(trace_dir) / f"site-{name}.jsonl") if trace_dir else None
         # a sliver of the node's custom resource: only the node that holds the site's data offers it
         resources = {pinned[name]: 0.001} if name in pinned else {}
@@ -187,11 +191,12 @@ def create_sites(
             namespace=namespace,
             num_cpus=0,
             max_restarts=cfg.runtime.site_restarts,
-            max_task_retries=0,  # the engine repeats interrupted work itself, from the stage's inputs
+            # the engine repeats interrupted work itself, from the stage's inputs
+            max_task_retries=0,
             resources=resources,
         ).remote(
             name,
-            site_spec(cfg, name, indices[name]),
+            spec,
             build_method,
             cfg.runtime.torch_threads,
             cfg.runtime.device,
@@ -202,17 +207,17 @@ def create_sites(
 
 
 def write_previews(
-    cfg: Config, names: list[str], indices: dict[str, int], folder: str, real: bool, record: Path
+    cfg: Config, specs: dict[str, SiteSpec], folder: str, real: bool, record: Path
 ) -> dict[str, int]:
     """Each site writes a preview PNG of its own data into ``folder`` (``""``: its own data folder);
-    every message goes to ``record/ledger.jsonl`` and every site's file access to ``record/file_access``."""
+    every message goes to ``record/ledger.jsonl`` and every site's file access to
+    ``record/file_access``."""
     from simulator.driver.ledger import Ledger
     from simulator.payloads import PreviewRequest
 
     actors = create_sites(
         cfg,
-        names,
-        indices,
+        specs,
         namespace=f"smg-sim-preview-{os.getpid()}",
         trace_dir=str(record / "file_access"),
     )
@@ -235,7 +240,7 @@ def write_previews(
 
 
 def inspect_sites(
-    cfg: Config, names: list[str], indices: dict[str, int], record: Path
+    cfg: Config, specs: dict[str, SiteSpec], record: Path
 ) -> dict[str, tuple[dict, list[str]]]:
     """Each site reads its own data (in its own actor) and returns statistics and problems; every
     reply goes to ``record/ledger.jsonl`` and every site's file access to ``record/file_access``."""
@@ -248,11 +253,11 @@ def inspect_sites(
             name=f"site-{n}", namespace=f"smg-sim-inspect-{os.getpid()}", num_cpus=0, max_restarts=0
         ).remote(
             n,
-            site_spec(cfg, n, indices[n]),
+            spec,
             cfg.privacy.mode,
             str(record / "file_access" / f"site-{n}.jsonl"),
         )
-        for n in names
+        for n, spec in specs.items()
     }
     ledger = Ledger(record / "ledger.jsonl")
     try:

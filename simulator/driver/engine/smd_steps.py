@@ -12,9 +12,8 @@ from typing import Any
 import numpy as np
 
 from simulator.driver.artifacts import SiteArtifacts, artifact_key
-from simulator.driver.attribution import attribution_summary
+from simulator.driver.audit.attribution import attribution_summary
 from simulator.driver.engine.runtime import get
-from simulator.driver.plan import site_spec
 from simulator.messages import metrics
 from simulator.payloads import PromptReply
 
@@ -39,25 +38,24 @@ class SMDSteps:
         key = art = None
         claimed = False
         if self.cache is not None:
-            key = artifact_key(
-                self.cfg, site_spec(self.cfg, site, self.plan.indices[site]), self.backbone_key
-            )
+            key = artifact_key(self.cfg, self.plan.specs[site], self.backbone_key)
             art = self.cache.load(key)
             if art is None:
                 claimed = self.cache.claim(key)
                 if not claimed:  # another run of the grid is making it right now
                     art = self.cache.wait(key)
-        if art is not None:
-            get(self.actors.learner.add_prompt.remote(site, art.tokens))
+        if art is not None:  # the reply that site sent in that run, handed to the learner as such
+            reply = PromptReply(art.tokens, {}).to_record(f"site:{site}", "learner")
+            get(self.actors.learner.absorb_prompt.remote(reply, site))
             self.reused[site] = {"key": key, "from": art.source}
             out = dict(art.logs)
         else:
             try:
-                out = self._with_retries(
+                out, tokens = self.calls.with_retries(
                     site, "prompt tuning", lambda attempt: self._tune_and_check(site, attempt)
                 )
                 if self.cache is not None:
-                    self.cache.save(key, SiteArtifacts(self.prompts[site], out, self.plan.out.name))
+                    self.cache.save(key, SiteArtifacts(tokens, out, self.plan.out.name))
             finally:
                 if claimed:
                     self.cache.release(key)
@@ -68,32 +66,33 @@ class SMDSteps:
         """The site's own cache holds the public backbone: asked by key and digest, and sent as
         arrays only if it does not (another machine, or a node with a cache of its own)."""
         msg = get(self.actors.learner.backbone_check_message.remote(site))
-        if metrics(self._call(site, "has_backbone", msg, retry=attempt))["present"]:
+        if metrics(self.calls.call(site, "has_backbone", msg, retry=attempt))["present"]:
             return
         offer = get(self.actors.learner.backbone_offer_message.remote(site))
-        self._call(site, "install_backbone", offer, retry=attempt, phase="backbone transfer")
+        self.calls.call(site, "install_backbone", offer, retry=attempt, phase="backbone transfer")
 
-    def _tune_and_check(self, site: str, attempt: int = 0) -> dict[str, float]:
+    def _tune_and_check(self, site: str, attempt: int = 0) -> tuple[dict[str, float], np.ndarray]:
+        """The site's prompt figures and fidelity checks, and the prompt it exported."""
         with self.clock.phase("prompt_tuning"):
             self.collect_preload(site)
             self._ensure_backbone(site, attempt)
             msg = get(self.actors.learner.tune_message.remote(site))
-            reply = self._call(site, "tune_prompt", msg, retry=attempt)
+            reply = self.calls.call(site, "tune_prompt", msg, retry=attempt)
             out = get(self.actors.learner.absorb_prompt.remote(reply, site))
-            self.prompts[site] = PromptReply.from_record(reply).tokens
+            tokens = PromptReply.from_record(reply).tokens
         entries = self.ledger.last["arrays"]
         out["prompt_bytes"] = sum(a["bytes"] for a in entries)  # as serialised in the message
         out["prompt_values_bytes"] = sum(4 * int(np.prod(a["shape"])) for a in entries)
         with self.clock.phase("replay_sampling"):  # the learner samples the replay to send it
             msg = get(self.actors.learner.fidelity_message.remote(site))
         t0 = time.perf_counter()
-        fid = metrics(self._call(site, "fidelity", msg, retry=attempt))
+        fid = metrics(self.calls.call(site, "fidelity", msg, retry=attempt))
         wall = time.perf_counter() - t0
         memorisation = min(wall, fid.get("memorisation_seconds", 0.0))
         self.clock.add("memorisation", memorisation)
         self.clock.add("fidelity", wall - memorisation)
         out.update(fid)
-        return out
+        return out, tokens
 
     def attribution(self, public: np.ndarray) -> dict[str, Any]:
         """Each site scores every site's replay with its own detector; argmax attributes."""

@@ -6,7 +6,8 @@ engine runs as an actor, so what leaves the node is what the site's egress guard
 calls are the app's own: ``hello`` (which site this node is: its ``site`` node config in a
 deployment, its ``partition-id`` in a simulation) and ``setup`` (build the site from the spec
 the server sends; the data is then built on the node, from the spec, in the node's own data
-folder where its node config names one: ``data-dir``). Nothing derived from the site's pixels is put in ``Context.state``.
+folder where its node config names one: ``data-dir``). Nothing derived from the site's pixels is put
+in ``Context.state``.
 
 A site lives in this process (:data:`_SITES`) across the messages the process answers. Flower's
 simulation pools its ClientApp workers, so there one process may serve several sites (the
@@ -68,7 +69,8 @@ def _hello(msg: Message, context: Context) -> Message:
     )
 
 
-#: what a node keeps about its site in ``Context.state`` (the spec and settings; no pixel, nothing derived from one)
+#: what a node keeps about its site in ``Context.state`` (the spec and settings; no pixel, nothing
+#: derived from one)
 SITE_STATE = "smg.site"
 #: the site's guard counts so far, carried from one ClientApp process to the next
 GUARD_STATE = "smg.guard"
@@ -189,5 +191,6 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Everything else: node discovery, setup, facts, prompt tuning, fidelity, attribution, guard report."""
+    """Everything else: node discovery, setup, facts, prompt tuning, fidelity, attribution, guard
+    report."""
     return _handle(msg, context)

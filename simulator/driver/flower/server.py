@@ -57,14 +57,14 @@ def config_from_run_config(run_config: dict[str, Any]):
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Plan the run from the run config and visit the sites through ``grid``."""
+    from flwr.superlink.grid import InMemoryGrid
+
     from simulator.driver.engine.flower import await_ray
     from simulator.driver.plan import plan_run
     from simulator.driver.runfolder import RunFolder
     from simulator.driver.runner import execute, write_plan
 
-    if (
-        type(grid).__name__ == "InMemoryGrid"
-    ):  # Flower's simulation: its Ray instance hosts the ClientApps
+    if isinstance(grid, InMemoryGrid):  # Flower's simulation: its Ray instance hosts the ClientApps
         await_ray()
     cfg = config_from_run_config(dict(context.run_config))
     plan = plan_run(cfg)

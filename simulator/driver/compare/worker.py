@@ -1,4 +1,5 @@
-"""One run of a comparison in a driver process of its own: ``python -m simulator.driver.worker JOB``.
+"""One run of a comparison in a driver process of its own: ``python -m
+simulator.driver.compare.worker JOB``.
 
 ``JOB`` is the JSON file :func:`simulator.driver.api.compare` writes for each run it starts in
 parallel: the run's resolved config (whose ``runtime.address`` is the comparison's Ray cluster)
@@ -22,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m simulator.driver.worker JOB.json", file=sys.stderr)
+        print("usage: python -m simulator.driver.compare.worker JOB.json", file=sys.stderr)
         return 2
     job = json.loads(Path(argv[0]).read_text())
     cfg = Config.from_dict(job["config"], source=argv[0])

@@ -70,14 +70,16 @@ def audit_markdown(a: dict[str, Any]) -> str:
             "",
             "## Open channels (what the schema still lets through, at most)",
             "",
-            "Every message a site sent had a declared shape; what remains is the values in declared "
+            "Every message a site sent had a declared shape; what remains is the values in "
+            "declared "
             "places. Capacity in bits for the whole run:",
             "",
             "| channel | what | messages | bits | bounded by |",
             "|---|---|---|---|---|",
         ]
         out += [
-            f"| {c['channel']} | {c['what']} | {c['messages']} | {c['bits']:.3g} | {c['bounded_by']} |"
+            f"| {c['channel']} | {c['what']} | {c['messages']} | {c['bits']:.3g} | "
+            f"{c['bounded_by']} |"
             for c in a["open_channels"]
         ]
     if a.get("isolation"):

@@ -1,4 +1,5 @@
-"""The audit's one-process-per-site check, from the placement the driver recorded (``actors.json``)."""
+"""The audit's one-process-per-site check, from the placement the driver recorded
+(``actors.json``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import Any
 
 
 def process_isolation(actors: dict[str, Any], engine: str) -> dict[str, Any]:
-    """Whether every site ran in a process of its own (per start of the driver), from ``actors.json``.
+    """Whether every site ran in a process of its own (per start of the driver), from
+    ``actors.json``.
 
     The Ray engine gives every site its own actor process; Flower's simulation pools its ClientApp
     workers, so there one process serves several sites: the check is then not met, and says so.
@@ -28,7 +30,8 @@ def process_isolation(actors: dict[str, Any], engine: str) -> dict[str, Any]:
         ]
     if shared:
         why = (
-            " (Flower's simulation pools its ClientApp workers: one worker process answered these sites' "
+            " (Flower's simulation pools its ClientApp workers: one worker process answered these "
+            "sites' "
             "messages, each site's data traced under its own role)"
             if engine == "flower"
             else ""

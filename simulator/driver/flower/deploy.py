@@ -85,9 +85,10 @@ def read_state(folder: Path) -> dict | None:
 
 
 def node_folders(folder: Path, benchmark: str, site: str) -> tuple[Path, Path]:
-    """A SuperNode's own folders: its site's data (``data-dir`` in its node config: the site's folder
-    of a user data set, or ``DIR/data/SITE`` where a generated benchmark is kept) and its cache
-    (``SMG_SIM_CACHE``: the SMD backbone it receives), as a hospital's machine has its own disk."""
+    """A SuperNode's own folders: its site's data (``data-dir`` in its node config: the site's
+    folder of a user data set, or ``DIR/data/SITE`` where a generated benchmark is kept) and its
+    cache (``SMG_SIM_CACHE``: the SMD backbone it receives), as a hospital's machine has its own
+    disk."""
     data_dir = (
         catalog.site_dir(benchmark, site)
         if catalog.is_user_data(benchmark)
@@ -115,8 +116,8 @@ def up(folder: Path, sites: int, benchmark: str = "phantom") -> dict:
         raise ConfigError(f"--sites {sites}: the benchmark {benchmark} has {len(names)} sites")
     names = names[:sites]
     folder.mkdir(parents=True, exist_ok=True)
-    # the SuperLink and SuperNodes start Flower's other executables (flower-superexec, flwr-serverapp,
-    # flwr-clientapp) by name: this environment's come first
+    # the SuperLink and SuperNodes start Flower's other executables (flower-superexec, flwr-
+    # serverapp, flwr-clientapp) by name: this environment's come first
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     env = {**os.environ, "PATH": path, "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
     link_port = _free_port()
@@ -209,15 +210,20 @@ def up(folder: Path, sites: int, benchmark: str = "phantom") -> dict:
 
 
 def run_command(state: dict, out: str = "", profile: str = "smoke") -> str:
-    """The ``flwr run`` command that runs the app against the deployment (from the project folder)."""
-    cfg = f"sites={len(state['sites'])} order='fixed' profile='{profile}' benchmark='{state['benchmark']}'"
+    """The ``flwr run`` command that runs the app against the deployment (from the project
+    folder)."""
+    cfg = (
+        f"sites={len(state['sites'])} order='fixed' profile='{profile}' "
+        f"benchmark='{state['benchmark']}'"
+    )
     if out:
         cfg += f" out='{out}'"
     return f'FLWR_HOME={state["flwr_home"]} flwr run . smg-local --stream --run-config "{cfg}"'
 
 
 def _group_gone(p: dict) -> bool:
-    """Whether no process of the recorded group is left (a leader this process started is reaped)."""
+    """Whether no process of the recorded group is left (a leader this process started is
+    reaped)."""
     try:
         os.waitpid(p["pid"], os.WNOHANG)
     except ChildProcessError:  # not this process's child (up ran in another process)

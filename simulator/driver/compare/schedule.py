@@ -67,7 +67,8 @@ class GridEta:
         eta = self.eta()
         return (
             f"grid elapsed {fmt_duration(time.perf_counter() - self.t0)}, "
-            f"{len(self.remaining)} run(s) left, ETA {fmt_duration(eta) if eta is not None else '?'}"
+            f"{len(self.remaining)} run(s) left, ETA "
+            f"{fmt_duration(eta) if eta is not None else '?'}"
         )
 
 
@@ -79,7 +80,8 @@ def relative_cost(method: str) -> float:
 
 
 def recorded_seconds(folder: Path) -> float | None:
-    """A finished run's ``timings.total_seconds`` from its ``metrics.json``, or None if unreadable."""
+    """A finished run's ``timings.total_seconds`` from its ``metrics.json``, or None if
+    unreadable."""
     try:
         return float(json.loads((folder / "metrics.json").read_text())["timings"]["total_seconds"])
     except (OSError, ValueError, KeyError, TypeError):

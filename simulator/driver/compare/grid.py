@@ -22,18 +22,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from simulator.config import Config, ConfigError  # noqa: E402
-from simulator.driver.runfolder import FAILED, MARKER, is_complete  # noqa: E402
-from simulator.driver.schedule import GridEta, next_job, recorded_seconds  # noqa: E402
-from simulator.driver.stats import paired_table  # noqa: E402
-from simulator.errors import RunFolderError  # noqa: E402
-from simulator.metrics import METRIC_NAMES  # noqa: E402
+from simulator.config import Config, ConfigError
+from simulator.driver.compare.schedule import GridEta, next_job, recorded_seconds
+from simulator.driver.compare.stats import paired_table
+from simulator.driver.plots import plot_comparison
+from simulator.driver.runfolder import FAILED, MARKER, is_complete
+from simulator.errors import RunFolderError
+from simulator.metrics import METRIC_NAMES
 
 #: the metrics shown in compare.md's paired table (paired.csv holds all of METRIC_NAMES)
 PAIRED_SHOWN = ("Mem", "Gen")
@@ -171,8 +168,8 @@ def run_parallel(
 
     ``launch(name, cfg)`` starts one run's driver process (its exit code 0 means finished).
     The grid's ETA divides the remaining work by ``max_parallel``. The next run to start is
-    chosen by :func:`~simulator.driver.schedule.next_job`: seeds apart, cells in plan order, a
-    cell's costliest run first.
+    chosen by :func:`~simulator.driver.compare.schedule.next_job`: seeds apart, cells in plan order,
+    a cell's costliest run first.
     """
     stream = stream or sys.stderr
     grid = GridEta(plans, parallel=max_parallel)
@@ -257,7 +254,7 @@ def summarize(out: Path, baseline: str | None = None) -> pd.DataFrame:
         lines += ["", "By visiting order:", "", *_markdown(by_order, ["method", "order"])]
     lines += ["", *_paired_markdown(paired)]
     (out / "compare.md").write_text("\n".join(lines) + "\n")
-    _plots(table, out)
+    plot_comparison(table, out)
     return table
 
 
@@ -334,51 +331,3 @@ def _markdown(table: pd.DataFrame, keys: list[str]) -> list[str]:
         )
         lines.append("| " + " | ".join(cells) + " |")
     return lines
-
-
-def _colour(i: int):
-    """A distinct colour for each of up to 20 methods (tab10 repeats after ten)."""
-    return (
-        plt.cm.tab20((2 * (i - 10) + 1) % 20) if i >= 10 else plt.cm.tab10(i)
-    )  # then the light shades
-
-
-def _plots(table: pd.DataFrame, out: Path) -> None:
-    n = len(table)
-    fig, axes = plt.subplots(1, len(METRIC_NAMES), figsize=(3.2 * len(METRIC_NAMES), 3.6))
-    for ax, k in zip(axes, METRIC_NAMES, strict=True):
-        ax.bar(
-            range(n),
-            table[f"{k}_mean"],
-            yerr=table[f"{k}_std"],
-            capsize=3,
-            color=[_colour(i) for i in range(n)],
-        )
-        ax.set_xticks(range(n), table["method"], rotation=60, ha="right", fontsize=8)
-        ax.set_title(k)
-        ax.axhline(0, color="black", lw=0.5)
-    fig.tight_layout()
-    fig.savefig(out / "compare_bars.png", dpi=110)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(5, 4.2))
-    for i, r in table.iterrows():
-        ax.errorbar(
-            r["Gen_mean"],
-            r["Mem_mean"],
-            xerr=r["Gen_std"],
-            yerr=r["Mem_std"],
-            fmt="o",
-            color=_colour(i),
-            capsize=3,
-            label=r["method"],
-            markersize=7 - 3 * (i >= 10),
-        )
-    ax.set_xlabel("Gen (unseen sites)")
-    ax.set_ylabel("Mem (earlier sites)")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "compare_mem_gen.png", dpi=110)
-    plt.close(fig)

@@ -1,0 +1,64 @@
+"""What the privacy audit reads from a run folder, and nothing else."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from simulator.driver.ledger import read_ledger
+from simulator.filetrace import read_trace, trace_files
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """What the audit reads from a run folder; nothing else is consulted."""
+
+    run_dir: Path
+    config: dict[str, Any]
+    sites_info: dict[str, Any]
+    guard: dict[str, Any]
+    smd: dict[str, Any]
+    ledger: list[dict[str, Any]]
+    trace: list[dict[str, Any]]
+    #: where each actor ran, per start of the run's driver (actors.json; empty for older folders)
+    actors: dict[str, Any]
+    #: each trace file of the run and how many accesses it holds
+    trace_files: dict[str, int]
+
+    @property
+    def sites(self) -> list[str]:
+        """The sites in the order the run visited them."""
+        return self.sites_info["order"]
+
+    @property
+    def facts(self) -> dict[str, dict[str, Any]]:
+        """Per-site facts (image size, data bytes) recorded when the run started."""
+        return self.sites_info.get("facts", {})
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def _read_optional_json(path: Path) -> Any:
+    """A file a run may lack (no guard report, no SMD): an empty dict then."""
+    return _read_json(path) if path.exists() else {}
+
+
+def read_run_files(run_dir: Path) -> RunFiles:
+    """Read the files of a run folder that the audit is built from."""
+    run_dir = Path(run_dir)
+    trace_dir = run_dir / "file_access"
+    return RunFiles(
+        run_dir=run_dir,
+        config=_read_json(run_dir / "config.json"),
+        sites_info=_read_json(run_dir / "sites.json"),
+        guard=_read_optional_json(run_dir / "guard.json"),
+        smd=_read_optional_json(run_dir / "smd.json"),
+        ledger=read_ledger(run_dir / "ledger.jsonl"),
+        trace=read_trace(trace_dir) if trace_dir.exists() else [],
+        actors=_read_optional_json(run_dir / "actors.json"),
+        trace_files=trace_files(trace_dir) if trace_dir.exists() else {},
+    )

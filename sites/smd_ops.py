@@ -1,0 +1,190 @@
+"""A site's Site-Modulated Diffusion work: the public backbone in its own cache, prompt tuning,
+and the checks of its replay (fidelity, memorisation, attribution); only scalars and the prompt
+leave, through the site's egress guard."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from flwr.app import RecordDict
+
+from simulator import schemas
+from simulator.payloads import (
+    AttributeRequest,
+    BackboneCheck,
+    BackboneOffer,
+    FidelityRequest,
+    PromptReply,
+    TuneRequest,
+)
+from simulator.seeding import torch_generator
+
+#: the fewest images a replay set must hold for the attribution detector to score it
+MIN_SET = 4
+
+
+class SiteSMD:
+    """The SMD operations of one site (``site``): its backbone, its own tuned prompt, its checks."""
+
+    def __init__(self, site: Any) -> None:
+        """``site``: the :class:`sites.site.Site` whose data, guard and messages these use."""
+        self.site = site
+        self._key: tuple[str, str] | None = None  # the public SMD backbone loaded: (key, digest)
+        self._model = None
+        self._prompt: np.ndarray | None = None  # this site's own tuned prompt
+
+    def _backbone(self, key: str, sha256: str):
+        """The public backbone the learner named by key, loaded only from this site's own SMD cache,
+        only if its digest is the announced one, and without running code (``weights_only``)."""
+        from simulator.smd.cache import backbone_file, load_backbone
+
+        if self._key != (key, sha256):
+            path = backbone_file(key)
+            if not path.exists():
+                raise FileNotFoundError(
+                    f"site {self.site.name!r}: no SMD backbone {key} in this site's cache "
+                    f"({path}); "
+                    f"the learner sends it first (backbone_check, then backbone)"
+                )
+            self._model = load_backbone(path, self.site.device, sha256=sha256)
+            self._key = (key, sha256)
+        return self._model
+
+    def preload(self) -> RecordDict:
+        """Import what prompt tuning needs (no data is read) at the start of a run, beside the other
+        processes, instead of on one core when this site's prompt is due."""
+        from simulator.smd.backbone import preload
+
+        return self.site._metrics(schemas.PRELOAD, import_seconds=preload())
+
+    def has_backbone(self, msg: RecordDict) -> RecordDict:
+        """Whether this site's own SMD cache holds the announced public backbone (1) or not (0)."""
+        from simulator.smd.cache import backbone_file, cached_digest
+
+        req = BackboneCheck.from_record(msg)
+        path = backbone_file(req.key)
+        present = path.exists() and cached_digest(path) == req.sha256
+        return self.site._metrics(schemas.BACKBONE_CHECK, present=int(present))
+
+    def install_backbone(self, msg: RecordDict) -> RecordDict:
+        """Keep the public backbone sent as arrays in this site's own cache, if its digest
+        checks."""
+        from simulator.smd.backbone import SMDSpec
+        from simulator.smd.cache import install_backbone
+
+        req = BackboneOffer.from_record(msg)
+        spec = SMDSpec.from_json(dict(req.spec))
+        written = install_backbone(req.key, req.sha256, spec, req.state)
+        return self.site._metrics(
+            schemas.BACKBONE_INSTALL,
+            installed=int(written),
+            backbone_bytes=int(sum(a.nbytes for a in req.state.values())),
+        )
+
+    def tune_prompt(self, msg: RecordDict) -> RecordDict:
+        """Invert this site's train pairs into a K x D prompt of the frozen public backbone."""
+        from sites.prompt import tune_prompt
+
+        req = TuneRequest.from_record(msg)
+        backbone = self._backbone(req.backbone_key, req.backbone_sha256)
+        d = self.site._data
+        if req.dp_epsilon > 0:  # DP-SGD: every read of private data accounted, no private loss sent
+            from sites.dp_prompt import dp_tune_prompt
+
+            prompt, logs = dp_tune_prompt(
+                backbone,
+                d.train_x,
+                d.train_y,
+                d.case_ids(),
+                req.steps,
+                req.lr,
+                req.batch,
+                torch_generator(req.seed),
+                req.dp_epsilon,
+                req.dp_delta,
+                req.dp_clip,
+            )
+        else:
+            prompt, logs = tune_prompt(
+                backbone,
+                d.train_x,
+                d.train_y,
+                req.steps,
+                req.lr,
+                req.batch,
+                torch_generator(req.seed),
+                candidates=req.candidates,
+                stop_tol=req.stop_tol,
+                check_every=req.check_every,
+            )
+        self._prompt = prompt
+        logs["data_bytes"] = int(d.train_x.nbytes + d.train_y.nbytes)
+        spec = backbone.spec
+        return self.site._send(
+            PromptReply(prompt, logs),
+            self.site._schema(
+                "prompt",
+                schemas.PROMPT_LOGS_DP if req.dp_epsilon > 0 else schemas.PROMPT_LOGS,
+                {"prompt/tokens": ((spec.tokens, spec.token_dim), "float32")},
+            ),
+        )
+
+    def fidelity(self, msg: RecordDict) -> RecordDict:
+        """Fidelity (TSTR, intensity distance) and memorisation of this site's replay; scalars
+        leave."""
+        from sites.fidelity import intensity_distance, tstr
+        from sites.memorisation import membership_inference, nearest_neighbours
+
+        req = FidelityRequest.from_record(msg)
+        synth = (req.replay[f"{self.site.name}/x"], req.replay[f"{self.site.name}/y"])
+        d = self.site._data
+        t0 = time.perf_counter()
+        out = tstr((d.train_x, d.train_y), (d.test_x, d.test_y), synth, req.steps, req.seed)
+        out.update(intensity_distance(d.train_x, synth[0]))
+        out["synthetic_foreground"] = float(synth[1].mean())
+        out["real_foreground"] = float(d.train_y.mean())
+        t1 = time.perf_counter()
+        out.update(nearest_neighbours(synth[0], d.train_x, req.nn_threshold))
+        prompt = self._prompt if self._prompt is not None else req.prompt.get("tokens")
+        backbone = self._model
+        if (
+            backbone is None and prompt is not None and req.backbone_key
+        ):  # a process that did not tune it
+            backbone = self._backbone(req.backbone_key, req.backbone_sha256)
+        if prompt is not None and backbone is not None:
+            out.update(
+                membership_inference(
+                    backbone, prompt, (d.train_x, d.train_y), (d.test_x, d.test_y), seed=req.seed
+                )
+            )
+        out.update(fidelity_seconds=t1 - t0, memorisation_seconds=time.perf_counter() - t1)
+        return self.site._metrics(schemas.FIDELITY, **out)
+
+    def attribute(self, msg: RecordDict) -> RecordDict:
+        """Score each replay set with a real-vs-public detector trained on this site's data.
+
+        Only the mean score of each set leaves (``score/<set>``), never a score per image, so the
+        detector cannot be queried image by image; sets smaller than ``MIN_SET`` are refused.
+        """
+        from sites.attribution import train_detector_and_score
+
+        req = AttributeRequest.from_record(msg)
+        if min(req.set_sizes, default=0) < MIN_SET or sum(req.set_sizes) != len(req.queries):
+            raise ValueError(
+                f"site {self.site.name!r}: attribute: sets of {list(req.set_sizes)} images; "
+                f"expected "
+                f"at least {MIN_SET} each, {len(req.queries)} in all"
+            )
+        with self.site._parallel_phase():
+            scores = train_detector_and_score(
+                self.site._data.train_x, req.public, req.queries, req.steps, req.seed
+            )
+        bounds = np.cumsum([0, *req.set_sizes])
+        means = {
+            f"score/{s}": float(scores[a:b].mean())
+            for s, a, b in zip(req.sets, bounds[:-1], bounds[1:], strict=True)
+        }
+        declared = {**schemas.SCORES, **{f"score/{s}": schemas.FRACTION for s in req.sets}}
+        return self.site._metrics(declared, n_scored=len(scores), **means)
