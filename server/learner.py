@@ -124,7 +124,7 @@ class Learner:
 
     def tune_message(self, site: str) -> RecordDict:
         """Ask a site to tune its prompt against the public backbone."""
-        smd, priv = self.cfg.smd, self.cfg.privacy
+        smd = self.cfg.smd
         return TuneRequest(
             backbone_key=self.backbone_key,
             backbone_sha256=self.backbone_sha256,
@@ -133,9 +133,6 @@ class Learner:
             batch=smd.prompt_batch,
             candidates=smd.prompt_candidates,
             seed=derive_seed(self.run_seed, "prompt", site),
-            dp_epsilon=priv.dp_epsilon,
-            dp_delta=priv.dp_delta,
-            dp_clip=priv.dp_clip,
             stop_tol=smd.prompt_stop_tol,
             check_every=smd.prompt_check_every,
         ).to_record("learner", f"site:{site}")

@@ -75,9 +75,10 @@ class RuntimeConfig:
     num_cpus: int = field(default=2, metadata=_rng(1, 1024))
     torch_threads: int = field(default=2, metadata=_rng(1, 1024))
     dashboard: bool = field(default=True, metadata=_rng())
-    #: how the learner reaches the sites: Ray actors (ray), or Flower messages to one SuperNode per
-    #: site in Flower's simulation (flower)
-    engine: str = field(default="ray", metadata=_rng(choices=("ray", "flower")))
+    #: what hosts the sites: Ray actors (ray), Flower messages to one SuperNode per site in
+    #: Flower's simulation (flower), or plain objects in the driver's process (inprocess: tests
+    #: and debugging; no isolation)
+    engine: str = field(default="ray", metadata=_rng(choices=("ray", "flower", "inprocess")))
     device: str = field(default="auto", metadata=_rng(choices=("auto", "cpu", "cuda")))
     #: join a running Ray cluster ("auto" or HOST:PORT) instead of starting one ("": start one)
     address: str = field(default="", metadata=_rng())

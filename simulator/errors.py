@@ -30,14 +30,58 @@ class RunFolderError(ValueError):
 
 
 class EgressViolation(RuntimeError):
-    """A site tried to send something that may not leave it."""
+    """A site tried to send something that may not leave it (raised inside the site; what
+    crosses its boundary is the code ``egress-violation`` with the rule and the message kind)."""
 
-    def __init__(self, site: str, key: str, rule: str, detail: str) -> None:
-        self.site, self.key, self.rule, self.detail = site, key, rule, detail
+    def __init__(self, site: str, key: str, rule: str, detail: str, kind: str = "") -> None:
+        self.site, self.key, self.rule, self.detail, self.kind = site, key, rule, detail, kind
         super().__init__(f"privacy guard: site {site!r} blocked {key!r} (rule {rule}): {detail}")
 
     def __reduce__(self):  # keep the fields when the exception crosses a process boundary
-        return (EgressViolation, (self.site, self.key, self.rule, self.detail))
+        return (EgressViolation, (self.site, self.key, self.rule, self.detail, self.kind))
+
+
+#: What a site says when an operation fails or is refused: one of these codes (with the guard's
+#: rule and the message kind for ``egress-violation``). The details, traceback included, stay in
+#: the site's own log; no text of the site crosses its boundary.
+SITE_ERROR_CODES = (
+    "unknown-operation",  # the operation is not in the site's tables
+    "operator-only",  # a learner's request named one of the operator's operations
+    "bad-request",  # the payload is not of the operation's declared shape
+    "refused-setting",  # the request asks for a setting weaker than the site's own
+    "settings-differ",  # the run's plan and the site's own settings disagree
+    "data-error",  # the site's data cannot be read as its layout promises
+    "egress-violation",  # the egress guard stopped the reply (strict mode)
+    "no-visit",  # a step of a visit while no visit is in progress
+    "backbone-missing",  # the announced SMD backbone is not in the site's own cache
+    "refused-query",  # a query outside its declared limits
+    "device-error",  # the compute device failed (out of memory, a device the site lacks)
+    "internal",  # anything else: a bug to report, with the site's log
+)
+
+
+class SiteFailure(RuntimeError):
+    """A site refused or failed an operation; it said only a code (and, for the egress guard,
+    the rule and the kind of the refused message). ``log`` is where the site keeps the details,
+    as its operator configured it ("" when unknown to the driver)."""
+
+    def __init__(
+        self, site: str, op: str, code: str, rule: str = "", kind: str = "", log: str = ""
+    ) -> None:
+        self.site, self.op, self.code, self.rule, self.kind, self.log = (
+            site,
+            op,
+            code,
+            rule,
+            kind,
+            log,
+        )
+        what = f"{code}" + (f" (rule {rule}, a {kind} message)" if rule else "")
+        where = f"; details in the site's log {log}" if log else "; details in the site's log"
+        super().__init__(f"site {site!r} answered {op} with {what}{where}")
+
+    def __reduce__(self):
+        return (SiteFailure, (self.site, self.op, self.code, self.rule, self.kind, self.log))
 
 
 class SiteUnavailable(RuntimeError):

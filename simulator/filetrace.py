@@ -21,9 +21,18 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-_state = {"installed": False, "sink": None, "role": None, "roots": (), "busy": threading.local()}
+_state = {
+    "installed": False,
+    "sink": None,
+    "file": "",
+    "role": None,
+    "roots": (),
+    "busy": threading.local(),
+}
 _lock = threading.Lock()
 
 
@@ -104,14 +113,34 @@ def start_trace(trace_file: str | Path, role: str, roots: list[str | Path]) -> N
         _state["sink"] = open(trace_file, "a", encoding="utf-8")
     finally:
         _state["busy"].on = False
+    _state["file"] = str(trace_file)
     _state["role"] = role
     _state["roots"] = tuple(os.path.realpath(str(r)) for r in roots)
+
+
+@contextmanager
+def traced_as(trace_file: str | Path | None, role: str, roots: list[str | Path]) -> Iterator[None]:
+    """Record this process's accesses as ``role`` into ``trace_file`` while the block runs (a
+    site or the learner served in the driver's own process), then as before."""
+    before = (_state["file"], _state["role"], _state["roots"]) if _state["sink"] else None
+    if trace_file:
+        start_trace(trace_file, role, roots)
+    else:
+        stop_trace()
+    try:
+        yield
+    finally:
+        if before is not None:
+            start_trace(*before)
+        else:
+            stop_trace()
 
 
 def stop_trace() -> None:
     """Stop recording in this process (the hook stays installed but idle)."""
     sink = _state["sink"]
     _state["sink"] = None
+    _state["file"] = ""
     if sink is not None:
         sink.close()
 

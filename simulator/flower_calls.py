@@ -1,30 +1,20 @@
-"""Flower messages that call a site: the call record, the calls a node answers, and their types.
+"""Flower messages that call a site: the call record and the Flower message type of each call.
 
-Shared by the engine's Flower transport (:mod:`simulator.driver.engine.flower`) and the
-ClientApp (:mod:`simulator.driver.flower.client`).
+Shared by the engine's Flower backend (:mod:`simulator.driver.engine.flower_nodes`) and the
+ClientApp (:mod:`simulator.driver.flower.client`). A call names one operation of the site's
+entry point; the ClientApp's own ``hello`` (which of the run's sites a node is) is the only other.
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from flwr.app import ConfigRecord, Message, RecordDict
 
-#: the record of a Flower message that names the site method to call (and its scalar arguments)
+#: the record of a Flower message that names the operation to call
 CALL = "smg.call"
-#: site methods a message may call, and the Flower message type of each (nothing else is reachable)
-SITE_CALLS = {
-    "describe": "query",
-    "ping": "query",
-    "guard_report": "query",
-    "crash_during": "query",
-    "has_backbone": "query",
-    "install_backbone": "query",
-    "tune_prompt": "query",
-    "fidelity": "query",
-    "attribute": "query",
-    "write_preview": "query",
+#: the ClientApp's own call: the ServerApp names the run's sites, the node says which it is
+HELLO = "hello"
+#: the Flower message type of the operations that are not queries
+MESSAGE_TYPES = {
     "start_visit": "train",
     "train": "train",
     "finish_visit": "train",
@@ -33,26 +23,13 @@ SITE_CALLS = {
 }
 
 
-def call_message(
-    node_id: int,
-    method: str,
-    site: str,
-    payload: RecordDict | None = None,
-    args: tuple = (),
-    **extra: Any,
-) -> Message:
-    """A Flower message that calls ``method`` of ``site`` on node ``node_id`` with ``payload``."""
+def call_message(node_id: int, op: str, payload: RecordDict | None = None) -> Message:
+    """A Flower message that asks node ``node_id`` to serve operation ``op`` with ``payload``."""
     content = RecordDict(dict(payload.items()) if payload is not None else {})
-    content[CALL] = ConfigRecord(
-        {
-            "method": method,
-            "site": site,
-            "args": json.dumps(list(args)),
-            **{k: v for k, v in extra.items()},
-        }
+    content[CALL] = ConfigRecord({"op": op})
+    return Message(
+        content=content, dst_node_id=int(node_id), message_type=MESSAGE_TYPES.get(op, "query")
     )
-    mtype = SITE_CALLS.get(method, "query")
-    return Message(content=content, dst_node_id=int(node_id), message_type=mtype)
 
 
 def payload_of(content: RecordDict) -> RecordDict:

@@ -26,6 +26,10 @@ from simulator.errors import MessageError
 
 EGRESS_KINDS = ("prompt", "model", "metrics")
 INGRESS_KINDS = (
+    "hello",
+    "train",
+    "fault",
+    "check",
     "spec",
     "visit",
     "evaluate",

@@ -259,11 +259,6 @@ class TuneRequest(Payload):
     batch: int = _role("config")
     candidates: int = _role("config")
     seed: int = _role("config")
-    #: DP-SGD prompt tuning to this epsilon (0: off), at ``dp_delta`` (0: 1 / (10 cases)), each
-    #: case's gradient clipped to ``dp_clip``
-    dp_epsilon: float = field(default=0.0, metadata={"role": "config"})
-    dp_delta: float = field(default=0.0, metadata={"role": "config"})
-    dp_clip: float = field(default=0.03, metadata={"role": "config"})
     #: without DP: a phase stops when ``check_every`` steps improved the probe loss by less than
     #: ``stop_tol`` (relative; 0: no early stop)
     stop_tol: float = field(default=0.0, metadata={"role": "config"})
@@ -299,6 +294,45 @@ class AttributeRequest(Payload):
     public: np.ndarray = _role("array", group="public", key="x")
     steps: int = _role("config")
     seed: int = _role("config")
+
+
+@dataclass(frozen=True)
+class TrainRequest(Payload):
+    """Run up to ``steps`` outer steps of the visit in progress (a chunk, for progress)."""
+
+    KIND: ClassVar[str] = "train"
+    steps: int = _role("config")
+
+
+@dataclass(frozen=True)
+class SettingsCheck(Payload):
+    """What the run's plan expects of a site's own settings: its data spec (without the folder,
+    which is the site's to choose), the egress guard's mode and the DP settings. The site answers
+    whether they are its own; it refuses a check that asks for a weaker setting."""
+
+    KIND: ClassVar[str] = "check"
+    #: the fields of :class:`SiteSpec` except ``data_dir``
+    spec: dict[str, Any] = _role("table")
+    guard_mode: str = _role("config")
+    dp_epsilon: float = _role("config")
+    dp_delta: float = _role("config")
+    dp_clip: float = _role("config")
+
+
+@dataclass(frozen=True)
+class NodeHello(Payload):
+    """A Flower ServerApp's question to a node: which of the run's sites (``names``) it serves."""
+
+    KIND: ClassVar[str] = "hello"
+    names: tuple[str, ...] = _role("strings")
+
+
+@dataclass(frozen=True)
+class FaultRequest(Payload):
+    """The operator's fault injection: the site's process exits during its next ``phase``."""
+
+    KIND: ClassVar[str] = "fault"
+    phase: str = _role("config")
 
 
 @dataclass(frozen=True)
@@ -363,12 +397,25 @@ class InspectReply(Payload):
 
 @dataclass(frozen=True)
 class GuardReport(Payload):
-    """What a site's egress guard checked, and each violation as a row of short strings."""
+    """What a site's egress guard checked since its process started: named counts only (see
+    :data:`simulator.schemas.GUARD_REPORT`), and its mode."""
 
     KIND: ClassVar[str] = "metrics"
-    site: str = _role("config")
     mode: str = _role("config")
-    #: which start of the site's process the counts are of (a restarted site counts afresh)
-    session: int = _role("config")
     counts: dict[str, float] = _role("metrics")
-    violations: tuple[dict[str, str], ...] = _role("rows")
+
+
+@dataclass(frozen=True)
+class ErrorReply(Payload):
+    """A failed or refused operation: a code of :data:`simulator.errors.SITE_ERROR_CODES`, and
+    for the egress guard the rule and the kind of the stopped message ("" otherwise)."""
+
+    KIND: ClassVar[str] = "metrics"
+    error: str = _role("config")
+    rule: str = _role("config")
+    stopped_kind: str = _role("config")
+
+
+def is_error(rd: RecordDict) -> bool:
+    """Whether a site's reply is an :class:`ErrorReply`."""
+    return "config" in rd.config_records and "error" in rd["config"]

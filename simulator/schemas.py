@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from simulator.messages import EGRESS_KINDS
+
 
 @dataclass(frozen=True)
 class MetricRule:
@@ -239,3 +241,15 @@ RULES = (
     "range",
 )
 ACTIONS = ("stopped", "blocked", "allowed (non-private method)")
+#: the kinds a violation row is counted under ("other": a message that declared no valid kind)
+VIOLATION_KINDS = (*EGRESS_KINDS, "other")
+#: a guard report: its counts, and violations counted per message kind and rule (no key, no
+#: detail: those stay in the site's own log)
+GUARD_REPORT = {
+    **GUARD_COUNTS,
+    **{f"violations/{k}/{r}": COUNT for k in VIOLATION_KINDS for r in RULES},
+}
+#: the answer to a settings check
+SETTINGS_CHECK = {"match": COUNT}
+#: the answer to the Flower ServerApp's node discovery: which of the named sites the node is
+NODE_HELLO = {"site_index": COUNT, "pid": COUNT}

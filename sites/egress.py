@@ -27,13 +27,16 @@ lets the message go unchanged and records every violation (only for the non-priv
 methods, whose audit then fails); ``off`` checks nothing (for measuring the guard's cost only).
 
 A violation names the key only if the schema declares it (an undeclared key could itself carry
-data): others appear as ``<undeclared ...>`` with their length.
+data): others appear as ``<undeclared ...>`` with their length. Keys and details are written to
+the site's own log only; what leaves the site is a count per message kind and rule
+(:meth:`EgressGuard.counts`) and, when the guard stops a reply, the rule and the kind.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import RecordDict
@@ -90,6 +93,8 @@ class EgressGuard:
         self.seconds = 0.0
         self.build_seconds = 0.0
         self.violations: list[Violation] = []
+        #: called with each violation as it is recorded (the site writes it to its own log)
+        self.on_violation: Callable[[Violation], None] | None = None
         self._undeclared = 0
 
     # -- first line: the schema -----------------------------------------------------------
@@ -282,13 +287,14 @@ class EgressGuard:
             self.mode
         ]
         for key, rule, detail in problems:
-            self.violations.append(
-                Violation(
-                    self.site, kind if kind == schema.kind else "?", key, rule, detail, action
-                )
+            v = Violation(
+                self.site, kind if kind == schema.kind else "other", key, rule, detail, action
             )
+            self.violations.append(v)
+            if self.on_violation is not None:
+                self.on_violation(v)
             if self.mode == "strict":
-                raise EgressViolation(self.site, key, rule, detail)
+                raise EgressViolation(self.site, key, rule, detail, v.kind)
 
     @staticmethod
     def _round(rd: RecordDict, schema: Schema) -> None:
@@ -334,15 +340,31 @@ class EgressGuard:
                 if col not in tables.get(name, {}) or f"{name}/{key}" in named:
                     del rd[name][key]
 
-    def report(self) -> dict:
-        """Counts, time and violations (for the privacy audit)."""
-        return {
-            "site": self.site,
-            "mode": self.mode,
+    def counts(self) -> dict[str, float]:
+        """What the guard checked and the violations it recorded, as named counts only: per
+        message kind and rule (the keys and details of violations stay in the site's own log)."""
+        out: dict[str, float] = {
             "checked_messages": self.checked_messages,
             "checked_bytes": self.checked_bytes,
             "checked_arrays": self.checked_arrays,
             "seconds": self.seconds,
             "build_seconds": self.build_seconds,
-            "violations": [asdict(v) for v in self.violations],
+            "violations": len(self.violations),
         }
+        for v in self.violations:
+            name = f"violations/{v.kind}/{v.rule}"
+            out[name] = out.get(name, 0) + 1
+        return out
+
+    def restore_counts(self, counts: dict[str, float]) -> None:
+        """Continue from :meth:`counts` of an earlier process of the same site (a Flower node
+        answers each message in a new process); the violations are kept as counts only."""
+        for k in ("checked_messages", "checked_bytes", "checked_arrays"):
+            setattr(self, k, int(counts.get(k, 0)))
+        self.seconds = float(counts.get("seconds", 0.0))
+        self.violations = [
+            Violation(self.site, *name.split("/")[1:3], "", "", "")
+            for name, n in counts.items()
+            if name.startswith("violations/")
+            for _ in range(int(n))
+        ]

@@ -1,16 +1,24 @@
-"""A hospital site: private data, local training, local evaluation.
+"""A hospital site: private data behind one entry point.
 
-``Site`` is a plain class; the engine wraps it as a Ray actor (one process per
-site), and the same class can serve a Flower ``ClientApp``. Its data is built
-inside the instance from a spec, and every public method returns a Flower
-``RecordDict`` that has passed the egress guard: model weights after a visit,
-or scalar metrics. No public method returns pixels.
+``Site`` is a plain class with a single public method, :meth:`Site.handle` (operation name and
+payload in, reply out). It dispatches to a fixed table of the learner's operations (visit,
+evaluate, prompt tuning, fidelity, ...) and, only for a caller that holds the operator's token,
+to the operator's (preview, inspect, fault injection). Every reply has passed the egress guard.
+A failure leaves as a code of :data:`~simulator.errors.SITE_ERROR_CODES` (an
+:class:`~simulator.payloads.ErrorReply`); its details, traceback included, go to the site's own
+log. The engine's backends (a Ray actor, a Flower ClientApp, an in-process object) expose this
+entry point and nothing else of the site.
+
+Trust: the project's code in this package is trusted code handling untrusted input; every
+request may have been written by a curious or malicious learner.
 """
 
 from __future__ import annotations
 
-import os
+import hmac
+import logging
 import time
+import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import cached_property
@@ -22,68 +30,143 @@ import torch
 from flwr.app import RecordDict
 
 from simulator import schemas
-from simulator.benchmarks.catalog import USER_LAYOUTS
 from simulator.devices import resolve_device
-from simulator.errors import ConfigError
-from simulator.filetrace import record as record_access
+from simulator.errors import SITE_ERROR_CODES, DataError, EgressViolation, MessageError
 from simulator.filetrace import start_trace
-from simulator.messages import EGRESS_KINDS
 from simulator.method import Method
-from simulator.outlines import encode_png, label, outlined_tile
 from simulator.payloads import (
-    EvaluateRequest,
+    ErrorReply,
     GuardReport,
     MetricsReply,
-    ModelReply,
     Payload,
-    PreviewRequest,
-    SiteSpec,
-    VisitRequest,
+    SettingsCheck,
 )
-from simulator.schemas import MetricRule, Schema
-from simulator.segmentation import dice_per_image, predict
-from simulator.visit import LocalVisit, build_unet
+from simulator.schemas import RULES, MetricRule, Schema
 from sites.blocklist import Blocklist, WindowIndex
 from sites.datasets import SiteData, build_site_data
-from sites.egress import MODES, EgressGuard
+from sites.egress import MODES, EgressGuard, Violation
+from sites.operator_ops import OperatorOps
+from sites.refusals import SiteRefusal
+from sites.settings import SiteSettings
 from sites.smd_ops import SiteSMD
+from sites.visit_ops import VisitOps
 
 MethodFactory = Callable[[str, torch.nn.Module, Mapping[str, Any]], Method]
+#: an operation: the function that serves it and the payload type it takes (None: no payload)
+Operation = tuple[Callable[..., RecordDict], type[Payload] | None]
+
+
+def _error_code(exc: BaseException) -> str:
+    """The code a failure leaves the site as (chosen by the type of the exception)."""
+    if isinstance(exc, SiteRefusal):
+        return exc.code
+    if isinstance(exc, MessageError):
+        return "bad-request"
+    if isinstance(exc, DataError):
+        return "data-error"
+    if isinstance(exc, EgressViolation):
+        return "egress-violation"
+    if isinstance(exc, torch.OutOfMemoryError):
+        return "device-error"
+    return "internal"
 
 
 class Site:
-    """One hospital site holding its private train/test split.
+    """One hospital site holding its private train/test split (see the module docstring).
 
-    The data is built from the spec on first use, inside this process; a spec whose data
-    cannot be read raises :class:`~simulator.errors.DataError` from that first call.
+    The data is built from the spec on first use, inside this process. ``operator_token``: the
+    secret its operator holds (the driver that started it); without it no operator operation
+    can be reached.
     """
 
     def __init__(
-        self,
-        name: str,
-        spec: SiteSpec,
-        method_factory: MethodFactory,
-        torch_threads: int = 1,
-        device: str = "auto",
-        privacy_mode: str = "strict",
-        trace_file: str | None = None,
+        self, settings: SiteSettings, method_factory: MethodFactory, operator_token: str = ""
     ) -> None:
-        self._threads = max(1, int(torch_threads))
+        self.settings = settings
+        self._threads = max(1, int(settings.torch_threads))
         torch.set_num_threads(self._threads)
-        if trace_file and spec.data_dir:
-            start_trace(trace_file, f"site:{name}", [Path(spec.data_dir).parent])
-        self.name = name
+        spec = settings.spec
+        if settings.trace_file and spec.data_dir:
+            start_trace(settings.trace_file, f"site:{settings.name}", [Path(spec.data_dir).parent])
+        self.name = settings.name
         self.spec = spec
-        self.device = resolve_device(device)
-        self._method_factory = method_factory
-        self._privacy_mode = privacy_mode
-        self._visit: LocalVisit | None = None
+        self.device = resolve_device(settings.device)
+        self.method_factory = method_factory
+        self._token = operator_token
+        self.log = _site_logger(settings)
+        #: an injected fault: the process dies in the middle of its next visit or evaluation
+        self.crash_in: str | None = None
+        self.visits = VisitOps(self)
         self.smd = SiteSMD(self)
-        self._session = time.time_ns() // 1000  # this start of the site's process (microseconds)
-        self._crash_in: str | None = None  # an injected fault: die in the middle of this phase
+        self._learner_ops: dict[str, Operation] = {
+            "check": (self._check, SettingsCheck),
+            "describe": (self._describe, None),
+            "ping": (self._ping, None),
+            "guard_report": (self._guard_report, None),
+            **self.visits.operations(),
+            **self.smd.operations(),
+        }
+        self._operator_ops: dict[str, Operation] = OperatorOps(self).operations()
+
+    # -- the entry point ---------------------------------------------------------------------
+    def handle(
+        self, op: str, payload: RecordDict | None = None, token: str | None = None
+    ) -> RecordDict:
+        """Serve one operation; a failure is answered with an ErrorReply (never raised)."""
+        try:
+            fn, kind = self._operation(op, token)
+            if kind is None:
+                if payload is not None and len(payload):
+                    raise SiteRefusal("bad-request", f"{op} takes no payload")
+                return fn()
+            if payload is None:
+                raise SiteRefusal("bad-request", f"{op} needs a {kind.__name__}")
+            return fn(kind.from_record(payload))
+        except Exception as exc:  # every failure: its code leaves, its details stay here
+            return self._failed(op, exc)
+
+    def _operation(self, op: str, token: str | None) -> Operation:
+        if not isinstance(op, str):
+            raise SiteRefusal("unknown-operation")
+        if op in self._learner_ops:
+            return self._learner_ops[op]
+        if op in self._operator_ops:
+            if (
+                not self._token
+                or token is None
+                or not hmac.compare_digest(str(token).encode(), self._token.encode())
+            ):
+                raise SiteRefusal("operator-only", f"{op!r} is the operator's")
+            return self._operator_ops[op]
+        raise SiteRefusal("unknown-operation", f"no operation {op!r}")
+
+    def _failed(self, op: str, exc: Exception) -> RecordDict:
+        code = _error_code(exc)
+        self.log.error(
+            "operation %r failed (%s): %s",
+            op if isinstance(op, str) else type(op),
+            code,
+            "".join(traceback.format_exception(exc)),
+        )
+        rule = exc.rule if isinstance(exc, EgressViolation) and exc.rule in RULES else ""
+        kind = exc.kind if isinstance(exc, EgressViolation) else ""
+        kind = kind if kind in schemas.VIOLATION_KINDS else ""
+        reply = ErrorReply(error=code, rule=rule, stopped_kind=kind)
+        schema = self.schema(
+            config={
+                "error": SITE_ERROR_CODES,
+                "rule": ("", *RULES),
+                "stopped_kind": ("", *schemas.VIOLATION_KINDS),
+            }
+        )
+        rd = reply.to_record(src=schema.src, dst=schema.dsts[0])
+        try:  # the guard counts the error reply too; it is built from constants only
+            return self._guard.check(rd, schema)
+        except Exception:  # the data or the guard cannot be built: the constant reply still goes
+            return rd
 
     @contextmanager
-    def _parallel_phase(self) -> Iterator[None]:
+    def parallel_phase(self) -> Iterator[None]:
         """One torch thread while every site computes at once (evaluation, attribution).
 
         Several actors each running a multi-threaded kernel on two cores spend their time
@@ -97,36 +180,35 @@ class Site:
 
     # -- private data, built on first use ------------------------------------------------
     @cached_property
-    def _data(self) -> SiteData:
+    def data(self) -> SiteData:
         return build_site_data(self.spec)
 
     @cached_property
     def _guard(self) -> EgressGuard:
-        d = self._data
+        d = self.data
         t0 = time.perf_counter()
-        blocklist = Blocklist(
-            {
-                "train_image": d.train_x,
-                "train_mask": d.train_y,
-                "test_image": d.test_x,
-                "test_mask": d.test_y,
-            }
+        held = {
+            "train_image": d.train_x,
+            "train_mask": d.train_y,
+            "test_image": d.test_x,
+            "test_mask": d.test_y,
+        }
+        guard = EgressGuard(
+            self.name, Blocklist(held), mode=self.settings.guard_mode, windows=WindowIndex(held)
         )
-        windows = WindowIndex(
-            {
-                "train_image": d.train_x,
-                "train_mask": d.train_y,
-                "test_image": d.test_x,
-                "test_mask": d.test_y,
-            }
-        )
-        guard = EgressGuard(self.name, blocklist, mode=self._privacy_mode, windows=windows)
+        guard.on_violation = self._log_violation
         guard.build_seconds = time.perf_counter() - t0
         return guard
 
+    def _log_violation(self, v: Violation) -> None:
+        self.log.warning(
+            "egress guard: %s %s %s: %s (%s)", v.kind, v.key, v.rule, v.detail, v.action
+        )
+
     @cached_property
-    def _tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        d, dev = self._data, self.device
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The train and test split on the compute device."""
+        d, dev = self.data, self.device
         return (
             torch.from_numpy(d.train_x).to(dev),
             torch.from_numpy(d.train_y.astype(np.float32)).to(dev),
@@ -135,44 +217,38 @@ class Site:
         )
 
     # -- what leaves goes through here -------------------------------------------------
-    def _schema(
+    def schema(
         self,
         kind: str = "metrics",
         metrics: Mapping[str, MetricRule] | None = None,
         arrays: Mapping[str, tuple[tuple[int | None, ...], str]] | None = None,
         config: Mapping[str, Any] | None = None,
-        records: Mapping[str, Mapping[str, Any]] | None = None,
         dst: str = "learner",
         groups: tuple[str, ...] = (),
     ) -> Schema:
         """The declared shape of one message this site is about to send."""
         return Schema(
-            kind,
-            f"site:{self.name}",
-            (dst,),
-            arrays or {},
-            metrics or {},
-            config or {},
-            records or {},
-            groups,
+            kind, f"site:{self.name}", (dst,), arrays or {}, metrics or {}, config or {}, {}, groups
         )
 
-    def _send(self, payload: Payload, schema: Schema) -> RecordDict:
-        return self._emit(payload.to_record(src=schema.src, dst=schema.dsts[0]), schema)
+    def send(self, payload: Payload, schema: Schema) -> RecordDict:
+        """The last step of every outgoing message: the egress guard, against its schema."""
+        return self._guard.check(payload.to_record(src=schema.src, dst=schema.dsts[0]), schema)
 
-    def _emit(self, rd: RecordDict, schema: Schema) -> RecordDict:
-        """The last step of every outgoing message: the egress guard, against its declared
-        schema."""
-        return self._guard.check(rd, schema)
-
-    def _metrics(
+    def metrics(
         self, declared: Mapping[str, MetricRule], dst: str = "learner", **values: float
     ) -> RecordDict:
-        return self._send(MetricsReply(values), self._schema(metrics=declared, dst=dst))
+        return self.send(MetricsReply(values), self.schema(metrics=declared, dst=dst))
 
-    def describe(self) -> RecordDict:
+    # -- the site's own operations ------------------------------------------------------
+    def _check(self, req: SettingsCheck) -> RecordDict:
+        """Whether the run's expectations are this site's own settings (refused otherwise)."""
+        self.settings.check(req)
+        return self.metrics(schemas.SETTINGS_CHECK, match=1)
+
+    def _describe(self) -> RecordDict:
         """Scalar facts about the site's data (counts, size, foreground fraction)."""
-        d = self._data
+        d = self.data
         stats = {
             "n_train": len(d.train_x),
             "n_test": len(d.test_x),
@@ -187,168 +263,38 @@ class Site:
             ),
         }
         stats.update({f"acq_{k}": v for k, v in d.description.items()})
-        return self._metrics(schemas.DESCRIBE, **stats)
+        return self.metrics(schemas.DESCRIBE, **stats)
 
-    # -- a visit: start, train in chunks (for progress), finish ---------------------------
-    def start_visit(self, msg: RecordDict) -> RecordDict:
-        """Receive the learner's weights, method and replay; prepare local training."""
-        req = VisitRequest.from_record(msg)
-        self._visit = LocalVisit.start(
-            req, self.name, self._tensors[:2], self.device, self._method_factory
-        )
-        return self._metrics(
-            schemas.VISIT_START, steps=req.steps, replay_sites=len(self._visit.replay)
-        )
-
-    def _crash_point(self, step: int) -> None:
-        if self._crash_in == "visit" and step > 0:
-            os._exit(70)  # injected fault: the process dies in the middle of its visit
-
-    def train(self, n_steps: int) -> RecordDict:
-        """Run up to ``n_steps`` outer steps of the current visit; returns scalar logs."""
-        v = self._require_visit()
-        means, dt = v.run(n_steps, self._crash_point)
-        return self._metrics(
-            {**schemas.TRAIN, **v.method.log_names},
-            step=v.step,
-            steps=v.ctx.steps,
-            seconds=dt,
-            **means,
-        )
-
-    def finish_visit(self) -> RecordDict:
-        """End the visit; export the trained weights and the method's state (kind ``model``)."""
-        v = self._require_visit()
-        if self._crash_in == "visit":
-            os._exit(70)  # injected fault (a visit too short to die between its steps)
-        weights, state, logs, mean_loss = v.finish()
-        self._visit = None
-        method = type(v.method)
-        arrays = {f"weights/{k}": spec for k, spec in v.received.items()}
-        arrays.update(
-            {f"state/{k}": spec for k, spec in method.state_spec(v.received).items() if k in state}
-        )
-        declared = {
-            **schemas.MODEL,
-            **method.log_names,
-            **method.summary_names([self.name, *v.ctx.replay_sites]),
-        }
-        return self._send(
-            ModelReply(
-                weights,
-                state,
-                steps=v.step,
-                train_seconds=v.seconds,
-                mean_loss=mean_loss,
-                logs=logs,
-            ),
-            self._schema("model", declared, arrays, groups=("weights", "state")),
-        )
-
-    def visit(self, msg: RecordDict) -> RecordDict:
-        """A whole visit in one call (the form a Flower ClientApp uses)."""
-        self.start_visit(msg)
-        self.train(self._require_visit().ctx.steps)
-        return self.finish_visit()
-
-    def _require_visit(self) -> LocalVisit:
-        if self._visit is None:
-            raise RuntimeError(f"site {self.name!r}: no visit in progress; call start_visit first")
-        return self._visit
-
-    # -- evaluation ------------------------------------------------------------------
-    def evaluate(self, msg: RecordDict) -> RecordDict:
-        """Dice of the given weights on this site's test split (only scalars leave)."""
-        req = EvaluateRequest.from_record(msg)
-        if self._crash_in == "evaluation":
-            os._exit(70)  # injected fault: the process dies in the middle of its evaluation
-        model = build_unet(req.arch, req.weights, self.device)
-        test_x, test_y = self._tensors[2:]
-        with self._parallel_phase():
-            pred = predict(model, test_x, req.eval_batch_size)
-        dice = dice_per_image(pred, test_y).cpu().numpy()
-        return self._metrics(
-            schemas.EVALUATE, dice=float(dice.mean()), dice_std=float(dice.std()), n=len(dice)
-        )
-
-    def write_preview(self, msg: RecordDict) -> RecordDict:
-        """Save ``n`` train images with mask outlines as one PNG on this site's own disk.
-
-        The file stays where the site runs; only its size leaves. A site with real (user) data
-        writes one only if its operator allowed it, and by default inside its own data folder.
-        """
-        req = PreviewRequest.from_record(msg)
-        real = self.spec.benchmark in USER_LAYOUTS
-        if real and not req.real:
-            raise ConfigError(
-                f"site {self.name!r} holds real images: a preview needs --allow-real-previews"
-            )
-        folder = req.folder or (self.spec.data_dir if real else "")
-        if not folder:
-            raise ConfigError(f"site {self.name!r}: no folder to write its preview into")
-        n = req.n
-        path = Path(folder) / f"{self.name}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        d = self._data
-        tiles = [
-            outlined_tile(d.train_x[i, 0], d.train_y[i, 0], 128)
-            for i in range(min(n, len(d.train_x)))
-        ]
-        label(tiles[0], self.name)
-        path.write_bytes(encode_png(np.concatenate(tiles, axis=0)))
-        record_access(path, "preview")  # where real images went, even outside the data folders
-        return self._metrics(schemas.PREVIEW, dst="driver", bytes_written=path.stat().st_size)
-
-    # -- Site-Modulated Diffusion: prompt tuning and replay checks (sites.smd_ops) ------------
-    def preload_smd(self) -> RecordDict:
-        return self.smd.preload()
-
-    def has_backbone(self, msg: RecordDict) -> RecordDict:
-        return self.smd.has_backbone(msg)
-
-    def install_backbone(self, msg: RecordDict) -> RecordDict:
-        return self.smd.install_backbone(msg)
-
-    def tune_prompt(self, msg: RecordDict) -> RecordDict:
-        return self.smd.tune_prompt(msg)
-
-    def fidelity(self, msg: RecordDict) -> RecordDict:
-        return self.smd.fidelity(msg)
-
-    def attribute(self, msg: RecordDict) -> RecordDict:
-        return self.smd.attribute(msg)
-
-    def guard_report(self) -> RecordDict:
-        """What the egress guard checked and every violation it recorded (one short row each)."""
-        rep = self._guard.report()
-        viol = rep.pop("violations")
-        site, mode = rep.pop("site"), rep.pop("mode")
-        rows = tuple({k: str(v) for k, v in row.items()} for row in viol[:200])
-        columns = {
-            "site": (self.name,),
-            "kind": (*EGRESS_KINDS, "?"),
-            "key": str,
-            "rule": schemas.RULES,
-            "detail": str,
-            "action": schemas.ACTIONS,
-        }
-        schema = self._schema(
-            metrics=schemas.GUARD_COUNTS,
-            config={"site": (self.name,), "mode": MODES, "session": int},
-            records={"violations": columns},
-        )
-        return self._send(
-            GuardReport(site, mode, self._session, {**rep, "violations": len(viol)}, rows), schema
-        )
-
-    def crash_during(self, phase: str) -> RecordDict:
-        """Fault injection (``--inject-fault kill-site``): this process exits during its next
-        ``phase`` (visit or evaluation), as a crash would; Ray restarts it."""
-        if phase not in ("visit", "evaluation"):
-            raise ValueError(f"crash_during: phase {phase!r}; expected visit or evaluation")
-        self._crash_in = phase
-        return self._metrics(schemas.ARMED, armed=1)
-
-    def ping(self) -> RecordDict:
+    def _ping(self) -> RecordDict:
         """A liveness probe (after a restart): the site is up; its data is built if it was not."""
-        return self._metrics(schemas.PING, alive=1, data_bytes=int(self._data.train_x.nbytes))
+        return self.metrics(schemas.PING, alive=1, data_bytes=int(self.data.train_x.nbytes))
+
+    def _guard_report(self) -> RecordDict:
+        """What the egress guard checked since this process started, as named counts."""
+        counts = self._guard.counts()
+        schema = self.schema(metrics=schemas.GUARD_REPORT, config={"mode": MODES})
+        return self.send(GuardReport(self._guard.mode, counts), schema)
+
+    # -- what only the node's own code calls (not an operation) ---------------------------
+    def guard_counts(self) -> dict[str, float]:
+        """The guard's counts so far (a Flower node carries them from one process to the next)."""
+        return self._guard.counts()
+
+    def restore_guard_counts(self, counts: dict[str, float]) -> None:
+        self._guard.restore_counts(counts)
+
+
+def _site_logger(settings: SiteSettings) -> logging.Logger:
+    """The site's own log: its file (``settings.log_file``), or stderr of its process."""
+    log = logging.getLogger(f"smg_sim.site.{settings.name}.{id(settings)}")
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    handler: logging.Handler
+    if settings.log_file:
+        Path(settings.log_file).parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(settings.log_file, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(f"%(asctime)s site {settings.name}: %(message)s"))
+    log.handlers[:] = [handler]
+    return log

@@ -20,6 +20,7 @@ from simulator.payloads import (
     TuneRequest,
 )
 from simulator.seeding import torch_generator
+from sites.refusals import SiteRefusal
 
 #: the fewest images a replay set must hold for the attribution detector to score it
 MIN_SET = 4
@@ -43,54 +44,59 @@ class SiteSMD:
         if self._key != (key, sha256):
             path = backbone_file(key)
             if not path.exists():
-                raise FileNotFoundError(
-                    f"site {self.site.name!r}: no SMD backbone {key} in this site's cache "
-                    f"({path}); "
-                    f"the learner sends it first (backbone_check, then backbone)"
-                )
+                raise SiteRefusal("backbone-missing", f"no SMD backbone {key} at {path}")
             self._model = load_backbone(path, self.site.device, sha256=sha256)
             self._key = (key, sha256)
         return self._model
+
+    def operations(self) -> dict[str, tuple]:
+        """This collaborator's learner operations: name -> (function, payload type)."""
+        return {
+            "preload_smd": (self.preload, None),
+            "has_backbone": (self.has_backbone, BackboneCheck),
+            "install_backbone": (self.install_backbone, BackboneOffer),
+            "tune_prompt": (self.tune_prompt, TuneRequest),
+            "fidelity": (self.fidelity, FidelityRequest),
+            "attribute": (self.attribute, AttributeRequest),
+        }
 
     def preload(self) -> RecordDict:
         """Import what prompt tuning needs (no data is read) at the start of a run, beside the other
         processes, instead of on one core when this site's prompt is due."""
         from simulator.smd.backbone import preload
 
-        return self.site._metrics(schemas.PRELOAD, import_seconds=preload())
+        return self.site.metrics(schemas.PRELOAD, import_seconds=preload())
 
-    def has_backbone(self, msg: RecordDict) -> RecordDict:
+    def has_backbone(self, req: BackboneCheck) -> RecordDict:
         """Whether this site's own SMD cache holds the announced public backbone (1) or not (0)."""
         from simulator.smd.cache import backbone_file, cached_digest
 
-        req = BackboneCheck.from_record(msg)
         path = backbone_file(req.key)
         present = path.exists() and cached_digest(path) == req.sha256
-        return self.site._metrics(schemas.BACKBONE_CHECK, present=int(present))
+        return self.site.metrics(schemas.BACKBONE_CHECK, present=int(present))
 
-    def install_backbone(self, msg: RecordDict) -> RecordDict:
+    def install_backbone(self, req: BackboneOffer) -> RecordDict:
         """Keep the public backbone sent as arrays in this site's own cache, if its digest
         checks."""
         from simulator.smd.backbone import SMDSpec
         from simulator.smd.cache import install_backbone
 
-        req = BackboneOffer.from_record(msg)
         spec = SMDSpec.from_json(dict(req.spec))
         written = install_backbone(req.key, req.sha256, spec, req.state)
-        return self.site._metrics(
+        return self.site.metrics(
             schemas.BACKBONE_INSTALL,
             installed=int(written),
             backbone_bytes=int(sum(a.nbytes for a in req.state.values())),
         )
 
-    def tune_prompt(self, msg: RecordDict) -> RecordDict:
+    def tune_prompt(self, req: TuneRequest) -> RecordDict:
         """Invert this site's train pairs into a K x D prompt of the frozen public backbone."""
         from sites.prompt import tune_prompt
 
-        req = TuneRequest.from_record(msg)
         backbone = self._backbone(req.backbone_key, req.backbone_sha256)
-        d = self.site._data
-        if req.dp_epsilon > 0:  # DP-SGD: every read of private data accounted, no private loss sent
+        d = self.site.data
+        own = self.site.settings  # DP is the site's own setting, never the request's
+        if own.dp_epsilon > 0:  # DP-SGD: every read of private data accounted, no private loss sent
             from sites.dp_prompt import dp_tune_prompt
 
             prompt, logs = dp_tune_prompt(
@@ -102,9 +108,9 @@ class SiteSMD:
                 req.lr,
                 req.batch,
                 torch_generator(req.seed),
-                req.dp_epsilon,
-                req.dp_delta,
-                req.dp_clip,
+                own.dp_epsilon,
+                own.dp_delta,
+                own.dp_clip,
             )
         else:
             prompt, logs = tune_prompt(
@@ -122,24 +128,23 @@ class SiteSMD:
         self._prompt = prompt
         logs["data_bytes"] = int(d.train_x.nbytes + d.train_y.nbytes)
         spec = backbone.spec
-        return self.site._send(
+        return self.site.send(
             PromptReply(prompt, logs),
-            self.site._schema(
+            self.site.schema(
                 "prompt",
-                schemas.PROMPT_LOGS_DP if req.dp_epsilon > 0 else schemas.PROMPT_LOGS,
+                schemas.PROMPT_LOGS_DP if own.dp_epsilon > 0 else schemas.PROMPT_LOGS,
                 {"prompt/tokens": ((spec.tokens, spec.token_dim), "float32")},
             ),
         )
 
-    def fidelity(self, msg: RecordDict) -> RecordDict:
+    def fidelity(self, req: FidelityRequest) -> RecordDict:
         """Fidelity (TSTR, intensity distance) and memorisation of this site's replay; scalars
         leave."""
         from sites.fidelity import intensity_distance, tstr
         from sites.memorisation import membership_inference, nearest_neighbours
 
-        req = FidelityRequest.from_record(msg)
         synth = (req.replay[f"{self.site.name}/x"], req.replay[f"{self.site.name}/y"])
-        d = self.site._data
+        d = self.site.data
         t0 = time.perf_counter()
         out = tstr((d.train_x, d.train_y), (d.test_x, d.test_y), synth, req.steps, req.seed)
         out.update(intensity_distance(d.train_x, synth[0]))
@@ -160,9 +165,9 @@ class SiteSMD:
                 )
             )
         out.update(fidelity_seconds=t1 - t0, memorisation_seconds=time.perf_counter() - t1)
-        return self.site._metrics(schemas.FIDELITY, **out)
+        return self.site.metrics(schemas.FIDELITY, **out)
 
-    def attribute(self, msg: RecordDict) -> RecordDict:
+    def attribute(self, req: AttributeRequest) -> RecordDict:
         """Score each replay set with a real-vs-public detector trained on this site's data.
 
         Only the mean score of each set leaves (``score/<set>``), never a score per image, so the
@@ -170,16 +175,11 @@ class SiteSMD:
         """
         from sites.attribution import train_detector_and_score
 
-        req = AttributeRequest.from_record(msg)
         if min(req.set_sizes, default=0) < MIN_SET or sum(req.set_sizes) != len(req.queries):
-            raise ValueError(
-                f"site {self.site.name!r}: attribute: sets of {list(req.set_sizes)} images; "
-                f"expected "
-                f"at least {MIN_SET} each, {len(req.queries)} in all"
-            )
-        with self.site._parallel_phase():
+            raise SiteRefusal("refused-query", f"attribute: sets of {list(req.set_sizes)} images")
+        with self.site.parallel_phase():
             scores = train_detector_and_score(
-                self.site._data.train_x, req.public, req.queries, req.steps, req.seed
+                self.site.data.train_x, req.public, req.queries, req.steps, req.seed
             )
         bounds = np.cumsum([0, *req.set_sizes])
         means = {
@@ -187,4 +187,4 @@ class SiteSMD:
             for s, a, b in zip(req.sets, bounds[:-1], bounds[1:], strict=True)
         }
         declared = {**schemas.SCORES, **{f"score/{s}": schemas.FRACTION for s in req.sets}}
-        return self.site._metrics(declared, n_scored=len(scores), **means)
+        return self.site.metrics(declared, n_scored=len(scores), **means)

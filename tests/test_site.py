@@ -5,14 +5,23 @@ import inspect
 import numpy as np
 import pytest
 from flwr.app import RecordDict
+from sitekit import OPERATOR_TOKEN, make_site
 
 from server.learner import Learner
-from server.methods import build_method, method_class
+from server.methods import method_class
 from simulator.config import build_config, parse_set
 from simulator.driver.plan import method_hparams
 from simulator.errors import MessageError
 from simulator.messages import array_groups, arrays, make_message, metrics
-from simulator.payloads import EvaluateRequest, GuardReport, PreviewRequest, VisitRequest
+from simulator.payloads import (
+    EvaluateRequest,
+    FaultRequest,
+    GuardReport,
+    PreviewRequest,
+    TrainRequest,
+    VisitRequest,
+    is_error,
+)
 from simulator.schemas import FRACTION, Schema
 from sites.blocklist import Blocklist
 from sites.egress import EgressGuard, EgressViolation
@@ -28,7 +37,7 @@ def _learner(cfg):
 
 @pytest.fixture()
 def site(smoke_spec):
-    return Site("alpha", smoke_spec, build_method, torch_threads=1, device="cpu")
+    return make_site(smoke_spec)
 
 
 @pytest.fixture()
@@ -43,7 +52,7 @@ def _all_arrays(rd: RecordDict):
 
 def test_visit_trains_and_returns_model(site, learner):
     before = {k: v.copy() for k, v in learner.weights.items()}
-    reply = site.visit(learner.visit_message("alpha", 1))
+    reply = site.handle("visit", learner.visit_message("alpha", 1))
     assert reply["meta"]["kind"] == "model"
     learner.absorb(reply, "alpha", 1)
     changed = [k for k in before if not np.array_equal(before[k], learner.weights[k])]
@@ -52,55 +61,71 @@ def test_visit_trains_and_returns_model(site, learner):
 
 
 def test_evaluate_returns_only_scalars(site, learner):
-    reply = site.evaluate(learner.evaluate_message())
+    reply = site.handle("evaluate", learner.evaluate_message())
     assert array_groups(reply) == []
     m = metrics(reply)
     assert 0.0 <= m["dice"] <= 1.0 and m["n"] == 6
 
 
-def test_no_site_method_returns_an_image_shaped_array(site, smoke_spec, tmp_path, smd_backbone):
-    """Call every public method of Site and inspect every array it returns."""
+def test_no_site_operation_returns_an_image_shaped_array(site, smoke_spec, tmp_path, smd_backbone):
+    """Call every operation of the site's entry point and inspect every array it returns."""
     h = w = smoke_spec.image_size
     learner = _learner(build_config("smoke", parse_set(["run.method=smd_replay"])))
     learner.enable_replay(str(smd_backbone), 1)
-    prompt_reply = site.tune_prompt(learner.tune_message("alpha"))
+    prompt_reply = site.handle("tune_prompt", learner.tune_message("alpha"))
     learner.absorb_prompt(prompt_reply, "alpha")
     learner.visited.append("alpha")
     public_images = np.random.default_rng(0).random((4, 1, h, w), dtype=np.float32)
+
+    def rec(payload, src="learner"):
+        return payload.to_record(src, "site:alpha")
+
     calls = {
-        "has_backbone": (learner.backbone_check_message("alpha"),),
-        "install_backbone": (learner.backbone_offer_message("alpha"),),
-        "tune_prompt": (learner.tune_message("alpha"),),
-        "fidelity": (learner.fidelity_message("alpha"),),
-        "attribute": (learner.attribution_message("alpha", ["alpha"], public_images),),
-        "describe": (),
-        "start_visit": (learner.visit_message("alpha", 1),),
-        "train": (3,),
-        "finish_visit": (),
-        "visit": (learner.visit_message("alpha", 2),),
-        "evaluate": (learner.evaluate_message(),),
-        "guard_report": (),
-        "write_preview": (
-            PreviewRequest(str(tmp_path), 3, False).to_record("driver", "site:alpha"),
-        ),
-        "ping": (),
-        "preload_smd": (),
-        "crash_during": ("evaluation",),  # armed only: nothing here evaluates afterwards
+        "check": site.settings.expected().to_record("learner", "site:alpha"),
+        "has_backbone": learner.backbone_check_message("alpha"),
+        "install_backbone": learner.backbone_offer_message("alpha"),
+        "tune_prompt": learner.tune_message("alpha"),
+        "fidelity": learner.fidelity_message("alpha"),
+        "attribute": learner.attribution_message("alpha", ["alpha"], public_images),
+        "describe": None,
+        "start_visit": learner.visit_message("alpha", 1),
+        "train": rec(TrainRequest(3)),
+        "finish_visit": None,
+        "visit": learner.visit_message("alpha", 2),
+        "evaluate": learner.evaluate_message(),
+        "guard_report": None,
+        "ping": None,
+        "preload_smd": None,
+        # the operator's (with its token)
+        "preview": rec(PreviewRequest(str(tmp_path), 3, False), "driver"),
+        "inspect": None,
+        "crash_during": rec(FaultRequest("evaluation"), "driver"),  # armed: nothing evaluates after
     }
-    public = {n for n, _ in inspect.getmembers(Site, inspect.isfunction) if not n.startswith("_")}
-    assert public == set(calls), (
-        f"new public Site method(s) must be covered here: {public ^ set(calls)}"
+    tables = {**site._learner_ops, **site._operator_ops}
+    assert set(tables) == set(calls), (
+        f"new operation(s) must be covered here: {set(tables) ^ set(calls)}"
     )
+    public = {n for n, _ in inspect.getmembers(Site, inspect.isfunction) if not n.startswith("_")}
+    assert public == {
+        "handle",
+        "schema",
+        "send",
+        "metrics",
+        "parallel_phase",
+        "guard_counts",
+        "restore_guard_counts",
+    }
     seen = 0
-    for name, args in calls.items():
-        reply = getattr(site, name)(*args)
-        assert isinstance(reply, RecordDict), name
-        assert reply["meta"]["kind"] in ("model", "metrics", "prompt"), name
+    for op, payload in calls.items():
+        reply = site.handle(op, payload, token=OPERATOR_TOKEN)
+        assert isinstance(reply, RecordDict), op
+        assert not is_error(reply), (op, dict(reply["config"]))
+        assert reply["meta"]["kind"] in ("model", "metrics", "prompt"), op
         for key, arr in _all_arrays(reply):
             seen += 1
-            assert arr.shape[-2:] != (h, w), f"{name} returned image-shaped {key} {arr.shape}"
+            assert arr.shape[-2:] != (h, w), f"{op} returned image-shaped {key} {arr.shape}"
             if reply["meta"]["kind"] != "model":
-                assert arr.size % (h * w) != 0, (name, key, arr.shape)
+                assert arr.size % (h * w) != 0, (op, key, arr.shape)
     assert seen > 0
 
 
@@ -122,13 +147,7 @@ def test_payloads_round_trip_and_refuse_other_shapes(learner):
         EvaluateRequest.from_record(msg)
     with pytest.raises(MessageError, match="expected a 'visit' message, got 'evaluate'"):
         VisitRequest.from_record(learner.evaluate_message())
-    report = GuardReport(
-        "alpha",
-        "strict",
-        17,
-        {"violations": 1.0},
-        ({"rule": "exact", "key": "weights/w", "detail": "3 of 4"},),
-    )
+    report = GuardReport("strict", {"violations": 1.0, "violations/model/exact": 1.0})
     again = GuardReport.from_record(report.to_record("site:alpha", "learner"))
     assert again == report
 

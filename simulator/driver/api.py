@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from simulator.benchmarks import catalog
 from simulator.config import Config
-from simulator.driver.plan import check_method, plan_run, run_sites, site_specs
+from simulator.driver.operator import inspect_data, write_site_previews
+from simulator.driver.plan import check_method, plan_run, run_sites
 from simulator.driver.runfolder import RunFolder
 from simulator.driver.runner import (
     EXIT_DRIVER_KILLED,
@@ -18,7 +18,6 @@ from simulator.driver.runner import (
     write_plan,
 )
 from simulator.driver.smd_phases import pretrain_progress
-from simulator.errors import AccessViolation, ConfigError
 
 __all__ = [
     "EXIT_DRIVER_KILLED",
@@ -68,82 +67,6 @@ def resume(run_dir: Path, stream: TextIO | None = None, progress: bool = True) -
         + "\n"
     )
     return execute(plan, folder, stream, progress, None, ckpt)
-
-
-def _site_command_record(kind: str, record: Path | None) -> Path:
-    """The folder where a ``data`` command keeps its ledger and file-access trace."""
-    import datetime as dt
-
-    record = (
-        Path(record) if record else Path("runs") / f"{kind}-{dt.datetime.now():%Y%m%d-%H%M%S-%f}"
-    )
-    record.mkdir(parents=True, exist_ok=False)
-    return record.resolve()
-
-
-def _check_trace(record: Path, cfg: Config) -> None:
-    """Each site of a ``data`` command touched only its own data, or a PrivacyError names who did
-    what."""
-    from simulator.driver.audit.checks import file_access
-    from simulator.filetrace import read_trace
-
-    check, _ = file_access(
-        read_trace(record / "file_access"), str(catalog.data_root(cfg.data.benchmark))
-    )
-    (record / "file_access_check.json").write_text(json.dumps(check, indent=2) + "\n")
-    if check["verdict"] != "pass":
-        raise AccessViolation(f"{record}: {check['detail']}")
-
-
-def write_site_previews(
-    cfg: Config, folder: Path | None, allow_real: bool = False, record: Path | None = None
-) -> tuple[list[Path], Path]:
-    """Have every site of ``cfg`` save a preview of its data (one PNG per site).
-
-    Generated (simulated) sites write into ``folder``. Sites of a user data set hold real images:
-    they write only with ``allow_real``, into their own data folder unless ``folder`` is given.
-    The messages and every site's file access go to ``record`` (default ``runs/preview-<time>``);
-    returns the PNG paths and that folder.
-    """
-    from simulator.driver import engine
-
-    real = catalog.is_user_data(cfg.data.benchmark)
-    if real and not allow_real:
-        raise ConfigError(
-            f"data preview: {cfg.data.benchmark} holds real images; pass --allow-real-previews to "
-            f"write previews of them (each into its own site folder unless --out is given)"
-        )
-    if folder is None and not real:
-        raise ConfigError("data preview: --out is needed for a generated benchmark")
-    sites = run_sites(cfg)
-    rec = _site_command_record("preview", record)
-    engine.start_ray(cfg.runtime, dashboard=False)
-    target = str(Path(folder).resolve()) if folder is not None else ""
-    engine.write_previews(cfg, site_specs(cfg, sites), target, real, rec)
-    _check_trace(rec, cfg)
-    where = [
-        Path(target) / f"{n}.png"
-        if target
-        else catalog.site_dir(cfg.data.benchmark, n) / f"{n}.png"
-        for n in sites
-    ]
-    return where, rec
-
-
-def inspect_data(cfg: Config, record: Path | None = None) -> dict[str, tuple[dict, list[str]]]:
-    """Per site of ``cfg``: statistics of its data and the problems its reader found.
-
-    The readers run inside one actor per site; only scalars and short messages come back. The
-    replies and every site's file access go to ``record`` (default ``runs/inspect-<time>``).
-    """
-    from simulator.driver import engine
-
-    sites = run_sites(cfg)
-    rec = _site_command_record("inspect", record)
-    engine.start_ray(cfg.runtime, dashboard=False)
-    out = engine.inspect_sites(cfg, site_specs(cfg, sites), rec)
-    _check_trace(rec, cfg)
-    return out
 
 
 def pretrain_backbone(cfg: Config, stream: TextIO | None = None, force: bool = False) -> dict:
@@ -234,8 +157,8 @@ def compare(
     """
     import dataclasses
 
-    from simulator.driver import engine
     from simulator.driver.compare import grid as cmp
+    from simulator.driver.engine import ray_actors
 
     def make(cfg: Config, method: str, seed: int, order: str, folder: Path) -> Config:
         run_cfg = dataclasses.replace(
@@ -251,7 +174,7 @@ def compare(
     plans = cmp.plan_compare(base, methods, seeds, orders, out, make)
     out.mkdir(parents=True, exist_ok=True)
     base.write(out / "compare_config.json")
-    engine.start_ray(base.runtime)
+    ray_actors.start_ray(base.runtime)
     shared = out / "shared"  # each site's prompt and replay figures, made once per (seed, site)
     if max_parallel <= 1:
         status = cmp.run_compare(
@@ -260,7 +183,7 @@ def compare(
     else:
         _pretrain_backbones(plans, stream)
         threads = max(1, base.runtime.torch_threads // max_parallel)
-        launch = _launcher(out, shared, engine.cluster_address(), threads)
+        launch = _launcher(out, shared, ray_actors.cluster_address(), threads)
         status = cmp.run_parallel(plans, launch, max_parallel, stream)
     table = cmp.summarize(out, baseline=baseline)
     return table, status

@@ -299,24 +299,24 @@ def _add_flower(sub) -> None:
         "flower",
         help="a local Flower deployment: a SuperLink and one SuperNode per site",
         description="up: start flower-superlink and one flower-supernode per site on 127.0.0.1 "
-        "(insecure mode; every SuperNode a process of its own, its site and its "
-        "data folder in its node config, an SMD cache of its own), record their ids in "
-        "DIR/deployment.json and print the "
-        "flwr run command; down: stop exactly the processes up started.",
+        "(insecure mode; every SuperNode a process of its own with its own settings file: its "
+        "site, data folder, guard mode, trace and log; an SMD cache of its own), record their "
+        "ids in DIR/deployment.json and print the flwr run command; down: stop exactly the "
+        "processes up started.",
     )
     fl_sub = fl.add_subparsers(dest="flower_command", required=True)
     up = fl_sub.add_parser("up", help="start the SuperLink and the SuperNodes")
     up.add_argument(
-        "--sites", type=int, default=6, help="number of sites, one SuperNode each (default 6)"
-    )
-    up.add_argument(
         "--benchmark",
         default="phantom",
         metavar="SPEC",
-        help="phantom (default), mni152, or a user data set (folder:PATH, "
-        "prostate:PATH, fundus:PATH): each node's "
-        "data-dir is its site's folder",
+        help="phantom (default) or mni152, generated on each node",
     )
+    up.add_argument(
+        "--target", default=None, choices=("auto", "disc", "cup"), help=argparse.SUPPRESS
+    )
+    add_site_selection(up, profile="smoke")
+    add_set(up, "a node setting, e.g. --set privacy.mode=strict (repeatable)")
     up.add_argument(
         "--dir",
         default="runs/flower-local",

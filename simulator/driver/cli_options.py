@@ -53,14 +53,16 @@ def add_set(p: argparse.ArgumentParser, text: str) -> None:
     )
 
 
-def add_site_selection(p: argparse.ArgumentParser) -> None:
+def add_site_selection(p: argparse.ArgumentParser, profile: str = "quick") -> None:
     p.add_argument(
         "--sites",
         type=int,
         default=None,
         help="number of sites (default 6 of a generated benchmark, every site of a user data set)",
     )
-    p.add_argument("--profile", default="quick", choices=PROFILES, help="sizes (default quick)")
+    p.add_argument(
+        "--profile", default=profile, choices=PROFILES, help=f"sizes (default {profile})"
+    )
     p.add_argument(
         "--seed", type=int, default=0, help="run seed (sets the train/test split; default 0)"
     )

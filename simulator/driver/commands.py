@@ -23,6 +23,7 @@ from simulator.errors import (
     DataError,
     EgressViolation,
     RunFolderError,
+    SiteFailure,
     SiteUnavailable,
 )
 
@@ -232,12 +233,17 @@ def cmd_flower(args: argparse.Namespace) -> int:
             "smg-sim flower up: a user data set needs each SuperNode's data spec in its node "
             "config; this command starts generated benchmarks only"
         )
-    state = flower_deploy.up(Path(args.dir), args.sites, args.benchmark)
+    cfg = data_config(args, args.overrides)
+    state = flower_deploy.up(Path(args.dir), cfg)
     for p in state["processes"]:
         print(f"smg-sim: {p['role']}: pid {p['pid']}, log {p['log']}")
     print(f"smg-sim: SuperLink on {state['superlink']}; from the project folder run the app with:")
     print(f"  {flower_deploy.run_command(state)}")
     print(f"smg-sim: stop it with: smg-sim flower down --dir {args.dir}")
+    print(
+        f"smg-sim: the nodes keep their file-access traces; audit a run with: smg-sim audit RUN "
+        f"--node-traces {Path(args.dir).resolve() / 'file_access'}"
+    )
     return EXIT_OK
 
 
@@ -272,6 +278,12 @@ def guarded(work: Callable[[], int]) -> int:
         return _fail(f"smg-sim: stopped: {exc}", EXIT_PRIVACY)
     except AccessViolation as exc:
         return _fail(f"smg-sim: stopped: {exc}", EXIT_PRIVACY)
+    except SiteFailure as exc:  # a code from the site; its details are in the site's own log
+        if exc.code == "egress-violation":
+            return _fail(f"smg-sim: stopped by the privacy guard: {exc}", EXIT_PRIVACY)
+        if exc.code in ("data-error", "settings-differ", "refused-setting"):
+            return _fail(f"smg-sim: error: {exc}", EXIT_USAGE)
+        return _fail(f"smg-sim: error: {exc}", EXIT_FAILED)
     except SiteUnavailable as exc:  # the run folder keeps its last checkpoint
         return _fail(f"smg-sim: stopped: {exc}; continue with smg-sim resume RUN_DIR", EXIT_FAILED)
     except KeyboardInterrupt:

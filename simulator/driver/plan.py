@@ -22,6 +22,7 @@ from simulator.method import HValue, Method, resolve_hparams
 from simulator.paths import site_data_root
 from simulator.payloads import SiteSpec
 from simulator.seeding import derive_seed
+from sites.settings import SiteSettings
 
 if TYPE_CHECKING:
     from simulator.smd.backbone import SMDSpec
@@ -63,6 +64,46 @@ class RunPlan:
     def data_root(self) -> Path:
         """The folder that holds every site's data folder (what the file-access trace watches)."""
         return catalog.data_root(self.config.data.benchmark)
+
+    @property
+    def trace_dir(self) -> Path:
+        """The run's file-access traces: one file per process role."""
+        return self.out / "file_access"
+
+    @property
+    def settings(self) -> dict[str, SiteSettings]:
+        """Each site's own settings, as the operator of the simulated sites gives them."""
+        return site_settings(
+            self.config, self.specs, self.guard_mode, self.trace_dir, self.out.name
+        )
+
+
+def site_log(spec: SiteSpec, run_name: str) -> str:
+    """Where a site keeps the details of its failures during a run: in its own folder."""
+    return str(Path(spec.data_dir) / ".smg-sim-logs" / f"{run_name}.log") if spec.data_dir else ""
+
+
+def site_settings(
+    cfg: Config, specs: dict[str, SiteSpec], guard_mode: str, trace_dir: Path | None, run_name: str
+) -> dict[str, SiteSettings]:
+    """The settings the driver, as the operator of simulated sites, gives each site: its spec,
+    the guard's mode, its trace and log files, the device and threads, its DP settings."""
+    rt, priv = cfg.runtime, cfg.privacy
+    return {
+        name: SiteSettings(
+            name=name,
+            spec=spec,
+            guard_mode=guard_mode,
+            trace_file=str(trace_dir / f"site-{name}.jsonl") if trace_dir else "",
+            log_file=site_log(spec, run_name),
+            device=rt.device,
+            torch_threads=rt.torch_threads,
+            dp_epsilon=priv.dp_epsilon,
+            dp_delta=priv.dp_delta,
+            dp_clip=priv.dp_clip,
+        )
+        for name, spec in specs.items()
+    }
 
 
 def method_hparams(cfg: Config, name: str) -> dict[str, HValue]:
@@ -182,6 +223,12 @@ def plan_run(cfg: Config, reuse: Path | None = None, new_folder: bool = True) ->
     sites = run_sites(cfg)
     order = resolve_order(cfg.run.order, sites, cfg.run.seed)
     pins = site_resources(cfg.runtime.site_resources, order)
+    faults = parse_faults(cfg.runtime.inject_fault, order)
+    if any(f.kind == "kill-site" for f in faults) and cfg.runtime.engine != "ray":
+        raise ConfigError(
+            f"runtime.inject_fault: kill-site needs the Ray engine (it restarts site actors); "
+            f"runtime.engine={cfg.runtime.engine} fails the run instead, which can be resumed"
+        )
     out = Path(cfg.run.out) if cfg.run.out else default_out(cfg)
     if new_folder:
         check_new(out)
@@ -197,5 +244,5 @@ def plan_run(cfg: Config, reuse: Path | None = None, new_folder: bool = True) ->
         guard_mode=cfg.privacy.mode if cls.private else "record",
         smd=smd,
         reuse=reuse,
-        faults=parse_faults(cfg.runtime.inject_fault, order),
+        faults=faults,
     )

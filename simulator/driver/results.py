@@ -40,13 +40,12 @@ def guard_totals(guard: dict[str, dict]) -> dict[str, float]:
 
 def merge_guard_sessions(sessions: list[dict], restarts: int = 0) -> dict:
     """One site's guard report from the reports of each start of its process: counts and seconds
-    summed, violations concatenated, and how often the process was restarted."""
+    summed, and how often the process was restarted."""
     out = dict(sessions[0])
     for rep in sessions[1:]:
         for k, v in rep.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 out[k] = out.get(k, 0) + v
-        out["violation_list"] = out["violation_list"] + rep["violation_list"]
     out["restarts"] = restarts
     return out
 

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 import numpy as np
 
+from simulator.driver.engine.loop import Engine
+from simulator.driver.engine.protocol import Backend
 from simulator.driver.ledger import Ledger
 from simulator.driver.plan import RunPlan
 from simulator.driver.progress import RunProgress
@@ -161,39 +165,54 @@ def _report(
     )
 
 
+def _open_backend(plan: RunPlan, site_cls: type | None) -> tuple[Backend, str | None]:
+    """The backend ``runtime.engine`` names, hosting the plan's sites with the settings the driver
+    gives them as their operator; returns it and the Ray dashboard's URL (None when off)."""
+    from server.methods import build_method
+
+    token = secrets.token_hex(16)  # the operator's: held in this process only
+    extra = {"site_cls": site_cls} if site_cls else {}
+    if plan.config.runtime.engine == "inprocess":
+        from simulator.driver.engine.inprocess import InProcessBackend
+
+        return InProcessBackend(plan.settings, build_method, token, **extra), None
+    from simulator.driver.engine import ray_actors
+
+    url = ray_actors.start_ray(plan.config.runtime)
+    backend = ray_actors.RayBackend(
+        plan.settings,
+        build_method,
+        namespace=f"smg-sim-{plan.out.name}",
+        token=token,
+        restarts=plan.config.runtime.site_restarts,
+        pinned=plan.pins,
+        **extra,
+    )
+    return backend, url
+
+
 def _open_engine(
     plan: RunPlan,
     ledger: Ledger,
-    trace_dir: Path,
     stream: TextIO,
     progress: bool,
     site_cls: type | None,
     t_start: float,
-    grid=None,
-):
-    """Start Ray and the site actors (or, with a Flower ``grid``, reach the sites' nodes); returns
-    (engine, the time Ray was ready)."""
-    from simulator.driver import engine
-
-    cfg = plan.config
-    url = engine.start_ray(cfg.runtime)
+    backend_for: Callable[[Ledger], Backend] | None = None,
+) -> tuple[Engine, float]:
+    """Start the backend (or take the one ``backend_for`` makes, a ServerApp's Flower nodes) and
+    the engine; returns the engine and the time the backend was ready."""
+    if backend_for is not None:
+        backend, url = backend_for(ledger), None
+    else:
+        backend, url = _open_backend(plan, site_cls)
     t_ray = time.perf_counter()
     _start(plan, stream, url)
-    if grid is not None:
-        stream.write(
-            f"smg-sim: engine flower: {len(plan.order)} sites on Flower nodes, reached by Flower "
-            "messages\n"
-        )
+    if backend.name != "ray":
+        stream.write(f"smg-sim: engine {backend.name}: {len(plan.order)} sites\n")
     prog = RunProgress(len(plan.order), plan.smd_on, stream=stream, enabled=progress)
-    eng = engine.Engine(
-        plan,
-        ledger,
-        prog,
-        namespace=f"smg-sim-{plan.out.name}",
-        trace_dir=str(trace_dir),
-        **({"site_cls": site_cls} if site_cls else {}),
-        grid=grid,
-    )
+    logs = {n: s.log_file for n, s in plan.settings.items()}
+    eng = Engine(plan, backend, ledger, prog, logs)
     eng.clock.add("ray_start", t_ray - t_start)
     eng.dashboard_url = url
     return eng, t_ray
@@ -205,6 +224,7 @@ def _prepare(
     """Site facts, the learner, and the SMD backbone when replay is on; returns (facts, smd info).
     ``done``: the sites whose stage a checkpoint holds (they tune no prompt again)."""
     with eng.clock.phase("actors"):
+        eng.check_settings()
         facts = eng.describe_sites()
         n_channels = _image_channels(facts)
         eng.start_learner(n_channels)
@@ -215,10 +235,10 @@ def _prepare(
                 f"smd.pool: the public pools are single-channel but the sites' images have "
                 f"{n_channels} channels; SMD replay needs single-channel data"
             )
-        eng.preload_smd(plan.smd.key(), done)
+        eng.smd.preload(plan.smd.key(), done)
         with eng.clock.phase("smd_pretraining"):
             smd_info = prepare_smd(plan, stream, progress)
-            eng.enable_replay(smd_info["backbone_path"], n_channels)
+            eng.smd.enable(smd_info["backbone_path"], n_channels)
         eng.progress.restart_clock()  # the ETA covers the run, not the pre-training
     return facts, smd_info
 
@@ -263,33 +283,35 @@ def execute(
     progress: bool,
     site_cls: type | None,
     ckpt,
-    grid=None,
+    backend_for: Callable[[Ledger], Backend] | None = None,
 ) -> RunResult:
     """The run itself, from the start or from checkpoint ``ckpt``.
 
     With ``runtime.engine = flower`` it runs inside a Flower ServerApp in Flower's simulation
-    (:mod:`simulator.driver.engine.flower_sim`), which calls back here with the ServerApp's
-    ``grid``.
+    (:mod:`simulator.driver.engine.flower_sim`), which calls back here with ``backend_for``: the
+    ServerApp's Flower nodes as the backend (given the run's ledger).
     """
     cfg = plan.config
-    if cfg.runtime.engine == "flower" and grid is None:
+    if cfg.runtime.engine == "flower" and backend_for is None:
         from simulator.driver.engine.flower_sim import execute_in_simulation
 
-        return execute_in_simulation(plan, folder, stream, progress, site_cls, ckpt, execute)
+        if site_cls is not None:
+            raise ConfigError(
+                "runtime.engine=flower runs the nodes' own sites; a replaced site "
+                "class needs the Ray or in-process engine"
+            )
+        return execute_in_simulation(plan, folder, stream, progress, ckpt, execute)
     t_start = time.perf_counter()
     before = ckpt.elapsed_seconds if ckpt else 0.0  # seconds the run spent before it was resumed
     ledger = Ledger(
         folder.file("ledger.jsonl"), *((ckpt.ledger_count, ckpt.ledger_total_bytes) if ckpt else ())
     )
-    trace_dir = folder.file("file_access")
     data_root = plan.data_root
-    start_trace(trace_dir / "driver.jsonl", "driver", [data_root])
+    start_trace(plan.trace_dir / "driver.jsonl", "driver", [data_root])
     folder.file("FAILED").unlink(missing_ok=True)
     eng = None
     try:
-        eng, t_ray = _open_engine(
-            plan, ledger, trace_dir, stream, progress, site_cls, t_start, grid
-        )
+        eng, t_ray = _open_engine(plan, ledger, stream, progress, site_cls, t_start, backend_for)
         facts, smd_info = _prepare(
             eng,
             plan,
@@ -325,8 +347,9 @@ def execute(
         if plan.smd_on:
             smd_info.update(finish_smd(plan, eng, folder, eng.progress))
             write_json(folder.file("smd.json"), smd_info)
-        if eng.reused:
-            write_json(folder.file("reuse.json"), {"folder": str(plan.reuse), "sites": eng.reused})
+        if eng.smd.reused:
+            reuse = {"folder": str(plan.reuse), "sites": eng.smd.reused}
+            write_json(folder.file("reuse.json"), reuse)
         m, audit, timings = _finish(
             eng,
             plan,
@@ -357,15 +380,13 @@ def _record_processes(folder: RunFolder, eng) -> None:
     process of every actor, one entry per start of the driver; the audit lists them)."""
     import socket
 
-    from simulator.driver import engine
-
     write_json(
         folder.file("runtime.json"),
         {
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "started": time.time(),
-            "ray_address": engine.cluster_address(),
+            **eng.backend.describe(),
             "dashboard": eng.dashboard_url,
         },
     )

@@ -56,16 +56,16 @@ def finish_smd(plan: RunPlan, eng, folder: RunFolder, prog: Progress) -> dict:
     from simulator.smd.pretrain import PUBLIC_POOLS
 
     cfg = plan.config
-    out: dict = {"sites": dict(eng.smd_sites)}
+    out: dict = {"sites": dict(eng.smd.sites)}
     if len(plan.order) >= 2:
         prog.line("SMD attribution: every site scores every site's replay")
         make_pool, _ = PUBLIC_POOLS[plan.smd.benchmark]
         public, _, _ = make_pool(
             derive_seed(cfg.smd.public_seed, "attribution-negatives"), 128, cfg.data.image_size
         )
-        out["attribution"] = eng.attribution(public)
-    folder.file("replay_samples.png").write_bytes(eng.replay_grid())
-    out["replay"] = eng.replay_stats()
+        out["attribution"] = eng.smd.attribution(public)
+    folder.file("replay_samples.png").write_bytes(eng.smd.replay_grid())
+    out["replay"] = eng.smd.replay_stats()
     return out
 
 

@@ -96,16 +96,19 @@ def guard_check(site: str, g: dict[str, Any] | None) -> dict[str, str]:
     """The verdict on one site's egress-guard report."""
     if g is None:
         return check("egress guard", FAIL, "no guard report", scope=site)
-    viol = g.get("violation_list", [])
     if g["mode"] == "off":
         return check("egress guard", FAIL, "the guard was switched off (privacy.mode=off)", site)
-    if viol:
-        lines = [
-            f"{v['kind']} {v['key']}: {v['rule']}: {v['detail']} ({v['action']})" for v in viol
-        ]
-        return check(
-            "egress guard", FAIL, f"{len(viol)} violation(s): " + "; ".join(lines[:20]), site
+    if g.get("violations", 0):
+        action = {"strict": "stopped", "warn": "blocked", "record": "allowed (non-private)"}.get(
+            g["mode"], g["mode"]
         )
+        rows = [
+            f"{name.split('/')[1]} {name.split('/')[2]} x{int(n)}"
+            for name, n in sorted(g.items())
+            if name.startswith("violations/") and n
+        ]
+        detail = f"{int(g['violations'])} violation(s) ({action}): " + "; ".join(rows)
+        return check("egress guard", FAIL, detail + "; the site's own log names each", site)
     return check(
         "egress guard",
         PASS,

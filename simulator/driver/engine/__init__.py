@@ -1,27 +1,7 @@
-"""The engine: the one package that imports Ray.
+"""The engine: the stage loop and the backends that host a run's sites and learner.
 
-:mod:`~simulator.driver.engine.runtime` starts or joins Ray (dashboard on 127.0.0.1), creates
-actors, records where they run and exports live metrics; :mod:`~simulator.driver.engine.loop`
-drives one run's stage loop over its site actors and learner, with recovery from site faults.
+:mod:`~simulator.driver.engine.protocol` is the one protocol the stage loop
+(:mod:`~simulator.driver.engine.loop`) speaks; :mod:`~simulator.driver.engine.ray_actors` (the
+only module that imports Ray), :mod:`~simulator.driver.engine.flower_nodes` and
+:mod:`~simulator.driver.engine.inprocess` are its backends.
 """
-
-from simulator.driver.engine.loop import Engine, StageResult
-from simulator.driver.engine.runtime import (
-    cluster_address,
-    create_sites,
-    get,
-    inspect_sites,
-    start_ray,
-    write_previews,
-)
-
-__all__ = [
-    "Engine",
-    "StageResult",
-    "cluster_address",
-    "create_sites",
-    "get",
-    "inspect_sites",
-    "start_ray",
-    "write_previews",
-]

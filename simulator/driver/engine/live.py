@@ -9,14 +9,13 @@ from typing import Any
 
 import numpy as np
 
-from simulator.driver.engine.runtime import RayMetricsSink
-
 
 class LiveFigures:
     """Sets the gauges and counters of :mod:`simulator.telemetry` for one run."""
 
-    def __init__(self, tag: str, order: list[str]) -> None:
-        self.sink = RayMetricsSink()
+    def __init__(self, sink: Any, tag: str, order: list[str]) -> None:
+        """``sink``: the backend's metrics (gauges and counters), ``tag``: the run's name."""
+        self.sink = sink
         self.tag = tag
         self.order = order
 

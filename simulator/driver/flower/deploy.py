@@ -1,8 +1,8 @@
 """``smg-sim flower up`` / ``down``: a local Flower deployment, every site a SuperNode process.
 
 ``up`` starts one ``flower-superlink`` and one ``flower-supernode`` per site on 127.0.0.1
-(insecure mode), each in a process group of its own, with the site's name in the node's config
-(``site=NAME``); it records the process ids in ``DIR/deployment.json`` and writes a Flower
+(insecure mode), each in a process group of its own, its own settings file named in its node
+config (``settings=PATH``: the site, its data folder, guard, trace and log); it records the process ids in ``DIR/deployment.json`` and writes a Flower
 config (``DIR/flwr/config.toml``) naming the SuperLink, then prints the ``flwr run`` command.
 A SuperNode starts a ``flwr-clientapp`` process for every message it receives, so each site's
 data is read only by processes of its own SuperNode. ``down`` stops exactly the process groups
@@ -11,6 +11,7 @@ it recorded (the SuperLink's, and every SuperNode's with the ClientApp processes
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -22,6 +23,8 @@ import time
 from pathlib import Path
 
 from simulator.benchmarks import catalog
+from simulator.config import Config
+from simulator.driver.plan import run_sites, site_settings, site_specs
 from simulator.driver.processes import pid_alive
 from simulator.errors import ConfigError
 
@@ -102,20 +105,40 @@ def node_folders(folder: Path, benchmark: str, site: str) -> tuple[Path, Path]:
     return data_dir.resolve(), (folder / "nodes" / site / "cache").resolve()
 
 
-def up(folder: Path, sites: int, benchmark: str = "phantom") -> dict:
-    """Start the SuperLink and one SuperNode per site; returns the recorded deployment."""
+def write_settings(folder: Path, cfg: Config) -> dict[str, Path]:
+    """Each node's own settings file (``DIR/nodes/SITE/settings.json``), as its operator writes
+    it: the site's data spec with the node's own data folder, the guard's mode, the node's trace
+    (``DIR/file_access/site-SITE.jsonl``, which it keeps: ``smg-sim audit RUN --node-traces
+    DIR/file_access`` reads them) and log, its device and DP settings."""
+    names = run_sites(cfg)
+    specs = site_specs(cfg, names)
+    settings = site_settings(cfg, specs, cfg.privacy.mode, folder / "file_access", "node")
+    out = {}
+    for name in names:
+        data_dir, _ = node_folders(folder, cfg.data.benchmark, name)
+        spec = dataclasses.replace(specs[name], data_dir=str(data_dir))
+        own = dataclasses.replace(
+            settings[name], spec=spec, log_file=str(folder / "nodes" / name / "site.log")
+        )
+        out[name] = folder / "nodes" / name / "settings.json"
+        own.write(out[name])
+    return out
+
+
+def up(folder: Path, cfg: Config) -> dict:
+    """Start the SuperLink and one SuperNode per site of ``cfg`` (its benchmark, sites, profile
+    and privacy settings); returns the recorded deployment."""
     folder = Path(folder).resolve()
+    benchmark = cfg.data.benchmark
     old = read_state(folder)
     if old and any(pid_alive(p["pid"]) for p in old["processes"]):
         raise ConfigError(
             f"{folder / STATE}: a deployment started there is still running; "
             f"stop it first with: smg-sim flower down --dir {folder}"
         )
-    names = list(catalog.site_names(benchmark))
-    if not 1 <= sites <= len(names):
-        raise ConfigError(f"--sites {sites}: the benchmark {benchmark} has {len(names)} sites")
-    names = names[:sites]
     folder.mkdir(parents=True, exist_ok=True)
+    node_settings = write_settings(folder, cfg)
+    names = list(node_settings)
     # the SuperLink and SuperNodes start Flower's other executables (flower-superexec, flwr-
     # serverapp, flwr-clientapp) by name: this environment's come first
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
@@ -127,6 +150,8 @@ def up(folder: Path, sites: int, benchmark: str = "phantom") -> dict:
         "superlink": f"127.0.0.1:{link_port}",
         "sites": names,
         "benchmark": benchmark,
+        "profile": cfg.run.profile,
+        "seed": cfg.run.seed,
         "started": time.time(),
         "processes": processes,
     }
@@ -170,7 +195,7 @@ def up(folder: Path, sites: int, benchmark: str = "phantom") -> dict:
                     "--superlink",
                     f"127.0.0.1:{link_port}",
                     "--node-config",
-                    f"site='{name}' data-dir='{data_dir}'",
+                    f"settings='{node_settings[name]}'",
                     "--host",
                     "127.0.0.1",
                     "--port",
@@ -209,12 +234,12 @@ def up(folder: Path, sites: int, benchmark: str = "phantom") -> dict:
     return state
 
 
-def run_command(state: dict, out: str = "", profile: str = "smoke") -> str:
+def run_command(state: dict, out: str = "") -> str:
     """The ``flwr run`` command that runs the app against the deployment (from the project
-    folder)."""
+    folder), with the profile, seed and benchmark its nodes' settings hold."""
     cfg = (
-        f"sites={len(state['sites'])} order='fixed' profile='{profile}' "
-        f"benchmark='{state['benchmark']}'"
+        f"sites={len(state['sites'])} order='fixed' profile='{state['profile']}' "
+        f"seed={state['seed']} benchmark='{state['benchmark']}'"
     )
     if out:
         cfg += f" out='{out}'"

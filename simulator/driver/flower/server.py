@@ -3,8 +3,10 @@
 It reads the run config (``[tool.flwr.app.config]`` in ``pyproject.toml``, or ``flwr run
 --run-config``: the keys mirror ``smg-sim run``'s options), plans the run as ``smg-sim run``
 does, and runs the same pipeline with the ServerApp's ``Grid``: every site call is a Flower
-message to that site's SuperNode (see :mod:`simulator.driver.engine.flower`), and the run folder
-is the one ``smg-sim run`` writes. ``smg-sim run --engine flower`` runs the same app in Flower's
+message to that site's SuperNode (see :mod:`simulator.driver.engine.flower_nodes`), and the run
+folder is the one ``smg-sim run`` writes. The run config carries no site's settings: ``privacy``
+is the guard mode the run expects of every node, which each node checks against its own (a
+weaker one is refused). ``smg-sim run --engine flower`` runs the same app in Flower's
 simulation from the usual CLI.
 """
 
@@ -57,17 +59,22 @@ def config_from_run_config(run_config: dict[str, Any]):
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Plan the run from the run config and visit the sites through ``grid``."""
-    from flwr.superlink.grid import InMemoryGrid
-
-    from simulator.driver.engine.flower import await_ray
+    from simulator.driver.engine.flower_nodes import FlowerBackend
     from simulator.driver.plan import plan_run
     from simulator.driver.runfolder import RunFolder
     from simulator.driver.runner import execute, write_plan
 
-    if isinstance(grid, InMemoryGrid):  # Flower's simulation: its Ray instance hosts the ClientApps
-        await_ray()
     cfg = config_from_run_config(dict(context.run_config))
     plan = plan_run(cfg)
     folder = RunFolder(plan.out)
     write_plan(folder, plan)
-    execute(plan, folder, sys.stderr, True, None, None, grid=grid)
+    timeout = cfg.runtime.site_timeout
+    execute(
+        plan,
+        folder,
+        sys.stderr,
+        True,
+        None,
+        None,
+        backend_for=lambda ledger: FlowerBackend(grid, plan.order, timeout, ledger.record),
+    )

@@ -1,0 +1,106 @@
+"""A site's training and evaluation: the visit in progress (start, chunks of steps, finish) and
+the Dice of the learner's weights on the site's test split."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from flwr.app import RecordDict
+
+from simulator import schemas
+from simulator.payloads import EvaluateRequest, ModelReply, TrainRequest, VisitRequest
+from simulator.segmentation import dice_per_image, predict
+from simulator.visit import LocalVisit, build_unet
+from sites.refusals import SiteRefusal
+
+#: the exit code of a site process killed by an injected fault
+EXIT_INJECTED = 70
+
+
+class VisitOps:
+    """The visit and evaluation operations of one site (``site``: a :class:`sites.site.Site`)."""
+
+    def __init__(self, site: Any) -> None:
+        self.site = site
+        self._visit: LocalVisit | None = None
+
+    def operations(self) -> dict[str, tuple]:
+        """This collaborator's learner operations: name -> (function, payload type)."""
+        return {
+            "start_visit": (self.start_visit, VisitRequest),
+            "train": (self.train, TrainRequest),
+            "finish_visit": (self.finish_visit, None),
+            "visit": (self.visit, VisitRequest),
+            "evaluate": (self.evaluate, EvaluateRequest),
+        }
+
+    def _require_visit(self) -> LocalVisit:
+        if self._visit is None:
+            raise SiteRefusal("no-visit", "no visit in progress; start_visit first")
+        return self._visit
+
+    def start_visit(self, req: VisitRequest) -> RecordDict:
+        """Receive the learner's weights, method and replay; prepare local training."""
+        s = self.site
+        self._visit = LocalVisit.start(req, s.name, s.tensors[:2], s.device, s.method_factory)
+        return s.metrics(schemas.VISIT_START, steps=req.steps, replay_sites=len(self._visit.replay))
+
+    def _crash_point(self, step: int) -> None:
+        if self.site.crash_in == "visit" and step > 0:
+            os._exit(EXIT_INJECTED)  # injected fault: the process dies in the middle of its visit
+
+    def train(self, req: TrainRequest) -> RecordDict:
+        """Run up to ``req.steps`` outer steps of the current visit; returns scalar logs."""
+        v = self._require_visit()
+        means, dt = v.run(req.steps, self._crash_point)
+        return self.site.metrics(
+            {**schemas.TRAIN, **v.method.log_names},
+            step=v.step,
+            steps=v.ctx.steps,
+            seconds=dt,
+            **means,
+        )
+
+    def finish_visit(self) -> RecordDict:
+        """End the visit; export the trained weights and the method's state (kind ``model``)."""
+        v = self._require_visit()
+        if self.site.crash_in == "visit":
+            os._exit(EXIT_INJECTED)  # injected fault (a visit too short to die between steps)
+        weights, state, logs, mean_loss = v.finish()
+        self._visit = None
+        method = type(v.method)
+        arrays = {f"weights/{k}": spec for k, spec in v.received.items()}
+        arrays.update(
+            {f"state/{k}": spec for k, spec in method.state_spec(v.received).items() if k in state}
+        )
+        declared = {
+            **schemas.MODEL,
+            **method.log_names,
+            **method.summary_names([self.site.name, *v.ctx.replay_sites]),
+        }
+        reply = ModelReply(
+            weights, state, steps=v.step, train_seconds=v.seconds, mean_loss=mean_loss, logs=logs
+        )
+        schema = self.site.schema("model", declared, arrays, groups=("weights", "state"))
+        return self.site.send(reply, schema)
+
+    def visit(self, req: VisitRequest) -> RecordDict:
+        """A whole visit in one call (the form a Flower ClientApp uses)."""
+        self.start_visit(req)
+        self.train(TrainRequest(self._require_visit().ctx.steps))
+        return self.finish_visit()
+
+    def evaluate(self, req: EvaluateRequest) -> RecordDict:
+        """Dice of the given weights on this site's test split (only scalars leave)."""
+        s = self.site
+        if s.crash_in == "evaluation":
+            os._exit(EXIT_INJECTED)  # injected fault: the process dies in its evaluation
+        model = build_unet(req.arch, req.weights, s.device)
+        test_x, test_y = s.tensors[2:]
+        with s.parallel_phase():
+            pred = predict(model, test_x, req.eval_batch_size)
+        dice = dice_per_image(pred, test_y).cpu().numpy()
+        return s.metrics(
+            schemas.EVALUATE, dice=float(dice.mean()), dice_std=float(dice.std()), n=len(dice)
+        )
