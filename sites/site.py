@@ -232,8 +232,12 @@ class Site:
         )
 
     def send(self, payload: Payload, schema: Schema) -> RecordDict:
+        """Every outgoing message leaves through here (and :meth:`_emit`)."""
+        return self._emit(payload.to_record(src=schema.src, dst=schema.dsts[0]), schema)
+
+    def _emit(self, rd: RecordDict, schema: Schema) -> RecordDict:
         """The last step of every outgoing message: the egress guard, against its schema."""
-        return self._guard.check(payload.to_record(src=schema.src, dst=schema.dsts[0]), schema)
+        return self._guard.check(rd, schema)
 
     def metrics(
         self, declared: Mapping[str, MetricRule], dst: str = "learner", **values: float

@@ -14,12 +14,12 @@ from sites.site import Site
 class PeekingSite(Site):
     """alpha opens one of bravo's data files during its evaluation (what the audit must catch)."""
 
-    def evaluate(self, msg):
-        if self.name == "alpha":
+    def handle(self, op, payload=None, token=None):
+        if op == "evaluate" and self.name == "alpha":
             other = Path(self.spec.data_dir).parent / "bravo"
             for f in sorted(other.glob("*.npz"))[:1]:
                 f.read_bytes()
-        return super().evaluate(msg)
+        return super().handle(op, payload, token)
 
 
 def test_a_site_that_opens_another_sites_data_fails_the_audit(ray_session, tmp_path):

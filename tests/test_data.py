@@ -301,9 +301,12 @@ def test_bad_data_stops_a_run_with_the_file_named_and_inspect_lists_it(
     )
     err = capsys.readouterr().err
     assert code == 2, err
-    assert (
-        "smg-sim: data error:" in err and "case_002.png: no mask" in err and "Traceback" not in err
-    )
+    # the run names the site, the code and the site's own log; the file is named there only
+    assert "smg-sim: data error: site 'siteA'" in err and "data-error" in err, err
+    assert "case_002.png" not in err and "Traceback" not in err
+    log = site / ".smg-sim-logs" / "run.log"
+    assert str(log) in err and "case_002.png: no mask" in log.read_text()
+    assert str(log) in (out / "FAILED").read_text()
     code = cli.main(["data", "inspect", f"folder:{root}", "--profile", "smoke"])
     text = capsys.readouterr().out
     assert code == 1

@@ -5,9 +5,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from sitekit import make_site
 
 from server.learner import Learner
-from server.methods import build_method, method_class
+from server.methods import method_class
 from simulator.config import build_config, parse_set
 from simulator.driver.plan import method_hparams
 from simulator.messages import metrics
@@ -15,7 +16,6 @@ from simulator.smd.backbone import to_model_space
 from simulator.smd.cache import load_backbone
 from sites.datasets import SiteData, build_site_data
 from sites.dp_prompt import dp_tune_prompt, noise_multiplier, per_sample_grads, spent_epsilon
-from sites.site import Site
 
 
 @pytest.fixture(scope="module")
@@ -143,15 +143,15 @@ def test_the_privacy_unit_is_the_case(model, data):
 
 def test_a_site_sends_a_dp_prompt_with_only_the_declared_dp_logs(smd_backbone, spec):
     cfg = build_config("smoke", parse_set(["run.method=smd_replay", "privacy.dp_epsilon=4"]))
-    site = Site("alpha", spec, build_method, torch_threads=1, device="cpu")
+    site = make_site(spec, dp_epsilon=4.0)
     learner = Learner(
         cfg, method_class(cfg.run.method), method_hparams(cfg, cfg.run.method), in_channels=1
     )
     learner.enable_replay(str(smd_backbone), 1)
-    reply = site.tune_prompt(learner.tune_message("alpha"))
+    reply = site.handle("tune_prompt", learner.tune_message("alpha"))
     logs = metrics(reply)
     assert 0 < logs["dp_epsilon"] <= 4 + 1e-6 and not any("loss" in k for k in logs)
-    assert site._guard.report()["violations"] == []
+    assert site.guard_counts()["violations"] == 0
 
 
 def test_a_dp_run_reports_epsilon_per_site_in_the_audit(ray_session, tmp_path):

@@ -5,11 +5,13 @@ import dataclasses
 import json
 
 import pytest
-from flwr.app import ConfigRecord, Context, RecordDict
+from flwr.app import Context, RecordDict
 
 from simulator.config import build_config, parse_set
 from simulator.driver import api
-from simulator.flower_calls import CALL, SITE_CALLS, call_message
+from simulator.flower_calls import call_message
+from simulator.payloads import ErrorReply, FaultRequest, NodeHello, is_error
+from sites.settings import SiteSettings
 
 SETS = [
     "run.sites=2",
@@ -24,16 +26,21 @@ def _cfg(out, *extra):
     return build_config("smoke", parse_set([*SETS, f"run.out={out}", *extra]))
 
 
-def test_the_flower_engine_gives_the_ray_engines_results(ray_session, tmp_path):
+def test_the_three_engines_give_the_same_results(ray_session, tmp_path):
+    """The same smoke run in-process, through Ray actors and as a Flower app in Flower's
+    simulation: byte-identical R, and the audit of each says what its isolation rests on."""
     from conftest import start_session_ray
 
     ray_run = api.run(_cfg(tmp_path / "ray"), progress=False)
+    local = api.run(_cfg(tmp_path / "inprocess", "runtime.engine=inprocess"), progress=False)
     try:
         flower_run = api.run(_cfg(tmp_path / "flower", "runtime.engine=flower"), progress=False)
     finally:  # Flower's simulation shuts Ray down when it ends; the later tests share the session's
         start_session_ray()
-    assert (tmp_path / "flower" / "R.csv").read_bytes() == (tmp_path / "ray" / "R.csv").read_bytes()
-    assert flower_run.metrics == ray_run.metrics
+    ref = (tmp_path / "ray" / "R.csv").read_bytes()
+    assert (tmp_path / "flower" / "R.csv").read_bytes() == ref
+    assert (tmp_path / "inprocess" / "R.csv").read_bytes() == ref
+    assert flower_run.metrics == ray_run.metrics == local.metrics
     audit = json.loads((tmp_path / "flower" / "privacy_audit.json").read_text())
     assert audit["verdict"] == "pass"
     # every site opened only its own data, each as its own role, although one ClientApp worker
@@ -48,14 +55,15 @@ def test_the_flower_engine_gives_the_ray_engines_results(ray_session, tmp_path):
     )
     ray_audit = json.loads((tmp_path / "ray" / "privacy_audit.json").read_text())
     assert ray_audit["isolation"]["verdict"] == "met"
-    # the same arrays crossed (a visit is one message under Flower, chunks of steps under Ray), and
-    # each site's spec went to it as a message of its own
+    # the same arrays crossed (a visit is one message under Flower, chunks of steps under Ray);
+    # each site's settings were checked, not sent
     assert audit["ledger"]["bytes"] == ray_audit["ledger"]["bytes"]
     kinds = [
         json.loads(line)["kind"]
         for line in (tmp_path / "flower" / "ledger.jsonl").read_text().splitlines()
     ]
-    assert kinds.count("spec") == 2 and kinds.count("model") == 2 and kinds.count("visit") == 2
+    assert kinds.count("check") == 2 and kinds.count("model") == 2 and kinds.count("visit") == 2
+    assert "spec" not in kinds and kinds.count("hello") == 1
     sites = {r["actor"]: r for r in audit["placement"]}
     assert sites["site-alpha"]["node_id"].startswith("flower:")
     assert sites["site-alpha"]["node_id"] != sites["site-bravo"]["node_id"]
@@ -73,76 +81,80 @@ def in_a_flower_task():
         setattr(TaskIdentity, f"_{k}", v)
 
 
-def test_a_flower_node_answers_only_the_sites_guarded_calls(in_a_flower_task):
-    """A message naming anything but a public, guarded site method is refused before any site is
-    touched."""
-    from simulator.driver.flower.client import _handle
-
-    ctx = Context(
-        run_id=1, node_id=5, node_config={"partition-id": 0}, state=RecordDict(), run_config={}
+def _node(tmp_path, spec, **settings):
+    """A deployed node's context: its own settings file, named in its node config."""
+    own = SiteSettings(name=spec.site, spec=spec, device="cpu", torch_threads=1, **settings)
+    path = tmp_path / f"node-{spec.site}" / "settings.json"
+    own.write(path)
+    return own, Context(
+        run_id=1, node_id=5, node_config={"settings": str(path)}, state=RecordDict(), run_config={}
     )
-    for method in ("_data", "_tensors", "__dict__", "spec"):
-        with pytest.raises(ValueError, match="is not a site call"):
-            _handle(call_message(5, method, "alpha"), ctx)
-    with pytest.raises(ValueError, match="was not set up on this node"):
-        _handle(call_message(5, "describe", "zulu"), ctx)
-    assert "describe" in SITE_CALLS and not any(m.startswith("_") for m in SITE_CALLS)
 
 
-def test_a_node_says_which_site_it_is(in_a_flower_task):
-    from simulator.driver.flower.client import _handle
-
-    def hello(node_config):
-        ctx = Context(
-            run_id=1, node_id=5, node_config=node_config, state=RecordDict(), run_config={}
-        )
-        msg = call_message(5, "hello", "")
-        return _handle(msg, ctx).content[CALL]
-
-    assert int(hello({"partition-id": 2})["partition-id"]) == 2  # a simulated node
-    assert hello({"site": "bravo"})["site"] == "bravo"  # a deployed node names its site
-    assert isinstance(hello({"site": "bravo"}), ConfigRecord)
+def _error(reply) -> str:
+    return ErrorReply.from_record(reply.content).error if is_error(reply.content) else ""
 
 
-def test_a_deployed_node_keeps_its_site_data_where_its_node_config_says(
+def test_a_flower_node_answers_only_the_sites_learner_operations(
     in_a_flower_task, smoke_spec, tmp_path
 ):
-    """The server's spec names a data folder; a node with ``data-dir`` in its config uses its own,
-    and a node refuses the setup of another site."""
-    from simulator.driver.flower.client import SITE_STATE, _handle
+    """A message naming anything but one of the learner's operations is refused with a code; an
+    operator's operation cannot be reached through Flower (the ClientApp holds no token)."""
+    from simulator.driver.flower.client import _handle
 
-    spec = dataclasses.replace(smoke_spec, data_dir=str(tmp_path / "server-side" / "alpha"))
-    setup = {"torch_threads": 1, "device": "cpu", "privacy_mode": "strict", "trace": ""}
-    own = tmp_path / "node-alpha" / "alpha"
-    ctx = Context(
-        run_id=1,
-        node_id=5,
-        node_config={"site": "alpha", "data-dir": str(own)},
-        state=RecordDict(),
-        run_config={},
-    )
-    _handle(
-        call_message(5, "setup", "alpha", spec.to_record("learner", "site:alpha"), **setup), ctx
-    )
-    assert json.loads(str(ctx.state[SITE_STATE]["spec"]))["data_dir"] == str(own)
-    assert (
-        any(own.iterdir()) and not (tmp_path / "server-side").exists()
-    )  # generated data kept on the node's disk
-    other = Context(
-        run_id=1, node_id=6, node_config={"site": "bravo"}, state=RecordDict(), run_config={}
-    )
-    with pytest.raises(ValueError, match="reached the node of site 'bravo'"):
-        _handle(
-            call_message(6, "setup", "alpha", spec.to_record("learner", "site:alpha"), **setup),
-            other,
-        )
+    _, ctx = _node(tmp_path, smoke_spec)
+    for op in ("_data", "_tensors", "__dict__", "spec", "_require_visit", "__init__"):
+        assert _error(_handle(call_message(5, op), ctx)) == "unknown-operation"
+    fault = FaultRequest("visit").to_record("learner", "site:alpha")
+    assert _error(_handle(call_message(5, "crash_during", fault), ctx)) == "operator-only"
+    assert _error(_handle(call_message(5, "inspect"), ctx)) == "operator-only"
+    assert _error(_handle(call_message(5, "describe"), ctx)) == ""
+
+
+def test_a_node_says_which_site_it_is(in_a_flower_task, smoke_spec, tmp_path):
+    from simulator.driver.flower.client import _handle
+
+    _, ctx = _node(tmp_path, smoke_spec)
+
+    def hello(names):
+        msg = call_message(5, "hello", NodeHello(tuple(names)).to_record("learner", "site:*"))
+        return dict(_handle(msg, ctx).content["metrics"])
+
+    assert hello(["bravo", "alpha"])["site_index"] == 1
+    assert hello(["bravo", "charlie"])["site_index"] == 2  # none of the run's: past the end
+
+
+def test_a_node_keeps_its_own_settings_and_refuses_a_weaker_request(
+    in_a_flower_task, smoke_spec, tmp_path
+):
+    """The node's data folder, guard and DP are its own; the run checks them: a check asking for a
+    weaker guard or no DP is refused (and logged at the site), one expecting other data differs."""
+    from simulator.driver.flower.client import _handle
+
+    own_dir = tmp_path / "node-alpha" / "data" / "alpha"
+    spec = dataclasses.replace(smoke_spec, data_dir=str(own_dir))
+    log = tmp_path / "node-alpha" / "site.log"
+    own, ctx = _node(tmp_path, spec, dp_epsilon=2.0, log_file=str(log))
+
+    def check(**change):
+        req = dataclasses.replace(own.expected(), **change).to_record("learner", "site:alpha")
+        return _error(_handle(call_message(5, "check", req), ctx))
+
+    assert check() == ""
+    assert check(guard_mode="off") == "refused-setting"
+    assert check(dp_epsilon=0.0) == "refused-setting"
+    assert check(dp_epsilon=8.0) == "refused-setting"
+    assert check(spec={**own.expected().spec, "image_size": 64}) == "settings-differ"
+    assert "refused-setting" in log.read_text()
+    _handle(call_message(5, "describe"), ctx)
+    assert any(own_dir.iterdir())  # generated data kept on the node's own disk
 
 
 def test_replies_are_matched_to_their_nodes_not_to_their_arrival_order(in_a_flower_task):
     """Flower's send_and_receive returns replies as they arrive; each must go with its node."""
     from types import SimpleNamespace
 
-    from simulator.driver.engine.flower import _ask
+    from simulator.driver.engine.flower_nodes import _ask
 
     class Grid:
         def send_and_receive(self, msgs, timeout):
@@ -154,12 +166,9 @@ def test_replies_are_matched_to_their_nodes_not_to_their_arrival_order(in_a_flow
                 for m in reversed(list(msgs))
             ]
 
-    msgs = [call_message(n, "hello", "") for n in (11, 12, 13)]
-    assert [r.metadata.src_node_id for r in _ask(Grid(), msgs, 5.0, "node discovery")] == [
-        11,
-        12,
-        13,
-    ]
+    msgs = [call_message(n, "ping") for n in (11, 12, 13)]
+    got = [r.metadata.src_node_id for r in _ask(Grid(), msgs, 5.0, "node discovery")]
+    assert got == [11, 12, 13]
 
 
 def test_config_from_a_flower_run_config():
@@ -175,7 +184,7 @@ def test_config_from_a_flower_run_config():
             "seed": 4,
             "benchmark": "",
             "out": "",
-            "privacy": "warn",
+            "privacy": "warn",  # what the run expects of every node's guard (checked there)
             "exports": "model",
         }
     )
@@ -217,7 +226,8 @@ def test_a_local_deployment_runs_the_app_with_every_site_in_its_own_supernode(
         progress=False,
     )
     try:
-        state = flower_deploy.up(tmp_path / "dep", 2, "phantom")
+        dep_cfg = build_config("smoke", parse_set(["run.sites=2"]))
+        state = flower_deploy.up(tmp_path / "dep", dep_cfg)
     except (RuntimeError, FileNotFoundError) as exc:
         pytest.skip(f"the Flower binaries could not start here: {exc}")
     try:
@@ -245,7 +255,11 @@ def test_a_local_deployment_runs_the_app_with_every_site_in_its_own_supernode(
         with pytest.raises(ProcessLookupError):
             os.killpg(p["pgid"], 0)
     assert (out / "R.csv").read_bytes() == (ref.out / "R.csv").read_bytes()
-    audit = json.loads((out / "privacy_audit.json").read_text())
+    from simulator.driver.audit.build import build_audit
+
+    in_run = json.loads((out / "privacy_audit.json").read_text())
+    assert in_run["verdict"] == "fail"  # the nodes keep their traces; the run folder has none
+    audit = build_audit(out, node_traces=[tmp_path / "dep" / "file_access"])
     assert audit["verdict"] == "pass" and audit["isolation"]["verdict"] == "met"
     assert {(r["role"], r["site_data"]) for r in audit["file_access"]} == {
         ("site:alpha", "alpha"),
@@ -263,7 +277,7 @@ def test_a_local_deployment_runs_the_app_with_every_site_in_its_own_supernode(
             assert len(offers) == 1 and offers[0]["config"]["sha256"] == sha
             files = list(Path(p["cache"]).glob("smd/*/backbone.pt"))
             assert len(files) == 1 and cached_digest(files[0]) == sha
-            assert Path(p["data_dir"]).is_dir()  # the node's own data folder, from its node config
+            assert Path(p["data_dir"]).is_dir()  # the node's own data folder, from its settings
     nodes = {p["site"]: p["pid"] for p in state["processes"] if "site" in p}
     assert {r["actor"]: r["pid"] for r in audit["placement"] if r["actor"].startswith("site-")} == {
         f"site-{s}": pid for s, pid in nodes.items()

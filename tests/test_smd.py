@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from sitekit import make_site
 
 from server.learner import Learner
-from server.methods import build_method, method_class
+from server.methods import method_class
 from server.replay import ReplayBank
 from simulator.config import build_config, parse_set
 from simulator.driver.plan import method_hparams
@@ -14,7 +15,6 @@ from simulator.smd.backbone import to_model_space
 from simulator.smd.cache import load_backbone
 from simulator.smd.pretrain import ensure_backbone, smd_spec
 from sites.prompt import tune_prompt
-from sites.site import Site
 
 
 def _learner(cfg):
@@ -122,14 +122,14 @@ def test_replay_shapes_and_ranges(cfg, backbone):
 
 
 def test_site_exports_only_the_prompt_and_scalars(cfg, backbone, smoke_spec):
-    site = Site("alpha", smoke_spec, build_method, torch_threads=1, device="cpu")
+    site = make_site(smoke_spec)
     learner = _learner(cfg)
     learner.enable_replay(str(backbone), 1)
-    reply = site.tune_prompt(learner.tune_message("alpha"))
+    reply = site.handle("tune_prompt", learner.tune_message("alpha"))
     assert reply["meta"]["kind"] == "prompt" and array_groups(reply) == ["prompt"]
     assert list(arrays(reply, "prompt")) == ["tokens"]
     learner.absorb_prompt(reply, "alpha")
-    fid = site.fidelity(learner.fidelity_message("alpha"))
+    fid = site.handle("fidelity", learner.fidelity_message("alpha"))
     assert array_groups(fid) == [] and 0 <= metrics(fid)["tstr_dice_real"] <= 1
     # a visit of the next site carries replay of the earlier one
     learner.visited.append("alpha")
@@ -143,34 +143,44 @@ def test_backbone_travels_as_arrays_to_a_site_whose_cache_lacks_it(
 ):
     """A site on another machine: its own cache is empty, so the learner sends the backbone as
     arrays; the site keeps it only with the announced key and digest, then tunes against it."""
-    from simulator.payloads import BackboneOffer
+    from simulator.payloads import BackboneOffer, ErrorReply
     from simulator.smd.cache import backbone_file, cached_digest
 
     learner = _learner(cfg)
     learner.enable_replay(str(backbone), 1)
     assert learner.backbone_sha256 == cached_digest(backbone)
     monkeypatch.setenv("SMG_SIM_CACHE", str(tmp_path / "node"))  # from here on, the site's machine
-    site = Site("alpha", smoke_spec, build_method, torch_threads=1, device="cpu")
-    assert metrics(site.has_backbone(learner.backbone_check_message("alpha")))["present"] == 0
-    with pytest.raises(FileNotFoundError, match="no SMD backbone"):
-        site.tune_prompt(learner.tune_message("alpha"))
+    site = make_site(smoke_spec)
+    assert (
+        metrics(site.handle("has_backbone", learner.backbone_check_message("alpha")))["present"]
+        == 0
+    )
+    missing = site.handle("tune_prompt", learner.tune_message("alpha"))
+    assert ErrorReply.from_record(missing).error == "backbone-missing"
     offer = BackboneOffer.from_record(learner.backbone_offer_message("alpha"))
     name = sorted(offer.state)[0]
     tampered = {**offer.state, name: offer.state[name] + 1e-3}
     bad = BackboneOffer(offer.key, offer.sha256, offer.spec, tampered).to_record(
         "learner", "site:alpha"
     )
-    with pytest.raises(ValueError, match="digest"):
-        site.install_backbone(bad)
+    assert ErrorReply.from_record(site.handle("install_backbone", bad)).error == "internal"
     with pytest.raises(ValueError, match="16 hexadecimal"):
         backbone_file("../../elsewhere")
-    reply = site.install_backbone(learner.backbone_offer_message("alpha"))
+    reply = site.handle("install_backbone", learner.backbone_offer_message("alpha"))
     assert metrics(reply)["installed"] == 1 and metrics(reply)["backbone_bytes"] > 0
     path = backbone_file(learner.backbone_key)
     assert path.is_relative_to(tmp_path / "node") and cached_digest(path) == learner.backbone_sha256
-    assert metrics(site.has_backbone(learner.backbone_check_message("alpha")))["present"] == 1
-    assert metrics(site.install_backbone(learner.backbone_offer_message("alpha")))["installed"] == 0
-    prompt = site.tune_prompt(learner.tune_message("alpha"))
+    assert (
+        metrics(site.handle("has_backbone", learner.backbone_check_message("alpha")))["present"]
+        == 1
+    )
+    assert (
+        metrics(site.handle("install_backbone", learner.backbone_offer_message("alpha")))[
+            "installed"
+        ]
+        == 0
+    )
+    prompt = site.handle("tune_prompt", learner.tune_message("alpha"))
     assert prompt["meta"]["kind"] == "prompt"
 
 

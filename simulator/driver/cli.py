@@ -234,6 +234,14 @@ def _add_audit(sub) -> None:
         "if the run fails the audit.",
     )
     audit.add_argument("run_dir", help="a run folder written by smg-sim run")
+    audit.add_argument(
+        "--node-traces",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder of file-access traces that deployed Flower nodes kept (each site's node "
+        "writes its own; smg-sim flower up prints the folder); repeatable",
+    )
 
 
 def _add_smd(sub) -> None:

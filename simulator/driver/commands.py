@@ -172,7 +172,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not (run_dir / "ledger.jsonl").exists() or not (run_dir / "config.json").exists():
         raise RunFolderError(f"{run_dir} is not a run folder (no ledger.jsonl/config.json)")
-    a = build_audit(run_dir)
+    a = build_audit(run_dir, node_traces=[Path(p) for p in args.node_traces])
     for name in ("structural", "empirical", "formal"):
         c = a["claims"][name]
         print(f"{name:10s} {c['verdict']:15s} {c['claim']}")
@@ -281,7 +281,9 @@ def guarded(work: Callable[[], int]) -> int:
     except SiteFailure as exc:  # a code from the site; its details are in the site's own log
         if exc.code == "egress-violation":
             return _fail(f"smg-sim: stopped by the privacy guard: {exc}", EXIT_PRIVACY)
-        if exc.code in ("data-error", "settings-differ", "refused-setting"):
+        if exc.code == "data-error":
+            return _fail(f"smg-sim: data error: {exc}", EXIT_USAGE)
+        if exc.code in ("settings-differ", "refused-setting"):
             return _fail(f"smg-sim: error: {exc}", EXIT_USAGE)
         return _fail(f"smg-sim: error: {exc}", EXIT_FAILED)
     except SiteUnavailable as exc:  # the run folder keeps its last checkpoint

@@ -130,10 +130,11 @@ def write_audit(run_dir: Path, audit: dict[str, Any]) -> None:
     (run_dir / "privacy_audit.html").write_text(audit_html(audit, md))
 
 
-def build_audit(run_dir: Path, write: bool = True) -> dict[str, Any]:
-    """Audit a run folder from its own files; nothing is recomputed from private data."""
+def build_audit(run_dir: Path, write: bool = True, node_traces: list[Path] = ()) -> dict[str, Any]:
+    """Audit a run folder from its own files (and the traces deployed nodes kept, from
+    ``node_traces``); nothing is recomputed from private data."""
     run_dir = Path(run_dir)
-    audit = assemble_audit(read_run_files(run_dir))
+    audit = assemble_audit(read_run_files(run_dir, node_traces))
     if write:
         write_audit(run_dir, audit)
     return audit

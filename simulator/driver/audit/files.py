@@ -47,10 +47,16 @@ def _read_optional_json(path: Path) -> Any:
     return _read_json(path) if path.exists() else {}
 
 
-def read_run_files(run_dir: Path) -> RunFiles:
-    """Read the files of a run folder that the audit is built from."""
+def read_run_files(run_dir: Path, node_traces: list[Path] = ()) -> RunFiles:
+    """Read the files of a run folder that the audit is built from; ``node_traces``: folders of
+    the trace files that deployed nodes kept (each site's node writes its own)."""
     run_dir = Path(run_dir)
     trace_dir = run_dir / "file_access"
+    trace = read_trace(trace_dir) if trace_dir.exists() else []
+    files = trace_files(trace_dir) if trace_dir.exists() else {}
+    for folder in node_traces:
+        trace += read_trace(Path(folder))
+        files.update(trace_files(Path(folder)))
     return RunFiles(
         run_dir=run_dir,
         config=_read_json(run_dir / "config.json"),
@@ -58,7 +64,7 @@ def read_run_files(run_dir: Path) -> RunFiles:
         guard=_read_optional_json(run_dir / "guard.json"),
         smd=_read_optional_json(run_dir / "smd.json"),
         ledger=read_ledger(run_dir / "ledger.jsonl"),
-        trace=read_trace(trace_dir) if trace_dir.exists() else [],
+        trace=trace,
         actors=_read_optional_json(run_dir / "actors.json"),
-        trace_files=trace_files(trace_dir) if trace_dir.exists() else {},
+        trace_files=files,
     )
