@@ -81,6 +81,7 @@ def smd_backbone():
 #: the settings of :func:`smd_replay_run` (the grid-sharing test makes the same run from a
 #: shared folder)
 SMD_REPLAY_SETS = (
+    "runtime.engine=inprocess",
     "run.sites=2",
     "train.steps_per_stage=2",
     "run.method=smd_replay",
@@ -89,7 +90,7 @@ SMD_REPLAY_SETS = (
 
 
 @pytest.fixture(scope="session")
-def smd_replay_run(ray_session, smd_backbone, tmp_path_factory):
+def smd_replay_run(smd_backbone, tmp_path_factory):
     """One smoke run of `smd_replay` (2 sites, reverse order, seed 0) made once per test session:
     prompts tuned at the sites, replay sent with the second visit, fidelity and attribution."""
     from simulator.config import build_config, parse_set

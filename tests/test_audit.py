@@ -2,13 +2,15 @@
 exports, and the data-root bookkeeping of the file-access check."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from simulator.config import ConfigError, build_config, parse_set
 from sites.site import Site
+
+#: the engine of these tests: sites in the test's own process, each traced under its own role
+INPROCESS = ["runtime.engine=inprocess"]
 
 
 class PeekingSite(Site):
@@ -22,17 +24,20 @@ class PeekingSite(Site):
         return super().handle(op, payload, token)
 
 
-def test_a_site_that_opens_another_sites_data_fails_the_audit(ray_session, tmp_path):
-    import ray.cloudpickle
-
+def test_a_site_that_opens_another_sites_data_fails_the_audit(tmp_path):
     from simulator.driver import api
 
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     out = tmp_path / "peek"
     cfg = build_config(
         "smoke",
         parse_set(
-            ["run.sites=2", "run.method=finetune", "train.steps_per_stage=2", f"run.out={out}"]
+            [
+                *INPROCESS,
+                "run.sites=2",
+                "run.method=finetune",
+                "train.steps_per_stage=2",
+                f"run.out={out}",
+            ]
         ),
     )
     api.run(cfg, progress=False, site_cls=PeekingSite)
@@ -46,7 +51,7 @@ def test_a_site_that_opens_another_sites_data_fails_the_audit(ray_session, tmp_p
     assert "site:alpha opened" in check["detail"] and "data of site bravo" in check["detail"]
 
 
-def test_a_run_whose_site_left_no_trace_fails_the_audit(ray_session, tmp_path):
+def test_a_run_whose_site_left_no_trace_fails_the_audit(tmp_path):
     from simulator.driver import api
     from simulator.driver.audit.build import build_audit
 
@@ -55,7 +60,13 @@ def test_a_run_whose_site_left_no_trace_fails_the_audit(ray_session, tmp_path):
         build_config(
             "smoke",
             parse_set(
-                ["run.sites=2", "run.method=finetune", "train.steps_per_stage=2", f"run.out={out}"]
+                [
+                    *INPROCESS,
+                    "run.sites=2",
+                    "run.method=finetune",
+                    "train.steps_per_stage=2",
+                    f"run.out={out}",
+                ]
             ),
         ),
         progress=False,
@@ -71,9 +82,7 @@ def test_a_run_whose_site_left_no_trace_fails_the_audit(ray_session, tmp_path):
     assert audit["verdict"] == "fail" and "no trace site-bravo.jsonl" in check["detail"]
 
 
-def test_prompt_only_mode_exports_nothing_but_prompts_and_scalars(
-    ray_session, smd_backbone, tmp_path
-):
+def test_prompt_only_mode_exports_nothing_but_prompts_and_scalars(smd_backbone, tmp_path):
     from simulator.driver import api
 
     out = tmp_path / "prompt-only"
@@ -81,6 +90,7 @@ def test_prompt_only_mode_exports_nothing_but_prompts_and_scalars(
         "smoke",
         parse_set(
             [
+                *INPROCESS,
                 "run.sites=2",
                 "run.method=smg",
                 "train.steps_per_stage=3",

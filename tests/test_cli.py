@@ -160,7 +160,7 @@ def test_end_to_end_smoke_run_through_ray(ray_session, tmp_path, capsys):
     assert cli.main(["audit", str(out)]) == 0
 
 
-def test_smd_replay_run_through_ray(smd_replay_run):
+def test_smd_replay_run(smd_replay_run):
     """Prompts are tuned at the sites, replay reaches later visits, fidelity is reported."""
     from simulator.config import build_config
 

@@ -18,13 +18,13 @@ from simulator.errors import ConfigError, RunFolderError
 from simulator.metrics import METRIC_NAMES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: the engine of the tests of comparison logic: sites in the test's own process
+INPROCESS = ["runtime.engine=inprocess"]
 
 
-def test_compare_skips_finished_runs_and_the_notebook_shows_the_table(
-    ray_session, tmp_path, monkeypatch
-):
+def test_compare_skips_finished_runs_and_the_notebook_shows_the_table(tmp_path, monkeypatch):
     out = tmp_path / "cmp"
-    base = build_config("smoke", parse_set(["run.sites=2", "train.steps_per_stage=2"]))
+    base = build_config("smoke", parse_set([*INPROCESS, "run.sites=2", "train.steps_per_stage=2"]))
     table, status = api.compare(
         base, ["finetune", "mldg"], [0], ["random"], out
     )  # orders: see the tables test
@@ -218,7 +218,7 @@ def test_runs_of_one_method_with_other_settings_are_not_averaged(tmp_path):
 def test_grid_shares_each_sites_prompt_and_figures_with_identical_results(smd_replay_run, tmp_path):
     """The second order's run takes every site's prompt and replay figures from the first run."""
     out = tmp_path / "cmp"
-    base = build_config("smoke", parse_set(["run.sites=2", "train.steps_per_stage=2"]))
+    base = build_config("smoke", parse_set([*INPROCESS, "run.sites=2", "train.steps_per_stage=2"]))
     _, status = api.compare(base, ["smd_replay"], [0], ["fixed", "reverse"], out)
     assert set(status.values()) == {"ran"}
     first, second = sorted((out / "runs").iterdir(), key=lambda p: "reverse" in p.name)

@@ -146,7 +146,7 @@ def test_user_layouts_are_read_inside_site_actors(ray_session, tmp_path):
             assert stats["channels"] == (3 if kind == "fundus" else 1)
 
 
-def test_run_on_a_folder_data_set_through_ray_passes_the_audit(ray_session, tmp_path, capsys):
+def test_run_on_a_folder_data_set_passes_the_audit(tmp_path, capsys):
     root = make_folder(tmp_path / "data", sites=("north", "south", "west"), n=8)
     out = tmp_path / "run"
     code = cli.main(
@@ -160,6 +160,8 @@ def test_run_on_a_folder_data_set_through_ray_passes_the_audit(ray_session, tmp_
             "finetune",
             "--order",
             "random",
+            "--engine",
+            "inprocess",
             "--out",
             str(out),
             "--quiet",
@@ -296,6 +298,8 @@ def test_bad_data_stops_a_run_with_the_file_named_and_inspect_lists_it(
             "finetune",
             "--out",
             str(out),
+            "--engine",
+            "inprocess",
             "--quiet",
         ]
     )

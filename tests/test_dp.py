@@ -154,7 +154,7 @@ def test_a_site_sends_a_dp_prompt_with_only_the_declared_dp_logs(smd_backbone, s
     assert site.guard_counts()["violations"] == 0
 
 
-def test_a_dp_run_reports_epsilon_per_site_in_the_audit(ray_session, tmp_path):
+def test_a_dp_run_reports_epsilon_per_site_in_the_audit(tmp_path):
     from simulator.driver import api
 
     out = tmp_path / "dp"
@@ -162,6 +162,7 @@ def test_a_dp_run_reports_epsilon_per_site_in_the_audit(ray_session, tmp_path):
         "smoke",
         parse_set(
             [
+                "runtime.engine=inprocess",
                 "run.sites=2",
                 "run.method=smd_replay",
                 "train.steps_per_stage=2",

@@ -18,8 +18,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("simulator", "sites", "server")
 DRIVER = "simulator.driver"
-# The package allowed to import Ray: the engine keeps Ray behind it.
-RAY_PACKAGE = "simulator/driver/engine/"
+# The one module allowed to import Ray: the engine's Ray backend keeps Ray behind it.
+RAY_MODULE = "simulator/driver/engine/ray_actors.py"
 DIFFUSERS_PACKAGE = "simulator/smd/"
 MAX_LINES = 400
 GRAB_BAGS = frozenset({"utils.py", "misc.py", "helpers.py"})
@@ -163,10 +163,37 @@ def test_diffusers_only_in_smd():
     assert not users, f"diffusers imported outside {DIFFUSERS_PACKAGE}: {users}"
 
 
-def test_ray_only_in_engine():
+def test_ray_only_in_its_backend():
     users = {rel(p) for p in files(*PACKAGES) if "ray" in top_level_imports(p)}
-    outside = sorted(u for u in users if not u.startswith(RAY_PACKAGE))
-    assert not outside, f"ray imported outside {RAY_PACKAGE}: {outside}"
+    assert users == {RAY_MODULE}, (
+        f"ray imported outside {RAY_MODULE}: {sorted(users - {RAY_MODULE})}"
+    )
+
+
+def test_the_stage_loop_speaks_only_the_engine_protocol():
+    """No engine-specific branch in the loop: no grid, no Ray, no Flower server, no test of which
+    backend runs (an ``isinstance``), in code (comments may speak of a comparison grid)."""
+    for name in ("loop.py", "calls.py", "smd_steps.py"):
+        path = ROOT / "simulator" / "driver" / "engine" / name
+        nodes = list(ast.walk(tree(path)))
+        names = {n.id for n in nodes if isinstance(n, ast.Name)}
+        names |= {n.attr for n in nodes if isinstance(n, ast.Attribute)}
+        names |= {n.arg for n in nodes if isinstance(n, ast.arg)}
+        bad = names & {"grid", "Grid", "ray", "isinstance"}
+        assert not bad, f"engine/{name} names {sorted(bad)}"
+        imports = imported_names(path)
+        assert not any(m == "ray" or m.startswith(("ray.", "flwr.server")) for m in imports)
+
+
+def test_a_site_actor_has_one_method_besides_its_constructor():
+    """What a Ray actor of a site exposes is its entry point (Ray adds its built-ins)."""
+    cls = next(
+        n
+        for n in ast.walk(tree(ROOT / RAY_MODULE))
+        if isinstance(n, ast.ClassDef) and n.name == "SiteActor"
+    )
+    methods = {n.name for n in cls.body if isinstance(n, ast.FunctionDef)}
+    assert methods == {"__init__", "handle"}
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,6 @@
 
 import base64
 import json
-import sys
 import zlib
 
 import cv2
@@ -272,20 +271,18 @@ def test_record_mode_lists_exactly_which_images_left(smoke_spec):
     )
 
 
-def test_leaking_site_stops_a_run_through_ray(ray_session, tmp_path):
+def test_leaking_site_stops_a_run(tmp_path):
     """Strict mode end to end: the run stops with a line naming site, key and rule."""
-    import ray.cloudpickle
-
     from simulator.driver import api
     from simulator.driver.runfolder import FAILED, MARKER
-
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
     class FlattenLeak(LeakySite):
         how = "flattened image"
 
     out = tmp_path / "leak"
-    cfg = build_config("smoke", parse_set(["run.sites=2", f"run.out={out}"]))
+    cfg = build_config(
+        "smoke", parse_set(["run.sites=2", "runtime.engine=inprocess", f"run.out={out}"])
+    )
     with pytest.raises(SiteFailure, match=r"egress-violation \(rule schema, a model message\)"):
         api.run(cfg, progress=False, site_cls=FlattenLeak)
     assert (out / FAILED).exists() and not (out / MARKER).exists()
@@ -293,7 +290,7 @@ def test_leaking_site_stops_a_run_through_ray(ray_session, tmp_path):
     assert "egress-violation" in failed and "undeclared" not in failed  # nothing of the message
 
 
-def test_non_private_reference_fails_its_audit(ray_session, tmp_path, capsys):
+def test_non_private_reference_fails_its_audit(tmp_path, capsys):
     """er_real moves real images out of sites: the audit names which images left which site."""
     from simulator.driver import api, cli
 
@@ -307,6 +304,7 @@ def test_non_private_reference_fails_its_audit(ray_session, tmp_path, capsys):
             [
                 "run.sites=2",
                 "run.method=er_real",
+                "runtime.engine=inprocess",
                 f"run.out={out}",
                 "privacy.allow_non_private=true",
             ]

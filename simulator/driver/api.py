@@ -174,7 +174,10 @@ def compare(
     plans = cmp.plan_compare(base, methods, seeds, orders, out, make)
     out.mkdir(parents=True, exist_ok=True)
     base.write(out / "compare_config.json")
-    ray_actors.start_ray(base.runtime)
+    if (
+        base.runtime.engine != "inprocess" or max_parallel > 1
+    ):  # the runs' engine, or their drivers'
+        ray_actors.start_ray(base.runtime)
     shared = out / "shared"  # each site's prompt and replay figures, made once per (seed, site)
     if max_parallel <= 1:
         status = cmp.run_compare(

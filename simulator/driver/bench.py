@@ -58,10 +58,10 @@ def measure_step(cfg: Config, name: str, replay_sites: int, steps: int) -> dict[
     }
 
 
-def step_cost(
-    cfg: Config, methods: list[str], replay_sites: int = 5, steps: int = 10
-) -> list[dict]:
-    """Seconds per outer step and peak RSS for each method, each in its own process."""
+def step_cost(cfg: Config, methods: list[str], stages: list[int], steps: int = 10) -> list[dict]:
+    """Seconds per outer step and peak RSS of each method at each stage (stage ``s`` replays
+    ``s - 1`` earlier sites), each method in a process of its own, its stages in rising order
+    (a later stage's peak is the larger)."""
     from simulator.driver.plan import method_hparams
 
     for (
@@ -71,7 +71,7 @@ def step_cost(
     out = []
     for name in methods:
         job = json.dumps(
-            {"config": cfg.to_dict(), "method": name, "replay_sites": replay_sites, "steps": steps}
+            {"config": cfg.to_dict(), "method": name, "stages": sorted(stages), "steps": steps}
         )
         res = subprocess.run(
             [sys.executable, "-m", "simulator.driver.bench"],
@@ -80,8 +80,8 @@ def step_cost(
             text=True,
             check=True,
         )
-        out.append(json.loads(res.stdout.strip().splitlines()[-1]))
-    return out
+        out += json.loads(res.stdout.strip().splitlines()[-1])
+    return sorted(out, key=lambda r: (r["stage"], methods.index(r["method"])))
 
 
 def run_phases(cfg: Config, method: str) -> dict:
@@ -102,10 +102,12 @@ def run_phases(cfg: Config, method: str) -> dict:
 
 def _child() -> None:
     job = json.loads(sys.stdin.read())
-    row = measure_step(
-        Config.from_dict(job["config"]), job["method"], job["replay_sites"], job["steps"]
-    )
-    print(json.dumps(row))
+    cfg = Config.from_dict(job["config"])
+    rows = [
+        {**measure_step(cfg, job["method"], stage - 1, job["steps"]), "stage": stage}
+        for stage in job["stages"]
+    ]
+    print(json.dumps(rows))
 
 
 if __name__ == "__main__":

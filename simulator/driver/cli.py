@@ -88,10 +88,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
     p.add_argument(
         "--engine",
-        choices=("ray", "flower"),
+        choices=("ray", "flower", "inprocess"),
         default=None,
         help="ray: every site a Ray actor (default); flower: the same run as a Flower app in "
-        "Flower's simulation, one SuperNode per site",
+        "Flower's simulation, one SuperNode per site; inprocess: every site an object of the "
+        "driver's own process (tests and debugging: the same results, no isolation)",
     )
     add_cluster_options(p)
     p.add_argument(
@@ -330,6 +331,21 @@ def _add_flower(sub) -> None:
         default="runs/flower-local",
         help="where the deployment's state and logs go (default runs/flower-local)",
     )
+    prep = fl_sub.add_parser(
+        "settings",
+        help="write the settings of the nodes of a Flower simulation on this machine (flwr run)",
+        description="As the operator of a Flower simulation's nodes: one partition-<id>.json per "
+        "site in $SMG_SIM_NODE_SETTINGS (default: beside the simulated sites' disks); a node "
+        "reads its own, the run only checks them.",
+    )
+    prep.add_argument(
+        "--benchmark", default="phantom", metavar="SPEC", help="phantom (default) or mni152"
+    )
+    prep.add_argument(
+        "--target", default=None, choices=("auto", "disc", "cup"), help=argparse.SUPPRESS
+    )
+    add_site_selection(prep, profile="quick")
+    add_set(prep, "a node setting, e.g. --set privacy.mode=strict (repeatable)")
     down = fl_sub.add_parser("down", help="stop the processes a `flower up` started")
     down.add_argument("--dir", default="runs/flower-local", help="the folder given to flower up")
 

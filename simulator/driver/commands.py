@@ -135,11 +135,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise ConfigError(f"--stages {args.stages!r}: expected comma-separated integers") from None
     if not stages or min(stages) < 1:
         raise ConfigError(f"--stages {args.stages!r}: expected stages >= 1")
-    rows = [
-        {**r, "stage": s}
-        for s in stages
-        for r in step_cost(cfg, _csv(args.methods), s - 1, args.steps)
-    ]
+    rows = step_cost(cfg, _csv(args.methods), stages, args.steps)
     print(f"{'method':18s} {'stage':>5s} {'s/step':>8s} {'x finetune':>10s} {'peak RSS MB':>12s}")
     base = {r["stage"]: r["seconds_per_step"] for r in rows if r["method"] == "finetune"}
     for r in rows:
@@ -173,6 +169,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if not (run_dir / "ledger.jsonl").exists() or not (run_dir / "config.json").exists():
         raise RunFolderError(f"{run_dir} is not a run folder (no ledger.jsonl/config.json)")
     a = build_audit(run_dir, node_traces=[Path(p) for p in args.node_traces])
+    print("trust model:")
+    for line in a["trust_model"]:
+        print(f"  - {line}")
     for name in ("structural", "empirical", "formal"):
         c = a["claims"][name]
         print(f"{name:10s} {c['verdict']:15s} {c['claim']}")
@@ -227,6 +226,19 @@ def cmd_flower(args: argparse.Namespace) -> int:
     if args.flower_command == "down":
         for what in flower_deploy.down(Path(args.dir)):
             print(f"smg-sim: stopped {what}")
+        return EXIT_OK
+    if args.flower_command == "settings":
+        from simulator.driver.engine.flower_sim import write_node_settings
+        from simulator.driver.plan import plan_run, site_settings
+        from sites.settings import node_settings_folder
+
+        plan = plan_run(data_config(args, args.overrides), new_folder=False)
+        folder = node_settings_folder()
+        traces = folder / "file_access"  # the nodes keep their traces here
+        own = site_settings(plan.config, plan.specs, plan.guard_mode, traces, "flwr-run")
+        for path in write_node_settings(own, folder):
+            print(f"smg-sim: {path}")
+        print(f"smg-sim: audit a run of these nodes with: smg-sim audit RUN --node-traces {traces}")
         return EXIT_OK
     if catalog.is_user_data(args.benchmark):
         raise ConfigError(

@@ -36,6 +36,7 @@ from simulator.driver.audit.checks import (
 from simulator.driver.audit.files import RunFiles, read_run_files
 from simulator.driver.audit.formal import formal_claim
 from simulator.driver.audit.isolation import process_isolation
+from simulator.driver.audit.trust import TRUST_MODEL
 from simulator.driver.runfolder import write_json
 
 
@@ -96,6 +97,7 @@ def assemble_audit(f: RunFiles) -> dict[str, Any]:
     claims = _claims(structural, empirical_checks(f.smd), formal_claim(f))
     return {
         "run": str(f.run_dir),
+        "trust_model": list(TRUST_MODEL),
         "method": f.config["run"]["method"],
         "privacy_mode": f.config.get("privacy", {}).get("mode", "strict"),
         "exports": exports,

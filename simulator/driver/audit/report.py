@@ -19,6 +19,10 @@ def audit_markdown(a: dict[str, Any]) -> str:
             else " (NON-PRIVATE reference method: real data leaves sites by design)"
         ),
         "",
+        "## Trust model",
+        "",
+        *(f"* {line}" for line in a.get("trust_model", [])),
+        "",
     ]
     for name in ("structural", "empirical", "formal"):
         c = a["claims"][name]

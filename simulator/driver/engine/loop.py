@@ -77,7 +77,8 @@ class Engine:
         return self.backend.placement()
 
     def _crash_if_planned(self, site: str, stage: int, phase: str) -> None:
-        """An injected fault: the site's process exits in the middle of this call (``kill-site``)."""
+        """An injected fault: the site's process exits in the middle of this call
+        (``kill-site``, an operator's operation)."""
         if self.faults.take("kill-site", stage, site):
             msg = FaultRequest(phase).to_record("driver", f"site:{site}")
             self.ledger.record(msg)

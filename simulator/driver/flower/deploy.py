@@ -2,8 +2,9 @@
 
 ``up`` starts one ``flower-superlink`` and one ``flower-supernode`` per site on 127.0.0.1
 (insecure mode), each in a process group of its own, its own settings file named in its node
-config (``settings=PATH``: the site, its data folder, guard, trace and log); it records the process ids in ``DIR/deployment.json`` and writes a Flower
-config (``DIR/flwr/config.toml``) naming the SuperLink, then prints the ``flwr run`` command.
+config (``settings=PATH``: the site, its data folder, guard, trace and log); it records the
+process ids in ``DIR/deployment.json`` and writes a Flower config (``DIR/flwr/config.toml``)
+naming the SuperLink, then prints the ``flwr run`` command.
 A SuperNode starts a ``flwr-clientapp`` process for every message it receives, so each site's
 data is read only by processes of its own SuperNode. ``down`` stops exactly the process groups
 it recorded (the SuperLink's, and every SuperNode's with the ClientApp processes they started).
