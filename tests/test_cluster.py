@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 SCRIPT = textwrap.dedent("""
     import json, subprocess, sys
     from ray.cluster_utils import Cluster
@@ -35,6 +37,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # 30-35 s: a three-node Ray cluster of its own; CI runs it after the suite
 def test_sites_run_on_the_nodes_that_hold_their_resource(tmp_path):
     res = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True, timeout=600

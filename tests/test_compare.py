@@ -239,9 +239,10 @@ def test_grid_shares_each_sites_prompt_and_figures_with_identical_results(smd_re
 
 
 def test_parallel_compare_runs_each_run_in_its_own_driver_process(ray_session, tmp_path):
-    """--max-parallel 2: two driver processes join the session's Ray; a re-run skips both."""
+    """--max-parallel 2: two driver processes are given the session's Ray to join (their sites
+    here in their own processes); a re-run skips both."""
     out = tmp_path / "par"
-    base = build_config("smoke", parse_set(["run.sites=2", "train.steps_per_stage=2"]))
+    base = build_config("smoke", parse_set([*INPROCESS, "run.sites=2", "train.steps_per_stage=2"]))
     log = io.StringIO()
     table, status = api.compare(
         base, ["finetune"], [0, 1], ["fixed"], out, stream=log, max_parallel=2

@@ -131,6 +131,7 @@ def test_faults_are_checked_against_the_run():
             parse_faults(bad, order)
 
 
+@pytest.mark.slow  # 20-25 s: a CLI run with a Ray instance of its own; CI runs it after the suite
 def test_the_dashboard_metrics_show_a_running_run(tmp_path):
     """While a run runs, its stage, step, loss, Dice per site and each site's guard traffic can be
     scraped from Ray's metrics export endpoint, tagged with the run's name.
