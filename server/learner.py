@@ -18,7 +18,7 @@ from flwr.app import RecordDict
 
 from server.replay import ReplayBank
 from simulator.config import Config
-from simulator.devices import resolve_device
+from simulator.devices import resolve_device, to_device
 from simulator.filetrace import start_trace
 from simulator.method import Method
 from simulator.outlines import encode_png, label, outlined_tile
@@ -227,7 +227,7 @@ class Learner:
             self.cfg.smd.synthetic_per_site,
             derive_seed(self.run_seed, "synthetic-train", site),
         )
-        pair = (torch.from_numpy(x).float().to(dev), torch.from_numpy(y.astype(np.float32)).to(dev))
+        pair = to_device(dev, x, y)
         visit = LocalVisit.start(self._visit_request(site, stage), site, pair, dev, build_method)
         visit.run(visit.ctx.steps)
         self.weights, self.state, logs, mean_loss = visit.finish()

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from simulator.devices import to_device, to_host
 from simulator.method import Batch, Method, StageContext
 from simulator.payloads import ModelArch, VisitRequest
 from simulator.seeding import derive_seed, torch_generator
@@ -35,16 +36,13 @@ def build_unet(arch: ModelArch, weights: dict[str, np.ndarray], device: torch.de
 
 
 def replay_pairs(arrays: Mapping[str, np.ndarray], device: torch.device) -> dict[str, Pair]:
-    """The ``<site>/x`` and ``<site>/y`` arrays of a visit as float tensors per site."""
-    out = {}
-    for key in arrays:
-        if key.endswith("/x"):
-            site = key[:-2]
-            out[site] = (
-                torch.from_numpy(arrays[key].copy()).float().to(device),
-                torch.from_numpy(arrays[f"{site}/y"].copy()).float().to(device),
-            )
-    return out
+    """The ``<site>/x`` and ``<site>/y`` arrays of a visit as float tensors per site, on
+    ``device``."""
+    return {
+        key[:-2]: to_device(device, arrays[key], arrays[f"{key[:-2]}/y"])
+        for key in arrays
+        if key.endswith("/x")
+    }
 
 
 @dataclass
@@ -175,9 +173,7 @@ class LocalVisit:
         """End the visit: the trained weights, the method's state, the visit's mean logs (besides
         the loss) with the method's end-of-visit summary, and the mean loss."""
         self.method.end_stage()
-        weights = {
-            k: t.detach().cpu().contiguous().numpy() for k, t in self.model.state_dict().items()
-        }
+        weights = {k: to_host(t.contiguous()) for k, t in self.model.state_dict().items()}
         state = self.method.export_state()
         logs = {k: s / self.counts[k] for k, s in self.sums.items() if k != "loss"}
         logs.update(self.method.stage_summary())

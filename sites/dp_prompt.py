@@ -39,6 +39,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from simulator.devices import device_of, to_device, to_host
 from simulator.optim import Adam
 from simulator.smd.backbone import SMDBackbone, to_model_space
 
@@ -103,11 +104,12 @@ def _dp_step(
     gen: torch.Generator,
 ) -> None:
     """One DP-SGD step (nothing about the drawn gradients is returned: it would be unaccounted)."""
-    total = torch.zeros(param.numel())
+    total = torch.zeros(param.numel(), device=param.device)
     if idx:
         g = per_sample_grads(param, to_tokens, backbone, x[idx], gen).flatten(1)
         total = (g * (clip / (g.norm(dim=1) + 1e-12)).clamp(max=1.0)[:, None]).sum(0)
-    noisy = total + sigma * clip * torch.randn(total.shape, generator=gen)
+    noise = torch.randn(total.shape, generator=gen).to(param.device)  # drawn on the CPU stream
+    noisy = total + sigma * clip * noise
     opt.zero_grad(set_to_none=True)
     param.grad = (noisy / expected).view_as(param).to(param.dtype)
     opt.step()
@@ -137,7 +139,8 @@ def dp_tune_prompt(
     t0 = time.perf_counter()
     backbone.requires_grad_(False)
     backbone.eval()
-    x = to_model_space(images, masks, backbone.spec.image_size)
+    dev = device_of(backbone)
+    (x,) = to_device(dev, to_model_space(images, masks, backbone.spec.image_size))
     cases = [np.flatnonzero(case_ids == c) for c in np.unique(case_ids)]
     n = len(cases)
     delta = delta if delta > 0 else 1.0 / (10 * n)
@@ -145,7 +148,7 @@ def dp_tune_prompt(
     sigma = noise_multiplier(epsilon, delta, q, steps)
     expected = q * n
     # the public start: the appearance MLP at the prior's mean (no candidate scored on private data)
-    cond = torch.zeros(backbone.spec.cond_dim, requires_grad=True)
+    cond = torch.zeros(backbone.spec.cond_dim, device=dev, requires_grad=True)
     opt = Adam([cond], lr=0.05)
     coarse = steps - int(round(steps * fine_fraction))
     for _ in range(coarse):
@@ -193,4 +196,4 @@ def dp_tune_prompt(
         raise ValueError(
             f"DP prompt tuning: the accountant found no finite epsilon for sigma {sigma}"
         )
-    return prompt.detach().cpu().numpy().astype(np.float32), logs
+    return to_host(prompt).astype(np.float32), logs

@@ -12,9 +12,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from simulator.devices import to_device, to_host
 from simulator.optim import Adam
 from simulator.seeding import torch_generator
 from simulator.segmentation import build_model, dice_per_image, predict, seg_loss
+
+CPU = torch.device("cpu")
 
 
 def train_segmenter(
@@ -25,15 +28,17 @@ def train_segmenter(
     width: int = 8,
     depth: int = 3,
     batch: int = 16,
+    device: torch.device = CPU,
 ) -> torch.nn.Module:
-    """The TSTR segmenter trained on (x, y) for ``steps`` steps from ``seed``."""
-    model = build_model(x.shape[1], width, depth, seed=seed).to(memory_format=torch.channels_last)
+    """The TSTR segmenter trained on (x, y) for ``steps`` steps from ``seed``, on ``device``."""
+    model = build_model(x.shape[1], width, depth, seed=seed)
+    model = model.to(device=device, memory_format=torch.channels_last)
     opt = Adam(model.parameters(), lr=2e-3)
     gen = torch_generator(seed)
-    X, Y = torch.from_numpy(x).float(), torch.from_numpy(y.astype(np.float32))
+    X, Y = to_device(device, x, y)
     model.train()
     for _ in range(steps):
-        idx = torch.randint(len(X), (min(batch, len(X)),), generator=gen)
+        idx = torch.randint(len(X), (min(batch, len(X)),), generator=gen).to(device)
         loss = seg_loss(model(X[idx]), Y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -42,10 +47,17 @@ def train_segmenter(
 
 
 def _train_and_test(
-    x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, steps: int, seed: int
+    x: np.ndarray,
+    y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    steps: int,
+    seed: int,
+    device: torch.device,
 ) -> float:
-    pred = predict(train_segmenter(x, y, steps, seed), torch.from_numpy(test_x).float())
-    return float(dice_per_image(pred, torch.from_numpy(test_y.astype(np.float32))).mean())
+    tx, ty = to_device(device, test_x, test_y)
+    pred = predict(train_segmenter(x, y, steps, seed, device=device), tx)
+    return float(to_host(dice_per_image(pred, ty)).mean())
 
 
 def tstr(
@@ -54,10 +66,12 @@ def tstr(
     synth: tuple[np.ndarray, np.ndarray],
     steps: int,
     seed: int,
+    device: torch.device = CPU,
 ) -> dict[str, float]:
-    """Dice on the real test split after training on synthetic vs real pairs, and their ratio."""
-    d_syn = _train_and_test(*synth, *test, steps=steps, seed=seed)
-    d_real = _train_and_test(*real, *test, steps=steps, seed=seed)
+    """Dice on the real test split after training on synthetic vs real pairs, and their ratio
+    (both segmenters trained on ``device``)."""
+    d_syn = _train_and_test(*synth, *test, steps=steps, seed=seed, device=device)
+    d_real = _train_and_test(*real, *test, steps=steps, seed=seed, device=device)
     return {
         "tstr_dice_synthetic": d_syn,
         "tstr_dice_real": d_real,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from simulator.devices import device_of, to_device, to_host
 from simulator.seeding import numpy_rng, torch_generator
 from simulator.smd.backbone import SMDBackbone, to_model_space
 
@@ -68,13 +69,16 @@ def membership_inference(
 ) -> dict[str, float]:
     """AUC of the denoising-loss attack (lower loss = member) with a bootstrap 95% interval."""
     size = backbone.spec.image_size
-    tok = torch.from_numpy(prompt)[None]
+    dev = device_of(backbone)
+    (tok,) = to_device(dev, prompt[None])
 
     def losses(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        z = to_model_space(x, y, size)
+        (z,) = to_device(dev, to_model_space(x, y, size))
         gen = torch_generator(seed)  # the same noises for members and non-members
         with torch.no_grad():
-            per = [backbone.denoise_loss(z, tok, gen, reduce=False).numpy() for _ in range(repeats)]
+            per = [
+                to_host(backbone.denoise_loss(z, tok, gen, reduce=False)) for _ in range(repeats)
+            ]
         return np.mean(per, axis=0)
 
     n = min(len(train[0]), len(held_out[0]))

@@ -25,6 +25,7 @@ import time
 import numpy as np
 import torch
 
+from simulator.devices import to_device, to_host
 from simulator.optim import Adam
 from simulator.seeding import torch_generator
 from simulator.smd.backbone import SMDBackbone, to_model_space
@@ -35,7 +36,7 @@ def _fixed_loss(
 ) -> float:
     """Denoising loss on a fixed draw of noises and timesteps (comparable across prompts)."""
     with torch.no_grad():
-        return float(backbone.denoise_loss(x, tokens, torch_generator(seed)))
+        return float(to_host(backbone.denoise_loss(x, tokens, torch_generator(seed))))
 
 
 class _EarlyStop:
@@ -94,7 +95,7 @@ def tune_prompt(
     device = next(backbone.parameters()).device
     backbone.requires_grad_(False)
     backbone.eval()
-    x = to_model_space(images, masks, backbone.spec.image_size).to(device)
+    (x,) = to_device(device, to_model_space(images, masks, backbone.spec.image_size))
     probe = x[: min(len(x), 32)]
     init_loss = _fixed_loss(backbone, probe, backbone.prompt_init[None])
     # 1. search over the public prior
@@ -163,4 +164,4 @@ def tune_prompt(
         "prompt_loss_final": final_loss,
         "prompt_checks": checks,
     }
-    return prompt.detach().cpu().numpy().astype(np.float32), logs
+    return to_host(prompt).astype(np.float32), logs

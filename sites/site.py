@@ -25,12 +25,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from flwr.app import RecordDict
 
 from simulator import schemas
-from simulator.devices import resolve_device
+from simulator.devices import resolve_device, to_device
 from simulator.errors import SITE_ERROR_CODES, DataError, EgressViolation, MessageError
 from simulator.filetrace import start_trace
 from simulator.method import Method
@@ -208,13 +207,8 @@ class Site:
     @cached_property
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The train and test split on the compute device."""
-        d, dev = self.data, self.device
-        return (
-            torch.from_numpy(d.train_x).to(dev),
-            torch.from_numpy(d.train_y.astype(np.float32)).to(dev),
-            torch.from_numpy(d.test_x).to(dev),
-            torch.from_numpy(d.test_y.astype(np.float32)).to(dev),
-        )
+        d = self.data
+        return to_device(self.device, d.train_x, d.train_y, d.test_x, d.test_y)
 
     # -- what leaves goes through here -------------------------------------------------
     def schema(

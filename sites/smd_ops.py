@@ -146,7 +146,8 @@ class SiteSMD:
         synth = (req.replay[f"{self.site.name}/x"], req.replay[f"{self.site.name}/y"])
         d = self.site.data
         t0 = time.perf_counter()
-        out = tstr((d.train_x, d.train_y), (d.test_x, d.test_y), synth, req.steps, req.seed)
+        dev = self.site.device
+        out = tstr((d.train_x, d.train_y), (d.test_x, d.test_y), synth, req.steps, req.seed, dev)
         out.update(intensity_distance(d.train_x, synth[0]))
         out["synthetic_foreground"] = float(synth[1].mean())
         out["real_foreground"] = float(d.train_y.mean())
@@ -179,7 +180,12 @@ class SiteSMD:
             raise SiteRefusal("refused-query", f"attribute: sets of {list(req.set_sizes)} images")
         with self.site.parallel_phase():
             scores = train_detector_and_score(
-                self.site.data.train_x, req.public, req.queries, req.steps, req.seed
+                self.site.data.train_x,
+                req.public,
+                req.queries,
+                req.steps,
+                req.seed,
+                device=self.site.device,
             )
         bounds = np.cumsum([0, *req.set_sizes])
         means = {

@@ -9,6 +9,7 @@ from typing import Any
 from flwr.app import RecordDict
 
 from simulator import schemas
+from simulator.devices import to_host
 from simulator.payloads import EvaluateRequest, ModelReply, TrainRequest, VisitRequest
 from simulator.segmentation import dice_per_image, predict
 from simulator.visit import LocalVisit, build_unet
@@ -100,7 +101,7 @@ class VisitOps:
         test_x, test_y = s.tensors[2:]
         with s.parallel_phase():
             pred = predict(model, test_x, req.eval_batch_size)
-        dice = dice_per_image(pred, test_y).cpu().numpy()
+        dice = to_host(dice_per_image(pred, test_y))
         return s.metrics(
             schemas.EVALUATE, dice=float(dice.mean()), dice_std=float(dice.std()), n=len(dice)
         )

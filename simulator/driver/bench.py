@@ -18,44 +18,56 @@ from simulator.config import Config
 
 
 def measure_step(cfg: Config, name: str, replay_sites: int, steps: int) -> dict[str, float | str]:
-    """Seconds per outer step of method ``name`` on random data at ``cfg``'s sizes (in this
-    process)."""
+    """Seconds per outer step of method ``name`` on random data at ``cfg``'s sizes, on the device
+    ``runtime.device`` names (in this process; a CUDA step is timed to its end)."""
     import torch
 
     from server.methods import build_method
+    from simulator.devices import resolve_device, to_device
     from simulator.driver.plan import method_hparams
     from simulator.method import Batch, StageContext
     from simulator.seeding import torch_generator
     from simulator.segmentation import build_model
 
     torch.set_num_threads(cfg.runtime.torch_threads)
+    dev = resolve_device(cfg.runtime.device)
     size, b = cfg.data.image_size, cfg.train.batch_size
     gen = torch_generator(0)
 
     def pair(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.rand((n, 1, size, size), generator=gen)
-        return x, (x > 0.6).float()
+        return to_device(dev, x, (x > 0.6).float())
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
 
     per = -(-b // max(replay_sites, 1))
     batch = Batch(*pair(b), {f"r{k}": pair(per) for k in range(replay_sites)})
-    model = build_model(1, cfg.model.width, cfg.model.depth, seed=0)
+    model = build_model(1, cfg.model.width, cfg.model.depth, seed=0).to(dev)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     method = build_method(name, model, method_hparams(cfg, name))
-    method.begin_stage(StageContext("a", 2, steps, torch.device("cpu"), gen, list(batch.replay)))
+    method.begin_stage(StageContext("a", 2, steps, dev, gen, list(batch.replay)))
     method.update(batch)  # the first step allocates; it is not timed
+    sync()
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     for _ in range(steps):
         method.update(batch)
+    sync()
     seconds = (time.perf_counter() - t0) / steps
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {
+    row = {
         "method": name,
+        "device": str(dev),
         "seconds_per_step": seconds,
         "peak_rss_mb": peak / 1024,
         "rss_after_first_step_mb": base / 1024,
     }
+    if dev.type == "cuda":
+        row["peak_gpu_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+    return row
 
 
 def step_cost(cfg: Config, methods: list[str], stages: list[int], steps: int = 10) -> list[dict]:

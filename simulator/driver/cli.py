@@ -177,8 +177,14 @@ def _add_bench(sub) -> None:
         help="benchmarks: step cost per method and stage, and where a run's time goes",
         description="Seconds per outer step and peak resident memory of each method at a "
         "profile's sizes, at each given stage (stage s replays s-1 earlier "
-        "sites; each method and stage in its own process); with --run, one "
-        "whole run of that method and its seconds per phase. Writes bench.json.",
+        "sites; each method in its own process), on the device --device names; with --run, "
+        "one whole run of that method and its seconds per phase. Writes bench.json.",
+    )
+    bench.add_argument(
+        "--device",
+        default=None,
+        choices=("auto", "cpu", "cuda"),
+        help="where to compute (runtime.device; default: the profile's, auto)",
     )
     bench.add_argument("--methods", default="finetune,smd_replay_matched,smg", help="comma list")
     bench.add_argument("--stages", default="2,6", help="comma list of stages to time (default 2,6)")
@@ -198,6 +204,24 @@ def _add_bench(sub) -> None:
         "--out", default="bench.json", help="where to write the figures (default bench.json)"
     )
     add_set(bench, "override a config value, e.g. --set methods.smg.lookahead=2 (repeatable)")
+
+
+def _add_doctor(sub) -> None:
+    doc = sub.add_parser(
+        "doctor",
+        help="check this machine: a 2-site smoke run of every method on the device, step costs",
+        description="Run it first on a new machine: every registered method runs a 2-site smoke "
+        "run on the device (one Ray instance for all), pass or fail with the site's error code "
+        "and the log to read, then the seconds per step of every method there. Exit 1 if any "
+        "method fails.",
+    )
+    doc.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto"
+    )
+    doc.add_argument("--methods", default="", help="comma list (default: every method)")
+    doc.add_argument(
+        "--out", default=None, help="where the runs and doctor.json go (default runs/doctor-<time>)"
+    )
 
 
 def _add_resume(sub) -> None:
@@ -366,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_compare,
         _add_bench,
         _add_audit,
+        _add_doctor,
         _add_smd,
         _add_data,
         _add_flower,

@@ -128,7 +128,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from simulator.driver.bench import run_phases, step_cost
 
-    cfg = build_config(args.profile, parse_set(args.overrides))
+    overrides = parse_set(args.overrides)
+    if args.device:
+        overrides.setdefault("runtime", {})["device"] = args.device
+    cfg = build_config(args.profile, overrides)
     try:
         stages = [int(s) for s in _csv(args.stages)]
     except ValueError:
@@ -159,6 +162,38 @@ def cmd_bench(args: argparse.Namespace) -> int:
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"figures written to {args.out}")
     return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """``smg-sim doctor``: every method's smoke run on the device, then its step cost."""
+    import datetime as dt
+    import json
+
+    from server.methods import METHODS
+    from simulator.driver.doctor import doctor
+
+    methods = _csv(args.methods) or sorted(METHODS)
+    for m in methods:
+        if m not in METHODS:
+            raise ConfigError(
+                f"--methods: unknown method {m!r}; known: {', '.join(sorted(METHODS))}"
+            )
+    out = Path(args.out or f"runs/doctor-{dt.datetime.now():%Y%m%d-%H%M%S}")
+    out.mkdir(parents=True, exist_ok=True)
+    report = doctor(args.device, methods, out, sys.stderr)
+    (out / "doctor.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{'method':18s} {'smoke run':>10s} {'s/step':>9s}  note")
+    steps = {r["method"]: r["seconds_per_step"] for r in report["steps"]}
+    for r in report["methods"]:
+        state = "pass" if r["passed"] else "FAIL"
+        note = "" if r["passed"] else f"{r['code']}: read {r['log']}"
+        print(f"{r['method']:18s} {state:>10s} {steps.get(r['method'], float('nan')):9.4f}  {note}")
+    failed = [r["method"] for r in report["methods"] if not r["passed"]]
+    print(
+        f"device {report['device']}: {len(methods) - len(failed)} of {len(methods)} methods pass "
+        f"({report['seconds']:.0f} s); figures in {out / 'doctor.json'}"
+    )
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -267,6 +302,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "compare": cmd_compare,
     "bench": cmd_bench,
     "audit": cmd_audit,
+    "doctor": cmd_doctor,
     "smd": cmd_smd,
     "data": cmd_data,
     "flower": cmd_flower,

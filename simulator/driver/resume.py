@@ -61,7 +61,7 @@ def check_resumable(run_dir: Path) -> tuple[Config, Checkpoint, Path | None]:
     ckpt = read_checkpoint(run_dir, len(run_sites(cfg)))
     if ckpt is None:
         why = (
-            (run_dir / FAILED).read_text().strip()
+            (run_dir / FAILED).read_text().splitlines()[0]
             if (run_dir / FAILED).exists()
             else "no FAILED marker"
         )

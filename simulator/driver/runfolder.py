@@ -30,6 +30,7 @@ from simulator.errors import RunFolderError
 
 MARKER = "COMPLETE"
 FAILED = "FAILED"
+TRACEBACK = "traceback.txt"
 
 
 def _clean(value: Any) -> Any:
@@ -99,8 +100,14 @@ class RunFolder:
         self.file(FAILED).unlink(missing_ok=True)
         self.file(MARKER).write_text("ok\n")
 
-    def mark_failed(self, message: str) -> None:
-        self.file(FAILED).write_text(message.rstrip() + "\n")
+    def mark_failed(self, exc: BaseException) -> None:
+        """``FAILED``: one line saying why, and the file that holds the driver's traceback
+        (``traceback.txt``; a site's own failure names the site's log in the line itself)."""
+        import traceback
+
+        self.file(TRACEBACK).write_text("".join(traceback.format_exception(exc)))
+        line = f"{type(exc).__name__}: {exc}".strip().replace("\n", " ")
+        self.file(FAILED).write_text(f"{line}\nthe driver's traceback: {self.file(TRACEBACK)}\n")
 
 
 def r_frame(R: np.ndarray, order: list[str]) -> pd.DataFrame:

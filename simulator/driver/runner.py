@@ -365,7 +365,7 @@ def execute(
         _report(stream, plan, R, m, audit, timings, folder)
         return RunResult(plan.out, plan.order, R, m, timings)
     except BaseException as exc:
-        folder.mark_failed(f"{type(exc).__name__}: {exc}")
+        folder.mark_failed(exc)
         raise
     finally:
         ledger.close()

@@ -43,7 +43,11 @@ def _state(run: Path) -> tuple[str, str]:
         info = json.loads(rt.read_text())
         if info.get("host") == socket.gethostname() and pid_alive(int(info.get("pid", 0))):
             return "running", ""
-    why = (run / FAILED).read_text().strip() if (run / FAILED).exists() else "its driver is gone"
+    why = (
+        (run / FAILED).read_text().splitlines()[0]
+        if (run / FAILED).exists()
+        else "its driver is gone"
+    )
     if (run / "checkpoint" / "LATEST").exists():
         return "resumable", why
     return (

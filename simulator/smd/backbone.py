@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from simulator.devices import to_device, to_host
+
 
 @dataclass(frozen=True)
 class SMDSpec:
@@ -152,15 +154,12 @@ class SMDBackbone(nn.Module):
         for start in range(0, n, batch):
             m = min(batch, n - start)
             x = torch.randn((m, ch, s, s), generator=gen, device="cpu").to(device)
-            tok = (
-                tokens.reshape(1, self.spec.tokens, self.spec.token_dim)
-                .expand(m, -1, -1)
-                .to(device)
-            )
+            (tok,) = to_device(device, tokens.reshape(1, self.spec.tokens, self.spec.token_dim))
+            tok = tok.expand(m, -1, -1)
             for t in sched.timesteps:
                 eps = self.unet(x, t.to(device), encoder_hidden_states=tok).sample
                 x = sched.step(eps, t, x).prev_sample
-            outs.append(x.clamp(-1, 1).cpu())
+            outs.append(torch.from_numpy(to_host(x.clamp(-1, 1))))
         return torch.cat(outs)
 
 

@@ -21,6 +21,7 @@ import torch
 from simulator.benchmarks import catalog as benchmarks
 from simulator.benchmarks import mni152, phantom
 from simulator.config import Config, ConfigError
+from simulator.devices import to_device
 from simulator.seeding import torch_generator
 from simulator.smd.backbone import SMDBackbone, SMDSpec, to_model_space
 from simulator.smd.cache import backbone_path, load_backbone, save_backbone
@@ -90,7 +91,7 @@ def pretrain(
         torch.manual_seed(spec.public_seed)
         model = SMDBackbone(spec)
     model.to(device)
-    X, C = X.to(device), C.to(device)
+    X, C = to_device(torch.device(device), X, C)
     gen = torch_generator(spec.public_seed + 1)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.pretrain_lr, weight_decay=1e-4)
     warmup = max(1, spec.pretrain_steps // 20)
