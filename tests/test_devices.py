@@ -118,8 +118,8 @@ def test_fidelity_and_attribution_train_on_the_sites_device(data):
 
 
 def test_a_sites_evaluation_and_visit_run_on_its_device(smoke_spec):
-    cfg = build_config("smoke", parse_set(["run.method=smg"]))
-    learner = Learner(cfg, method_class("smg"), method_hparams(cfg, "smg"), in_channels=1)
+    cfg = build_config("smoke", parse_set(["run.method=finetune"]))
+    learner = Learner(cfg, method_class("finetune"), method_hparams(cfg, "finetune"), 1)
     site = make_site(smoke_spec, device="meta")
     with placement_check():
         reply = site.handle("evaluate", learner.evaluate_message())
@@ -130,7 +130,8 @@ def test_a_sites_evaluation_and_visit_run_on_its_device(smoke_spec):
     from simulator.payloads import VisitRequest
 
     req = VisitRequest.from_record(msg)
-    req = VisitRequest(**{**req.__dict__, "replay": replay})
+    smg = {"method": "smg", "hparams": method_hparams(cfg, "smg"), "replay": replay}
+    req = VisitRequest(**{**req.__dict__, **smg})
     visit = LocalVisit.start(req, "alpha", train, META, build_method)
     batch = visit.batch()
     assert batch.x.is_meta and all(x.is_meta and y.is_meta for x, y in batch.replay.values())

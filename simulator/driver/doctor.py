@@ -9,6 +9,7 @@ driver's traceback in the run folder), then the seconds per step of every method
 from __future__ import annotations
 
 import dataclasses
+import io
 import time
 from pathlib import Path
 from typing import TextIO
@@ -52,14 +53,16 @@ def check_methods(device: str, methods: list[str], out: Path, stream: TextIO) ->
     for method in methods:
         folder = out / method
         t0 = time.perf_counter()
+        log = io.StringIO()  # each run's own lines go to out/<method>.log, not to the terminal
         try:
-            api.run(_smoke(device, method, folder), stream=stream, progress=False)
+            api.run(_smoke(device, method, folder), stream=log, progress=False)
             row = DoctorRow(method, True, time.perf_counter() - t0)
         except SiteFailure as exc:
             row = DoctorRow(method, False, time.perf_counter() - t0, exc.code, exc.log)
         except Exception as exc:  # noqa: BLE001 - every failure is a row of the report
             log = folder / "traceback.txt"
             row = DoctorRow(method, False, time.perf_counter() - t0, type(exc).__name__, str(log))
+        (out / f"{method}.log").write_text(log.getvalue())
         stream.write(
             f"smg-sim doctor: {method:18s} {'pass' if row.passed else 'FAIL ' + row.code}"
             f"{'' if row.passed else ' (' + row.log + ')'} {row.seconds:.1f} s\n"
