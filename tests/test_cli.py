@@ -244,3 +244,17 @@ def test_bench_times_each_method_at_each_stage_and_applies_set(tmp_path, capsys)
         == 2
     )
     assert "methods.smg.lookahead: -1.0 is out of range" in capsys.readouterr().err
+
+
+def test_doctor_runs_a_method_on_the_device_and_times_its_step(tmp_path, capsys):
+    out = tmp_path / "doctor"
+    code = cli.main(["doctor", "--device", "cpu", "--methods", "finetune", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    report = json.loads((out / "doctor.json").read_text())
+    assert report["methods"] == [
+        {**report["methods"][0], "method": "finetune", "passed": True, "code": "", "log": ""}
+    ]
+    assert report["steps"][0]["device"] == "cpu" and report["steps"][0]["seconds_per_step"] > 0
+    assert "1 of 1 methods pass" in text and (out / "finetune" / "COMPLETE").exists()
+    assert cli.main(["doctor", "--methods", "nope"]) == 2

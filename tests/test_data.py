@@ -310,7 +310,9 @@ def test_bad_data_stops_a_run_with_the_file_named_and_inspect_lists_it(
     assert "case_002.png" not in err and "Traceback" not in err
     log = site / ".smg-sim-logs" / "run.log"
     assert str(log) in err and "case_002.png: no mask" in log.read_text()
-    assert str(log) in (out / "FAILED").read_text()
+    failed = (out / "FAILED").read_text()
+    assert str(log) in failed and str(out / "traceback.txt") in failed
+    assert "SiteFailure" in (out / "traceback.txt").read_text()  # the driver's, kept for the user
     code = cli.main(["data", "inspect", f"folder:{root}", "--profile", "smoke"])
     text = capsys.readouterr().out
     assert code == 1
