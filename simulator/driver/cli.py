@@ -14,6 +14,7 @@ from simulator.driver.cli_options import (
     add_set,
     add_site_selection,
 )
+from simulator.driver.flower.cli import add_flower
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -327,53 +328,6 @@ def _add_data(sub) -> None:
     add_set(inspect, "override a config value, e.g. --set data.image_size=128 (repeatable)")
 
 
-def _add_flower(sub) -> None:
-    fl = sub.add_parser(
-        "flower",
-        help="a local Flower deployment: a SuperLink and one SuperNode per site",
-        description="up: start flower-superlink and one flower-supernode per site on 127.0.0.1 "
-        "(insecure mode; every SuperNode a process of its own with its own settings file: its "
-        "site, data folder, guard mode, trace and log; an SMD cache of its own), record their "
-        "ids in DIR/deployment.json and print the flwr run command; down: stop exactly the "
-        "processes up started.",
-    )
-    fl_sub = fl.add_subparsers(dest="flower_command", required=True)
-    up = fl_sub.add_parser("up", help="start the SuperLink and the SuperNodes")
-    up.add_argument(
-        "--benchmark",
-        default="phantom",
-        metavar="SPEC",
-        help="phantom (default) or mni152, generated on each node",
-    )
-    up.add_argument(
-        "--target", default=None, choices=("auto", "disc", "cup"), help=argparse.SUPPRESS
-    )
-    add_site_selection(up, profile="smoke")
-    add_set(up, "a node setting, e.g. --set privacy.mode=strict (repeatable)")
-    up.add_argument(
-        "--dir",
-        default="runs/flower-local",
-        help="where the deployment's state and logs go (default runs/flower-local)",
-    )
-    prep = fl_sub.add_parser(
-        "settings",
-        help="write the settings of the nodes of a Flower simulation on this machine (flwr run)",
-        description="As the operator of a Flower simulation's nodes: one partition-<id>.json per "
-        "site in $SMG_SIM_NODE_SETTINGS (default: beside the simulated sites' disks); a node "
-        "reads its own, the run only checks them.",
-    )
-    prep.add_argument(
-        "--benchmark", default="phantom", metavar="SPEC", help="phantom (default) or mni152"
-    )
-    prep.add_argument(
-        "--target", default=None, choices=("auto", "disc", "cup"), help=argparse.SUPPRESS
-    )
-    add_site_selection(prep, profile="quick")
-    add_set(prep, "a node setting, e.g. --set privacy.mode=strict (repeatable)")
-    down = fl_sub.add_parser("down", help="stop the processes a `flower up` started")
-    down.add_argument("--dir", default="runs/flower-local", help="the folder given to flower up")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``smg-sim`` argument parser: one sub-parser per command."""
     parser = argparse.ArgumentParser(
@@ -393,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_doctor,
         _add_smd,
         _add_data,
-        _add_flower,
+        add_flower,
     ):
         add(sub)
     return parser
