@@ -149,7 +149,6 @@ class Learner:
         return FidelityRequest(
             bank.arrays([site]),
             self.cfg.smd.fidelity_steps,
-            self.cfg.privacy.nn_threshold,
             derive_seed(self.run_seed, "tstr", site),
             {"tokens": bank.prompts[site]},
             self.backbone_key,

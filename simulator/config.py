@@ -161,6 +161,11 @@ class SMDConfig:
         return widths
 
 
+#: the default cap of scalar bits each site sends the learner in a run (the README's privacy
+#: section says what it allows and what it stops)
+SCALAR_BITS_CAP = 8192
+
+
 @dataclass(frozen=True)
 class PrivacyConfig:
     """The egress guard and the non-private reference methods."""
@@ -178,6 +183,8 @@ class PrivacyConfig:
     dp_delta: float = field(default=0.0, metadata=_rng(0.0, 0.1))
     #: the norm each case's prompt gradient is clipped to
     dp_clip: float = field(default=0.03, metadata=_rng(1e-8, 1e6))
+    #: the most scalar bits each site sends the learner in a run (each site refuses more)
+    scalar_bits_cap: int = field(default=SCALAR_BITS_CAP, metadata=_rng(0, 10**9))
 
 
 SECTIONS: dict[str, type] = {

@@ -54,7 +54,10 @@ SITE_ERROR_CODES = (
     "egress-violation",  # the egress guard stopped the reply (strict mode)
     "no-visit",  # a step of a visit while no visit is in progress
     "backbone-missing",  # the announced SMD backbone is not in the site's own cache
-    "refused-query",  # a query outside its declared limits
+    "refused-query",  # a query outside its declared limits (duplicate or too few candidates)
+    "query-budget",  # a declared query operation has answered as often as the site allows a run
+    "scalar-budget",  # the reply would pass the site's cap of scalar bits for the run
+    "dp-delta",  # the site's DP delta is not below 1 / n (its ``count``: n, its train cases)
     "device-error",  # the compute device failed (out of memory, a device the site lacks)
     "internal",  # anything else: a bug to report, with the site's log
 )
@@ -66,7 +69,14 @@ class SiteFailure(RuntimeError):
     as its operator configured it ("" when unknown to the driver)."""
 
     def __init__(
-        self, site: str, op: str, code: str, rule: str = "", kind: str = "", log: str = ""
+        self,
+        site: str,
+        op: str,
+        code: str,
+        rule: str = "",
+        kind: str = "",
+        log: str = "",
+        count: int = 0,
     ) -> None:
         self.site, self.op, self.code, self.rule, self.kind, self.log = (
             site,
@@ -76,12 +86,32 @@ class SiteFailure(RuntimeError):
             kind,
             log,
         )
+        self.count = count
         what = f"{code}" + (f" (rule {rule}, a {kind} message)" if rule else "")
+        what += _HINTS[code](count) if code in _HINTS else ""
         where = f"; details in the site's log {log}" if log else "; details in the site's log"
         super().__init__(f"site {site!r} answered {op} with {what}{where}")
 
     def __reduce__(self):
-        return (SiteFailure, (self.site, self.op, self.code, self.rule, self.kind, self.log))
+        return (
+            SiteFailure,
+            (self.site, self.op, self.code, self.rule, self.kind, self.log, self.count),
+        )
+
+
+#: what the driver adds to a code for its user
+_HINTS = {
+    "dp-delta": lambda n: (
+        f": privacy.dp_delta must be below 1/n = {1 / n:.3g} (the site holds n = {n} train "
+        "cases; 0 takes 1/(10 n))"
+        if n
+        else ""
+    ),
+    "scalar-budget": lambda _: (
+        ": the site's cap of scalar bits for this run is spent (privacy.scalar_bits_cap)"
+    ),
+    "query-budget": lambda _: ": the site answers this query only so often in a run",
+}
 
 
 class SiteUnavailable(RuntimeError):

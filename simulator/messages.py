@@ -136,9 +136,28 @@ def describe(rd: RecordDict) -> dict[str, Any]:
         "scalar_keys": scalars,
         "bytes": total,
     }
+    if "bits" in meta:  # a site's reply: the scalar capacity the site counted against its cap
+        out["bits"] = float(meta["bits"])
     if meta["kind"] in INGRESS_KINDS and "config" in rd.config_records:
         # what a site was told (method, seeds, the backbone's key and digest): public, and recorded
         out["config"] = {
             k: v for k, v in rd["config"].items() if isinstance(v, (str, int, float, bool))
         }
     return out
+
+
+def digest(rd: RecordDict) -> str:
+    """The SHA-256 of a whole message (every record, key, dtype, shape and value, in a canonical
+    order): two messages have the same digest only if they say the same thing."""
+    h = hashlib.sha256()
+    for name in sorted(rd.keys()):
+        h.update(f"\0record:{name}".encode())
+        if name in rd.array_records:
+            for key in sorted(rd[name].keys()):
+                arr = rd[name][key]
+                h.update(f"\0{key}:{arr.dtype}:{tuple(arr.shape)}:".encode())
+                h.update(arr.data)
+        else:
+            for key in sorted(rd[name].keys()):
+                h.update(f"\0{key}={rd[name][key]!r}".encode())
+    return h.hexdigest()

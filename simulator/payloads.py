@@ -121,7 +121,6 @@ class FidelityRequest(Payload):
     KIND: ClassVar[str] = "fidelity"
     replay: Arrays = _role("arrays")
     steps: int = _role("config")
-    nn_threshold: float = _role("config")
     seed: int = _role("config")
     #: the prompt the site exported (``tokens``) and the public backbone (key, digest), for the
     #: membership test where the process that answers did not tune the prompt itself (a deployed
@@ -166,6 +165,8 @@ class SettingsCheck(Payload):
     dp_epsilon: float = _role("config")
     dp_delta: float = _role("config")
     dp_clip: float = _role("config")
+    #: the most scalar bits the site sends the learner in the run
+    scalar_bits_cap: int = _role("config")
 
 
 @dataclass(frozen=True)
@@ -263,6 +264,8 @@ class ErrorReply(Payload):
     error: str = _role("config")
     rule: str = _role("config")
     stopped_kind: str = _role("config")
+    #: a number the code is about (``dp-delta``: the site's number of train cases; else 0)
+    count: int = field(default=0, metadata={"role": "config"})
 
 
 def is_error(rd: RecordDict) -> bool:

@@ -14,8 +14,9 @@ keys with which types and allowed strings), and the guard refuses anything else 
 
 Every declared metric has a :class:`MetricRule`: a range and a resolution. The guard refuses a
 value outside the range and rounds it to the resolution, so a declared metric can carry at most
-``log2((hi - lo) / quantum + 1)`` bits; :func:`metric_bits` gives that figure for the audit's
-table of open channels.
+``log2((hi - lo) / quantum + 1)`` bits; :func:`message_bits` gives a whole message's capacity
+(its metrics and its enumerated config strings), which each site counts against its cap in bits
+per run (:mod:`sites.site_state`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -42,13 +44,26 @@ class MetricRule:
         return math.log2((self.hi - self.lo) / self.quantum + 1)
 
 
-FRACTION = MetricRule(0.0, 1.0, 1e-6)  # Dice, shares, AUCs, ratios in [0, 1]
-COSINE = MetricRule(-1.0, 1.0, 1e-6)
-LOSS = MetricRule(0.0, 1e3, 1e-6)
-SECONDS = MetricRule(0.0, 1e7, 1e-3)
-COUNT = MetricRule(0.0, 1e12, 1.0)
-RATIO = MetricRule(0.0, 1e3, 1e-6)  # non-negative figures without a natural bound
-SIGNED = MetricRule(-1e6, 1e6, 1e-6)  # signed figures (inner products, brightness, ...)
+#: Dice and fractions R.csv keeps (at the six decimals it prints)
+FRACTION = MetricRule(0.0, 1.0, 1e-6)
+#: diagnostic shares in [0, 1] (foreground, flagged fractions, TSTR Dice, AUCs, scores): what the
+#: tables and plots print (three decimals)
+SHARE = MetricRule(0.0, 1.0, 1e-3)
+#: gradient cosines: the alignment heat maps print two decimals
+COSINE = MetricRule(-1.0, 1.0, 1e-2)
+LOSS = MetricRule(0.0, 100.0, 1e-3)
+SECONDS = MetricRule(0.0, 1e5, 1e-2)
+COUNT = MetricRule(0.0, 1e6, 1.0)
+#: sizes in bytes, to the kilobyte
+BYTES = MetricRule(0.0, 1e12, 1e3)
+RATIO = MetricRule(0.0, 1e4, 1e-3)  # non-negative figures without a natural bound
+SIGNED = MetricRule(-1e4, 1e4, 1e-3)  # signed figures (inner products, brightness, ...)
+#: a distance between images (RMS, intensities in [0, 1]), to 0.01
+DISTANCE = MetricRule(0.0, 1.0, 1e-2)
+#: a yes / no answer
+FLAG = MetricRule(0.0, 1.0, 1.0)
+#: a process id (Linux allows up to 2**22)
+PID = MetricRule(0.0, 2.0**22, 1.0)
 
 
 @dataclass(frozen=True)
@@ -74,6 +89,30 @@ class Schema:
 
     def array_groups(self) -> set[str]:
         return {k.split("/", 1)[0] for k in self.arrays} | set(self.groups)
+
+
+def _config_bits(allowed: tuple[str, ...] | type) -> float:
+    if isinstance(allowed, tuple):
+        return math.log2(len(allowed)) if len(allowed) > 1 else 0.0
+    return 1.0 if allowed is bool else 64.0
+
+
+def message_bits(schema: Schema, rd: Any) -> float:
+    """The most information the scalars of the message ``rd`` (a checked ``RecordDict``) can carry
+    under ``schema``: each metric it holds at its rule's bits, each enumerated config string at
+    log2 of its choices, any other config or record value at 64 bits (arrays are counted apart,
+    as the weights and prompt channels)."""
+    bits = 0.0
+    if "metrics" in rd.metric_records:
+        bits += metric_bits(schema, rd["metrics"].keys())
+    for name, record in rd.config_records.items():
+        if name == "meta":
+            continue
+        table = schema.config if name == "config" else schema.records.get(name, {})
+        for key in record.keys():
+            col = key if name == "config" else key.split(".", 1)[-1]
+            bits += _config_bits(table.get(col, str))
+    return bits
 
 
 def metric_bits(schema: Schema, names: Iterable[str]) -> float:
@@ -103,7 +142,6 @@ DESCRIBE = {
             "height",
             "width",
             "channels",
-            "data_bytes",
             "acq_family",
             "acq_cases_train",
             "acq_cases_test",
@@ -111,7 +149,8 @@ DESCRIBE = {
         ),
         COUNT,
     ),
-    **rules(("foreground_fraction", "intensity_mean", "intensity_std"), FRACTION),
+    "data_bytes": BYTES,
+    **rules(("foreground_fraction", "intensity_mean", "intensity_std"), SHARE),
     **rules(
         (
             "acq_gamma",
@@ -126,9 +165,10 @@ DESCRIBE = {
     ),
     "acq_brightness": SIGNED,
 }
-TRAIN = {"step": COUNT, "steps": COUNT, "seconds": SECONDS}
+#: a chunk of a visit: where it stands, its time and its mean loss (for the live progress only)
+TRAIN = {"step": COUNT, "seconds": SECONDS, "loss": LOSS}
 VISIT_START = {"steps": COUNT, "replay_sites": COUNT}
-EVALUATE = {"dice": FRACTION, "dice_std": FRACTION, "n": COUNT}
+EVALUATE = {"dice": FRACTION, "dice_std": SHARE, "n": COUNT}
 PROMPT_LOGS = {
     "prompt_steps": COUNT,
     "prompt_seconds": SECONDS,
@@ -137,14 +177,14 @@ PROMPT_LOGS = {
     "prompt_loss_final": LOSS,
     "prompt_steps_planned": COUNT,
     "prompt_checks": COUNT,
-    "data_bytes": COUNT,
+    "data_bytes": BYTES,
 }
 #: under DP no loss on private data leaves: steps, seconds and the privacy parameters only
-DELTA = MetricRule(0.0, 1.0, 1e-12)
+DELTA = MetricRule(0.0, 1.0, 1e-9)
 PROMPT_LOGS_DP = {
     "prompt_steps": COUNT,
     "prompt_seconds": SECONDS,
-    "data_bytes": COUNT,
+    "data_bytes": BYTES,
     "dp_epsilon": RATIO,
     "dp_delta": DELTA,
     "dp_noise_multiplier": RATIO,
@@ -152,6 +192,8 @@ PROMPT_LOGS_DP = {
     "dp_cases": COUNT,
     "dp_clip": RATIO,
 }
+#: a fidelity check: TSTR (always); the intensity, foreground, nearest-neighbour and membership
+#: figures only from a site without DP (:data:`FIDELITY_DP`); distances to 0.01, shares to 0.001
 FIDELITY = {
     **rules(
         (
@@ -160,19 +202,24 @@ FIDELITY = {
             "intensity_w1",
             "synthetic_foreground",
             "real_foreground",
-            "nn_distance_min",
-            "nn_distance_p05",
-            "nn_distance_median",
-            "nn_threshold",
             "nn_fraction_under_threshold",
             "nn_ratio_flagged_fraction",
-            "real_nn_distance_min",
-            "real_nn_distance_median",
             "mia_auc",
             "mia_auc_low",
             "mia_auc_high",
         ),
-        FRACTION,
+        SHARE,
+    ),
+    **rules(
+        (
+            "nn_distance_min",
+            "nn_distance_p05",
+            "nn_distance_median",
+            "nn_threshold",
+            "real_nn_distance_min",
+            "real_nn_distance_median",
+        ),
+        DISTANCE,
     ),
     "tstr_ratio": RATIO,
     "histogram_l1": RATIO,
@@ -181,6 +228,9 @@ FIDELITY = {
     "fidelity_seconds": SECONDS,
     "memorisation_seconds": SECONDS,
 }
+#: what a site under DP sends of a fidelity check: TSTR only (computed on its test split; not DP,
+#: quantised, counted and named in the audit as a non-DP output)
+FIDELITY_DP_NAMES = ("tstr_dice_synthetic", "tstr_dice_real", "tstr_ratio", "fidelity_seconds")
 SCORES = {"n_scored": COUNT}
 #: ``data inspect``: a site's statistics as its reader found them
 INSPECT = {
@@ -212,18 +262,19 @@ INSPECT = {
         ),
         FRACTION,
     ),
-    **rules(("raw_intensity_min", "raw_intensity_max"), MetricRule(-1e9, 1e9, 1e-6)),
+    **rules(("raw_intensity_min", "raw_intensity_max"), MetricRule(-1e6, 1e6, 1e-2)),
 }
-PING = {"alive": COUNT, "data_bytes": COUNT}
-ARMED = {"armed": COUNT}
+PING = {"alive": FLAG, "data_bytes": BYTES}
+ARMED = {"armed": FLAG}
 PRELOAD = {"import_seconds": SECONDS}
-PREVIEW = {"bytes_written": COUNT}
-BACKBONE_CHECK = {"present": COUNT}
-BACKBONE_INSTALL = {"installed": COUNT, "backbone_bytes": COUNT}
+PREVIEW = {"bytes_written": BYTES}
+BACKBONE_CHECK = {"present": FLAG}
+BACKBONE_INSTALL = {"installed": FLAG, "backbone_bytes": BYTES}
 #: a model reply's own figures, besides the method's declared logs
 MODEL = {"steps": COUNT, "train_seconds": SECONDS, "mean_loss": LOSS}
 GUARD_COUNTS = {
-    **rules(("checked_messages", "checked_bytes", "checked_arrays", "violations"), COUNT),
+    **rules(("checked_messages", "checked_arrays", "violations"), COUNT),
+    "checked_bytes": BYTES,
     **rules(("seconds", "build_seconds"), SECONDS),
 }
 #: the rules a violation row may name, and what the guard did
@@ -247,9 +298,12 @@ VIOLATION_KINDS = (*EGRESS_KINDS, "other")
 #: detail: those stay in the site's own log)
 GUARD_REPORT = {
     **GUARD_COUNTS,
+    #: the scalar bits this site sent the learner in this run, and its cap (its own setting)
+    "scalar_bits": COUNT,
+    "scalar_bits_cap": COUNT,
     **{f"violations/{k}/{r}": COUNT for k in VIOLATION_KINDS for r in RULES},
 }
 #: the answer to a settings check
-SETTINGS_CHECK = {"match": COUNT}
+SETTINGS_CHECK = {"match": FLAG}
 #: the answer to the Flower ServerApp's node discovery: which of the named sites the node is
-NODE_HELLO = {"site_index": COUNT, "pid": COUNT}
+NODE_HELLO = {"site_index": COUNT, "pid": PID}

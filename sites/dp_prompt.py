@@ -32,6 +32,7 @@ draw it from a cryptographically secure source.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -44,9 +45,10 @@ from simulator.optim import Adam
 from simulator.smd.backbone import SMDBackbone, to_model_space
 
 
+@functools.lru_cache(maxsize=256)
 def noise_multiplier(epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
     """The smallest sigma whose ``steps`` steps at ``sample_rate`` spend at most ``epsilon`` at
-    ``delta``."""
+    ``delta`` (a search of the accountant, about a second; kept per process)."""
     from opacus.accountants.utils import get_noise_multiplier
 
     return float(

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from simulator.config import SCALAR_BITS_CAP
 from simulator.errors import ConfigError
 from simulator.payloads import SettingsCheck, SiteSpec
 from sites.refusals import SiteRefusal
@@ -48,6 +49,15 @@ class SiteSettings:
     dp_clip: float = 0.03
     #: whether the operator allows previews of real (user) images
     allow_real_previews: bool = False
+    #: the run this site serves (its budgets are per run); "" for a node: all its runs
+    run: str = ""
+    #: the most scalar bits the site sends the learner in one run (default: the run's)
+    scalar_bits_cap: int = SCALAR_BITS_CAP
+    #: how often a run may ask the declared queries on learner-supplied images
+    fidelity_queries: int = 2
+    attribution_queries: int = 2
+    #: the RMS distance under which a synthetic image counts as a copy of a real one
+    nn_threshold: float = 0.02
 
     def __post_init__(self) -> None:
         if self.guard_mode not in GUARD_STRENGTH:
@@ -97,6 +107,7 @@ class SiteSettings:
             dp_epsilon=self.dp_epsilon,
             dp_delta=self.dp_delta,
             dp_clip=self.dp_clip,
+            scalar_bits_cap=self.scalar_bits_cap,
         )
 
     def check(self, req: SettingsCheck) -> None:
@@ -106,6 +117,8 @@ class SiteSettings:
         rank = {m: i for i, m in enumerate(GUARD_STRENGTH)}
         weaker = rank.get(req.guard_mode, -1) < rank[self.guard_mode]
         if self.dp_epsilon > 0 and not 0 < req.dp_epsilon <= self.dp_epsilon:
+            weaker = True
+        if req.scalar_bits_cap > self.scalar_bits_cap:
             weaker = True
         if weaker:
             raise SiteRefusal("refused-setting", f"asked for {req}, the site's own are {own}")

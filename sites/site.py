@@ -32,6 +32,7 @@ from simulator import schemas
 from simulator.devices import resolve_device, to_device
 from simulator.errors import SITE_ERROR_CODES, DataError, EgressViolation, MessageError
 from simulator.filetrace import start_trace
+from simulator.messages import digest
 from simulator.method import Method
 from simulator.payloads import (
     ErrorReply,
@@ -40,14 +41,15 @@ from simulator.payloads import (
     Payload,
     SettingsCheck,
 )
-from simulator.schemas import RULES, MetricRule, Schema
+from simulator.schemas import RULES, MetricRule, Schema, message_bits
 from sites.blocklist import Blocklist, WindowIndex
 from sites.datasets import SiteData, build_site_data
 from sites.egress import MODES, EgressGuard, Violation
 from sites.operator_ops import OperatorOps
 from sites.refusals import SiteRefusal
 from sites.settings import SiteSettings
-from sites.smd_ops import SiteSMD
+from sites.site_state import SiteState
+from sites.smd_ops import SiteSMD, require_dp_delta
 from sites.visit_ops import VisitOps
 
 MethodFactory = Callable[[str, torch.nn.Module, Mapping[str, Any]], Method]
@@ -93,6 +95,13 @@ class Site:
         self.method_factory = method_factory
         self._token = operator_token
         self.log = _site_logger(settings)
+        #: its secret and what this run has spent of its budgets (in its own folder)
+        self.state = SiteState(spec.data_dir, settings.run)
+        #: the request being served: (operation, digest of the whole request), and how many
+        #: replies it has sent so far (a whole visit sends three)
+        self.request: tuple[str, str] = ("", "")
+        self._position = ""
+        self._emitted = 0
         #: an injected fault: the process dies in the middle of its next visit or evaluation
         self.crash_in: str | None = None
         self.visits = VisitOps(self)
@@ -114,6 +123,12 @@ class Site:
         """Serve one operation; a failure is answered with an ErrorReply (never raised)."""
         try:
             fn, kind = self._operation(op, token)
+            self.request = (op, digest(payload) if payload is not None else "")
+            self._position = self.visits.position()  # where a visit stood when asked
+            self._emitted = 0
+            if op in self._learner_ops and not self.state.answered(self._reply_key()):
+                if self._enforcing() and self.state.spent() >= self.settings.scalar_bits_cap:
+                    raise SiteRefusal("scalar-budget", "the run's cap of scalar bits is spent")
             if kind is None:
                 if payload is not None and len(payload):
                     raise SiteRefusal("bad-request", f"{op} takes no payload")
@@ -150,19 +165,23 @@ class Site:
         rule = exc.rule if isinstance(exc, EgressViolation) and exc.rule in RULES else ""
         kind = exc.kind if isinstance(exc, EgressViolation) else ""
         kind = kind if kind in schemas.VIOLATION_KINDS else ""
-        reply = ErrorReply(error=code, rule=rule, stopped_kind=kind)
+        count = int(exc.count) if isinstance(exc, SiteRefusal) else 0
+        reply = ErrorReply(error=code, rule=rule, stopped_kind=kind, count=count)
         schema = self.schema(
             config={
                 "error": SITE_ERROR_CODES,
                 "rule": ("", *RULES),
                 "stopped_kind": ("", *schemas.VIOLATION_KINDS),
+                "count": int,
             }
         )
         rd = reply.to_record(src=schema.src, dst=schema.dsts[0])
         try:  # the guard counts the error reply too; it is built from constants only
-            return self._guard.check(rd, schema)
+            rd = self._guard.check(rd, schema)
+            self._charge(rd, schema, enforce=False)  # an error reply always goes; it is counted
         except Exception:  # the data or the guard cannot be built: the constant reply still goes
-            return rd
+            pass
+        return rd
 
     @contextmanager
     def parallel_phase(self) -> Iterator[None]:
@@ -230,8 +249,33 @@ class Site:
         return self._emit(payload.to_record(src=schema.src, dst=schema.dsts[0]), schema)
 
     def _emit(self, rd: RecordDict, schema: Schema) -> RecordDict:
-        """The last step of every outgoing message: the egress guard, against its schema."""
-        return self._guard.check(rd, schema)
+        """The last step of every outgoing message: the egress guard, against its schema, then
+        the run's scalar budget (a reply to the learner that would pass the cap is refused)."""
+        rd = self._guard.check(rd, schema)
+        self._charge(rd, schema)
+        return rd
+
+    def _enforcing(self) -> bool:
+        """Whether the cap of scalar bits refuses (not for a non-private reference method's run,
+        whose audit fails anyway, nor with the guard off)."""
+        return self.settings.guard_mode in ("strict", "warn")
+
+    def _reply_key(self) -> str:
+        """The reply being sent: the request, where the visit stands, and the reply's number."""
+        op, request = self.request
+        return f"{op}:{request}:{self._position}:{self._emitted}"
+
+    def _charge(self, rd: RecordDict, schema: Schema, enforce: bool = True) -> None:
+        """Count a reply to the learner against the run's cap of scalar bits (a reply already
+        counted, to an identical request, costs nothing again); stamp its capacity on it."""
+        if "learner" not in schema.dsts or self.settings.guard_mode == "off":
+            return
+        bits = message_bits(schema, rd)
+        cap = self.settings.scalar_bits_cap
+        enforce = enforce and self._enforcing()
+        self.state.charge(self._reply_key(), schema.kind, bits, cap, enforce=enforce)
+        self._emitted += 1
+        rd["meta"]["bits"] = round(bits, 3)
 
     def metrics(
         self, declared: Mapping[str, MetricRule], dst: str = "learner", **values: float
@@ -240,8 +284,10 @@ class Site:
 
     # -- the site's own operations ------------------------------------------------------
     def _check(self, req: SettingsCheck) -> RecordDict:
-        """Whether the run's expectations are this site's own settings (refused otherwise)."""
+        """Whether the run's expectations are this site's own settings (refused otherwise); under
+        DP, refused (``dp-delta``, with its number of train cases n) unless delta < 1/n."""
         self.settings.check(req)
+        require_dp_delta(self.settings, self.data)
         return self.metrics(schemas.SETTINGS_CHECK, match=1)
 
     def _describe(self) -> RecordDict:
@@ -253,14 +299,17 @@ class Site:
             "height": d.image_shape[0],
             "width": d.image_shape[1],
             "channels": d.channels,
-            "foreground_fraction": float(d.train_y.mean()),
-            "intensity_mean": float(d.train_x.mean()),
-            "intensity_std": float(d.train_x.std()),
             "data_bytes": int(
                 d.train_x.nbytes + d.train_y.nbytes + d.test_x.nbytes + d.test_y.nbytes
             ),
         }
         stats.update({f"acq_{k}": v for k, v in d.description.items()})
+        if self.settings.dp_epsilon <= 0:  # under DP, no statistic of the pixels leaves
+            stats.update(
+                foreground_fraction=float(d.train_y.mean()),
+                intensity_mean=float(d.train_x.mean()),
+                intensity_std=float(d.train_x.std()),
+            )
         return self.metrics(schemas.DESCRIBE, **stats)
 
     def _ping(self) -> RecordDict:
@@ -270,6 +319,8 @@ class Site:
     def _guard_report(self) -> RecordDict:
         """What the egress guard checked since this process started, as named counts."""
         counts = self._guard.counts()
+        counts["scalar_bits"] = int(self.state.spent())
+        counts["scalar_bits_cap"] = int(self.settings.scalar_bits_cap)
         schema = self.schema(metrics=schemas.GUARD_REPORT, config={"mode": MODES})
         return self.send(GuardReport(self._guard.mode, counts), schema)
 

@@ -24,6 +24,28 @@ from sites.refusals import SiteRefusal
 
 #: the fewest images a replay set must hold for the attribution detector to score it
 MIN_SET = 4
+#: two learner-supplied images closer than this (RMS, intensities in [0, 1]) are one image twice:
+#: a query holding them is refused (copies would turn a set's mean into one image's score)
+DUPLICATE_RMS = 0.01
+
+
+def require_dp_delta(own: Any, data: Any) -> None:
+    """Under DP (``own``: the site's settings), refuse (``dp-delta``, with n) a delta that is not
+    below 1/n, n the site's train cases."""
+    if own.dp_epsilon > 0 and own.dp_delta > 0:
+        n = len(np.unique(data.case_ids()))
+        if own.dp_delta >= 1.0 / n:
+            raise SiteRefusal("dp-delta", f"dp_delta {own.dp_delta} >= 1/{n}", count=n)
+
+
+def refuse_duplicates(op: str, images: np.ndarray) -> None:
+    """Refuse a query whose learner-supplied images hold the same image twice, or nearly."""
+    from sites.memorisation import _pairwise_rms
+
+    d = _pairwise_rms(images, images)
+    np.fill_diagonal(d, np.inf)
+    if len(images) > 1 and float(d.min()) < DUPLICATE_RMS:
+        raise SiteRefusal("refused-query", f"{op}: two candidates within {DUPLICATE_RMS} RMS")
 
 
 class SiteSMD:
@@ -97,8 +119,12 @@ class SiteSMD:
         d = self.site.data
         own = self.site.settings  # DP is the site's own setting, never the request's
         if own.dp_epsilon > 0:  # DP-SGD: every read of private data accounted, no private loss sent
+            require_dp_delta(own, d)
             from sites.dp_prompt import dp_tune_prompt
 
+            # the mechanism's randomness: the site's secret over the whole request, never the
+            # request's seed (a learner that knows the seed could recompute the noise)
+            gen = self.site.state.keyed_generator("dp-prompt", self.site.request[1])
             prompt, logs = dp_tune_prompt(
                 backbone,
                 d.train_x,
@@ -107,7 +133,7 @@ class SiteSMD:
                 req.steps,
                 req.lr,
                 req.batch,
-                torch_generator(req.seed),
+                gen,
                 own.dp_epsilon,
                 own.dp_delta,
                 own.dp_clip,
@@ -139,20 +165,34 @@ class SiteSMD:
 
     def fidelity(self, req: FidelityRequest) -> RecordDict:
         """Fidelity (TSTR, intensity distance) and memorisation of this site's replay; scalars
-        leave."""
+        leave, at the resolutions of :data:`schemas.FIDELITY`.
+
+        A declared query on learner-supplied images: answered ``fidelity_queries`` times a run
+        (the same request again is free), refused when the replay holds an image twice; the copy
+        threshold is the site's own. A site under DP sends its TSTR figures only.
+        """
         from sites.fidelity import intensity_distance, tstr
         from sites.memorisation import membership_inference, nearest_neighbours
 
+        own = self.site.settings
+        if set(req.replay) != {f"{self.site.name}/x", f"{self.site.name}/y"}:
+            raise SiteRefusal("refused-query", "fidelity: the replay of this site only")
         synth = (req.replay[f"{self.site.name}/x"], req.replay[f"{self.site.name}/y"])
+        refuse_duplicates("fidelity", synth[0])
+        self.site.state.query("fidelity", self.site.request[1], own.fidelity_queries)
         d = self.site.data
         t0 = time.perf_counter()
         dev = self.site.device
         out = tstr((d.train_x, d.train_y), (d.test_x, d.test_y), synth, req.steps, req.seed, dev)
+        if own.dp_epsilon > 0:  # nothing else computed on private data leaves without DP
+            out["fidelity_seconds"] = time.perf_counter() - t0
+            declared = {n: schemas.FIDELITY[n] for n in schemas.FIDELITY_DP_NAMES}
+            return self.site.metrics(declared, **out)
         out.update(intensity_distance(d.train_x, synth[0]))
         out["synthetic_foreground"] = float(synth[1].mean())
         out["real_foreground"] = float(d.train_y.mean())
         t1 = time.perf_counter()
-        out.update(nearest_neighbours(synth[0], d.train_x, req.nn_threshold))
+        out.update(nearest_neighbours(synth[0], d.train_x, own.nn_threshold))
         prompt = self._prompt if self._prompt is not None else req.prompt.get("tokens")
         backbone = self._model
         if (
@@ -171,13 +211,21 @@ class SiteSMD:
     def attribute(self, req: AttributeRequest) -> RecordDict:
         """Score each replay set with a real-vs-public detector trained on this site's data.
 
-        Only the mean score of each set leaves (``score/<set>``), never a score per image, so the
-        detector cannot be queried image by image; sets smaller than ``MIN_SET`` are refused.
+        Only the mean score of each set leaves (``score/<set>``, to 0.001), never a score per
+        image, so the detector cannot be queried image by image: sets smaller than ``MIN_SET``, and
+        queries holding an image twice (or nearly), are refused. A declared query: answered
+        ``attribution_queries`` times a run. A site under DP does not answer it (the detector is
+        trained on its private images without DP).
         """
         from sites.attribution import train_detector_and_score
 
+        own = self.site.settings
+        if own.dp_epsilon > 0:
+            raise SiteRefusal("refused-query", "attribute: not under DP")
         if min(req.set_sizes, default=0) < MIN_SET or sum(req.set_sizes) != len(req.queries):
             raise SiteRefusal("refused-query", f"attribute: sets of {list(req.set_sizes)} images")
+        refuse_duplicates("attribute", req.queries)
+        self.site.state.query("attribute", self.site.request[1], own.attribution_queries)
         with self.site.parallel_phase():
             scores = train_detector_and_score(
                 self.site.data.train_x,
@@ -192,5 +240,5 @@ class SiteSMD:
             f"score/{s}": float(scores[a:b].mean())
             for s, a, b in zip(req.sets, bounds[:-1], bounds[1:], strict=True)
         }
-        declared = {**schemas.SCORES, **{f"score/{s}": schemas.FRACTION for s in req.sets}}
+        declared = {**schemas.SCORES, **{f"score/{s}": schemas.SHARE for s in req.sets}}
         return self.site.metrics(declared, n_scored=len(scores), **means)

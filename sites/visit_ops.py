@@ -25,6 +25,7 @@ class VisitOps:
     def __init__(self, site: Any) -> None:
         self.site = site
         self._visit: LocalVisit | None = None
+        self._visit_request = ""  # the digest of the request that started the visit
 
     def operations(self) -> dict[str, tuple]:
         """This collaborator's learner operations: name -> (function, payload type)."""
@@ -36,6 +37,13 @@ class VisitOps:
             "evaluate": (self.evaluate, EvaluateRequest),
         }
 
+    def position(self) -> str:
+        """Where the visit in progress stands (its request and step; "" when none): a step of a
+        visit is a different request at each point even when its payload is the same."""
+        if self._visit is None:
+            return ""
+        return f"{self._visit_request}@{self._visit.step}"
+
     def _require_visit(self) -> LocalVisit:
         if self._visit is None:
             raise SiteRefusal("no-visit", "no visit in progress; start_visit first")
@@ -44,7 +52,9 @@ class VisitOps:
     def start_visit(self, req: VisitRequest) -> RecordDict:
         """Receive the learner's weights, method and replay; prepare local training."""
         s = self.site
+        self._visit = None
         self._visit = LocalVisit.start(req, s.name, s.tensors[:2], s.device, s.method_factory)
+        self._visit_request = s.request[1]
         return s.metrics(schemas.VISIT_START, steps=req.steps, replay_sites=len(self._visit.replay))
 
     def _crash_point(self, step: int) -> None:
@@ -55,13 +65,10 @@ class VisitOps:
         """Run up to ``req.steps`` outer steps of the current visit; returns scalar logs."""
         v = self._require_visit()
         means, dt = v.run(req.steps, self._crash_point)
-        return self.site.metrics(
-            {**schemas.TRAIN, **v.method.log_names},
-            step=v.step,
-            steps=v.ctx.steps,
-            seconds=dt,
-            **means,
-        )
+        values = {"step": v.step, "seconds": dt}
+        if "loss" in means:
+            values["loss"] = means["loss"]
+        return self.site.metrics(schemas.TRAIN, **values)
 
     def finish_visit(self) -> RecordDict:
         """End the visit; export the trained weights and the method's state (kind ``model``)."""

@@ -71,7 +71,31 @@ def test_a_run_whose_site_left_no_trace_fails_the_audit(tmp_path):
         ),
         progress=False,
     )
-    assert build_audit(out, write=False)["verdict"] == "pass"
+    audit = build_audit(out, write=False)
+    assert audit["verdict"] == "pass"
+    bits = audit["scalar_bits"]
+    assert set(bits) == {"alpha", "bravo"}
+    assert all(0 < r["total"] <= r["cap"] and r["visits"] == 1 for r in bits.values())
+    assert "Scalar budget" in (out / "privacy_audit.md").read_text()
+    # a ledger whose site reply lost its count, or whose replies pass the cap, fails
+    ledger = out / "ledger.jsonl"
+    lines = ledger.read_text().splitlines()
+    reply = next(i for i, line in enumerate(lines) if '"src": "site:alpha"' in line)
+    for tamper in ("drop", "inflate"):
+        entry = json.loads(lines[reply])
+        if tamper == "drop":
+            del entry["bits"]
+        else:
+            entry["bits"] = 1e9
+        ledger.write_text("\n".join([*lines[:reply], json.dumps(entry), *lines[reply + 1 :]]))
+        got = build_audit(out, write=False)
+        row = next(
+            c
+            for c in got["claims"]["structural"]["checks"]
+            if c["check"] == "scalar budget" and c["scope"] == "alpha"
+        )
+        assert got["verdict"] == "fail" and row["verdict"] == "fail", tamper
+    ledger.write_text("\n".join(lines) + "\n")
     (out / "file_access" / "site-bravo.jsonl").unlink()
     audit = build_audit(out, write=False)
     check = next(

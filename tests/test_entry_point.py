@@ -151,7 +151,8 @@ def test_an_exception_leaves_as_a_code_and_its_text_stays_in_the_sites_log(smoke
     reply = site.handle("describe")
     assert _code(reply) == "internal"
     assert not any(pixel in t or "patient" in t for t in _all_text(reply))
-    assert set(reply["config"].keys()) == {"error", "rule", "stopped_kind"}
+    assert set(reply["config"].keys()) == {"error", "rule", "stopped_kind", "count"}
+    assert reply["config"]["count"] == 0
     assert pixel in log.read_text() and "Traceback" in log.read_text()
 
 

@@ -87,6 +87,41 @@ def test_a_site_killed_during_its_evaluation_is_restarted_with_identical_results
     assert guard["bravo"]["restarts"] == 1 and guard["alpha"]["restarts"] == 0
 
 
+def test_a_dp_run_killed_then_resumed_or_with_a_killed_site_gives_identical_results(tmp_path):
+    """The DP prompt's noise comes from each site's secret over the whole request: a resumed run
+    and a restarted site send the same requests and get the same prompts."""
+    dp = ["run.method=smd_replay", "privacy.dp_epsilon=4", "train.steps_per_stage=3"]
+    ref = tmp_path / "ref"
+    api.run(_cfg(ref, "runtime.engine=inprocess", *dp), progress=False)
+    out = tmp_path / "killed-driver"
+    cmd = [
+        sys.executable,
+        "-m",
+        "simulator.driver.cli",
+        "run",
+        "--profile",
+        "smoke",
+        "--quiet",
+        "--no-dashboard",
+        "--engine",
+        "inprocess",
+        "--inject-fault",
+        "kill-driver@2",
+        *[a for s in [*SETS, *dp] for a in ("--set", s)],
+        "--out",
+        str(out),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == EXIT_DRIVER_KILLED, res.stderr[-2000:]
+    api.resume(out, progress=False)
+    assert (out / "R.csv").read_bytes() == (ref / "R.csv").read_bytes()
+    killed_site = tmp_path / "killed-site"
+    api.run(_cfg(killed_site, "runtime.inject_fault=kill-site:bravo@3", *dp), progress=False)
+    assert (killed_site / "R.csv").read_bytes() == (ref / "R.csv").read_bytes()
+    smd = json.loads((killed_site / "smd.json").read_text())
+    assert all(0 < info["dp_epsilon"] <= 4 + 1e-6 for info in smd["sites"].values())
+
+
 def test_resume_refuses_other_settings_and_names_the_keys(reference, tmp_path):
     import shutil
 

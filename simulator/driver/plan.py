@@ -74,8 +74,25 @@ class RunPlan:
     def settings(self) -> dict[str, SiteSettings]:
         """Each site's own settings, as the operator of the simulated sites gives them."""
         return site_settings(
-            self.config, self.specs, self.guard_mode, self.trace_dir, self.out.name
+            self.config,
+            self.specs,
+            self.guard_mode,
+            self.trace_dir,
+            self.out.name,
+            run=run_identity(self.out),
         )
+
+
+def run_identity(out: Path) -> str:
+    """The run's identity for its sites' budgets: the folder's name and a random tag made when
+    the run starts (kept in ``run-id``, so a resumed run is the same run)."""
+    import secrets
+
+    path = Path(out) / "run-id"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{Path(out).name}-{secrets.token_hex(8)}\n")
+    return path.read_text().strip()
 
 
 def site_log(spec: SiteSpec, run_name: str) -> str:
@@ -84,10 +101,16 @@ def site_log(spec: SiteSpec, run_name: str) -> str:
 
 
 def site_settings(
-    cfg: Config, specs: dict[str, SiteSpec], guard_mode: str, trace_dir: Path | None, run_name: str
+    cfg: Config,
+    specs: dict[str, SiteSpec],
+    guard_mode: str,
+    trace_dir: Path | None,
+    run_name: str,
+    run: str = "",
 ) -> dict[str, SiteSettings]:
     """The settings the driver, as the operator of simulated sites, gives each site: its spec,
-    the guard's mode, its trace and log files, the device and threads, its DP settings."""
+    the guard's mode, its trace and log files (named ``run_name``), the device and threads, its
+    DP settings and budgets (counted per ``run``: the run's identity, "" for a node's)."""
     rt, priv = cfg.runtime, cfg.privacy
     return {
         name: SiteSettings(
@@ -101,6 +124,9 @@ def site_settings(
             dp_epsilon=priv.dp_epsilon,
             dp_delta=priv.dp_delta,
             dp_clip=priv.dp_clip,
+            run=run,
+            scalar_bits_cap=priv.scalar_bits_cap,
+            nn_threshold=priv.nn_threshold,
         )
         for name, spec in specs.items()
     }

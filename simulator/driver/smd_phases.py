@@ -57,7 +57,12 @@ def finish_smd(plan: RunPlan, eng, folder: RunFolder, prog: Progress) -> dict:
 
     cfg = plan.config
     out: dict = {"sites": dict(eng.smd.sites)}
-    if len(plan.order) >= 2:
+    if len(plan.order) >= 2 and cfg.privacy.dp_epsilon > 0:
+        out["attribution"] = {
+            "skipped": "the sites are under DP: a detector trained on their images without DP "
+            "would send figures outside the bound"
+        }
+    elif len(plan.order) >= 2:
         prog.line("SMD attribution: every site scores every site's replay")
         make_pool, _ = PUBLIC_POOLS[plan.smd.benchmark]
         public, _, _ = make_pool(

@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from simulator.driver.audit.bits import scalar_budget_checks
 from simulator.driver.audit.channels import empirical_checks, open_channels
 from simulator.driver.audit.checks import (
     FAIL,
@@ -86,6 +87,7 @@ def assemble_audit(f: RunFiles) -> dict[str, Any]:
     counts, sent = exported(f.ledger)
     file_check, file_rows = file_access(f.trace, f.sites_info.get("data_root"))
     exports = f.config.get("privacy", {}).get("exports", "model")
+    budget_checks, bits_table = scalar_budget_checks(f.ledger, f.guard, f.sites)
     structural = [
         egress_kind_check(f.ledger),
         exports_check(f.ledger, exports),
@@ -93,6 +95,7 @@ def assemble_audit(f: RunFiles) -> dict[str, Any]:
         *(guard_check(s, f.guard.get(s)) for s in f.sites),
         file_check,
         trace_coverage(f.trace_files, f.sites),
+        *budget_checks,
     ]
     claims = _claims(structural, empirical_checks(f.smd), formal_claim(f))
     return {
@@ -112,7 +115,8 @@ def assemble_audit(f: RunFiles) -> dict[str, Any]:
             for (r, o), n in sorted(file_rows.items())
         ],
         "ledger": {"messages": len(f.ledger), "bytes": sum(e["bytes"] for e in f.ledger)},
-        "open_channels": open_channels(f.ledger, f.config["run"]["method"]),
+        "open_channels": open_channels(f.ledger, f.config),
+        "scalar_bits": bits_table,
         "isolation": process_isolation(f.actors, f.config.get("runtime", {}).get("engine", "ray")),
         "placement": [
             {"session": i, "actor": name, **where}

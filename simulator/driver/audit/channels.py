@@ -47,52 +47,63 @@ def metric_rules(method: str) -> dict[str, Any]:
     return out
 
 
-def open_channels(ledger: list[Entry], method: str) -> list[dict[str, Any]]:
+def open_channels(ledger: list[Entry], config: dict[str, Any]) -> list[dict[str, Any]]:
     """What the messages sites sent could carry at most, by channel, in bits for the whole run.
 
     The schema fixes every message's shape, so what stays open is the values in declared places:
-    each value of a declared array at its dtype's width, and each declared metric at the bits its
-    range and resolution allow (``cos/...`` cosines and ``score/...`` set scores at theirs).
+    each value of a declared array at its dtype's width, each scalar at the bits the site counted
+    for it (its declared range and resolution; for a ledger written before sites counted, the
+    rules of ``method``), and the timing of replies, which the learner measures itself.
     """
-    rules = metric_rules(method)
-    rows = {"weights": [0, 0], "prompt": [0, 0], "metrics": [0.0, 0]}
+    rules = metric_rules(config["run"]["method"])
+    rows = {"weights": [0, 0], "prompt": [0, 0], "metrics": [0.0, 0], "timing": [0.0, 0]}
     for _, e in site_messages(ledger):
         kind = e["kind"]
+        rows["timing"][1] += 1
         if e["arrays"]:
             bits = schemas.array_bits((tuple(a["shape"]), a["dtype"]) for a in e["arrays"])
             row = rows["prompt" if kind == "prompt" else "weights"]
             row[0] += bits
             row[1] += 1
         names = e.get("scalar_keys", {}).get("metrics", [])
-        if names:
+        if "bits" in e:
+            rows["metrics"][0] += float(e["bits"])
+            rows["metrics"][1] += 1
+        elif names:
             bits = sum(
                 rules[n].bits()
                 if n in rules
                 else schemas.COSINE.bits()
                 if n.startswith("cos/")
-                else schemas.FRACTION.bits()
+                else schemas.SHARE.bits()
                 if n.startswith("score/")
                 else 64.0
                 for n in names
             )
             rows["metrics"][0] += bits
             rows["metrics"][1] += 1
+    priv = config.get("privacy", {})
+    dp = float(priv.get("dp_epsilon", 0.0) or 0.0)
     what = {
         "weights": "values inside the declared weights and method state of model replies",
         "prompt": "values of the declared K x D prompt of prompt replies",
-        "metrics": "declared metric values, each within its range at its resolution",
+        "metrics": "declared scalars, each within its range at its resolution",
+        "timing": "when each reply arrives (measured by the learner itself)",
     }
     bound = {
         "weights": "none (a formal bound would need DP training of the model)",
-        "prompt": "DP prompt tuning when privacy.dp_epsilon is set",
-        "metrics": "range and resolution",
+        "prompt": f"DP prompt tuning at epsilon {dp:g} (the formal claim)"
+        if dp > 0
+        else "none (DP prompt tuning when privacy.dp_epsilon is set)",
+        "metrics": "range and resolution, and each site's cap of scalar bits per run",
+        "timing": "none (open; not counted in bits)",
     }
     return [
         {
             "channel": k,
             "what": what[k],
             "messages": v[1],
-            "bits": float(v[0]),
+            "bits": float(v[0]) if k != "timing" else None,
             "bounded_by": bound[k],
         }
         for k, v in rows.items()

@@ -62,13 +62,17 @@ def formal_claim(f: RunFiles) -> dict[str, Any]:
         else "one case (patient) of a site's train data, all its slices together"
     )
     notes = [
-        "the scalar evaluation, fidelity and memorisation figures a site sends are not covered"
+        "the non-DP outputs of a site under DP are its evaluation Dice on its test split and its "
+        "TSTR figures (train on its replay, test on its test split): quantised and counted in its "
+        "scalar budget; it sends no other figure computed on its images (no intensity or "
+        "foreground statistics, no nearest-neighbour or membership figures, no attribution "
+        "scores)"
     ]
     if priv.get("exports", "model") == "model":
         notes.insert(
             0,
-            "in model mode the segmentation weights a site returns after its visit are not covered "
-            "by this bound",
+            "in model mode the segmentation weights a site returns after its visit, and the "
+            "training losses of the visit, are not covered by this bound",
         )
     return {
         "verdict": "bounded",

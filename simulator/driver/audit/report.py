@@ -82,10 +82,12 @@ def audit_markdown(a: dict[str, Any]) -> str:
             "|---|---|---|---|---|",
         ]
         out += [
-            f"| {c['channel']} | {c['what']} | {c['messages']} | {c['bits']:.3g} | "
-            f"{c['bounded_by']} |"
+            f"| {c['channel']} | {c['what']} | {c['messages']} | "
+            f"{'open' if c['bits'] is None else format(c['bits'], '.3g')} | {c['bounded_by']} |"
             for c in a["open_channels"]
         ]
+    if a.get("scalar_bits"):
+        out += scalar_bits_section(a["scalar_bits"])
     if a.get("isolation"):
         out += [
             "",
@@ -145,3 +147,25 @@ def audit_html(a: dict[str, Any], md: str) -> str:
         f"<h1 style='color:{color}'>Privacy audit: {a['verdict'].upper()}</h1>"
         f"<pre style='white-space:pre-wrap'>{html.escape(md)}</pre></body></html>"
     )
+
+
+def scalar_bits_section(table: dict[str, dict]) -> list[str]:
+    """The scalar budget: bits each site sent the learner, per visit and per run, by kind."""
+    kinds = sorted({k for r in table.values() for k in r["by_kind"]})
+    out = [
+        "",
+        "## Scalar budget (bits each site sent the learner, against its cap)",
+        "",
+        "Each reply's capacity as the site counted it (the declared range and resolution of each "
+        "scalar); a site refuses a reply that would pass its cap.",
+        "",
+        f"| site | {' | '.join(kinds)} | visits | bits per visit (max / mean) | run | cap |",
+        f"|---|{'---|' * len(kinds)}---|---|---|---|",
+    ]
+    for site, r in table.items():
+        cells = " | ".join(f"{r['by_kind'].get(k, 0):.0f}" for k in kinds)
+        out.append(
+            f"| {site} | {cells} | {r['visits']} | {r['visit_max']:.0f} / {r['visit_mean']:.0f} | "
+            f"{r['total']:.0f} | {r.get('cap', '?')} |"
+        )
+    return out

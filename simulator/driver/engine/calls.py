@@ -51,7 +51,7 @@ class SiteCalls:
         if is_error(reply):
             err = ErrorReply.from_record(reply)
             log = self.logs.get(site, "")
-            raise SiteFailure(site, op, err.error, err.rule, err.stopped_kind, log)
+            raise SiteFailure(site, op, err.error, err.rule, err.stopped_kind, log, err.count)
         return reply
 
     def call(

@@ -20,6 +20,7 @@ rebuilt from its settings, and its guard's counts so far travel in ``Context.sta
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import traceback
@@ -28,6 +29,8 @@ from pathlib import Path
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from simulator import schemas
+from simulator.filetrace import traced_as
 from simulator.flower_calls import CALL, HELLO, payload_of
 from simulator.payloads import ErrorReply, MetricsReply, NodeHello
 from sites.settings import SiteSettings, node_settings_file
@@ -67,9 +70,12 @@ def _site(context: Context):
     from sites.site import Site
 
     path = _settings_path(context)
-    key = str(path)
+    key = f"{path}@{context.run_id}"
     if key not in _SITES:
-        site = Site(SiteSettings.read(path), build_method)
+        own = SiteSettings.read(path)
+        # a node's budgets are per Flower run unless its operator named the run
+        own = dataclasses.replace(own, run=own.run or f"flower-run-{context.run_id}")
+        site = Site(own, build_method)
         if GUARD_STATE in context.state:
             site.restore_guard_counts(dict(context.state[GUARD_STATE]))
         _SITES[key] = site
@@ -81,7 +87,10 @@ def _hello(content: RecordDict, context: Context) -> RecordDict:
     settings = SiteSettings.read(_settings_path(context))
     index = req.names.index(settings.name) if settings.name in req.names else len(req.names)
     values = {"site_index": index, "pid": _node_pid()}
-    return MetricsReply(values).to_record(f"site:{settings.name}", "learner")
+    rd = MetricsReply(values).to_record(f"site:{settings.name}", "learner")
+    # the node's own answer (no site is built for it): its capacity stated like a site's replies
+    rd["meta"]["bits"] = round(sum(schemas.NODE_HELLO[k].bits() for k in values), 3)
+    return rd
 
 
 def _handle(msg: Message, context: Context) -> Message:
@@ -91,7 +100,11 @@ def _handle(msg: Message, context: Context) -> Message:
         if op == HELLO:
             return Message(content=_hello(content, context), reply_to=msg)
         site = _site(context)
-        out = site.handle(op, content if len(content) else None)
+        own = site.settings
+        roots = [Path(own.spec.data_dir).parent] if own.spec.data_dir else []
+        # a pooled worker of Flower's simulation serves several sites: each op traced as its own
+        with traced_as(own.trace_file or None, f"site:{own.name}", roots):
+            out = site.handle(op, content if len(content) else None)
         context.state[GUARD_STATE] = MetricRecord(site.guard_counts())
         return Message(content=out, reply_to=msg)
     except Exception as exc:  # the details stay in this node's log; only a code leaves
