@@ -32,6 +32,7 @@ _state = {
     "role": None,
     "roots": (),
     "busy": threading.local(),
+    "start": None,
 }
 _lock = threading.Lock()
 
@@ -47,17 +48,56 @@ _EVENTS = {
 }
 
 
+#: launches, links and foreign-code loads, recorded wherever they point (in the sites and the
+#: learner; the driver starts Ray and Flower's processes itself), and the argument that names
+#: what was launched, linked or loaded
+_PROCESS_EVENTS = {
+    "subprocess.Popen": 0,
+    "os.system": 0,
+    "os.exec": 0,
+    "os.posix_spawn": 0,
+    "os.spawn": 1,
+    "os.fork": None,
+    "os.forkpty": None,
+    "os.link": 0,
+    "os.symlink": 0,
+    "ctypes.dlopen": 0,
+    "ctypes.dlsym": 1,
+}
+#: modes of ``open`` that write
+_WRITES = set("wax+")
+#: events that change the file system
+_CHANGES = {"remove", "rename", "mkdir"}
+
+
+def process_start() -> float:
+    """This process's start time as the OS keeps it (with its pid, the process's identity)."""
+    if _state["start"] is None or _state.get("start_pid") != os.getpid():
+        import psutil
+
+        _state["start"] = round(psutil.Process().create_time(), 3)
+        _state["start_pid"] = os.getpid()
+    return _state["start"]
+
+
+def _is_write(mode: str) -> bool:
+    return mode in _CHANGES or bool(_WRITES & set(mode))
+
+
 def _write(path: object, mode: str, anywhere: bool = False) -> None:
     if not isinstance(path, (str, bytes, os.PathLike)):
         return
     p = os.path.realpath(os.fsdecode(path))
     root = next((r for r in _state["roots"] if p == r or p.startswith(r + os.sep)), None)
-    if root is None and not anywhere:
+    # outside the data folders: what a site writes anywhere is recorded (its writes are checked)
+    site_write = str(_state["role"]).startswith("site:") and _is_write(mode)
+    if root is None and not (anywhere or site_write):
         return
     entry = {
         "time": time.time(),
         "role": _state["role"],
         "pid": os.getpid(),
+        "start": process_start(),
         "path": p,
         "mode": mode,
     }
@@ -72,7 +112,9 @@ def _write(path: object, mode: str, anywhere: bool = False) -> None:
 
 
 def _hook(event: str, args: tuple) -> None:
-    if _state["sink"] is None or (event != "open" and event not in _EVENTS):
+    if _state["sink"] is None or (
+        event != "open" and event not in _EVENTS and event not in _PROCESS_EVENTS
+    ):
         return
     busy = _state["busy"]
     if getattr(busy, "on", False):
@@ -80,11 +122,49 @@ def _hook(event: str, args: tuple) -> None:
     try:
         busy.on = True
         if event == "open":
-            _write(args[0], args[1] if len(args) > 1 and isinstance(args[1], str) else "r")
+            _write(args[0], _open_mode(args))
+        elif event in _PROCESS_EVENTS:
+            _process_event(event, args)
         elif args:
             _write(args[0] if args[0] is not None else ".", _EVENTS[event])
     finally:
         busy.on = False
+
+
+def _open_mode(args: tuple) -> str:
+    """The mode of an ``open`` event: ``open()``'s string, or from ``os.open``'s flags."""
+    if len(args) > 1 and isinstance(args[1], str):
+        return args[1]
+    flags = args[2] if len(args) > 2 and isinstance(args[2], int) else 0
+    writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+    return "w" if flags & writing else "r"
+
+
+def _process_event(event: str, args: tuple) -> None:
+    """A launch, link or foreign-code load by a site or the learner: recorded as the event with
+    what it names (a link's source is also checked as an access of the data it points to)."""
+    role = str(_state["role"])
+    if event in ("os.link", "os.symlink") and args:
+        _write(args[0], "link")
+    if not (role.startswith("site:") or role == "learner"):
+        return
+    i = _PROCESS_EVENTS[event]
+    what = args[i] if i is not None and len(args) > i else ""
+    if isinstance(what, (list, tuple)):
+        what = " ".join(os.fsdecode(a) if isinstance(a, (str, bytes)) else str(a) for a in what)
+    elif isinstance(what, (bytes, os.PathLike)):
+        what = os.fsdecode(what)
+    entry = {
+        "time": time.time(),
+        "role": role,
+        "pid": os.getpid(),
+        "start": process_start(),
+        "event": event,
+        "what": str(what)[:300] if what is not None else "",
+    }
+    with _lock:
+        _state["sink"].write(json.dumps(entry) + "\n")
+        _state["sink"].flush()
 
 
 def record(path: str | Path, mode: str) -> None:
@@ -143,6 +223,39 @@ def stop_trace() -> None:
     _state["file"] = ""
     if sink is not None:
         sink.close()
+
+
+def digest_lines(path: str | Path) -> tuple[int, int]:
+    """A trace file's number of lines and a 48-bit digest of them (SHA-256 of the lines, what a
+    site reports of its own trace in its final message)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    n = 0
+    p = Path(path)
+    if p.exists():
+        with p.open("rb") as fh:
+            for line in fh:
+                if line.strip():
+                    h.update(line.rstrip(b"\n") + b"\n")
+                    n += 1
+    return n, int(h.hexdigest()[:12], 16)
+
+
+def digest_first(path: str | Path, n: int) -> tuple[int, int]:
+    """The same over the first ``n`` lines of a trace file (the lines a site had reported)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    got = 0
+    with Path(path).open("rb") as fh:
+        for line in fh:
+            if got >= n:
+                break
+            if line.strip():
+                h.update(line.rstrip(b"\n") + b"\n")
+                got += 1
+    return got, int(h.hexdigest()[:12], 16)
 
 
 def read_trace(folder: Path) -> list[dict]:

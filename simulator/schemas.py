@@ -60,6 +60,8 @@ RATIO = MetricRule(0.0, 1e4, 1e-3)  # non-negative figures without a natural bou
 SIGNED = MetricRule(-1e4, 1e4, 1e-3)  # signed figures (inner products, brightness, ...)
 #: a distance between images (RMS, intensities in [0, 1]), to 0.01
 DISTANCE = MetricRule(0.0, 1.0, 1e-2)
+#: 48 bits of a digest (the only scalar over 30 bits: the integrity of a site's trace)
+TRACE_DIGEST = MetricRule(0.0, 2.0**48, 1.0)
 #: a yes / no answer
 FLAG = MetricRule(0.0, 1.0, 1.0)
 #: a process id (Linux allows up to 2**22)
@@ -299,8 +301,9 @@ VIOLATION_KINDS = (*EGRESS_KINDS, "other")
 GUARD_REPORT = {
     **GUARD_COUNTS,
     #: the scalar bits this site sent the learner in this run, and its cap (its own setting)
-    "scalar_bits": COUNT,
-    "scalar_bits_cap": COUNT,
+    **rules(("scalar_bits", "scalar_bits_cap", "trace_lines"), MetricRule(0.0, 1e9, 1.0)),
+    #: the site's file-access trace so far: 48 bits of the SHA-256 of its lines
+    "trace_digest": TRACE_DIGEST,
     **{f"violations/{k}/{r}": COUNT for k in VIOLATION_KINDS for r in RULES},
 }
 #: the answer to a settings check

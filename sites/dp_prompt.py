@@ -26,8 +26,9 @@ vector (the centre the search draws its candidates around) instead of scoring ca
 site's images, the step count
 is fixed (no early stop), and no loss on private data is computed or sent.
 
-The noise is drawn from the run's seeded generator so that runs reproduce; a deployment would
-draw it from a cryptographically secure source.
+The sampling and the noise are drawn from the generator the site passes in: a keyed
+pseudo-random function of the site's secret over the whole request
+(:meth:`sites.site_state.SiteState.keyed_generator`), never from anything the request chooses.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from flwr.app import RecordDict
 from simulator import schemas
 from simulator.devices import resolve_device, to_device
 from simulator.errors import SITE_ERROR_CODES, DataError, EgressViolation, MessageError
-from simulator.filetrace import start_trace
+from simulator.filetrace import digest_lines, start_trace
 from simulator.messages import digest
 from simulator.method import Method
 from simulator.payloads import (
@@ -321,6 +321,8 @@ class Site:
         counts = self._guard.counts()
         counts["scalar_bits"] = int(self.state.spent())
         counts["scalar_bits_cap"] = int(self.settings.scalar_bits_cap)
+        if self.settings.trace_file:  # its trace so far: the audit checks the file against it
+            counts["trace_lines"], counts["trace_digest"] = digest_lines(self.settings.trace_file)
         schema = self.schema(metrics=schemas.GUARD_REPORT, config={"mode": MODES})
         return self.send(GuardReport(self._guard.mode, counts), schema)
 

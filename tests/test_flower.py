@@ -55,6 +55,9 @@ def test_the_three_engines_give_the_same_results(ray_session, tmp_path):
     )
     ray_audit = json.loads((tmp_path / "ray" / "privacy_audit.json").read_text())
     assert ray_audit["isolation"]["verdict"] == "met"
+    local_audit = json.loads((tmp_path / "inprocess" / "privacy_audit.json").read_text())
+    assert ray_audit["verdict_text"] == "PASS (separate processes; Ray built-ins out of scope)"
+    assert audit["verdict_text"] == local_audit["verdict_text"] == "PASS without isolation"
     # the same arrays crossed (a visit is one message under Flower, chunks of steps under Ray);
     # each site's settings were checked, not sent
     assert audit["ledger"]["bytes"] == ray_audit["ledger"]["bytes"]

@@ -2,8 +2,9 @@
 sites: what the default cap (``privacy.scalar_bits_cap``) must allow.
 
 Each run is a real run (in-process engine, cap set out of reach so nothing is refused); its
-audit's scalar budget gives every site's total, by message kind, and its largest visit. Writes a
-CSV (one row per run and site) and prints per method and number of sites the largest site total.
+audit's scalar budget gives every site's total, by message kind, and its largest visit, and its
+verdict is kept (no false alarm). Writes a CSV (one row per run and site) and prints per method
+and number of sites the largest site total and the audit's verdict.
 
 The bits of a reply depend on which scalars it holds (the method's logs, the replay sites in its
 alignment summary, how many chunks a visit has), not on image size or step count: ``--profile
@@ -73,6 +74,7 @@ def one_run(method: str, sites: int, profile: str, sets: list[str], root: Path) 
             "visit_max": row["visit_max"],
             **{f"kind_{k}": v for k, v in row["by_kind"].items()},
             "seconds": round(seconds, 1),
+            "audit": audit["verdict_text"],
         }
         for site, row in audit["scalar_bits"].items()
     ]
@@ -95,7 +97,8 @@ def main() -> None:
                 print(
                     f"{args.profile} {m:20s} {n:2d} sites: largest site total "
                     f"{max(r['total'] for r in got):7.0f} bits, largest visit "
-                    f"{max(r['visit_max'] for r in got):6.0f} ({got[0]['seconds']:.0f} s)",
+                    f"{max(r['visit_max'] for r in got):6.0f} ({got[0]['seconds']:.0f} s); "
+                    f"audit {got[0]['audit']}",
                     flush=True,
                 )
     keys = sorted({k for r in rows for k in r}, key=lambda k: (k.startswith("kind_"), k))

@@ -268,6 +268,12 @@ def _add_audit(sub) -> None:
         help="a folder of file-access traces that deployed Flower nodes kept (each site's node "
         "writes its own; smg-sim flower up prints the folder); repeatable",
     )
+    audit.add_argument(
+        "--require-isolation",
+        action="store_true",
+        help="fail the audit when sites shared a process (in-process runs, Flower's simulation); "
+        "without it the verdict says it holds without isolation",
+    )
 
 
 def _add_smd(sub) -> None:

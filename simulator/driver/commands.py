@@ -203,7 +203,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not (run_dir / "ledger.jsonl").exists() or not (run_dir / "config.json").exists():
         raise RunFolderError(f"{run_dir} is not a run folder (no ledger.jsonl/config.json)")
-    a = build_audit(run_dir, node_traces=[Path(p) for p in args.node_traces])
+    a = build_audit(
+        run_dir,
+        node_traces=[Path(p) for p in args.node_traces],
+        require_isolation=args.require_isolation,
+    )
     print("trust model:")
     for line in a["trust_model"]:
         print(f"  - {line}")
@@ -213,7 +217,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
         for k in c.get("checks", []):
             if k["verdict"] != "pass":
                 print(f"    {k['scope']}: {k['check']}: {k['detail']}")
-    print(f"verdict: {a['verdict'].upper()} ({run_dir / 'privacy_audit.md'})")
+    print("limits:")
+    for line in a["limits"]:
+        print(f"  - {line}")
+    print(f"verdict: {a['verdict_text']} ({run_dir / 'privacy_audit.md'})")
     return EXIT_OK if a["verdict"] == "pass" else EXIT_FAILED
 
 

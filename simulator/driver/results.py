@@ -44,10 +44,19 @@ def merge_guard_sessions(sessions: list[dict], restarts: int = 0) -> dict:
     out = dict(sessions[0])
     for rep in sessions[1:]:
         for k, v in rep.items():
+            if k in NOT_SUMMED:
+                continue
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 out[k] = out.get(k, 0) + v
+    # what a site counts over its processes (its budget, its trace): the latest figures
+    latest = max(sessions, key=lambda r: (r.get("trace_lines", 0), r.get("scalar_bits", 0)))
+    out.update({k: latest[k] for k in NOT_SUMMED if k in latest})
     out["restarts"] = restarts
     return out
+
+
+#: guard-report figures that are not per process but the site's so far
+NOT_SUMMED = ("scalar_bits", "scalar_bits_cap", "trace_lines", "trace_digest")
 
 
 def write_results(

@@ -22,6 +22,7 @@ from simulator.driver.engine.loop import Engine
 from simulator.driver.engine.protocol import Backend
 from simulator.driver.ledger import Ledger
 from simulator.driver.plan import RunPlan
+from simulator.driver.processes import record_processes
 from simulator.driver.progress import RunProgress
 from simulator.driver.results import summary_table, write_metrics, write_results
 from simulator.driver.runfolder import RunFolder, write_json
@@ -152,7 +153,7 @@ def _report(
 ) -> None:
     stream.write(summary_table(R, plan.order, m) + "\n")
     stream.write(
-        f"smg-sim: privacy audit {audit['verdict'].upper()} "
+        f"smg-sim: privacy audit {audit['verdict_text']} "
         f"(structural {audit['claims']['structural']['verdict']}, empirical "
         f"{audit['claims']['empirical']['verdict']}, formal DP {_formal_words(audit)}): "
         f"{folder.file('privacy_audit.md')}\n"
@@ -319,7 +320,7 @@ def execute(
             progress,
             frozenset(plan.order[: ckpt.stage]) if ckpt else frozenset(),
         )
-        _record_processes(folder, eng)
+        record_processes(folder, eng)
         R = np.zeros((len(plan.order) + 1, len(plan.order)))
         if ckpt is None:
             write_json(
@@ -373,23 +374,3 @@ def execute(
         if eng is not None:
             eng.progress.close()
             eng.shutdown()
-
-
-def _record_processes(folder: RunFolder, eng) -> None:
-    """``runtime.json`` (this driver: host, pid, Ray, dashboard) and ``actors.json`` (the node and
-    process of every actor, one entry per start of the driver; the audit lists them)."""
-    import socket
-
-    write_json(
-        folder.file("runtime.json"),
-        {
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "started": time.time(),
-            **eng.backend.describe(),
-            "dashboard": eng.dashboard_url,
-        },
-    )
-    path = folder.file("actors.json")
-    sessions = json.loads(path.read_text())["sessions"] if path.exists() else []
-    write_json(path, {"sessions": [*sessions, {"started": time.time(), "actors": eng.placement()}]})

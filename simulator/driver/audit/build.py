@@ -25,6 +25,7 @@ from simulator.driver.audit.checks import (
     NA,
     PASS,
     WARN,
+    check,
     egress_kind_check,
     exported,
     exports_check,
@@ -37,6 +38,7 @@ from simulator.driver.audit.checks import (
 from simulator.driver.audit.files import RunFiles, read_run_files
 from simulator.driver.audit.formal import formal_claim
 from simulator.driver.audit.isolation import process_isolation
+from simulator.driver.audit.processes import LIMITS, process_checks, verdict_text
 from simulator.driver.audit.trust import TRUST_MODEL
 from simulator.driver.runfolder import write_json
 
@@ -82,8 +84,9 @@ def _claims(
     }
 
 
-def assemble_audit(f: RunFiles) -> dict[str, Any]:
-    """The audit of the files read from one run folder."""
+def assemble_audit(f: RunFiles, require_isolation: bool = False) -> dict[str, Any]:
+    """The audit of the files read from one run folder; ``require_isolation``: sites that shared
+    a process fail it (otherwise the verdict says it holds without isolation)."""
     counts, sent = exported(f.ledger)
     file_check, file_rows = file_access(f.trace, f.sites_info.get("data_root"))
     exports = f.config.get("privacy", {}).get("exports", "model")
@@ -95,9 +98,21 @@ def assemble_audit(f: RunFiles) -> dict[str, Any]:
         *(guard_check(s, f.guard.get(s)) for s in f.sites),
         file_check,
         trace_coverage(f.trace_files, f.sites),
+        *process_checks(f),
         *budget_checks,
     ]
+    isolation = process_isolation(f.actors, f.config.get("runtime", {}).get("engine", "ray"))
+    if require_isolation:
+        met = isolation["verdict"] == "met"
+        structural.append(
+            check(
+                "one process per site (required)",
+                PASS if met else FAIL,
+                isolation["detail"],
+            )
+        )
     claims = _claims(structural, empirical_checks(f.smd), formal_claim(f))
+    failed = FAIL in (claims["structural"]["verdict"], claims["formal"]["verdict"])
     return {
         "run": str(f.run_dir),
         "trust_model": list(TRUST_MODEL),
@@ -105,9 +120,9 @@ def assemble_audit(f: RunFiles) -> dict[str, Any]:
         "privacy_mode": f.config.get("privacy", {}).get("mode", "strict"),
         "exports": exports,
         "private_method": not f.guard or all(g.get("mode") != "record" for g in f.guard.values()),
-        "verdict": FAIL
-        if FAIL in (claims["structural"]["verdict"], claims["formal"]["verdict"])
-        else PASS,
+        "verdict": FAIL if failed else PASS,
+        "verdict_text": verdict_text(not failed, isolation, f.runtime),
+        "limits": list(LIMITS),
         "claims": claims,
         "sites": _site_summary(f, counts, sent),
         "file_access": [
@@ -117,7 +132,7 @@ def assemble_audit(f: RunFiles) -> dict[str, Any]:
         "ledger": {"messages": len(f.ledger), "bytes": sum(e["bytes"] for e in f.ledger)},
         "open_channels": open_channels(f.ledger, f.config),
         "scalar_bits": bits_table,
-        "isolation": process_isolation(f.actors, f.config.get("runtime", {}).get("engine", "ray")),
+        "isolation": isolation,
         "placement": [
             {"session": i, "actor": name, **where}
             for i, sess in enumerate(f.actors.get("sessions", []))
@@ -136,11 +151,16 @@ def write_audit(run_dir: Path, audit: dict[str, Any]) -> None:
     (run_dir / "privacy_audit.html").write_text(audit_html(audit, md))
 
 
-def build_audit(run_dir: Path, write: bool = True, node_traces: list[Path] = ()) -> dict[str, Any]:
+def build_audit(
+    run_dir: Path,
+    write: bool = True,
+    node_traces: list[Path] = (),
+    require_isolation: bool = False,
+) -> dict[str, Any]:
     """Audit a run folder from its own files (and the traces deployed nodes kept, from
     ``node_traces``); nothing is recomputed from private data."""
     run_dir = Path(run_dir)
-    audit = assemble_audit(read_run_files(run_dir, node_traces))
+    audit = assemble_audit(read_run_files(run_dir, node_traces), require_isolation)
     if write:
         write_audit(run_dir, audit)
     return audit

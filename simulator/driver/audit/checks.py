@@ -138,6 +138,8 @@ def file_access(
     bad = []
     data_root = os.path.realpath(data_root) if data_root else None  # traces hold resolved paths
     for t in trace:
+        if "event" in t:
+            continue  # a launch, link or load (the launches check reads these)
         # the data folder the tracing process watched (a deployed node's own), else the run's
         root = t.get("root", data_root)
         if root and not Path(t["path"]).is_relative_to(root):
@@ -156,6 +158,7 @@ def file_access(
                 "remove": "removed",
                 "rename": "renamed",
                 "mkdir": "created",
+                "link": "linked",
             }.get(t.get("mode"), "opened")
             bad.append(
                 f"{t['role']} {what} {t['path']} "

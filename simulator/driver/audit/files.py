@@ -26,6 +26,10 @@ class RunFiles:
     actors: dict[str, Any]
     #: each trace file of the run and how many accesses it holds
     trace_files: dict[str, int]
+    #: where each trace file is (the run's ``file_access`` folder, or a node's own)
+    trace_paths: dict[str, Path]
+    #: the driver's own record (``runtime.json``: engine, pid and start of the driver)
+    runtime: dict[str, Any]
 
     @property
     def sites(self) -> list[str]:
@@ -54,9 +58,11 @@ def read_run_files(run_dir: Path, node_traces: list[Path] = ()) -> RunFiles:
     trace_dir = run_dir / "file_access"
     trace = read_trace(trace_dir) if trace_dir.exists() else []
     files = trace_files(trace_dir) if trace_dir.exists() else {}
+    paths = {p.name: p for p in sorted(trace_dir.glob("*.jsonl"))} if trace_dir.exists() else {}
     for folder in node_traces:
         trace += read_trace(Path(folder))
         files.update(trace_files(Path(folder)))
+        paths.update({p.name: p for p in sorted(Path(folder).glob("*.jsonl"))})
     return RunFiles(
         run_dir=run_dir,
         config=_read_json(run_dir / "config.json"),
@@ -67,4 +73,6 @@ def read_run_files(run_dir: Path, node_traces: list[Path] = ()) -> RunFiles:
         trace=trace,
         actors=_read_optional_json(run_dir / "actors.json"),
         trace_files=files,
+        trace_paths=paths,
+        runtime=_read_optional_json(run_dir / "runtime.json"),
     )

@@ -9,7 +9,7 @@ from typing import Any
 def audit_markdown(a: dict[str, Any]) -> str:
     """A readable report of one audit."""
     out = [
-        f"# Privacy audit: {a['verdict'].upper()}",
+        f"# Privacy audit: {a.get('verdict_text', a['verdict'].upper())}",
         "",
         f"Run `{a['run']}`, method `{a['method']}`, guard mode `{a['privacy_mode']}`, "
         f"exports `{a.get('exports', 'model')}`"
@@ -88,6 +88,8 @@ def audit_markdown(a: dict[str, Any]) -> str:
         ]
     if a.get("scalar_bits"):
         out += scalar_bits_section(a["scalar_bits"])
+    if a.get("limits"):
+        out += ["", "## What the trace cannot show", ""] + [f"* {line}" for line in a["limits"]]
     if a.get("isolation"):
         out += [
             "",
@@ -144,7 +146,8 @@ def audit_html(a: dict[str, Any], md: str) -> str:
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>Privacy audit</title></head>"
         f"<body style='font-family:sans-serif;max-width:1100px'>"
-        f"<h1 style='color:{color}'>Privacy audit: {a['verdict'].upper()}</h1>"
+        f"<h1 style='color:{color}'>Privacy audit: {a.get('verdict_text', a['verdict'].upper())}"
+        "</h1>"
         f"<pre style='white-space:pre-wrap'>{html.escape(md)}</pre></body></html>"
     )
 

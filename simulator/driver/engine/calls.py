@@ -37,6 +37,9 @@ class SiteCalls:
         self.logs = logs or {}
         #: per site, how often its process died and was restarted
         self.restarts: dict[str, int] = dict.fromkeys(backend.sites, 0)
+        #: called with a site's name once its restarted process answers (the run records the
+        #: new process of that role)
+        self.on_restart: Callable[[str], None] | None = None
 
     def send(self, site: str, op: str, msg: RecordDict | None = None, retry: int = 0) -> Pending:
         """Send a request (recorded as it leaves); the reply is :meth:`receive`'s."""
@@ -91,6 +94,8 @@ class SiteCalls:
         while True:
             try:
                 self.call(site, "ping", retry=retry)
+                if self.on_restart is not None:
+                    self.on_restart(site)
                 return
             except SiteDied:
                 if time.monotonic() > deadline:

@@ -100,11 +100,19 @@ class FlowerBackend(Backend):
     persistent_sites = False
 
     def __init__(
-        self, grid: Any, names: list[str], timeout: float, record: Callable[..., None]
+        self,
+        grid: Any,
+        names: list[str],
+        timeout: float,
+        record: Callable[..., None],
+        mode: str = "flwr-run",
     ) -> None:
-        """``record``: the ledger's ``record``, for the discovery's messages."""
+        """``record``: the ledger's ``record``, for the discovery's messages; ``mode``:
+        ``simulation`` (Flower's simulation, whose workers serve several sites) or ``flwr-run``
+        (a ServerApp under ``flwr run``: a deployment's nodes, or a simulation federation)."""
         super().__init__()
         self.grid = grid
+        self.mode = mode
         nodes = wait_for_nodes(grid, len(names), timeout)
         hello = NodeHello(tuple(names)).to_record("learner", "site:*")
         record(hello)
@@ -137,6 +145,9 @@ class FlowerBackend(Backend):
     def start_learner(self, *args: Any) -> Any:
         self.learner = learner_in_process(*args)
         return self.learner
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": self.name, "flower_mode": self.mode}
 
     def placement(self) -> dict[str, dict[str, Any]]:
         """Each site's Flower node and the process that answered its node's messages."""

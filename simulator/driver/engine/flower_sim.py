@@ -66,7 +66,7 @@ def execute_in_simulation(
     @server.main()
     def main(grid, context) -> None:
         def nodes(ledger):
-            return FlowerBackend(grid, plan.order, timeout, ledger.record)
+            return FlowerBackend(grid, plan.order, timeout, ledger.record, mode="simulation")
 
         try:
             done["result"] = execute(plan, folder, stream, progress, None, ckpt, nodes)

@@ -98,6 +98,10 @@ class Backend(ABC):
         """What ``runtime.json`` records of the backend (its name; Ray's address for Ray)."""
         return {"engine": self.name}
 
+    def local_node_ip(self) -> str:
+        """This machine's address as :meth:`placement` names nodes ("" where it names none)."""
+        return ""
+
     def metrics_sink(self) -> Any:
         """Where the live figures go (the dashboard's metrics for Ray; nowhere otherwise)."""
         return NullSink()

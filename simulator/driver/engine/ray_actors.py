@@ -282,6 +282,9 @@ class RayBackend(Backend):
     def describe(self) -> dict[str, Any]:
         return {"engine": self.name, "ray_address": cluster_address()}
 
+    def local_node_ip(self) -> str:
+        return ray.util.get_node_ip_address()
+
     def metrics_sink(self) -> RayMetricsSink:
         return RayMetricsSink()
 
