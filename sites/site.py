@@ -57,6 +57,11 @@ MethodFactory = Callable[[str, torch.nn.Module, Mapping[str, Any]], Method]
 Operation = tuple[Callable[..., RecordDict], type[Payload] | None]
 
 
+#: operations whose answer to the same request differs from one time to the next (counts,
+#: timings): each answer is counted in the scalar budget
+FRESH_EACH_TIME = ("guard_report", "preload_smd", "ping")
+
+
 def _error_code(exc: BaseException) -> str:
     """The code a failure leaves the site as (chosen by the type of the exception)."""
     if isinstance(exc, SiteRefusal):
@@ -123,7 +128,10 @@ class Site:
         """Serve one operation; a failure is answered with an ErrorReply (never raised)."""
         try:
             fn, kind = self._operation(op, token)
-            self.request = (op, digest(payload) if payload is not None else "")
+            request = digest(payload) if payload is not None else ""
+            if op in FRESH_EACH_TIME:  # its answer changes between identical requests
+                request += f"#{self.state.next_sequence()}"
+            self.request = (op, request)
             self._position = self.visits.position()  # where a visit stood when asked
             self._emitted = 0
             if op in self._learner_ops and not self.state.answered(self._reply_key()):
@@ -179,6 +187,7 @@ class Site:
         try:  # the guard counts the error reply too; it is built from constants only
             rd = self._guard.check(rd, schema)
             self._charge(rd, schema, enforce=False)  # an error reply always goes; it is counted
+            self.state.keep_guard_counts(self._guard.counts())
         except Exception:  # the data or the guard cannot be built: the constant reply still goes
             pass
         return rd
@@ -216,6 +225,9 @@ class Site:
         )
         guard.on_violation = self._log_violation
         guard.build_seconds = time.perf_counter() - t0
+        kept = self.state.guard_counts()
+        if kept:  # an earlier process of this site in this run: its counts go on
+            guard.restore_counts(kept)
         return guard
 
     def _log_violation(self, v: Violation) -> None:
@@ -253,6 +265,7 @@ class Site:
         the run's scalar budget (a reply to the learner that would pass the cap is refused)."""
         rd = self._guard.check(rd, schema)
         self._charge(rd, schema)
+        self.state.keep_guard_counts(self._guard.counts())
         return rd
 
     def _enforcing(self) -> bool:

@@ -128,6 +128,21 @@ class SiteState:
         book["bits"][key] = [kind, round(bits, 3)]
         self._save()
 
+    def guard_counts(self) -> dict[str, float] | None:
+        """The egress guard's counts this run kept (from an earlier process of the site)."""
+        return self.book().get("guard")
+
+    def keep_guard_counts(self, counts: dict[str, float]) -> None:
+        self.book()["guard"] = counts
+        self._save()
+
+    def next_sequence(self) -> int:
+        """A number no earlier reply of this run had (for replies that say something new each
+        time they are asked: the guard's report, timings)."""
+        book = self.book()
+        book["sequence"] = int(book.get("sequence", 0)) + 1
+        return book["sequence"]
+
     def query(self, op: str, digest: str, limit: int) -> None:
         """Count one answer of the declared query ``op`` (an identical request again is free);
         refused (``query-budget``) beyond ``limit`` per run."""

@@ -53,7 +53,12 @@ def _operate(cfg: Config, record: Path, kind: str, op: str, payload_for, allow_r
 
     sites = run_sites(cfg)
     settings = site_settings(
-        cfg, site_specs(cfg, sites), cfg.privacy.mode, record / "file_access", kind
+        cfg,
+        site_specs(cfg, sites),
+        cfg.privacy.mode,
+        record / "file_access",
+        kind,
+        run=f"{kind}-{record.name}-{secrets.token_hex(4)}",
     )
     settings = {
         n: dataclasses.replace(s, allow_real_previews=allow_real) for n, s in settings.items()

@@ -225,8 +225,9 @@ class Engine:
     # -- checkpoints ----------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         """What the run carries from one stage to the next, for a checkpoint (the learner's
-        weights, method state, prompts and replay; per-site figures; each site's guard counts)."""
-        self.refresh_guard_reports()
+        weights, method state, prompts and replay; per-site figures). Each site keeps its guard's
+        counts in its own folder for the run, so a resumed run's final report holds them all."""
+        self.smd.collect_preloads()
         return {
             "learner": self.learner.call("snapshot"),
             **self.smd.snapshot(),
@@ -261,8 +262,8 @@ class Engine:
             self.guard_sessions[site][start] = {**rep.counts, "mode": rep.mode}
 
     def guard_reports(self) -> dict[str, dict[str, Any]]:
-        """Each site's guard counts summed over the starts of its process (a process killed
-        between two reports loses what it counted since the last)."""
+        """Each site's guard counts at the end of the run (a site keeps them over the starts of
+        its process, in its own folder)."""
         self.refresh_guard_reports()
         return {
             site: merge_guard_sessions(list(sessions.values()), self.calls.restarts[site])
