@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-METRIC_NAMES = ("Mem", "Gen", "Final", "BWT", "FWT", "Forgetting")
+METRIC_NAMES = ("Mem", "Gen", "Final", "BWT", "FWT", "Forgetting", "LA", "Retention")
 
 
 def _check(R: np.ndarray) -> np.ndarray:
@@ -81,6 +81,21 @@ def forgetting(R: np.ndarray) -> float:
     return _mean([float(np.max(R[1:T, j - 1])) - R[T, j - 1] for j in range(1, T)])
 
 
+def learning_accuracy(R: np.ndarray) -> float:
+    """Plasticity: mean over sites of the Dice on each site right after learning it, R[i][i]."""
+    R = _check(R)
+    T = R.shape[1]
+    return _mean([R[i, i - 1] for i in range(1, T + 1)])
+
+
+def retention(R: np.ndarray) -> float:
+    """Mean over earlier sites j < T of the final Dice over the Dice right after learning j,
+    R[T][j] / R[j][j] (sites never learned, R[j][j] = 0, are left out)."""
+    R = _check(R)
+    T = R.shape[1]
+    return _mean([R[T, j - 1] / R[j, j - 1] for j in range(1, T) if R[j, j - 1] > 0])
+
+
 def all_metrics(R: np.ndarray) -> dict[str, float]:
     """Every metric of :data:`METRIC_NAMES` for one R."""
     return {
@@ -90,4 +105,6 @@ def all_metrics(R: np.ndarray) -> dict[str, float]:
         "BWT": bwt(R),
         "FWT": fwt(R),
         "Forgetting": forgetting(R),
+        "LA": learning_accuracy(R),
+        "Retention": retention(R),
     }

@@ -126,7 +126,12 @@ def test_end_to_end_smoke_run_through_ray(ray_session, tmp_path, capsys):
     # training helps the site just visited
     assert np.mean([R[i, i - 1] for i in range(1, 7)]) > R[0].mean() + 0.2
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
-    assert set(metrics) == {"Mem", "Gen", "Final", "BWT", "FWT", "Forgetting"}
+    assert set(metrics) == {"Mem", "Gen", "Final", "BWT", "FWT", "Forgetting", "LA", "Retention"}
+    from simulator.provenance import code_digest
+
+    prov = json.loads((out / "provenance.json").read_text())["sessions"]
+    assert len(prov) == 1 and prov[0]["code_digest"] == code_digest()
+    assert {"version", "python", "torch", "cuda", "device", "packages", "git"} <= set(prov[0])
     stages = [json.loads(line) for line in (out / "stages.jsonl").read_text().splitlines()]
     assert [s["stage"] for s in stages] == list(range(7))
     # where the seconds went: every phase is named, training and evaluation took time, each stage

@@ -7,6 +7,7 @@ import os
 import re
 
 import nbformat
+import numpy as np
 import pandas as pd
 import pytest
 from nbclient import NotebookClient
@@ -305,3 +306,34 @@ def test_artifact_lock_lets_one_run_make_a_sites_prompt_and_the_others_wait(tmp_
     # a lock left by a process that no longer exists is taken over
     (tmp_path / "j.lock").write_text(f"{__import__('socket').gethostname()}:999999999")
     assert cache.claim("j")
+
+
+def test_runs_of_different_code_are_labelled_and_warned_about(tmp_path, capsys):
+    from simulator.driver.compare.grid import summarize
+
+    for seed, digest in enumerate(["a" * 64, "b" * 64, None]):
+        folder = _fake_run(tmp_path, "smg", seed, "random", 0.5)
+        if digest:
+            (folder / "provenance.json").write_text(
+                json.dumps({"sessions": [{"code_digest": digest}]})
+            )
+    table = summarize(tmp_path)
+    assert sorted(table["code"]) == ["a" * 12, "b" * 12, "unknown"]
+    assert "different versions of the code" in capsys.readouterr().err
+    assert "different versions of the code" in (tmp_path / "compare.md").read_text()
+    assert set(pd.read_csv(tmp_path / "runs.csv")["code"]) == {"a" * 12, "b" * 12, "unknown"}
+
+
+def test_a_run_older_than_a_metric_gets_it_from_its_r(tmp_path):
+    from simulator.driver.compare.grid import summarize
+    from simulator.driver.runfolder import r_frame
+
+    folder = _fake_run(tmp_path, "smg", 0, "random", 0.5)
+    old = json.loads((folder / "metrics.json").read_text())
+    old["metrics"] = {k: v for k, v in old["metrics"].items() if k not in ("LA", "Retention")}
+    (folder / "metrics.json").write_text(json.dumps(old))
+    R = np.array([[0.1, 0.1], [0.8, 0.2], [0.6, 0.9]])
+    r_frame(R, ["a", "b"]).to_csv(folder / "R.csv", index=False)
+    table = summarize(tmp_path)
+    assert table["LA_mean"].iloc[0] == pytest.approx(0.85)
+    assert table["Retention_mean"].iloc[0] == pytest.approx(0.75)

@@ -36,6 +36,18 @@ def test_final_bwt_fwt_forgetting_by_hand():
     assert M.forgetting(R3) == pytest.approx(0.25)
 
 
+def test_learning_accuracy_and_retention_by_hand():
+    # LA: R[1][1], R[2][2], R[3][3] = 0.8, 0.9, 0.95
+    assert M.learning_accuracy(R3) == pytest.approx((0.8 + 0.9 + 0.95) / 3)
+    # retention: site 1 0.5 / 0.8, site 2 0.7 / 0.9
+    assert M.retention(R3) == pytest.approx((0.5 / 0.8 + 0.7 / 0.9) / 2)
+    # BWT splits into final Dice on earlier sites minus their Dice right after learning
+    T = 3
+    assert M.bwt(R3) == pytest.approx(
+        np.mean(R3[T, : T - 1]) - np.mean([R3[j, j - 1] for j in range(1, T)])
+    )
+
+
 def test_no_forgetting_gives_zero_bwt_and_forgetting():
     R = np.array([[0.0, 0.0], [0.9, 0.1], [0.9, 0.8]])
     assert M.bwt(R) == 0.0
@@ -46,8 +58,9 @@ def test_single_site_metrics_undefined_are_nan():
     R = np.array([[0.2], [0.9]])
     m = M.all_metrics(R)
     assert m["Final"] == pytest.approx(0.9)
-    for key in ("Mem", "Gen", "BWT", "FWT", "Forgetting"):
+    for key in ("Mem", "Gen", "BWT", "FWT", "Forgetting", "Retention"):
         assert math.isnan(m[key]), key
+    assert m["LA"] == pytest.approx(0.9)
 
 
 def test_per_stage_curves():

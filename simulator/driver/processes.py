@@ -29,17 +29,27 @@ def record_processes(folder: RunFolder, eng: Any) -> None:
     process of every actor, one entry per start of the driver; the audit lists them)."""
     import socket
 
+    from simulator.provenance import provenance
+
+    path = folder.file("runtime.json")
+    before = json.loads(path.read_text()) if path.exists() else {}
+    drivers = before.get("drivers", [])
+    here = {"pid": os.getpid(), "start": process_start()}
     write_json(
-        folder.file("runtime.json"),
+        path,
         {
             "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "start": process_start(),
+            **here,
             "started": time.time(),
             **eng.backend.describe(),
             "dashboard": eng.dashboard_url,
+            #: every start of the driver (a resumed run's earlier drivers wrote trace lines too)
+            "drivers": [*drivers, here],
         },
     )
+    prov = folder.file("provenance.json")
+    sessions = json.loads(prov.read_text())["sessions"] if prov.exists() else []
+    write_json(prov, {"sessions": [*sessions, provenance(eng.cfg.runtime.device)]})
     _record_placement(folder, eng)
     eng.calls.on_restart = lambda site: _record_placement(folder, eng, restarted=site)
 

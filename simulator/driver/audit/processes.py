@@ -58,8 +58,9 @@ def _file_role(name: str) -> str:
 def recorded_processes(f: RunFiles) -> dict[str, set[tuple[int, float | None]]]:
     """Per role, the processes (pid, start) the engine recorded serving it."""
     out: dict[str, set[tuple[int, float | None]]] = defaultdict(set)
-    if f.runtime.get("pid") is not None:
-        out["driver"].add((int(f.runtime["pid"]), f.runtime.get("start")))
+    for d in [f.runtime, *f.runtime.get("drivers", [])]:
+        if d.get("pid") is not None:
+            out["driver"].add((int(d["pid"]), d.get("start")))
     for sess in f.actors.get("sessions", []):
         for name, where in sess["actors"].items():
             if where.get("pid") is None:

@@ -28,12 +28,13 @@ from simulator.config import Config, ConfigError
 from simulator.driver.compare.schedule import GridEta, next_job, recorded_seconds
 from simulator.driver.compare.stats import paired_table
 from simulator.driver.plots import plot_comparison
-from simulator.driver.runfolder import FAILED, MARKER, is_complete
+from simulator.driver.runfolder import FAILED, MARKER, is_complete, read_R
 from simulator.errors import RunFolderError
-from simulator.metrics import METRIC_NAMES
+from simulator.metrics import METRIC_NAMES, all_metrics
+from simulator.provenance import run_code
 
 #: the metrics shown in compare.md's paired table (paired.csv holds all of METRIC_NAMES)
-PAIRED_SHOWN = ("Mem", "Gen")
+PAIRED_SHOWN = ("Mem", "Gen", "LA")
 
 
 def config_hash(cfg: Config) -> str:
@@ -226,6 +227,8 @@ def summarize(out: Path, baseline: str | None = None) -> pd.DataFrame:
         path = folder / "config.json"
         cfg = Config.from_dict(json.loads(path.read_text()), source=str(path))
         m = json.loads((folder / "metrics.json").read_text())
+        if any(k not in m["metrics"] for k in METRIC_NAMES):  # a run older than a metric
+            m["metrics"] = {**all_metrics(read_R(folder / "R.csv")[0]), **m["metrics"]}
         rows.append(
             {
                 "run": folder.name,
@@ -234,6 +237,7 @@ def summarize(out: Path, baseline: str | None = None) -> pd.DataFrame:
                 "order": cfg.run.order,
                 "config": config_hash(cfg),
                 "visited": " ".join(m["order"]),
+                "code": run_code(folder),
                 **{k: m["metrics"][k] for k in METRIC_NAMES},
                 "seconds": m.get("timings", {}).get("total_seconds"),
             }
@@ -245,9 +249,19 @@ def summarize(out: Path, baseline: str | None = None) -> pd.DataFrame:
     paired = paired_table(runs, list(METRIC_NAMES), baseline)  # checks baseline before writing
     runs.to_csv(out / "runs.csv", index=False, float_format="%.4f")
     paired.to_csv(out / "paired.csv", index=False, float_format="%.4f")
-    table = _aggregate(runs, ["method"])
+    codes = sorted(runs["code"].unique())
+    keys = ["method", "code"] if len(codes) > 1 else ["method"]
+    table = _aggregate(runs, keys)
     table.to_csv(out / "compare.csv", index=False, float_format="%.4f")
-    lines = _markdown(table, ["method"])
+    lines = _markdown(table, keys)
+    if len(codes) > 1:  # results of different code are labelled, never silently pooled
+        warning = (
+            f"warning: the runs ran {len(codes)} different versions of the code "
+            f"({', '.join(codes)}; 'unknown': written before runs recorded it); the tables "
+            f"label each, and paired differences pair runs across them"
+        )
+        print(f"smg-sim: {warning}", file=sys.stderr)
+        lines = [f"**{warning}**", "", *lines]
     if runs["order"].nunique() > 1:  # the order moves Gen and Mem more than most methods do
         by_order = _aggregate(runs, ["method", "order"])
         by_order.to_csv(out / "compare_by_order.csv", index=False, float_format="%.4f")
