@@ -163,7 +163,7 @@ class SMDConfig:
 
 #: the default cap of scalar bits each site sends the learner in a run (the README's privacy
 #: section says what it allows and what it stops)
-SCALAR_BITS_CAP = 6144
+SCALAR_BITS_CAP = 4096
 
 
 @dataclass(frozen=True)

@@ -111,19 +111,17 @@ def test_matched_replay_is_smg_without_the_inner_step():
 def test_stage_summary_is_the_last_steps_cosine_matrix(replay_sites, names):
     method, _, _, _ = _run("smg", _batches(2, replay_sites))
     summary = method.stage_summary()
-    assert set(summary) == {f"cos/{a}/{b}" for a, b in itertools.permutations(names, 2)}
-    for a, b in itertools.permutations(names, 2):
-        assert summary[f"cos/{a}/{b}"] == pytest.approx(summary[f"cos/{b}/{a}"])
-        assert -1 <= summary[f"cos/{a}/{b}"] <= 1
+    pairs = {frozenset(k.split("/")[1:]) for k in summary}  # the cosine is symmetric: once each
+    assert pairs == {frozenset(p) for p in itertools.combinations(names, 2)}
+    assert len(summary) == len(pairs) and all(-1 <= v <= 1 for v in summary.values())
 
 
 def test_replay_sites_per_step_samples_earlier_sites():
     method, logs, _, _ = _run(
         "smg", _batches(4, replay_sites=4), replay_sites_per_step=2, stats_every=1
     )
-    assert (
-        len({k.split("/")[1] for k in method.stage_summary()}) == 3
-    )  # the current site and two replayed
+    domains = {d for k in method.stage_summary() for d in k.split("/")[1:]}
+    assert len(domains) == 3  # the current site and two replayed
     assert all(ALIGN_KEYS <= set(log) for log in logs)
 
 

@@ -73,10 +73,11 @@ def inner_over_outer(inner_rms: float, outer_rms: float) -> float:
 
 
 def cosine_summary(names: list[str], G: torch.Tensor) -> dict[str, float]:
-    """``cos/<a>/<b>`` for every ordered pair of distinct domains of a step."""
+    """``cos/<a>/<b>`` for every pair of distinct domains of a step, once (the cosine is
+    symmetric: ``a`` before ``b`` in ``names``; the heat map mirrors it)."""
     return {
         f"cos/{a}/{b}": cosine(G, i, j)
         for i, a in enumerate(names)
         for j, b in enumerate(names)
-        if i != j
+        if i < j
     }

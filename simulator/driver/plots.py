@@ -96,8 +96,8 @@ def cosine_matrices(stage_logs: list[dict]) -> list[tuple[int, list[str], np.nda
             continue
         names = sorted({n for pair in pairs for n in pair})
         M = np.eye(len(names))
-        for (a, b), v in pairs.items():
-            M[names.index(a), names.index(b)] = v
+        for (a, b), v in pairs.items():  # each pair once: the matrix is symmetric
+            M[names.index(a), names.index(b)] = M[names.index(b), names.index(a)] = v
         out.append((int(logs["stage"]), names, M))
     return out
 
