@@ -33,6 +33,9 @@ _state = {
     "roots": (),
     "busy": threading.local(),
     "start": None,
+    #: the process a short-lived worker works for (a Flower SuperNode's ClientApp process works
+    #: for its node): (pid, start), written on each line
+    "owner": None,
 }
 _lock = threading.Lock()
 
@@ -52,7 +55,7 @@ _EVENTS = {
 #: learner; the driver starts Ray and Flower's processes itself), and the argument that names
 #: what was launched, linked or loaded
 _PROCESS_EVENTS = {
-    "subprocess.Popen": 0,
+    "subprocess.Popen": 1,
     "os.system": 0,
     "os.exec": 0,
     "os.posix_spawn": 0,
@@ -80,6 +83,26 @@ def process_start() -> float:
     return _state["start"]
 
 
+def set_owner(pid: int) -> None:
+    """Lines of this process name ``pid`` as the process it works for (its role's recorded
+    process: a Flower SuperNode whose ClientApp runs in a process of its own per message)."""
+    if pid == os.getpid():
+        _state["owner"] = None
+        return
+    import psutil
+
+    try:
+        _state["owner"] = (pid, round(psutil.Process(pid).create_time(), 3))
+    except psutil.Error:
+        _state["owner"] = None
+
+
+def _stamp(entry: dict) -> dict:
+    if _state["owner"] is not None:
+        entry["owner_pid"], entry["owner_start"] = _state["owner"]
+    return entry
+
+
 def _is_write(mode: str) -> bool:
     return mode in _CHANGES or bool(_WRITES & set(mode))
 
@@ -105,7 +128,7 @@ def _write(path: object, mode: str, anywhere: bool = False) -> None:
         root is not None
     ):  # the data folder it lies in, as this process knows it (a node's own, in a deployment)
         entry["root"] = root
-    line = json.dumps(entry)
+    line = json.dumps(_stamp(entry))
     with _lock:
         _state["sink"].write(line + "\n")
         _state["sink"].flush()
@@ -163,7 +186,7 @@ def _process_event(event: str, args: tuple) -> None:
         "what": str(what)[:300] if what is not None else "",
     }
     with _lock:
-        _state["sink"].write(json.dumps(entry) + "\n")
+        _state["sink"].write(json.dumps(_stamp(entry)) + "\n")
         _state["sink"].flush()
 
 

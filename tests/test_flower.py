@@ -263,7 +263,9 @@ def test_a_local_deployment_runs_the_app_with_every_site_in_its_own_supernode(
     in_run = json.loads((out / "privacy_audit.json").read_text())
     assert in_run["verdict"] == "fail"  # the nodes keep their traces; the run folder has none
     audit = build_audit(out, node_traces=[tmp_path / "dep" / "file_access"])
-    assert audit["verdict"] == "pass" and audit["isolation"]["verdict"] == "met"
+    failed = [c for c in audit["claims"]["structural"]["checks"] if c["verdict"] != "pass"]
+    assert audit["verdict"] == "pass" and audit["isolation"]["verdict"] == "met", failed
+    assert audit["verdict_text"] == "PASS (separate processes)"
     assert {(r["role"], r["site_data"]) for r in audit["file_access"]} == {
         ("site:alpha", "alpha"),
         ("site:bravo", "bravo"),

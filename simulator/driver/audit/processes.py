@@ -29,15 +29,18 @@ LIMITS = (
     "the run folder, so the audit finds inconsistency, not a consistent forgery",
 )
 
-#: foreign code the libraries the project uses load while sites and the learner work, by the
-#: event and a pattern of what it names (anything else is a finding)
-ALLOWED_EVENTS: tuple[tuple[str, str], ...] = ()
+#: what the libraries the project uses launch or load inside sites and the learner, by the event
+#: and a pattern of what it names (anything else is a finding): ``platform.architecture()``
+#: runs ``file -b`` on the Python executable (Flower's telemetry calls it in a node's ClientApp
+#: process)
+ALLOWED_EVENTS: tuple[tuple[str, str], ...] = (("subprocess.Popen", r"^file -b \S*python[\d.]*$"),)
 
-#: what a site may write outside its own data folder: its SMD cache's backbone files, and
-#: torch's compile cache in the temporary folder
+#: what a site may write outside its own data folder: its SMD cache's backbone files, torch's
+#: compile cache in the temporary folder, and the null device
 ALLOWED_WRITES = (
     re.compile(r"/smd/[0-9a-f]{16}(/[^/]+)?$"),
     re.compile(r"/torchinductor_[^/]+(/.*)?$"),
+    re.compile(r"^/dev/null$"),
 )
 #: the file ``tempfile`` writes and removes at once to find a writable temporary folder
 TEMP_PROBE = re.compile(r"/[a-z0-9_]{8}$")
@@ -71,10 +74,14 @@ def recorded_processes(f: RunFiles) -> dict[str, set[tuple[int, float | None]]]:
 
 
 def _bound(line: Entry, known: set[tuple[int, float | None]]) -> bool:
-    for pid, start in known:
-        if line.get("pid") == pid:
-            if start is None or line.get("start") is None or abs(line["start"] - start) < 1e-2:
-                return True
+    """Whether the line's process, or the process it works for (a Flower node's ClientApp
+    process), is one recorded for its role."""
+    for key_pid, key_start in (("pid", "start"), ("owner_pid", "owner_start")):
+        for pid, start in known:
+            if line.get(key_pid) == pid:
+                got = line.get(key_start)
+                if start is None or got is None or abs(got - start) < 1e-2:
+                    return True
     return False
 
 
@@ -132,7 +139,7 @@ def trace_root_check(f: RunFiles) -> dict[str, str]:
     """Lines of the run's own traces name the run's data root (a node's traces keep theirs)."""
     data_root = f.sites_info.get("data_root")
     root = os.path.realpath(data_root) if data_root else None
-    own = {p.name for p in f.trace_paths.values() if p.parent.name == "file_access"}
+    own = {p.name for p in f.trace_paths.values() if p.parent == f.run_dir / "file_access"}
     by_file: dict[str, set[str]] = defaultdict(set)
     for t in f.trace:
         if "root" in t:
@@ -160,6 +167,7 @@ def site_writes_check(f: RunFiles) -> dict[str, str]:
         and _is_write(str(t.get("mode", "")))
     ]
     removed = {(t["pid"], t["path"]) for t in writes if t.get("mode") == "remove"}
+    cache_writes = [t["path"] for t in writes if any(p.search(t["path"]) for p in ALLOWED_WRITES)]
     data_root = f.sites_info.get("data_root")
     for t in writes:
         n += 1
@@ -173,6 +181,8 @@ def site_writes_check(f: RunFiles) -> dict[str, str]:
             continue  # the folders above its own, made on its first write
         if any(p.search(t["path"]) for p in ALLOWED_WRITES):
             continue
+        if t.get("mode") == "mkdir" and any(c.startswith(t["path"] + "/") for c in cache_writes):
+            continue  # the folders above an SMD cache entry it then wrote
         if TEMP_PROBE.search(t["path"]) and (t["pid"], t["path"]) in removed:
             continue  # written and removed by the same process: tempfile's probe
         bad.append(f"{role} wrote {t['path']} ({t.get('mode')})")

@@ -30,7 +30,7 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from simulator import schemas
-from simulator.filetrace import traced_as
+from simulator.filetrace import set_owner, traced_as
 from simulator.flower_calls import CALL, HELLO, payload_of
 from simulator.payloads import ErrorReply, MetricsReply, NodeHello
 from sites.settings import SiteSettings, node_settings_file
@@ -44,8 +44,19 @@ app = ClientApp()
 _log = logging.getLogger("smg_sim.clientapp")
 
 
+_NODE: list[tuple[int, int]] = []  # (node pid, this process's pid)
+
+
 def _node_pid() -> int:
     """The SuperNode process this ClientApp process runs under (a deployment), else this process."""
+    if _NODE and _NODE[0][1] == os.getpid():
+        return _NODE[0][0]
+    pid = _find_node_pid()
+    _NODE[:] = [(pid, os.getpid())]
+    return pid
+
+
+def _find_node_pid() -> int:
     import psutil
 
     for proc in psutil.Process().parents():
@@ -99,6 +110,7 @@ def _handle(msg: Message, context: Context) -> Message:
         content = payload_of(msg.content)
         if op == HELLO:
             return Message(content=_hello(content, context), reply_to=msg)
+        set_owner(_node_pid())  # this process's lines name the node its role is recorded as
         site = _site(context)
         own = site.settings
         roots = [Path(own.spec.data_dir).parent] if own.spec.data_dir else []

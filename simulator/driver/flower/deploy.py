@@ -25,7 +25,7 @@ from pathlib import Path
 
 from simulator.benchmarks import catalog
 from simulator.config import Config
-from simulator.driver.plan import run_sites, site_settings, site_specs
+from simulator.driver.plan import run_sites, site_log, site_settings, site_specs
 from simulator.driver.processes import pid_alive
 from simulator.errors import ConfigError
 
@@ -118,9 +118,8 @@ def write_settings(folder: Path, cfg: Config) -> dict[str, Path]:
     for name in names:
         data_dir, _ = node_folders(folder, cfg.data.benchmark, name)
         spec = dataclasses.replace(specs[name], data_dir=str(data_dir))
-        own = dataclasses.replace(
-            settings[name], spec=spec, log_file=str(folder / "nodes" / name / "site.log")
-        )
+        # the site's log in its own folder (a site writes nowhere else), as a simulated site's
+        own = dataclasses.replace(settings[name], spec=spec, log_file=site_log(spec, "node"))
         out[name] = folder / "nodes" / name / "settings.json"
         own.write(out[name])
     return out
