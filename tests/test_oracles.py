@@ -31,19 +31,12 @@ def _code(rd) -> str:
     return str(rd["config"]["error"]) if "error" in rd["config"] else ""
 
 
+#: the tests' tiny phantom site (conftest's ``smoke_spec``), kept in a folder of its own here
+SPEC = SiteSpec("phantom", "alpha", 0, 7, 32, 12, 6, "auto", 0.25, "")
+
+
 def _spec(tmp_path, site="alpha") -> SiteSpec:
-    return SiteSpec(
-        benchmark="phantom",
-        site=site,
-        site_index=0,
-        seed=7,
-        image_size=32,
-        n_train=12,
-        n_test=6,
-        target="auto",
-        test_fraction=0.25,
-        data_dir=str(tmp_path / site),
-    )
+    return dataclasses.replace(SPEC, site=site, data_dir=str(tmp_path / site))
 
 
 @pytest.fixture(scope="module")

@@ -33,16 +33,9 @@ def _metrics(run):
     return json.loads((run / "metrics.json").read_text())["metrics"]
 
 
-def test_every_stage_leaves_a_checkpoint(reference):
-    latest = (reference / "checkpoint" / "LATEST").read_text().strip()
-    assert latest == "stage-003"
-    assert sorted(p.name for p in (reference / "checkpoint").iterdir()) == ["LATEST", "stage-003"]
-    state = json.loads((reference / "checkpoint" / latest / "state.json").read_text())
-    assert state["stage"] == 3 and len(state["R"]) == 4
-
-
-def test_driver_killed_after_stage_2_then_resumed_gives_identical_results(reference, tmp_path):
-    out = tmp_path / "run"
+def _run_until_the_driver_is_killed(out, sets) -> None:
+    """``smg-sim run`` in a process of its own whose driver is killed after stage 2 (in-process
+    engine: its sites die with it)."""
     cmd = [
         sys.executable,
         "-m",
@@ -53,15 +46,28 @@ def test_driver_killed_after_stage_2_then_resumed_gives_identical_results(refere
         "--quiet",
         "--no-dashboard",
         "--engine",
-        "inprocess",  # the driver is the process killed; its sites die with it
+        "inprocess",
         "--inject-fault",
         "kill-driver@2",
-        *[a for s in SETS for a in ("--set", s)],
+        *[a for s in sets for a in ("--set", s)],
         "--out",
         str(out),
     ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == EXIT_DRIVER_KILLED, res.stderr[-2000:]
+
+
+def test_every_stage_leaves_a_checkpoint(reference):
+    latest = (reference / "checkpoint" / "LATEST").read_text().strip()
+    assert latest == "stage-003"
+    assert sorted(p.name for p in (reference / "checkpoint").iterdir()) == ["LATEST", "stage-003"]
+    state = json.loads((reference / "checkpoint" / latest / "state.json").read_text())
+    assert state["stage"] == 3 and len(state["R"]) == 4
+
+
+def test_driver_killed_after_stage_2_then_resumed_gives_identical_results(reference, tmp_path):
+    out = tmp_path / "run"
+    _run_until_the_driver_is_killed(out, SETS)
     assert not (out / "COMPLETE").exists() and not (out / "R.csv").exists()
     assert (out / "checkpoint" / "LATEST").read_text().strip() == "stage-002"
     api.resume(out, progress=False)
@@ -94,25 +100,7 @@ def test_a_dp_run_killed_then_resumed_or_with_a_killed_site_gives_identical_resu
     ref = tmp_path / "ref"
     api.run(_cfg(ref, "runtime.engine=inprocess", *dp), progress=False)
     out = tmp_path / "killed-driver"
-    cmd = [
-        sys.executable,
-        "-m",
-        "simulator.driver.cli",
-        "run",
-        "--profile",
-        "smoke",
-        "--quiet",
-        "--no-dashboard",
-        "--engine",
-        "inprocess",
-        "--inject-fault",
-        "kill-driver@2",
-        *[a for s in [*SETS, *dp] for a in ("--set", s)],
-        "--out",
-        str(out),
-    ]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert res.returncode == EXIT_DRIVER_KILLED, res.stderr[-2000:]
+    _run_until_the_driver_is_killed(out, [*SETS, *dp])
     api.resume(out, progress=False)
     assert (out / "R.csv").read_bytes() == (ref / "R.csv").read_bytes()
     killed_site = tmp_path / "killed-site"
