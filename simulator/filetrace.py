@@ -70,7 +70,7 @@ _PROCESS_EVENTS = {
 #: modes of ``open`` that write
 _WRITES = set("wax+")
 #: events that change the file system
-_CHANGES = {"remove", "rename", "mkdir"}
+_CHANGES = {"remove", "rename", "mkdir", "link"}
 
 
 def process_start() -> float:
@@ -103,7 +103,9 @@ def _stamp(entry: dict) -> dict:
     return entry
 
 
-def _is_write(mode: str) -> bool:
+def is_write(mode: str) -> bool:
+    """Whether a traced mode or event changes the file system (a write, creation, removal,
+    rename or link)."""
     return mode in _CHANGES or bool(_WRITES & set(mode))
 
 
@@ -113,7 +115,7 @@ def _write(path: object, mode: str, anywhere: bool = False) -> None:
     p = os.path.realpath(os.fsdecode(path))
     root = next((r for r in _state["roots"] if p == r or p.startswith(r + os.sep)), None)
     # outside the data folders: what a site writes anywhere is recorded (its writes are checked)
-    site_write = str(_state["role"]).startswith("site:") and _is_write(mode)
+    site_write = str(_state["role"]).startswith("site:") and is_write(mode)
     if root is None and not (anywhere or site_write):
         return
     entry = {
@@ -248,36 +250,23 @@ def stop_trace() -> None:
         sink.close()
 
 
-def digest_lines(path: str | Path) -> tuple[int, int]:
-    """A trace file's number of lines and a 48-bit digest of them (SHA-256 of the lines, what a
-    site reports of its own trace in its final message)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    n = 0
-    p = Path(path)
-    if p.exists():
-        with p.open("rb") as fh:
-            for line in fh:
-                if line.strip():
-                    h.update(line.rstrip(b"\n") + b"\n")
-                    n += 1
-    return n, int(h.hexdigest()[:12], 16)
-
-
-def digest_first(path: str | Path, n: int) -> tuple[int, int]:
-    """The same over the first ``n`` lines of a trace file (the lines a site had reported)."""
+def digest_lines(path: str | Path, n: int | None = None) -> tuple[int, int]:
+    """A trace file's number of lines and a 48-bit digest of them (SHA-256 of the lines: what a
+    site reports of its own trace in its final message); ``n``: only its first ``n`` lines (the
+    lines a site had reported, for the audit). A missing file has no lines."""
     import hashlib
 
     h = hashlib.sha256()
     got = 0
-    with Path(path).open("rb") as fh:
-        for line in fh:
-            if got >= n:
-                break
-            if line.strip():
-                h.update(line.rstrip(b"\n") + b"\n")
-                got += 1
+    p = Path(path)
+    if p.exists():
+        with p.open("rb") as fh:
+            for line in fh:
+                if n is not None and got >= n:
+                    break
+                if line.strip():
+                    h.update(line.rstrip(b"\n") + b"\n")
+                    got += 1
     return got, int(h.hexdigest()[:12], 16)
 
 

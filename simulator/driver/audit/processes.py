@@ -18,7 +18,7 @@ from typing import Any
 
 from simulator.driver.audit.checks import FAIL, PASS, Entry, check
 from simulator.driver.audit.files import RunFiles
-from simulator.filetrace import digest_first
+from simulator.filetrace import digest_lines, is_write
 
 LIMITS = (
     "reads by C code inside a process (for example an OpenCV or libc read of a path) and reads "
@@ -44,12 +44,6 @@ ALLOWED_WRITES = (
 )
 #: the file ``tempfile`` writes and removes at once to find a writable temporary folder
 TEMP_PROBE = re.compile(r"/[a-z0-9_]{8}$")
-
-WRITE_MODES = set("wax+")
-
-
-def _is_write(mode: str) -> bool:
-    return mode in ("mkdir", "rename", "remove", "link") or bool(WRITE_MODES & set(mode))
 
 
 def _file_role(name: str) -> str:
@@ -85,10 +79,10 @@ def _bound(line: Entry, known: set[tuple[int, float | None]]) -> bool:
     return False
 
 
-def binds_processes(f: RunFiles) -> bool:
-    """Whether the engine serves each role in processes of its own (Flower's simulation pools
-    its workers, so a site's lines may come from any of them)."""
-    return f.runtime.get("flower_mode") != "simulation"
+def binds_processes(runtime: dict[str, Any]) -> bool:
+    """Whether the engine (``runtime.json``) serves each role in processes of its own (Flower's
+    simulation pools its workers, so a site's lines may come from any of them)."""
+    return runtime.get("flower_mode") != "simulation"
 
 
 def trace_roles_check(f: RunFiles) -> dict[str, str]:
@@ -100,11 +94,11 @@ def trace_roles_check(f: RunFiles) -> dict[str, str]:
         role = _file_role(t.get("file", ""))
         if t.get("role") != role:
             bad.append(f"{t.get('file')}: a line of role {t.get('role')!r}")
-        elif binds_processes(f) and known and not _bound(t, known.get(role, set())):
+        elif binds_processes(f.runtime) and known and not _bound(t, known.get(role, set())):
             bad.append(f"{t.get('file')}: a line of process {t.get('pid')} not recorded as {role}")
     how = (
         "each written by a process recorded for its role"
-        if binds_processes(f)
+        if binds_processes(f.runtime)
         else "Flower's simulation pools its workers: processes are not bound to roles"
     )
     return check(
@@ -125,7 +119,7 @@ def trace_integrity_check(f: RunFiles) -> dict[str, str]:
         if path is None:
             continue  # the coverage check names a missing trace
         n += 1
-        lines, digest = digest_first(path, int(g["trace_lines"]))
+        lines, digest = digest_lines(path, int(g["trace_lines"]))
         if lines < int(g["trace_lines"]) or digest != int(g["trace_digest"]):
             bad.append(f"site {site}'s trace is not the one it reported ({lines} lines)")
     return check(
@@ -164,7 +158,7 @@ def site_writes_check(f: RunFiles) -> dict[str, str]:
         for t in f.trace
         if str(t.get("role", "")).startswith("site:")
         and "event" not in t
-        and _is_write(str(t.get("mode", "")))
+        and is_write(str(t.get("mode", "")))
     ]
     removed = {(t["pid"], t["path"]) for t in writes if t.get("mode") == "remove"}
     cache_writes = [t["path"] for t in writes if any(p.search(t["path"]) for p in ALLOWED_WRITES)]
@@ -228,10 +222,6 @@ def verdict_text(passed: bool, isolation: dict[str, Any], runtime: dict[str, Any
     engine = runtime.get("engine", "")
     if isolation.get("verdict") == "met" and engine == "ray":
         return "PASS (separate processes; Ray built-ins out of scope)"
-    if isolation.get("verdict") == "met" and engine == "flower" and binds_processes_rt(runtime):
+    if isolation.get("verdict") == "met" and engine == "flower" and binds_processes(runtime):
         return "PASS (separate processes)"
     return "PASS without isolation"
-
-
-def binds_processes_rt(runtime: dict[str, Any]) -> bool:
-    return runtime.get("flower_mode") != "simulation"
