@@ -78,6 +78,31 @@ class Adam:
             denom = (exp_avg_sq.sqrt() / bias_correction2**0.5).add_(self.eps)
             param.addcdiv_(exp_avg, denom, value=-step_size)
 
+    @torch.no_grad()
+    def preview(self, grads: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The step Adam would take now for ``grads`` (one per parameter), state left unchanged.
+
+        Returns, per parameter, the parameter change ``step()`` would subtract (weight decay
+        included) and the denominator it would divide by (sqrt of the bias-corrected second
+        moment, plus eps): the preconditioner of that step is its inverse.
+        """
+        beta1, beta2 = self.betas
+        updates, denoms = [], []
+        for i, (param, grad) in enumerate(zip(self.params, grads, strict=True)):
+            if i in self.state:
+                count, exp_avg, exp_avg_sq = self.state[i]
+                n = count[0] + 1
+            else:
+                exp_avg, exp_avg_sq, n = torch.zeros_like(param), torch.zeros_like(param), 1
+            if self.weight_decay != 0:
+                grad = grad.add(param, alpha=self.weight_decay)
+            m = exp_avg.lerp(grad, 1 - beta1)
+            v = exp_avg_sq.mul(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = (v.sqrt() / (1 - beta2**n) ** 0.5).add_(self.eps)
+            updates.append(m.div(denom).mul_(self.lr / (1 - beta1**n)))
+            denoms.append(denom)
+        return updates, denoms
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear every parameter's gradient (drop it, or zero it in place)."""
         for p in self.params:

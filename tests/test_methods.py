@@ -117,11 +117,17 @@ def test_a_method_refuses_an_unresolved_table():
 @pytest.mark.parametrize(
     "name, declared",
     [
-        ("smg", {"lookahead", "lambda_gen", "replay_sites_per_step", "stats_every"}),
-        ("smg_mem", {"lookahead", "lambda_gen", "replay_sites_per_step", "stats_every"}),
-        ("smg_gen", {"lookahead", "lambda_gen", "replay_sites_per_step", "stats_every"}),
-        ("pga_exact", {"lookahead", "lambda_gen", "replay_sites_per_step"}),
-        ("pga_sym", {"lookahead", "lambda_gen", "replay_sites_per_step"}),
+        ("smg", {"lookahead", "lambda_gen", "gen_lead", "replay_sites_per_step", "stats_every"}),
+        (
+            "smg_mem",
+            {"lookahead", "lambda_gen", "gen_lead", "replay_sites_per_step", "stats_every"},
+        ),
+        (
+            "smg_gen",
+            {"lookahead", "lambda_gen", "gen_lead", "replay_sites_per_step", "stats_every"},
+        ),
+        ("pga_exact", {"lookahead", "lambda_gen", "gen_lead", "replay_sites_per_step"}),
+        ("pga_sym", {"lookahead", "lambda_gen", "gen_lead", "replay_sites_per_step"}),
         ("smd_replay_matched", {"lambda_gen", "replay_sites_per_step", "stats_every"}),
         ("mldg", {"lookahead"}),
         ("fish", {"lookahead", "meta_step", "views"}),

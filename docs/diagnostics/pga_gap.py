@@ -114,7 +114,7 @@ def gap(run: Path, draws: int) -> dict:
                 group_a=(0, *sorted(rest[:half])),
                 group_b=tuple(sorted(rest[half:])),
             )
-            plain = first_order_gradient(model, doms, roles, 0.0, meta=False).grads
+            plain = first_order_gradient(model, doms, roles, 0.0).grads
             base = _norm(plain)
             for a in LOOKAHEADS:
                 fo = first_order_gradient(model, doms, roles, a * lr).grads

@@ -8,12 +8,13 @@ import torch
 
 from server.methods.meta_gradient import (
     Grads,
+    InnerStep,
     Pair,
     PGAGradient,
     Roles,
     _Functional,
     _loss_logs,
-    inner_scale,
+    as_inner,
     weighted_sum,
 )
 
@@ -34,20 +35,22 @@ def _plain_weights(roles: Roles, n: int) -> list[float]:
 
 
 def lean_gradient(
-    model: torch.nn.Module, doms: list[Pair], roles: Roles, step: float, meta: bool = True
+    model: torch.nn.Module, doms: list[Pair], roles: Roles, step: InnerStep | float
 ) -> PGAGradient:
     """The update of :func:`first_order_gradient` (equal up to float rounding) with fewer passes.
 
     No per-domain gradient is kept, so the step logs no alignment statistics: the plain step
-    (``meta=False`` or ``step`` 0) is one weighted pass over all domains; the meta step takes one
+    (no meta-test shifted, or the inner-step rule ``off``) is one weighted pass over all domains;
+    the meta step takes one
     pass for the current site (its gradient leads J_mem's inner step), one for the rest of
     group A (with it, J_gen's lead), and the two meta-test passes, whatever the number of
     replayed sites. ``plain`` is not computed (an empty list) and ``domain_grads`` is empty.
     Losses that need a pass the step does not take (``loss_replay`` at theta) are not logged.
     """
+    inner_step = as_inner(step)
     f = _Functional(model)
     theta = f.params()
-    if not meta or step == 0:
+    if not roles.shifted or inner_step.off:
         w = _plain_weights(roles, len(doms))
         idx = [i for i, wi in enumerate(w) if wi != 0]
         loss, per = f.weighted_loss(theta, [doms[i] for i in idx], [w[i] for i in idx])
@@ -88,18 +91,21 @@ def lean_gradient(
     )  # present only when the split put every replayed site in A: not a fair mean
     shifts = []
 
-    def meta_test(lead: Grads, idx: tuple[int, ...], key: str) -> Grads:
-        scale = inner_scale(lead, step)
-        shifts.append(step if scale > 0 else 0.0)
-        at = f.displaced(theta, lead, scale) if scale > 0 else theta
+    def meta_test(lead: Grads, idx: tuple[int, ...], key: str, shift: bool) -> Grads:
+        inner = inner_step(lead) if shift else None
+        if inner is not None:
+            shifts.append(inner.length)
+        at = f.displaced(theta, lead, inner) if inner is not None and inner.scale > 0 else theta
         loss = f.mean_loss(at, [doms[i] for i in idx])
         logs[key] = float(loss.detach())
         return f.grad(loss, at)
 
     if roles.mem_active:
-        terms.append((1.0, meta_test(g_c, roles.replay, "loss_mem_meta")))
+        terms.append((1.0, meta_test(g_c, roles.replay, "loss_mem_meta", roles.shift_mem)))
     if g_a is not None:
-        terms.append((roles.lambda_gen, meta_test(g_a, roles.group_b, "loss_gen_meta")))
+        terms.append(
+            (roles.lambda_gen, meta_test(g_a, roles.group_b, "loss_gen_meta", roles.shift_gen))
+        )
     return PGAGradient(
         grads=weighted_sum(terms),
         plain=[],

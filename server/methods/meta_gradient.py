@@ -10,16 +10,21 @@ What is this project's derivation (the paper's equations are not public to us):
 let L_c be the loss on a current-site batch, L_k on a replay batch of earlier site k,
 and g = the gradient of a loss. The alignment objective is
 
-    L_c + mean_k L_k - beta_o mean_k <sg(g_c), g_k> + lambda_gen (L_A + L_B - beta_a <sg(g_A), g_B>)
+    L_c + mean_k L_k - beta_o mean_k <sg(g_c), g_k>_P
+        + lambda_gen (L_A + L_B - beta_a <sg(g_A), g_B>_P)
 
 where sg() holds the leading gradient fixed ("direction fixed: current -> earlier";
-for the arbitrary term, group A leads group B). With the Taylor identity
+for the arbitrary term, group A leads group B) and <.,.>_P is the inner product in the
+optimiser's metric (below). With the Taylor identity
 L_B(theta - d) = L_B - <d, g_B> + O(|d|^2), the gradient of each term equals, up to
 O(|d|^2), the first-order gradient (no backpropagation through the inner step, as in
 first-order MLDG) of
 
     J_mem = L_c(theta) + mean_k L_k(theta_m),   theta_m = theta - d(g_c)
     J_gen = L_A(theta) + L_B(theta_g),          theta_g = theta - d(g_A)
+
+(the ablations ``smg_mem`` and ``smg_gen`` keep both objectives and evaluate one meta-test at
+theta instead: ``Roles.shift_gen`` / ``Roles.shift_mem`` off)
 
 with A, B a random split of the available domains (current + replayed sites), drawn
 again every step; at stage 1, with no replay, A and B are two differently
@@ -28,17 +33,21 @@ the gradient of J_mem + lambda_gen * J_gen. Losses over several domains are aver
 (L_A is the mean of A's domain losses), so the step size does not grow with the number
 of earlier sites.
 
-Lookahead: the inner step is measured in outer-optimiser steps,
+Inner step: the optimiser's own step for the leading gradient, scaled by the lookahead,
 
-    d(g) = lookahead * lr * g / rms(g),
+    d(g) = s * P g,   P = diag(1 / (sqrt(v') + eps)),   rms(d) = lookahead * rms(Adam's step for g),
 
-rms(g) the root mean square of g over all parameters, a detached scalar held constant.
-With Adam each parameter moves by about ``lr`` per outer step, so one unit of lookahead
-is about as long as one outer step whatever the network or the loss scale; a raw SGD
-inner step ``alpha * g`` would instead be some 1000 times shorter than an Adam step on
-our networks, and the meta terms would change the update by about 0.1 %. The matching
-inner-product weight is beta = lookahead * lr / rms(g_lead), with g_lead the leading
-(stop-gradient) gradient, the same scalar the first-order step uses.
+with v' Adam's bias-corrected second moment updated with g as if g were this step's gradient
+(not stored), and "Adam's step for g" the parameter change Adam would make now for g
+(:meth:`simulator.optim.Adam.preview`). The direction P g is the preconditioned gradient, so
+the inner step moves the parameters the way the optimiser moves them, and its length is a
+multiple of the optimiser's actual step: lookahead 1 is as long as one outer step at any point
+of training (``inner_over_outer`` measures it; Adam's early steps are several times lr, so a
+fixed length lookahead * lr would be about four outer steps early and less later). P and s
+are detached and held constant. With the preconditioner the Taylor identity becomes
+L_B(theta - s P g_A) = L_B - s <g_A, g_B>_P + O(|d|^2), <a, b>_P = sum_i P_i a_i b_i: the
+alignment objective's inner products are taken in the optimiser's metric, with weight
+beta = s, the scalar the first-order step uses.
 
 Two exact objectives, each differentiated by double backpropagation
 (:func:`alignment_gradient`):
@@ -74,8 +83,8 @@ LOOKAHEAD = HParam(
     "lookahead",
     1.0,
     lo=0.0,
-    help="inner step in outer-optimiser steps: theta' = theta - lookahead*lr*g/rms(g) "
-    "(1: as long as one Adam step; 1.0 until a sweep picks it)",
+    help="inner step in optimiser steps: theta' = theta - d, d along Adam's preconditioned "
+    "leading gradient with rms(d) = lookahead * rms(Adam's step for it) (1: one outer step)",
 )
 LAMBDA_GEN = HParam(
     "lambda_gen", 1.0, lo=0.0, help="weight of the generalizability objective J_gen"
@@ -89,6 +98,8 @@ class Roles:
     ``current``: L_c, always a plain term (None: no L_c, as in MLDG). ``replay``: the replayed
     domains (J_mem's meta-test when ``use_mem``; always used for ``align_cos_mem``).
     ``group_a``/``group_b``: the split of J_gen (when ``use_gen``; otherwise only logged).
+    ``shift_mem``/``shift_gen``: whether J_mem's / J_gen's meta-test losses are evaluated at the
+    lookahead point (off: at theta, the plain term; the ablations switch one off).
     """
 
     current: int | None
@@ -98,6 +109,8 @@ class Roles:
     use_mem: bool = True
     use_gen: bool = True
     lambda_gen: float = 1.0
+    shift_mem: bool = True
+    shift_gen: bool = True
 
     def __post_init__(self) -> None:
         if self.replay and self.current is None:
@@ -108,6 +121,11 @@ class Roles:
     @property
     def mem_active(self) -> bool:
         return self.use_mem and bool(self.replay)
+
+    @property
+    def shifted(self) -> bool:
+        """Whether any meta-test of the step is evaluated away from theta."""
+        return (self.mem_active and self.shift_mem) or (self.use_gen and self.shift_gen)
 
 
 @dataclass
@@ -128,9 +146,82 @@ def rms(grads: Grads) -> float:
 
 
 def inner_scale(grads: Grads, step: float) -> float:
-    """The scalar s with d = s * g of RMS ``step`` (= lookahead * lr); 0 for a zero gradient."""
+    """The scalar s with d = s * g of RMS ``step``; 0 for a zero gradient."""
     r = rms(grads)
     return step / r if r > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Inner:
+    """One inner displacement d = scale * P g of a leading gradient g, of RMS ``length``.
+
+    ``precond`` is P elementwise (None: the identity); P and ``scale`` are detached constants.
+    """
+
+    scale: float
+    length: float
+    precond: Grads | None = None
+
+    def direction(self, lead: Grads) -> Grads:
+        """P g (g itself without a preconditioner); keeps ``lead``'s graph when it has one."""
+        if self.precond is None:
+            return lead
+        return [g * p for g, p in zip(lead, self.precond, strict=True)]
+
+
+class FixedStep:
+    """d = length * g / rms(g): a fixed-length gradient step (the identity metric).
+
+    For tests, diagnostics and lookahead 0 (``FixedStep(0.0)``: no inner step)."""
+
+    def __init__(self, length: float) -> None:
+        self.length = float(length)
+
+    @property
+    def off(self) -> bool:
+        return self.length == 0.0
+
+    def __call__(self, lead: Grads) -> Inner:
+        scale = inner_scale(lead, self.length)
+        return Inner(scale, self.length if scale > 0 else 0.0)
+
+
+class AdamStep:
+    """d = lookahead times the optimiser's own step for the leading gradient, along P g.
+
+    P = 1 / (sqrt(v') + eps), the preconditioner Adam would apply if g were this step's gradient
+    (``Adam.preview``: its second moment updated with g, bias-corrected, not stored), and
+    rms(d) = lookahead * rms(the parameter change Adam would make for g): one lookahead unit is
+    one outer step at the optimiser's current moments, early or late in training.
+    """
+
+    def __init__(self, opt: Adam, lookahead: float) -> None:
+        self.opt, self.lookahead = opt, float(lookahead)
+
+    @property
+    def off(self) -> bool:
+        return self.lookahead == 0.0
+
+    def __call__(self, lead: Grads) -> Inner:
+        detached = [g.detach() for g in lead]
+        if len(detached) != len(self.opt.params):
+            raise ValueError(
+                f"AdamStep: {len(detached)} gradients for an optimiser of "
+                f"{len(self.opt.params)} parameters"
+            )
+        update, denom = self.opt.preview(detached)
+        length = self.lookahead * rms(update)
+        precond = [1.0 / d for d in denom]
+        scale = inner_scale([g * p for g, p in zip(detached, precond, strict=True)], length)
+        return Inner(scale, length if scale > 0 else 0.0, precond)
+
+
+InnerStep = FixedStep | AdamStep
+
+
+def as_inner(step: InnerStep | float) -> InnerStep:
+    """An inner-step rule; a number is a fixed length (``FixedStep``)."""
+    return FixedStep(step) if isinstance(step, int | float) else step
 
 
 class _Functional:
@@ -196,12 +287,12 @@ class _Functional:
         return list(torch.autograd.grad(loss, list(params.values()), create_graph=create_graph))
 
     def displaced(
-        self, params: dict[str, torch.Tensor], grads: Grads, scale: float
+        self, params: dict[str, torch.Tensor], lead: Grads, inner: Inner
     ) -> dict[str, torch.Tensor]:
-        """theta - scale * g as new leaves (first order: no graph through the inner step)."""
+        """theta - scale * P g as new leaves (first order: no graph through the inner step)."""
         return {
-            n: (p.detach() - scale * g.detach()).requires_grad_(True)
-            for (n, p), g in zip(params.items(), grads, strict=True)
+            n: (p.detach() - inner.scale * u.detach()).requires_grad_(True)
+            for (n, p), u in zip(params.items(), inner.direction(lead), strict=True)
         }
 
 
@@ -268,14 +359,16 @@ def _loss_logs(roles: Roles, losses) -> dict[str, float]:
 
 
 def first_order_gradient(
-    model: torch.nn.Module, doms: list[Pair], roles: Roles, step: float, meta: bool = True
+    model: torch.nn.Module, doms: list[Pair], roles: Roles, step: InnerStep | float
 ) -> PGAGradient:
-    """Gradient of J_mem + lambda_gen J_gen, first order, with inner steps of RMS ``step``.
+    """Gradient of J_mem + lambda_gen J_gen, first order, with the inner step rule ``step``.
 
-    ``step`` = lookahead * lr. ``meta=False`` (or ``step`` 0) evaluates the meta-test losses at
-    theta: the plain step, with no inner passes. Per-domain gradients at theta are computed once
-    and reused; each meta-test is one pass over its domains' concatenated batches.
+    ``step``: :class:`AdamStep` (the methods), or a number, a fixed RMS length (:class:`FixedStep`).
+    A meta-test not shifted (``roles.shift_mem`` / ``shift_gen`` off, or the rule ``off``) is
+    evaluated at theta: the plain term, with no inner pass. Per-domain gradients at theta are
+    computed once and reused; each meta-test is one pass over its domains' concatenated batches.
     """
+    inner_step = as_inner(step)
     f = _Functional(model)
     theta = f.params()
     losses, g = _per_domain(f, theta, doms)
@@ -286,24 +379,25 @@ def first_order_gradient(
     plain = _combine(roles, g, mem_theta, g_a, b_theta)
     mem, b, shifts = mem_theta, b_theta, []
 
-    def meta_test(lead: Grads, idx: tuple[int, ...], key: str) -> Grads | None:
-        scale = inner_scale(lead, step) if meta else 0.0
-        shifts.append(step if scale > 0 else 0.0)  # rms(scale * lead) = step
-        if scale == 0:  # theta' = theta: the plain terms already hold this gradient
+    def meta_test(lead: Grads, idx: tuple[int, ...], key: str, shift: bool) -> Grads | None:
+        inner = inner_step(lead) if shift and not inner_step.off else None
+        if inner is not None:
+            shifts.append(inner.length)
+        if inner is None or inner.scale == 0:  # theta' = theta: the plain terms hold it
             logs[key] = float(sum(float(losses[i].detach()) for i in idx) / len(idx))
             return None
-        shifted = f.displaced(theta, lead, scale)
+        shifted = f.displaced(theta, lead, inner)
         loss = f.mean_loss(shifted, [doms[i] for i in idx])
         logs[key] = float(loss.detach())
         return f.grad(loss, shifted)
 
     if mem_theta is not None:
-        mem = meta_test(g[roles.current], roles.replay, "loss_mem_meta") or mem_theta
+        mem = (
+            meta_test(g[roles.current], roles.replay, "loss_mem_meta", roles.shift_mem) or mem_theta
+        )
     if g_a is not None:
-        b = meta_test(g_a, roles.group_b, "loss_gen_meta") or b_theta
+        b = meta_test(g_a, roles.group_b, "loss_gen_meta", roles.shift_gen) or b_theta
     grads = plain if (mem is mem_theta and b is b_theta) else _combine(roles, g, mem, g_a, b)
-    if not meta:
-        shifts = []
     return PGAGradient(
         grads=grads,
         plain=plain,
@@ -314,15 +408,21 @@ def first_order_gradient(
 
 
 def alignment_gradient(
-    model: torch.nn.Module, doms: list[Pair], roles: Roles, step: float, symmetric: bool = False
+    model: torch.nn.Module,
+    doms: list[Pair],
+    roles: Roles,
+    step: InnerStep | float,
+    symmetric: bool = False,
 ) -> PGAGradient:
     """Gradient of the explicit alignment objective, by double backpropagation.
 
-    beta = step / rms(g_lead) (step = lookahead * lr), the scalar the first-order step uses.
-    ``symmetric=False``: the leading gradient is held fixed (what :func:`first_order_gradient`
-    approximates); ``True``: no stop-gradient on either side. ``inner_rms`` reports the
-    equivalent inner displacement, beta * rms(g_lead) = ``step``.
+    Each alignment term is -beta <g_lead, g_other>_P with beta and P the scalar and the
+    preconditioner of the first-order step's inner step for the same leading gradient
+    (``step``, as in :func:`first_order_gradient`; P, beta detached). ``symmetric=False``: the
+    leading gradient is held fixed (what :func:`first_order_gradient` approximates); ``True``:
+    no stop-gradient on either side. ``inner_rms`` reports the equivalent inner displacement.
     """
+    inner_step = as_inner(step)
     f = _Functional(model)
     theta = f.params()
     losses, g_graph = _per_domain(f, theta, doms, create_graph=True)
@@ -338,26 +438,33 @@ def alignment_gradient(
         else torch.zeros((), dtype=losses[0].dtype)
     )
     shifts = []
+
+    def alignment(lead_graph: Grads, lead_detached: Grads, other: Grads, key: str, shift: bool):
+        """-beta <lead, other>_P, or 0 when this meta-test is not shifted."""
+        if not shift or inner_step.off:
+            return 0.0
+        inner = inner_step(lead_detached)
+        dot = _dot(inner.direction(lead(lead_graph, lead_detached)), other)
+        logs[key] = float(dot.detach())
+        shifts.append(inner.length)
+        return -inner.scale * dot
+
     if roles.mem_active:
         c = roles.current
         loss_r = sum(losses[k] for k in roles.replay) / len(roles.replay)
         g_r = _mean([g_graph[k] for k in roles.replay])
-        dot = _dot(lead(g_graph[c], g[c]), g_r)
-        beta = inner_scale(g[c], step)
-        objective = objective + loss_r - beta * dot
-        logs["align_mem"] = float(dot.detach())
-        shifts.append(step if beta > 0 else 0.0)
+        objective = (
+            objective + loss_r + alignment(g_graph[c], g[c], g_r, "align_mem", roles.shift_mem)
+        )
     g_a = None
     if roles.use_gen:
         loss_a = sum(losses[i] for i in roles.group_a) / len(roles.group_a)
         loss_b = sum(losses[i] for i in roles.group_b) / len(roles.group_b)
         g_a_graph = _mean([g_graph[i] for i in roles.group_a])
         g_a = [t.detach() for t in g_a_graph]
-        dot = _dot(lead(g_a_graph, g_a), _mean([g_graph[i] for i in roles.group_b]))
-        beta = inner_scale(g_a, step)
-        objective = objective + roles.lambda_gen * (loss_a + loss_b - beta * dot)
-        logs["align_gen"] = float(dot.detach())
-        shifts.append(step if beta > 0 else 0.0)
+        g_b = _mean([g_graph[i] for i in roles.group_b])
+        align = alignment(g_a_graph, g_a, g_b, "align_gen", roles.shift_gen)
+        objective = objective + roles.lambda_gen * (loss_a + loss_b + align)
     grads = list(torch.autograd.grad(objective, list(theta.values())))
     mem = _mean([g[k] for k in roles.replay]) if roles.mem_active else None
     b = _mean([g[i] for i in roles.group_b]) if roles.use_gen else None

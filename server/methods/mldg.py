@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from server.methods.alignment import alignment_logs, gram, inner_over_outer
 from server.methods.domains import style_augment
-from server.methods.meta_gradient import LOOKAHEAD, Roles, apply_gradient, first_order_gradient
+from server.methods.meta_gradient import (
+    LOOKAHEAD,
+    AdamStep,
+    Roles,
+    apply_gradient,
+    first_order_gradient,
+)
 from server.methods.streams import method_generator
 from simulator.method import Batch, Method, StageContext
 from simulator.schemas import COSINE, LOSS, RATIO
@@ -16,7 +22,7 @@ class MLDG(Method):
     With one real domain per visit, meta-train is the current batch and meta-test a
     style-augmented view of it (a simulated unseen site): the gradient of
     L_train(theta) + L_test(theta - d), first order (MLDG's beta = 1), with the inner step
-    d = lookahead * lr * g_train / rms(g_train) measured in outer-optimiser steps (see
+    d = lookahead times the optimiser's own step for g_train (see
     :mod:`server.methods.meta_gradient`). No replay. The views come from the method's own
     random stream.
     """
@@ -44,7 +50,7 @@ class MLDG(Method):
         self.model.train()
         doms = [(batch.x, batch.y), (style_augment(batch.x, self.gen), batch.y)]
         res = first_order_gradient(
-            self.model, doms, self.roles, float(self.hp["lookahead"]) * float(self.hp["lr"])
+            self.model, doms, self.roles, AdamStep(self.opt, float(self.hp["lookahead"]))
         )
         outer = apply_gradient(self.model, self.opt, res.grads)
         logs = {"loss": res.logs["loss_gen_a"], "loss_meta_test": res.logs["loss_gen_meta"]}

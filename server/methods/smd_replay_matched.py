@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.methods.meta_gradient import LAMBDA_GEN
+from server.methods.meta_gradient import LAMBDA_GEN, FixedStep, InnerStep
 from server.methods.smg import REPLAY_SITES_PER_STEP, SMG, STATS_EVERY
 
 
@@ -21,7 +21,9 @@ class SMDReplayMatched(SMG):
     name = "smd_replay_matched"
     relative_cost = 2.2
     hyperparameters = (LAMBDA_GEN, REPLAY_SITES_PER_STEP, STATS_EVERY)
-    meta = False
+    shift_mem = False
+    shift_gen = False
 
-    def _step_length(self) -> float:
-        return 0.0
+    def _inner(self) -> InnerStep:
+        """No inner step (no ``lookahead``): both meta-tests are evaluated at theta."""
+        return FixedStep(0.0)

@@ -15,6 +15,8 @@ from server.methods.lean_gradient import lean_gradient
 from server.methods.meta_gradient import (
     LAMBDA_GEN,
     LOOKAHEAD,
+    AdamStep,
+    InnerStep,
     Pair,
     PGAGradient,
     Roles,
@@ -32,6 +34,15 @@ REPLAY_SITES_PER_STEP = HParam(
     hi=1_000_000,
     help="earlier sites replayed per step, drawn from the method's own stream (0: all), "
     "so a step's cost stops growing with the stage",
+)
+
+GEN_LEAD = HParam(
+    "gen_lead",
+    "current",
+    choices=("current", "random"),
+    help="which group leads J_gen's inner step once earlier sites are replayed: current (the "
+    "random split's group holding the current site; the current site is never a meta-test "
+    "domain, and a step takes one pass less) or random (either group)",
 )
 
 STATS_EVERY = HParam(
@@ -57,16 +68,16 @@ class SMG(Method):
     The domains of a step are the current site and the replayed sites (at stage 1 the
     current batch and two style views of it); their split and the views come from the
     method's own random stream (:func:`server.methods.streams.method_generator`).
-    Subclasses switch terms off (``use_mem``, ``use_gen``), the meta-test shift off
-    (``meta``) or replace the gradient (``_gradient``); the domains, weights and random
-    draws stay the same.
+    Subclasses evaluate a meta-test at theta instead of its lookahead point (``shift_mem``,
+    ``shift_gen``: the weight-matched ablations and matched replay) or replace the gradient
+    (``_gradient``); every plain term, view, weight and random draw stays the same.
     """
 
     name = "smg"
     relative_cost = 3.7
     private = True
     uses_replay = True
-    hyperparameters = (LOOKAHEAD, LAMBDA_GEN, REPLAY_SITES_PER_STEP, STATS_EVERY)
+    hyperparameters = (LOOKAHEAD, LAMBDA_GEN, GEN_LEAD, REPLAY_SITES_PER_STEP, STATS_EVERY)
     log_names = {
         **rules(
             ("loss", "loss_current", "loss_replay", "loss_gen_a", "loss_mem_meta", "loss_gen_meta"),
@@ -87,10 +98,10 @@ class SMG(Method):
         names = [*domains, "view1", "view2"]
         return {f"cos/{a}/{b}": COSINE for a in names for b in names if a != b}
 
-    use_mem = True
-    use_gen = True
-    #: False: the meta-test losses are evaluated at theta (plain replay with smg's weighting)
-    meta = True
+    #: False: J_mem's meta-test losses (replayed sites) are evaluated at theta, not theta_m
+    shift_mem = True
+    #: False: J_gen's meta-test losses (group B) are evaluated at theta, not theta_g
+    shift_gen = True
 
     def begin_stage(self, ctx: StageContext) -> None:
         self.opt = self.adam()
@@ -125,34 +136,35 @@ class SMG(Method):
         names, doms = [self.site, *replay], [(batch.x, batch.y), *replay.values()]
         pool = list(range(len(doms)))
         if not replay:
-            pool = []
-            if self.use_gen:  # stage 1: two simulated sites from the current batch
-                names += ["view1", "view2"]
-                doms += [
-                    (style_augment(batch.x, self.gen), batch.y),
-                    (style_augment(batch.x, self.gen), batch.y),
-                ]
-                pool = [1, 2]
-        a, b = split(len(pool), self.gen) if len(pool) >= 2 else ([], [])
+            # stage 1: two simulated sites from the current batch
+            names += ["view1", "view2"]
+            doms += [
+                (style_augment(batch.x, self.gen), batch.y),
+                (style_augment(batch.x, self.gen), batch.y),
+            ]
+            pool = [1, 2]
+        a, b = split(len(pool), self.gen)
+        if replay and self.hp.get("gen_lead") == "current" and 0 in b:
+            a, b = b, a  # the same draw; L_A + L_B, the plain terms, is symmetric in A and B
         roles = Roles(
             current=0,
             replay=tuple(range(1, 1 + len(replay))),
             group_a=tuple(pool[i] for i in a),
             group_b=tuple(pool[i] for i in b),
-            use_mem=self.use_mem,
-            use_gen=self.use_gen,
             lambda_gen=float(self.hp["lambda_gen"]),
+            shift_mem=self.shift_mem,
+            shift_gen=self.shift_gen,
         )
         return names, doms, roles
 
-    def _step_length(self) -> float:
-        """RMS of the inner displacement: lookahead outer steps of size lr."""
-        return float(self.hp["lookahead"]) * float(self.hp["lr"])
+    def _inner(self) -> InnerStep:
+        """The inner step: ``lookahead`` times the optimiser's own step for the leading gradient."""
+        return AdamStep(self.opt, float(self.hp["lookahead"]))
 
     def _gradient(self, doms: list[Pair], roles: Roles, stats: bool = True) -> PGAGradient:
         """The step's gradient; ``stats=False``: the same update without per-domain gradients."""
         grad = first_order_gradient if stats else lean_gradient
-        return grad(self.model, doms, roles, self._step_length(), meta=self.meta)
+        return grad(self.model, doms, roles, self._inner())
 
     def update(self, batch: Batch) -> dict[str, float]:
         self.model.train()
@@ -176,16 +188,24 @@ class SMG(Method):
 
 
 class SMGMem(SMG):
-    """Ablation of SMG-Learning with the memorizability meta-objective J_mem only."""
+    """Ablation of SMG-Learning keeping only the memorizability alignment.
+
+    Weight-matched: every plain term, view and draw of ``smg``; J_gen's meta-test (group B) is
+    evaluated at theta instead of its lookahead point, so only the generalizability alignment
+    is dropped."""
 
     name = "smg_mem"
-    relative_cost = 2.1
-    use_gen = False
+    relative_cost = 3.7
+    shift_gen = False
 
 
 class SMGGen(SMG):
-    """Ablation of SMG-Learning with the generalizability meta-objective J_gen only (plus L_c)."""
+    """Ablation of SMG-Learning keeping only the generalizability alignment.
+
+    Weight-matched: every plain term, view and draw of ``smg``; J_mem's meta-test (the replayed
+    sites) is evaluated at theta instead of its lookahead point, so only the memorizability
+    alignment is dropped."""
 
     name = "smg_gen"
-    relative_cost = 2.4
-    use_mem = False
+    relative_cost = 3.7
+    shift_mem = False

@@ -76,9 +76,8 @@ def step_cost(cfg: Config, methods: list[str], stages: list[int], steps: int = 1
     (a later stage's peak is the larger)."""
     from simulator.driver.plan import method_hparams
 
-    for (
-        name
-    ) in methods:  # unknown names and bad hyper-parameters fail here, before any process starts
+    # unknown names and bad hyper-parameters fail here, before any process starts
+    for name in methods:
         method_hparams(cfg, name)
     out = []
     for name in methods:
@@ -90,8 +89,10 @@ def step_cost(cfg: Config, methods: list[str], stages: list[int], steps: int = 1
             input=job,
             capture_output=True,
             text=True,
-            check=True,
         )
+        if res.returncode != 0:
+            tail = "\n".join(res.stderr.strip().splitlines()[-6:])
+            raise RuntimeError(f"timing {name} failed (exit {res.returncode}):\n{tail}")
         out += json.loads(res.stdout.strip().splitlines()[-1])
     return sorted(out, key=lambda r: (r["stage"], methods.index(r["method"])))
 
