@@ -6,15 +6,13 @@ import pytest
 import torch
 
 from server.methods.domains import split
+from server.methods.exact_gradient import alignment_gradient
+from server.methods.inner_step import AdamStep, inner_scale, rms
 from server.methods.lean_gradient import lean_gradient
 from server.methods.meta_gradient import (
-    AdamStep,
     Roles,
     _Functional,
-    alignment_gradient,
     first_order_gradient,
-    inner_scale,
-    rms,
 )
 from simulator.optim import Adam
 from simulator.segmentation import build_model

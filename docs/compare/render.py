@@ -8,7 +8,9 @@ Two steps, both read-only on the comparison folders they read:
     ``compare.md`` and plots, and for every run its ``R.csv``, ``metrics.json``, ``config.json``
     and ``stages.jsonl`` (small files; weights, ledgers and checkpoints stay behind). ``runs.csv``
     gains the run means of the alignment statistics (``align_rel_change``, ``inner_over_outer``,
-    ``align_cos_mem``, ``align_cos_gen``) from the stage log.
+    ``align_cos_mem``, ``align_cos_gen``) from the stage log and the run's privacy-audit verdict
+    (``audit``: pass, fail, or none without an audit file); each run's ``provenance.json`` is
+    copied too.
 
 ``run NAME RUN_DIR``
     copies one run's small files (R, metrics, config, stages, smd.json and its plots) into
@@ -59,6 +61,14 @@ def _alignment_means(stages: Path) -> dict[str, float]:
     }
 
 
+def _audit(run: Path) -> str:
+    """The run's privacy-audit verdict (``pass``, ``fail``), or ``none`` without an audit file."""
+    path = run / "privacy_audit.json"
+    if not path.exists():
+        return "none"
+    return str(json.loads(path.read_text()).get("verdict", "none"))
+
+
 def collect(name: str, source: Path, baseline: str | None) -> Path:
     """Copy a finished comparison's tables and each run's small files into docs/compare/NAME/."""
     source = Path(source)
@@ -80,7 +90,9 @@ def collect(name: str, source: Path, baseline: str | None) -> Path:
         (dest / "runs" / run).mkdir()
         for f in RUN_FILES:
             shutil.copy2(folder / f, dest / "runs" / run / f)
-        align.append(_alignment_means(folder / "stages.jsonl"))
+        if (folder / "provenance.json").exists():
+            shutil.copy2(folder / "provenance.json", dest / "runs" / run / "provenance.json")
+        align.append({**_alignment_means(folder / "stages.jsonl"), "audit": _audit(folder)})
     runs = pd.concat([runs, pd.DataFrame(align)], axis=1)
     runs.to_csv(dest / "runs.csv", index=False, float_format="%.4f")
     (dest / "source.json").write_text(

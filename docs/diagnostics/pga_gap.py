@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from resolution_gap import _checkpoint as _latest  # noqa: E402  (a script beside this one)
 
-from server.methods.meta_gradient import Roles, alignment_gradient, first_order_gradient
+from server.methods.exact_gradient import alignment_gradient
+from server.methods.meta_gradient import Roles, first_order_gradient
 from simulator.benchmarks.catalog import SITE_NAMES
 from simulator.config import Config
 from simulator.driver.plan import site_spec

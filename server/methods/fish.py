@@ -6,7 +6,10 @@ import torch
 from torch.func import functional_call
 
 from server.methods.domains import style_augment
-from server.methods.meta_gradient import apply_gradient, inner_scale, rms
+from server.methods.inner_step import inner_scale, rms
+from server.methods.meta_gradient import (
+    apply_gradient,
+)
 from server.methods.streams import method_generator
 from simulator.method import Batch, HParam, Method, StageContext
 from simulator.schemas import LOSS, RATIO
@@ -31,6 +34,7 @@ class Fish(Method):
     """
 
     name = "fish"
+    dp_refusal = "its inner loop over the private batch has no per-case DP form here"
     relative_cost = 3.5
     private = True
     log_names = {"loss": LOSS, "inner_over_outer": RATIO}

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import torch
 
+from server.methods.inner_step import InnerStep, as_inner
 from server.methods.meta_gradient import (
     Grads,
-    InnerStep,
     Pair,
     PGAGradient,
     Roles,
     _Functional,
     _loss_logs,
-    as_inner,
     weighted_sum,
 )
 

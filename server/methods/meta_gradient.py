@@ -50,7 +50,7 @@ alignment objective's inner products are taken in the optimiser's metric, with w
 beta = s, the scalar the first-order step uses.
 
 Two exact objectives, each differentiated by double backpropagation
-(:func:`alignment_gradient`):
+(:func:`server.methods.exact_gradient.alignment_gradient`):
 
 * stop-gradient (``pga_exact``): the objective above, the one first-order ``smg``
   approximates; the difference between the two gradients is O(lookahead^2);
@@ -72,12 +72,18 @@ from dataclasses import dataclass, field
 import torch
 from torch.func import functional_call
 
+from server.methods.inner_step import (
+    Grads,
+    Inner,
+    InnerStep,
+    as_inner,
+    rms,
+)
 from simulator.method import HParam
 from simulator.optim import Adam
 from simulator.segmentation import seg_loss, seg_loss_per_image, seg_loss_weighted
 
 Pair = tuple[torch.Tensor, torch.Tensor]
-Grads = list[torch.Tensor]
 
 LOOKAHEAD = HParam(
     "lookahead",
@@ -137,91 +143,6 @@ class PGAGradient:
     domain_grads: list[Grads]  # per domain, at theta
     inner_rms: float  # RMS of the inner displacement (mean over those taken; 0: none)
     logs: dict[str, float] = field(default_factory=dict)
-
-
-def rms(grads: Grads) -> float:
-    """Root mean square of a gradient over all its parameters (a detached scalar)."""
-    n = sum(g.numel() for g in grads)
-    return float(torch.nn.utils.get_total_norm([g.detach() for g in grads])) / n**0.5
-
-
-def inner_scale(grads: Grads, step: float) -> float:
-    """The scalar s with d = s * g of RMS ``step``; 0 for a zero gradient."""
-    r = rms(grads)
-    return step / r if r > 0 else 0.0
-
-
-@dataclass(frozen=True)
-class Inner:
-    """One inner displacement d = scale * P g of a leading gradient g, of RMS ``length``.
-
-    ``precond`` is P elementwise (None: the identity); P and ``scale`` are detached constants.
-    """
-
-    scale: float
-    length: float
-    precond: Grads | None = None
-
-    def direction(self, lead: Grads) -> Grads:
-        """P g (g itself without a preconditioner); keeps ``lead``'s graph when it has one."""
-        if self.precond is None:
-            return lead
-        return [g * p for g, p in zip(lead, self.precond, strict=True)]
-
-
-class FixedStep:
-    """d = length * g / rms(g): a fixed-length gradient step (the identity metric).
-
-    For tests, diagnostics and lookahead 0 (``FixedStep(0.0)``: no inner step)."""
-
-    def __init__(self, length: float) -> None:
-        self.length = float(length)
-
-    @property
-    def off(self) -> bool:
-        return self.length == 0.0
-
-    def __call__(self, lead: Grads) -> Inner:
-        scale = inner_scale(lead, self.length)
-        return Inner(scale, self.length if scale > 0 else 0.0)
-
-
-class AdamStep:
-    """d = lookahead times the optimiser's own step for the leading gradient, along P g.
-
-    P = 1 / (sqrt(v') + eps), the preconditioner Adam would apply if g were this step's gradient
-    (``Adam.preview``: its second moment updated with g, bias-corrected, not stored), and
-    rms(d) = lookahead * rms(the parameter change Adam would make for g): one lookahead unit is
-    one outer step at the optimiser's current moments, early or late in training.
-    """
-
-    def __init__(self, opt: Adam, lookahead: float) -> None:
-        self.opt, self.lookahead = opt, float(lookahead)
-
-    @property
-    def off(self) -> bool:
-        return self.lookahead == 0.0
-
-    def __call__(self, lead: Grads) -> Inner:
-        detached = [g.detach() for g in lead]
-        if len(detached) != len(self.opt.params):
-            raise ValueError(
-                f"AdamStep: {len(detached)} gradients for an optimiser of "
-                f"{len(self.opt.params)} parameters"
-            )
-        update, denom = self.opt.preview(detached)
-        length = self.lookahead * rms(update)
-        precond = [1.0 / d for d in denom]
-        scale = inner_scale([g * p for g, p in zip(detached, precond, strict=True)], length)
-        return Inner(scale, length if scale > 0 else 0.0, precond)
-
-
-InnerStep = FixedStep | AdamStep
-
-
-def as_inner(step: InnerStep | float) -> InnerStep:
-    """An inner-step rule; a number is a fixed length (``FixedStep``)."""
-    return FixedStep(step) if isinstance(step, int | float) else step
 
 
 class _Functional:
@@ -401,76 +322,6 @@ def first_order_gradient(
     return PGAGradient(
         grads=grads,
         plain=plain,
-        domain_grads=g,
-        inner_rms=sum(shifts) / len(shifts) if shifts else 0.0,
-        logs=logs,
-    )
-
-
-def alignment_gradient(
-    model: torch.nn.Module,
-    doms: list[Pair],
-    roles: Roles,
-    step: InnerStep | float,
-    symmetric: bool = False,
-) -> PGAGradient:
-    """Gradient of the explicit alignment objective, by double backpropagation.
-
-    Each alignment term is -beta <g_lead, g_other>_P with beta and P the scalar and the
-    preconditioner of the first-order step's inner step for the same leading gradient
-    (``step``, as in :func:`first_order_gradient`; P, beta detached). ``symmetric=False``: the
-    leading gradient is held fixed (what :func:`first_order_gradient` approximates); ``True``:
-    no stop-gradient on either side. ``inner_rms`` reports the equivalent inner displacement.
-    """
-    inner_step = as_inner(step)
-    f = _Functional(model)
-    theta = f.params()
-    losses, g_graph = _per_domain(f, theta, doms, create_graph=True)
-    g = [[t.detach() for t in grads] for grads in g_graph]
-    logs = _loss_logs(roles, losses)
-
-    def lead(grads: Grads, detached: Grads) -> Grads:
-        return grads if symmetric else detached
-
-    objective = (
-        losses[roles.current]
-        if roles.current is not None
-        else torch.zeros((), dtype=losses[0].dtype)
-    )
-    shifts = []
-
-    def alignment(lead_graph: Grads, lead_detached: Grads, other: Grads, key: str, shift: bool):
-        """-beta <lead, other>_P, or 0 when this meta-test is not shifted."""
-        if not shift or inner_step.off:
-            return 0.0
-        inner = inner_step(lead_detached)
-        dot = _dot(inner.direction(lead(lead_graph, lead_detached)), other)
-        logs[key] = float(dot.detach())
-        shifts.append(inner.length)
-        return -inner.scale * dot
-
-    if roles.mem_active:
-        c = roles.current
-        loss_r = sum(losses[k] for k in roles.replay) / len(roles.replay)
-        g_r = _mean([g_graph[k] for k in roles.replay])
-        objective = (
-            objective + loss_r + alignment(g_graph[c], g[c], g_r, "align_mem", roles.shift_mem)
-        )
-    g_a = None
-    if roles.use_gen:
-        loss_a = sum(losses[i] for i in roles.group_a) / len(roles.group_a)
-        loss_b = sum(losses[i] for i in roles.group_b) / len(roles.group_b)
-        g_a_graph = _mean([g_graph[i] for i in roles.group_a])
-        g_a = [t.detach() for t in g_a_graph]
-        g_b = _mean([g_graph[i] for i in roles.group_b])
-        align = alignment(g_a_graph, g_a, g_b, "align_gen", roles.shift_gen)
-        objective = objective + roles.lambda_gen * (loss_a + loss_b + align)
-    grads = list(torch.autograd.grad(objective, list(theta.values())))
-    mem = _mean([g[k] for k in roles.replay]) if roles.mem_active else None
-    b = _mean([g[i] for i in roles.group_b]) if roles.use_gen else None
-    return PGAGradient(
-        grads=grads,
-        plain=_combine(roles, g, mem, g_a, b),
         domain_grads=g,
         inner_rms=sum(shifts) / len(shifts) if shifts else 0.0,
         logs=logs,
