@@ -183,6 +183,16 @@ class PrivacyConfig:
     dp_delta: float = field(default=0.0, metadata=_rng(0.0, 0.1))
     #: the norm each case's prompt gradient is clipped to
     dp_clip: float = field(default=0.03, metadata=_rng(1e-8, 1e6))
+    #: in model mode, the share of dp_epsilon a site gives its visit's training (DP-SGD on the
+    #: segmentation network); the prompt gets the rest, each at half of dp_delta, so the site's
+    #: total is (dp_epsilon, dp_delta) by composition (prompt-only mode: the prompt gets it all)
+    dp_train_share: float = field(default=0.5, metadata=_rng(0.0, 1.0))
+    #: the norm each case's gradient is clipped to in DP visit training (per-case norms of the
+    #: quick profile's network: medians 0.32-0.43)
+    dp_train_clip: float = field(default=0.5, metadata=_rng(1e-8, 1e6))
+    #: the most epsilon a site lets all runs together spend on one data set (RDP composition of
+    #: every DP mechanism it ran on it, kept in the site's folder; 0: no cap)
+    dp_budget: float = field(default=0.0, metadata=_rng(0.0, 1e6))
     #: the most scalar bits each site sends the learner in a run (each site refuses more)
     scalar_bits_cap: int = field(default=SCALAR_BITS_CAP, metadata=_rng(0, 10**9))
 

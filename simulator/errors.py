@@ -58,6 +58,8 @@ SITE_ERROR_CODES = (
     "query-budget",  # a declared query operation has answered as often as the site allows a run
     "scalar-budget",  # the reply would pass the site's cap of scalar bits for the run
     "dp-delta",  # the site's DP delta is not below 1 / n (its ``count``: n, its train cases)
+    "dp-method",  # under DP the site refuses to train with a method that has no DP step
+    "dp-budget",  # the data set's DP budget (the site's dp_budget) would be passed
     "device-error",  # the compute device failed (out of memory, a device the site lacks)
     "internal",  # anything else: a bug to report, with the site's log
 )

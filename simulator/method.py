@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from simulator.dp import PrivateMean
 from simulator.errors import ConfigError
 from simulator.optim import Adam
 from simulator.schemas import LOSS, MetricRule
@@ -147,6 +148,9 @@ class Method(ABC):
     #: method before any run of it has finished, and with several runs at once a cell's costliest
     #: run starts first
     relative_cost: ClassVar[float] = 1.0
+    #: why the method cannot train under DP at a site (privacy.dp_epsilon in model mode); ""
+    #: for a method that implements :meth:`dp_update`
+    dp_refusal: ClassVar[str] = "it has no DP training step"
 
     @classmethod
     def state_spec(
@@ -191,6 +195,23 @@ class Method(ABC):
     @abstractmethod
     def update(self, batch: Batch) -> dict[str, float]:
         """One outer step; returns scalar logs only."""
+
+    @classmethod
+    def dp_check(cls, hparams: Mapping[str, HValue]) -> str:
+        """Why the method with these hyper-parameters cannot train under DP ("" if it can): the
+        class's ``dp_refusal``, or a reason its hyper-parameters give."""
+        return cls.dp_refusal
+
+    def dp_queries(self, has_replay: bool) -> int:
+        """How many private gradient queries one :meth:`dp_update` step asks of the same sample
+        (the accountant scales the noise by the square root)."""
+        return 1
+
+    def dp_update(self, batch: Batch, private: PrivateMean) -> dict[str, float]:
+        """One outer step under DP: ``batch.x``/``batch.y`` are a Poisson sample of the site's
+        cases (one slice each), and every gradient of a loss on them goes through ``private``;
+        returns only scalars that are not computed on private data."""
+        raise NotImplementedError(f"method {self.name!r}: {self.dp_refusal}")
 
     def end_stage(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Finish a visit (compute statistics to carry forward, ...)."""

@@ -165,6 +165,9 @@ class SettingsCheck(Payload):
     dp_epsilon: float = _role("config")
     dp_delta: float = _role("config")
     dp_clip: float = _role("config")
+    dp_train_share: float = _role("config")
+    dp_train_clip: float = _role("config")
+    dp_budget: float = _role("config")
     #: the most scalar bits the site sends the learner in the run
     scalar_bits_cap: int = _role("config")
 

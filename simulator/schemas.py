@@ -193,7 +193,20 @@ PROMPT_LOGS_DP = {
     "dp_sample_rate": FRACTION,
     "dp_cases": COUNT,
     "dp_clip": RATIO,
+    "dp_dataset_epsilon": RATIO,
 }
+#: a visit under DP: its privacy parameters and the epsilon the accountant says it spent
+DP_TRAIN = {
+    **rules(
+        ("dp_train_epsilon", "dp_train_noise_multiplier", "dp_train_clip", "dp_dataset_epsilon"),
+        RATIO,
+    ),
+    "dp_train_delta": DELTA,
+    "dp_train_sample_rate": FRACTION,
+    **rules(("dp_train_steps", "dp_train_queries", "dp_train_cases"), COUNT),
+}
+#: the method logs a visit under DP may send: ratios of post-processed (noisy) steps
+DP_VISIT_LOGS = ("inner_over_outer",)
 #: a fidelity check: TSTR (always); the intensity, foreground, nearest-neighbour and membership
 #: figures only from a site without DP (:data:`FIDELITY_DP`); distances to 0.01, shares to 0.001
 FIDELITY = {

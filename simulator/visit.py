@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from simulator.devices import to_device, to_host
+from simulator.dp import DPSampler
 from simulator.method import Batch, Method, StageContext
 from simulator.payloads import ModelArch, VisitRequest
 from simulator.seeding import derive_seed, torch_generator
@@ -65,6 +66,9 @@ class LocalVisit:
     #: the weights the visit was sent, name -> (shape, dtype): exactly what its model reply
     #: may carry
     received: dict[str, tuple[tuple[int, ...], str]] = field(default_factory=dict)
+    #: under DP (set by the site before the first step): the Poisson sampler of the site's cases
+    #: and the private gradient every step's loss on them goes through
+    dp: DPSampler | None = None
     step: int = 0
     seconds: float = 0.0
     sums: dict[str, float] = field(default_factory=dict)
@@ -120,7 +124,10 @@ class LocalVisit:
         a step replays (all earlier sites, or the method's ``replay_sites_per_step`` of them)."""
         train_x, train_y = self.train
         n = len(train_x)
-        idx = torch.randint(n, (min(self.batch_size, n),), generator=self.ctx.generator)
+        if self.dp is not None:  # Poisson sampling of cases, from the site's own generator
+            idx = torch.tensor(self.dp.draw(), dtype=torch.long)
+        else:
+            idx = torch.randint(n, (min(self.batch_size, n),), generator=self.ctx.generator)
         replay = {}
         shared = (
             min(len(self.replay), self.replay_sites) if self.replay_sites > 0 else len(self.replay)
@@ -156,7 +163,13 @@ class LocalVisit:
         for _ in range(n):
             if before_step is not None:
                 before_step(self.step)
-            for k, val in self.method.update(self.batch()).items():
+            batch = self.batch()
+            logs = (
+                self.method.update(batch)
+                if self.dp is None
+                else self.method.dp_update(batch, self.dp.private)
+            )
+            for k, val in logs.items():
                 sums[k] = sums.get(k, 0.0) + float(val)
                 counts[k] = counts.get(k, 0) + 1
             self.step += 1

@@ -33,7 +33,6 @@ pseudo-random function of the site's secret over the whole request
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Callable
@@ -42,36 +41,9 @@ import numpy as np
 import torch
 
 from simulator.devices import device_of, to_device, to_host
+from simulator.dp import case_groups, noise_multiplier, poisson_cases, spent_epsilon
 from simulator.optim import Adam
 from simulator.smd.backbone import SMDBackbone, to_model_space
-
-
-@functools.lru_cache(maxsize=256)
-def noise_multiplier(epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
-    """The smallest sigma whose ``steps`` steps at ``sample_rate`` spend at most ``epsilon`` at
-    ``delta`` (a search of the accountant, about a second; kept per process)."""
-    from opacus.accountants.utils import get_noise_multiplier
-
-    return float(
-        get_noise_multiplier(
-            target_epsilon=epsilon,
-            target_delta=delta,
-            sample_rate=sample_rate,
-            steps=steps,
-            accountant="rdp",
-            epsilon_tolerance=0.005,
-        )
-    )
-
-
-def spent_epsilon(sigma: float, sample_rate: float, steps: int, delta: float) -> float:
-    """The epsilon that ``steps`` DP-SGD steps of noise ``sigma`` at ``sample_rate`` spend at
-    ``delta``."""
-    from opacus.accountants import RDPAccountant
-
-    acc = RDPAccountant()
-    acc.history = [(sigma, sample_rate, steps)]
-    return float(acc.get_epsilon(delta))
 
 
 def per_sample_grads(
@@ -86,12 +58,6 @@ def per_sample_grads(
     losses = backbone.denoise_loss(x, to_tokens(rep), gen, reduce=False)
     (grad,) = torch.autograd.grad(losses.sum(), rep)
     return grad
-
-
-def _draw(cases: list[np.ndarray], q: float, gen: torch.Generator) -> list[int]:
-    """Poisson sampling of cases at rate ``q``, then one random slice of each drawn case."""
-    drawn = (torch.rand(len(cases), generator=gen) < q).nonzero().flatten().tolist()
-    return [int(cases[c][int(torch.randint(len(cases[c]), (1,), generator=gen))]) for c in drawn]
 
 
 def _dp_step(
@@ -144,7 +110,7 @@ def dp_tune_prompt(
     backbone.eval()
     dev = device_of(backbone)
     (x,) = to_device(dev, to_model_space(images, masks, backbone.spec.image_size))
-    cases = [np.flatnonzero(case_ids == c) for c in np.unique(case_ids)]
+    cases = case_groups(case_ids)
     n = len(cases)
     delta = delta if delta > 0 else 1.0 / (10 * n)
     q = min(1.0, batch / n)
@@ -161,7 +127,7 @@ def dp_tune_prompt(
             backbone.tokens_from_condition,
             backbone,
             x,
-            _draw(cases, q, gen),
+            poisson_cases(cases, q, gen),
             clip,
             sigma,
             expected,
@@ -178,7 +144,7 @@ def dp_tune_prompt(
             lambda p: p,
             backbone,
             x,
-            _draw(cases, q, gen),
+            poisson_cases(cases, q, gen),
             clip * fine_clip_scale,
             sigma,
             expected,

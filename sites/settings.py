@@ -47,6 +47,13 @@ class SiteSettings:
     dp_epsilon: float = 0.0
     dp_delta: float = 0.0
     dp_clip: float = 0.03
+    #: the share of ``dp_epsilon`` for DP-SGD training during visits (the prompt gets the rest,
+    #: each at half of the delta; 0: no training at this site under DP, the prompt gets it all)
+    dp_train_share: float = 0.5
+    #: the norm each case's gradient is clipped to in DP visit training
+    dp_train_clip: float = 0.5
+    #: the most epsilon all runs together may spend on this site's data set (0: no cap)
+    dp_budget: float = 0.0
     #: whether the operator allows previews of real (user) images
     allow_real_previews: bool = False
     #: the run this site serves (its budgets are per run); "" for a node: all its runs
@@ -107,6 +114,9 @@ class SiteSettings:
             dp_epsilon=self.dp_epsilon,
             dp_delta=self.dp_delta,
             dp_clip=self.dp_clip,
+            dp_train_share=self.dp_train_share,
+            dp_train_clip=self.dp_train_clip,
+            dp_budget=self.dp_budget,
             scalar_bits_cap=self.scalar_bits_cap,
         )
 
@@ -119,6 +129,8 @@ class SiteSettings:
         if self.dp_epsilon > 0 and not 0 < req.dp_epsilon <= self.dp_epsilon:
             weaker = True
         if req.scalar_bits_cap > self.scalar_bits_cap:
+            weaker = True
+        if self.dp_budget > 0 and not 0 < req.dp_budget <= self.dp_budget:
             weaker = True
         if weaker:
             raise SiteRefusal("refused-setting", f"asked for {req}, the site's own are {own}")

@@ -44,6 +44,7 @@ from simulator.payloads import (
 from simulator.schemas import RULES, MetricRule, Schema, message_bits
 from sites.blocklist import Blocklist, WindowIndex
 from sites.datasets import SiteData, build_site_data
+from sites.dp_budget import DatasetBudget, data_fingerprint
 from sites.egress import MODES, EgressGuard, Violation
 from sites.operator_ops import OperatorOps
 from sites.refusals import SiteRefusal
@@ -184,6 +185,11 @@ class Site:
             }
         )
         rd = reply.to_record(src=schema.src, dst=schema.dsts[0])
+        if code == "dp-budget" and "_guard" not in self.__dict__:
+            # refused before any image is decoded, and the guard is built from the images: the
+            # constant reply is counted in the scalar budget and leaves unchecked
+            self._charge(rd, schema, enforce=False)
+            return rd
         try:  # the guard counts the error reply too; it is built from constants only
             rd = self._guard.check(rd, schema)
             self._charge(rd, schema, enforce=False)  # an error reply always goes; it is counted
@@ -204,6 +210,11 @@ class Site:
             yield
         finally:
             torch.set_num_threads(self._threads)
+
+    @cached_property
+    def dataset_budget(self) -> DatasetBudget:
+        """The DP ledger of this site's data set (:mod:`sites.dp_budget`)."""
+        return DatasetBudget(self.state.folder, data_fingerprint(self.spec))
 
     # -- private data, built on first use ------------------------------------------------
     @cached_property
@@ -298,8 +309,11 @@ class Site:
     # -- the site's own operations ------------------------------------------------------
     def _check(self, req: SettingsCheck) -> RecordDict:
         """Whether the run's expectations are this site's own settings (refused otherwise); under
-        DP, refused (``dp-delta``, with its number of train cases n) unless delta < 1/n."""
+        DP, refused before any image is decoded if the run could pass the data set's budget
+        (``dp-budget``), and unless delta < 1/n (``dp-delta``, with n, its train cases)."""
         self.settings.check(req)
+        if self.settings.dp_epsilon > 0:
+            self.dataset_budget.check_run(self.settings.dp_epsilon, self.settings.dp_budget)
         require_dp_delta(self.settings, self.data)
         return self.metrics(schemas.SETTINGS_CHECK, match=1)
 

@@ -120,11 +120,22 @@ class SiteSMD:
         own = self.site.settings  # DP is the site's own setting, never the request's
         if own.dp_epsilon > 0:  # DP-SGD: every read of private data accounted, no private loss sent
             require_dp_delta(own, d)
+            from simulator.dp import case_groups, noise_multiplier
             from sites.dp_prompt import dp_tune_prompt
+            from sites.dp_train import site_budget
 
             # the mechanism's randomness: the site's secret over the whole request, never the
             # request's seed (a learner that knows the seed could recompute the noise)
             gen = self.site.state.keyed_generator("dp-prompt", self.site.request[1])
+            # in model mode the site keeps a share of its budget for its visit's training
+            n = len(case_groups(d.case_ids()))
+            budget = site_budget(own, n)
+            eps, delta = budget.prompt
+            q = min(1.0, req.batch / n)
+            mechanism = (noise_multiplier(eps, delta, q, req.steps), q, req.steps)
+            spent = self.site.dataset_budget.charge(
+                f"prompt:{self.site.request[1]}", [mechanism], budget.delta, own.dp_budget, own.run
+            )
             prompt, logs = dp_tune_prompt(
                 backbone,
                 d.train_x,
@@ -134,8 +145,8 @@ class SiteSMD:
                 req.lr,
                 req.batch,
                 gen,
-                own.dp_epsilon,
-                own.dp_delta,
+                eps,
+                delta,
                 own.dp_clip,
             )
         else:
@@ -153,6 +164,8 @@ class SiteSMD:
             )
         self._prompt = prompt
         logs["data_bytes"] = int(d.train_x.nbytes + d.train_y.nbytes)
+        if own.dp_epsilon > 0:
+            logs["dp_dataset_epsilon"] = spent
         spec = backbone.spec
         return self.site.send(
             PromptReply(prompt, logs),

@@ -50,10 +50,33 @@ class VisitOps:
         return self._visit
 
     def start_visit(self, req: VisitRequest) -> RecordDict:
-        """Receive the learner's weights, method and replay; prepare local training."""
+        """Receive the learner's weights, method and replay; prepare local training (under the
+        site's DP, every step a DP-SGD step: :mod:`sites.dp_train`)."""
         s = self.site
         self._visit = None
-        self._visit = LocalVisit.start(req, s.name, s.tensors[:2], s.device, s.method_factory)
+        visit = LocalVisit.start(req, s.name, s.tensors[:2], s.device, s.method_factory)
+        own = s.settings
+        if own.dp_epsilon > 0:
+            reason = type(visit.method).dp_check(visit.method.hp)
+            if reason:
+                raise SiteRefusal("dp-method", f"{req.method} cannot train under DP: {reason}")
+            from sites.dp_train import plan_dp_training
+
+            # sampling and noise from the site's secret over the request, never its seed
+            gen = s.state.keyed_generator("dp-train", s.request[1])
+            queries = visit.method.dp_queries(bool(visit.replay))
+            visit.dp = plan_dp_training(
+                own, s.data.case_ids(), req.steps, req.batch_size, queries, gen
+            )
+            dp = visit.dp
+            visit.dp.dataset_epsilon = s.dataset_budget.charge(
+                f"visit:{s.request[1]}",
+                [(dp.sigma, dp.sample_rate, dp.steps)],
+                dp.budget_delta,
+                own.dp_budget,
+                own.run,
+            )
+        self._visit = visit
         self._visit_request = s.request[1]
         return s.metrics(schemas.VISIT_START, steps=req.steps, replay_sites=len(self._visit.replay))
 
@@ -78,6 +101,12 @@ class VisitOps:
         weights, state, logs, mean_loss = v.finish()
         self._visit = None
         method = type(v.method)
+        dp_names = {}
+        if v.dp is not None:  # no loss on private data leaves; the privacy parameters do
+            logs = {k: val for k, val in logs.items() if k in schemas.DP_VISIT_LOGS}
+            logs.update(v.dp.logs())
+            mean_loss = 0.0
+            dp_names = schemas.DP_TRAIN
         arrays = {f"weights/{k}": spec for k, spec in v.received.items()}
         arrays.update(
             {f"state/{k}": spec for k, spec in method.state_spec(v.received).items() if k in state}
@@ -86,6 +115,7 @@ class VisitOps:
             **schemas.MODEL,
             **method.log_names,
             **method.summary_names([self.site.name, *v.ctx.replay_sites]),
+            **dp_names,
         }
         reply = ModelReply(
             weights, state, steps=v.step, train_seconds=v.seconds, mean_loss=mean_loss, logs=logs

@@ -176,5 +176,7 @@ def test_a_dp_run_reports_epsilon_per_site_in_the_audit(tmp_path):
     formal = audit["claims"]["formal"]
     assert audit["verdict"] == "pass" and formal["verdict"] == "bounded"
     assert set(formal["sites"]) == {"alpha", "bravo"} and formal["epsilon"] <= 4 + 1e-6
-    assert "weights a site returns" in formal["claim"]  # model mode: the weights are not covered
+    # model mode: the weights are covered too, each site's prompt and training composed
+    assert "the weights its visit returned" in formal["claim"]
+    assert all({"prompt", "training"} <= set(row) for row in formal["sites"].values())
     assert "epsilon" in (out / "privacy_audit.md").read_text()

@@ -22,6 +22,7 @@ class ERReal(Method):
     """
 
     name = "er_real"
+    dp_refusal = "it keeps real images of earlier sites (non-private by design)"
     relative_cost = 0.9
     private = False
     log_names = {"loss": LOSS, "loss_current": LOSS}

@@ -21,6 +21,10 @@ class EWC(Method):
     """
 
     name = "ewc"
+    dp_refusal = (
+        "its Fisher information, computed on the site's images, would leave with the model "
+        "outside any DP mechanism"
+    )
     relative_cost = 1.0
     private = True
     log_names = {"loss": LOSS, "loss_current": LOSS, "ewc_penalty": RATIO}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from server.methods.dp_steps import private_gradient
+from server.methods.meta_gradient import apply_gradient
+from simulator.dp import PrivateMean
 from simulator.method import Batch, Method, StageContext
 from simulator.segmentation import seg_loss
 
@@ -16,6 +19,7 @@ class Finetune(Method):
     name = "finetune"
     relative_cost = 1.0
     private = True
+    dp_refusal = ""
 
     def begin_stage(self, ctx: StageContext) -> None:
         self.opt = self.adam()
@@ -27,3 +31,11 @@ class Finetune(Method):
         loss.backward()
         self.opt.step()
         return {"loss": float(loss.detach())}
+
+    def dp_update(self, batch: Batch, private: PrivateMean) -> dict[str, float]:
+        """DP-SGD: the noisy mean of the drawn cases' clipped gradients."""
+        self.model.train()
+        apply_gradient(
+            self.model, self.opt, private_gradient(self.model, private, batch.x, batch.y)
+        )
+        return {}

@@ -16,6 +16,7 @@ class Joint(ERReal):
     """
 
     name = "joint"
+    dp_refusal = "it trains on real images of earlier sites (non-private by design)"
     relative_cost = 1.1
     private = False
     hyperparameters = (

@@ -22,6 +22,7 @@ class LwF(Method):
     """
 
     name = "lwf"
+    dp_refusal = "its distillation step has no per-case DP form here"
     relative_cost = 1.1
     private = True
     log_names = {"loss": LOSS, "loss_current": LOSS, "distill": LOSS}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from server.methods.alignment import alignment_logs, gram, inner_over_outer
 from server.methods.domains import style_augment
+from server.methods.inner_step import AdamStep
 from server.methods.meta_gradient import (
     LOOKAHEAD,
-    AdamStep,
     Roles,
     apply_gradient,
     first_order_gradient,
@@ -28,6 +28,7 @@ class MLDG(Method):
     """
 
     name = "mldg"
+    dp_refusal = "its meta-test on a view of the private batch has no per-case DP form here"
     relative_cost = 2.5
     private = True
     log_names = {

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
+from server.methods.exact_gradient import alignment_gradient
 from server.methods.meta_gradient import (
     LAMBDA_GEN,
     LOOKAHEAD,
     Pair,
     PGAGradient,
     Roles,
-    alignment_gradient,
 )
 from server.methods.smg import GEN_LEAD, REPLAY_SITES_PER_STEP, SMG
 
@@ -27,6 +27,7 @@ class PGAExact(SMG):
 
     name = "pga_exact"
     relative_cost = 8.4
+    dp_refusal = "its double back-propagation has no per-case DP form here"
     hyperparameters = (
         LOOKAHEAD,
         LAMBDA_GEN,

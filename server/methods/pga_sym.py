@@ -3,13 +3,13 @@ form."""
 
 from __future__ import annotations
 
+from server.methods.exact_gradient import alignment_gradient
 from server.methods.meta_gradient import (
     LAMBDA_GEN,
     LOOKAHEAD,
     Pair,
     PGAGradient,
     Roles,
-    alignment_gradient,
 )
 from server.methods.smg import GEN_LEAD, REPLAY_SITES_PER_STEP, SMG
 
@@ -29,6 +29,7 @@ class PGASym(SMG):
 
     name = "pga_sym"
     relative_cost = 11.1
+    dp_refusal = "its double back-propagation has no per-case DP form here"
     hyperparameters = (
         LOOKAHEAD,
         LAMBDA_GEN,

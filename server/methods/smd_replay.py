@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from server.methods.dp_steps import private_gradient
+from server.methods.meta_gradient import apply_gradient, weighted_sum
+from simulator.dp import PrivateMean
 from simulator.method import Batch, Method, StageContext
 from simulator.schemas import LOSS
 from simulator.segmentation import seg_loss
@@ -22,6 +25,7 @@ class SMDReplay(Method):
     relative_cost = 2.1
     private = True
     uses_replay = True
+    dp_refusal = ""
     log_names = {"loss": LOSS, "loss_current": LOSS, "loss_replay": LOSS}
 
     def begin_stage(self, ctx: StageContext) -> None:
@@ -39,3 +43,16 @@ class SMDReplay(Method):
         if len(losses) > 1:
             logs["loss_replay"] = float(torch.stack(losses[1:]).mean().detach())
         return logs
+
+    def dp_update(self, batch: Batch, private: PrivateMean) -> dict[str, float]:
+        """The same mean of the current and replay losses, the current site's gradient a DP
+        query (the replay's is public)."""
+        self.model.train()
+        share = 1.0 / (1 + len(batch.replay))
+        terms = [(share, private_gradient(self.model, private, batch.x, batch.y))]
+        if batch.replay:
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            replay = sum(seg_loss(self.model(x), y) for x, y in batch.replay.values())
+            terms.append((share, list(torch.autograd.grad(replay, params))))
+        apply_gradient(self.model, self.opt, weighted_sum(terms))
+        return {}

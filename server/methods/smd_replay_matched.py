@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from server.methods.meta_gradient import LAMBDA_GEN, FixedStep, InnerStep
+from server.methods.inner_step import FixedStep, InnerStep
+from server.methods.meta_gradient import (
+    LAMBDA_GEN,
+)
 from server.methods.smg import REPLAY_SITES_PER_STEP, SMG, STATS_EVERY
 
 

@@ -7,16 +7,18 @@ statistics every step logs are in :mod:`server.methods.alignment`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from server.methods.alignment import alignment_logs, cosine_summary, gram, inner_over_outer
 from server.methods.domains import split, style_augment
+from server.methods.dp_steps import dp_pga_gradient
+from server.methods.inner_step import AdamStep, InnerStep
 from server.methods.lean_gradient import lean_gradient
 from server.methods.meta_gradient import (
     LAMBDA_GEN,
     LOOKAHEAD,
-    AdamStep,
-    InnerStep,
     Pair,
     PGAGradient,
     Roles,
@@ -24,7 +26,8 @@ from server.methods.meta_gradient import (
     first_order_gradient,
 )
 from server.methods.streams import method_generator
-from simulator.method import Batch, HParam, Method, StageContext
+from simulator.dp import PrivateMean
+from simulator.method import Batch, HParam, HValue, Method, StageContext
 from simulator.schemas import COSINE, LOSS, RATIO, SIGNED, MetricRule, rules
 
 REPLAY_SITES_PER_STEP = HParam(
@@ -144,7 +147,7 @@ class SMG(Method):
             ]
             pool = [1, 2]
         a, b = split(len(pool), self.gen)
-        if replay and self.hp.get("gen_lead") == "current" and 0 in b:
+        if replay and self.hp.get("gen_lead", "current") == "current" and 0 in b:
             a, b = b, a  # the same draw; L_A + L_B, the plain terms, is symmetric in A and B
         roles = Roles(
             current=0,
@@ -185,6 +188,34 @@ class SMG(Method):
     def stage_summary(self) -> dict[str, float]:
         """The last step's gradient cosine between every ordered pair of its domains."""
         return cosine_summary(*self._last) if self._last is not None else {}
+
+    dp_refusal = ""
+
+    @classmethod
+    def dp_check(cls, hparams: Mapping[str, HValue]) -> str:
+        if cls.dp_refusal:
+            return cls.dp_refusal
+        if hparams.get("gen_lead", "current") != "current":
+            return (
+                "gen_lead=random makes the current site a meta-test domain of J_gen, a second "
+                "private query per step; use gen_lead=current"
+            )
+        return ""
+
+    def dp_queries(self, has_replay: bool) -> int:
+        """Two at the first visit when J_gen's meta-test is shifted (the leading view, then the
+        step); one otherwise (:mod:`server.methods.dp_steps`)."""
+        lookahead = float(self.hp.get("lookahead", 0.0))
+        return 2 if not has_replay and self.shift_gen and lookahead > 0 else 1
+
+    def dp_update(self, batch: Batch, private: PrivateMean) -> dict[str, float]:
+        """The PGA step with every gradient on the site's cases a DP query."""
+        self.model.train()
+        _, doms, roles = self._plan(batch)
+        self._step += 1
+        res = dp_pga_gradient(self.model, doms, roles, self._inner(), private)
+        outer = apply_gradient(self.model, self.opt, res.grads)
+        return {"inner_over_outer": inner_over_outer(res.inner_rms, outer)}
 
 
 class SMGMem(SMG):

@@ -19,7 +19,9 @@ from simulator.config import Config
 
 def measure_step(cfg: Config, name: str, replay_sites: int, steps: int) -> dict[str, float | str]:
     """Seconds per outer step of method ``name`` on random data at ``cfg``'s sizes, on the device
-    ``runtime.device`` names (in this process; a CUDA step is timed to its end)."""
+    ``runtime.device`` names (in this process; a CUDA step is timed to its end); with
+    ``privacy.dp_epsilon`` set, its DP step (per-case gradients, clipping, noise) on a batch of
+    the same size."""
     import torch
 
     from server.methods import build_method
@@ -49,17 +51,29 @@ def measure_step(cfg: Config, name: str, replay_sites: int, steps: int) -> dict[
         model = model.to(memory_format=torch.channels_last)
     method = build_method(name, model, method_hparams(cfg, name))
     method.begin_stage(StageContext("a", 2, steps, dev, gen, list(batch.replay)))
-    method.update(batch)  # the first step allocates; it is not timed
+    step = method.update
+    if cfg.privacy.dp_epsilon > 0:
+        from simulator.dp import PrivateMean
+
+        private = PrivateMean(cfg.privacy.dp_train_clip, 1.0, float(b), torch_generator(1))
+        queries = method.dp_queries(bool(batch.replay))
+
+        def step(batch: Batch) -> dict[str, float]:
+            private.sigma = queries**0.5
+            return method.dp_update(batch, private)
+
+    step(batch)  # the first step allocates; it is not timed
     sync()
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     for _ in range(steps):
-        method.update(batch)
+        step(batch)
     sync()
     seconds = (time.perf_counter() - t0) / steps
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     row = {
         "method": name,
+        "dp": cfg.privacy.dp_epsilon > 0,
         "device": str(dev),
         "seconds_per_step": seconds,
         "peak_rss_mb": peak / 1024,
@@ -74,11 +88,16 @@ def step_cost(cfg: Config, methods: list[str], stages: list[int], steps: int = 1
     """Seconds per outer step and peak RSS of each method at each stage (stage ``s`` replays
     ``s - 1`` earlier sites), each method in a process of its own, its stages in rising order
     (a later stage's peak is the larger)."""
+    from server.methods import method_class
     from simulator.driver.plan import method_hparams
+    from simulator.errors import ConfigError
 
     # unknown names and bad hyper-parameters fail here, before any process starts
     for name in methods:
-        method_hparams(cfg, name)
+        hp = method_hparams(cfg, name)
+        why = method_class(name).dp_check(hp) if cfg.privacy.dp_epsilon > 0 else ""
+        if why:
+            raise ConfigError(f"privacy.dp_epsilon: method {name!r} has no DP step: {why}")
     out = []
     for name in methods:
         job = json.dumps(

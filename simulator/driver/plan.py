@@ -124,6 +124,9 @@ def site_settings(
             dp_epsilon=priv.dp_epsilon,
             dp_delta=priv.dp_delta,
             dp_clip=priv.dp_clip,
+            dp_train_share=priv.dp_train_share if priv.exports == "model" else 0.0,
+            dp_train_clip=priv.dp_train_clip,
+            dp_budget=priv.dp_budget,
             run=run,
             scalar_bits_cap=priv.scalar_bits_cap,
             nn_threshold=priv.nn_threshold,
@@ -238,6 +241,24 @@ def plan_run(cfg: Config, reuse: Path | None = None, new_folder: bool = True) ->
             f"privacy.exports=prompt: {cls.name!r} needs real images at the learner; prompt-only "
             f"mode trains on synthetic images of each site"
         )
+    priv = cfg.privacy
+    if priv.dp_epsilon > 0 and priv.exports == "model" and cls.private:
+        why = cls.dp_check(method_hparams(cfg, cls.name))
+        if why:
+            raise ConfigError(
+                f"privacy.dp_epsilon={priv.dp_epsilon:g}: method {cls.name!r} cannot train under "
+                f"DP at a site: {why}"
+            )
+        if priv.dp_train_share <= 0:
+            raise ConfigError(
+                "privacy.dp_train_share=0 leaves no budget for training at the sites in model "
+                "mode; set a share in (0, 1) or use privacy.exports=prompt"
+            )
+        if smd_on and priv.dp_train_share >= 1:
+            raise ConfigError(
+                f"privacy.dp_train_share=1 leaves no budget for the prompts {cls.name!r} needs; "
+                f"set a share in (0, 1)"
+            )
     smd = None
     if smd_on:
         from simulator.smd.pretrain import smd_spec

@@ -30,6 +30,8 @@ class RunFiles:
     trace_paths: dict[str, Path]
     #: the driver's own record (``runtime.json``: engine, pid and start of the driver)
     runtime: dict[str, Any]
+    #: one line per stage (``stages.jsonl``: the visited site and what its visit reported)
+    stages: list[dict[str, Any]] = ()
 
     @property
     def sites(self) -> list[str]:
@@ -75,4 +77,12 @@ def read_run_files(run_dir: Path, node_traces: list[Path] = ()) -> RunFiles:
         trace_files=files,
         trace_paths=paths,
         runtime=_read_optional_json(run_dir / "runtime.json"),
+        stages=_read_lines(run_dir / "stages.jsonl"),
     )
+
+
+def _read_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines of a file a run may lack (an empty list then)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

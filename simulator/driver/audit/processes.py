@@ -32,8 +32,12 @@ LIMITS = (
 #: what the libraries the project uses launch or load inside sites and the learner, by the event
 #: and a pattern of what it names (anything else is a finding): ``platform.architecture()``
 #: runs ``file -b`` on the Python executable (Flower's telemetry calls it in a node's ClientApp
-#: process)
-ALLOWED_EVENTS: tuple[tuple[str, str], ...] = (("subprocess.Popen", r"^file -b \S*python[\d.]*$"),)
+#: process); torch.distributed's elastic launcher, imported with Opacus (the DP accountant),
+#: opens the C library every process already has (``ctypes.CDLL("libc.so.6")``)
+ALLOWED_EVENTS: tuple[tuple[str, str], ...] = (
+    ("subprocess.Popen", r"^file -b \S*python[\d.]*$"),
+    ("ctypes.dlopen", r"^libc\.so\.6$"),
+)
 
 #: what a site may write outside its own data folder: its SMD cache's backbone files, torch's
 #: compile cache in the temporary folder, and the null device
