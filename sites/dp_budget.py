@@ -100,16 +100,38 @@ class DatasetBudget:
             return composed_epsilon(self._history(book), book["delta"]), float(book["delta"])
 
     def charge(
-        self, key: str, mechanisms: list[Mechanism], delta: float, cap: float, run: str = ""
+        self,
+        key: str,
+        mechanisms: list[Mechanism],
+        delta: float,
+        cap: float,
+        run: str,
+        run_cap: float,
     ) -> float:
-        """Reserve ``mechanisms`` for the request ``key`` (free if already reserved); returns the
-        data set's composed epsilon with them. Refused (``dp-budget``) past ``cap`` (0: none)."""
+        """Reserve ``mechanisms`` for the request ``key`` of run ``run`` (free if already
+        reserved); returns the data set's composed epsilon with them. Refused (``dp-budget``) if
+        the run's own mechanisms would pass ``run_cap`` at ``delta`` (the site's per-run epsilon:
+        a learner that asks for a second prompt or a second visit gets no more), or the data set's
+        past ``cap`` (0: none)."""
         with self._locked() as book:
             book.setdefault("delta", float(delta))
             conv = float(book["delta"])
             history = self._history(book)
             if key in book["charges"]:
                 return composed_epsilon(history, conv)
+            ours = [
+                tuple(m)
+                for c in book["charges"].values()
+                if c["run"] == run
+                for m in c["mechanisms"]
+            ]
+            in_run = composed_epsilon(ours + list(mechanisms), delta)
+            if run_cap > 0 and in_run > run_cap * (1 + 1e-6):
+                raise SiteRefusal(
+                    "dp-budget",
+                    f"run {run}: its DP mechanisms would spend epsilon {in_run:.3g} > "
+                    f"dp_epsilon {run_cap:g} (delta {delta:.3g})",
+                )
             total = composed_epsilon(history + list(mechanisms), conv)
             if cap > 0 and total > cap * (1 + 1e-9):
                 spent = composed_epsilon(history, conv) if history else 0.0

@@ -134,7 +134,12 @@ class SiteSMD:
             q = min(1.0, req.batch / n)
             mechanism = (noise_multiplier(eps, delta, q, req.steps), q, req.steps)
             spent = self.site.dataset_budget.charge(
-                f"prompt:{self.site.request[1]}", [mechanism], budget.delta, own.dp_budget, own.run
+                f"prompt:{self.site.request[1]}",
+                [mechanism],
+                budget.delta,
+                own.dp_budget,
+                self.site.state.run,
+                own.dp_epsilon,
             )
             prompt, logs = dp_tune_prompt(
                 backbone,

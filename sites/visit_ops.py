@@ -74,7 +74,8 @@ class VisitOps:
                 [(dp.sigma, dp.sample_rate, dp.steps)],
                 dp.budget_delta,
                 own.dp_budget,
-                own.run,
+                s.state.run,
+                own.dp_epsilon,
             )
         self._visit = visit
         self._visit_request = s.request[1]

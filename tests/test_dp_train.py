@@ -287,5 +287,30 @@ def test_an_identical_request_is_charged_once(tmp_path, learners):
     again = _visit(make_site(spec, run="r1", dp_epsilon=4.0), learner).logs["dp_dataset_epsilon"]
     assert again == first  # a retried visit: the same request, no new charge
     learner.weights = {k: v + 1e-3 for k, v in learner.weights.items()}
-    other = _visit(make_site(spec, run="r1", dp_epsilon=4.0), learner).logs["dp_dataset_epsilon"]
+    other = _visit(make_site(spec, run="r2", dp_epsilon=4.0), learner).logs["dp_dataset_epsilon"]
     assert other > first
+
+
+def test_a_run_gets_no_more_than_its_epsilon_however_often_it_asks(tmp_path, learners):
+    """A learner that asks for visit after visit in one run (each another request, so each
+    charged): the site refuses once the run's mechanisms, composed, would pass dp_epsilon."""
+    from sites.dp_budget import DatasetBudget
+
+    spec = dataclasses.replace(SPEC, data_dir=str(tmp_path / "alpha"))
+    learner = learners("finetune", ["privacy.dp_epsilon=1"])
+    site = make_site(spec, run="r1", dp_epsilon=1.0)
+    codes = []
+    for _ in range(8):
+        learner.weights = {name: v + 1e-3 for name, v in learner.weights.items()}
+        reply = site.handle("start_visit", learner.visit_message("alpha", 1))
+        codes.append(_code(reply))
+        if codes[-1]:
+            break
+        site.handle("finish_visit", None)
+    assert codes[-1] == "dp-budget" and codes.count("") >= 1, codes
+    book = json.loads(
+        next((tmp_path / "alpha" / ".smg-sim-site").glob("dp-ledger-*.json")).read_text()
+    )
+    mechanisms = [tuple(m) for c in book["charges"].values() for m in c["mechanisms"]]
+    assert composed_epsilon(mechanisms, book["delta"]) <= 1.0 * (1 + 1e-6)
+    assert isinstance(site.dataset_budget, DatasetBudget)
