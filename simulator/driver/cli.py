@@ -276,6 +276,29 @@ def _add_audit(sub) -> None:
     )
 
 
+def _add_dp_audit(sub) -> None:
+    dpa = sub.add_parser(
+        "dp-audit",
+        help="check a site's DP training empirically, in one training run",
+        description="Add canaries (each with probability 1/2) to a phantom site's private set, "
+        "train one DP visit as a site does, guess membership from the exported weights only, "
+        "and print the lower bound on epsilon the guesses imply (95 %% confidence, Steinke, "
+        "Nasr and Jagielski 2023) beside the accountant's epsilon.",
+    )
+    dpa.add_argument("--epsilon", type=float, required=True, help="the training's DP epsilon")
+    dpa.add_argument("--canaries", type=int, default=1000, help="canary cases (default 1000)")
+    dpa.add_argument("--guesses", type=int, default=400, help="guesses, half in, half out")
+    dpa.add_argument("--steps", type=int, default=300, help="DP-SGD steps (default 300)")
+    dpa.add_argument("--batch", type=int, default=64, help="expected batch (default 64)")
+    dpa.add_argument("--seed", type=int, default=0)
+    dpa.add_argument(
+        "--broken",
+        action="store_true",
+        help="a control for testing the audit: the same training with no clipping and no noise",
+    )
+    dpa.add_argument("--out", default="", help="also write the figures to this JSON file")
+
+
 def _add_smd(sub) -> None:
     smd = sub.add_parser("smd", help="the Site-Modulated Diffusion backbone")
     smd_sub = smd.add_subparsers(dest="smd_command", required=True)
@@ -350,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_compare,
         _add_bench,
         _add_audit,
+        _add_dp_audit,
         _add_doctor,
         _add_smd,
         _add_data,

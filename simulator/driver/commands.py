@@ -301,6 +301,34 @@ def cmd_flower(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_dp_audit(args: argparse.Namespace) -> int:
+    """``smg-sim dp-audit``: the one-run empirical check of a site's DP training."""
+    import json
+
+    from simulator.driver.dp_audit_run import one_run_audit
+
+    if args.epsilon <= 0 or args.canaries < 2 or not 0 < args.guesses <= args.canaries:
+        raise ConfigError(
+            f"dp-audit: expected --epsilon > 0 and 0 < --guesses <= --canaries, got "
+            f"{args.epsilon}, {args.guesses}, {args.canaries}"
+        )
+    res = one_run_audit(
+        args.epsilon,
+        canaries=args.canaries,
+        k_in=args.guesses // 2,
+        k_out=args.guesses - args.guesses // 2,
+        steps=args.steps,
+        batch=args.batch,
+        seed=args.seed,
+        broken=args.broken,
+    )
+    for key, value in res.items():
+        print(f"{key:20s} {value:.4g}" if isinstance(value, float) else f"{key:20s} {value}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "methods": cmd_methods,
     "run": cmd_run,
@@ -309,6 +337,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "compare": cmd_compare,
     "bench": cmd_bench,
     "audit": cmd_audit,
+    "dp-audit": cmd_dp_audit,
     "doctor": cmd_doctor,
     "smd": cmd_smd,
     "data": cmd_data,
