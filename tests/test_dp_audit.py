@@ -32,7 +32,7 @@ def test_guesses_count_the_extremes_only():
 
 @pytest.mark.slow
 def test_the_dp_training_passes_its_audit_and_a_broken_one_fails_it():
-    from simulator.driver.dp_audit_run import one_run_audit
+    from simulator.driver.audit.dp_run import one_run_audit
 
     kwargs = dict(canaries=200, k_in=20, k_out=20, steps=100, batch=32)
     dp = one_run_audit(1.0, **kwargs)

@@ -87,10 +87,11 @@ Pair = tuple[torch.Tensor, torch.Tensor]
 
 LOOKAHEAD = HParam(
     "lookahead",
-    1.0,
+    0.1,
     lo=0.0,
     help="inner step in optimiser steps: theta' = theta - d, d along Adam's preconditioned "
-    "leading gradient with rms(d) = lookahead * rms(Adam's step for it) (1: one outer step)",
+    "leading gradient with rms(d) = lookahead * rms(Adam's step for it) (1: one outer step; "
+    "0.1 chosen on the tuning cells, docs/compare/tuning/)",
 )
 LAMBDA_GEN = HParam(
     "lambda_gen", 1.0, lo=0.0, help="weight of the generalizability objective J_gen"

@@ -6,13 +6,12 @@ from server.methods.alignment import alignment_logs, gram, inner_over_outer
 from server.methods.domains import style_augment
 from server.methods.inner_step import AdamStep
 from server.methods.meta_gradient import (
-    LOOKAHEAD,
     Roles,
     apply_gradient,
     first_order_gradient,
 )
 from server.methods.streams import method_generator
-from simulator.method import Batch, Method, StageContext
+from simulator.method import Batch, HParam, Method, StageContext
 from simulator.schemas import COSINE, LOSS, RATIO
 
 
@@ -29,7 +28,7 @@ class MLDG(Method):
 
     name = "mldg"
     dp_refusal = "its meta-test on a view of the private batch has no per-case DP form here"
-    relative_cost = 2.5
+    relative_cost = 2.7
     private = True
     log_names = {
         "loss": LOSS,
@@ -38,7 +37,14 @@ class MLDG(Method):
         "align_rel_change": RATIO,
         "inner_over_outer": RATIO,
     }
-    hyperparameters = (LOOKAHEAD,)
+    hyperparameters = (
+        HParam(
+            "lookahead",
+            1.0,
+            lo=0.0,
+            help="inner step in optimiser steps (mldg's own; not tuned with smg's)",
+        ),
+    )
     roles = Roles(
         current=None, group_a=(0,), group_b=(1,), use_mem=False, use_gen=True, lambda_gen=1.0
     )

@@ -26,7 +26,7 @@ class PGAExact(SMG):
     """
 
     name = "pga_exact"
-    relative_cost = 8.4
+    relative_cost = 7.5
     dp_refusal = "its double back-propagation has no per-case DP form here"
     hyperparameters = (
         LOOKAHEAD,

@@ -28,7 +28,7 @@ class PGASym(SMG):
     """
 
     name = "pga_sym"
-    relative_cost = 11.1
+    relative_cost = 10.4
     dp_refusal = "its double back-propagation has no per-case DP form here"
     hyperparameters = (
         LOOKAHEAD,

@@ -22,7 +22,7 @@ class SMDReplayMatched(SMG):
     """
 
     name = "smd_replay_matched"
-    relative_cost = 2.2
+    relative_cost = 1.8
     hyperparameters = (LAMBDA_GEN, REPLAY_SITES_PER_STEP, STATS_EVERY)
     shift_mem = False
     shift_gen = False

@@ -77,7 +77,7 @@ class SMG(Method):
     """
 
     name = "smg"
-    relative_cost = 3.7
+    relative_cost = 3.6
     private = True
     uses_replay = True
     hyperparameters = (LOOKAHEAD, LAMBDA_GEN, GEN_LEAD, REPLAY_SITES_PER_STEP, STATS_EVERY)
@@ -226,7 +226,7 @@ class SMGMem(SMG):
     is dropped."""
 
     name = "smg_mem"
-    relative_cost = 3.7
+    relative_cost = 3.0
     shift_gen = False
 
 
@@ -238,5 +238,5 @@ class SMGGen(SMG):
     alignment is dropped."""
 
     name = "smg_gen"
-    relative_cost = 3.7
+    relative_cost = 2.9
     shift_mem = False

@@ -282,7 +282,7 @@ def _add_dp_audit(sub) -> None:
         help="check a site's DP training empirically, in one training run",
         description="Add canaries (each with probability 1/2) to a phantom site's private set, "
         "train one DP visit as a site does, guess membership from the exported weights only, "
-        "and print the lower bound on epsilon the guesses imply (95 %% confidence, Steinke, "
+        "and print the lower bound on epsilon the guesses imply (95 percent confidence; Steinke, "
         "Nasr and Jagielski 2023) beside the accountant's epsilon.",
     )
     dpa.add_argument("--epsilon", type=float, required=True, help="the training's DP epsilon")

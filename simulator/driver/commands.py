@@ -305,7 +305,7 @@ def cmd_dp_audit(args: argparse.Namespace) -> int:
     """``smg-sim dp-audit``: the one-run empirical check of a site's DP training."""
     import json
 
-    from simulator.driver.dp_audit_run import one_run_audit
+    from simulator.driver.audit.dp_run import one_run_audit
 
     if args.epsilon <= 0 or args.canaries < 2 or not 0 < args.guesses <= args.canaries:
         raise ConfigError(
