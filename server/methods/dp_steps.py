@@ -59,13 +59,6 @@ def _add(a: Grads, b: Grads) -> Grads:
     return [s + t for s, t in zip(a, b, strict=True)]
 
 
-def _shifted(theta: dict, lead: Grads, inner: Inner) -> dict[str, torch.Tensor]:
-    return {
-        n: (p.detach() - inner.scale * u.detach())
-        for (n, p), u in zip(theta.items(), inner.direction(lead), strict=True)
-    }
-
-
 def dp_pga_gradient(
     model: torch.nn.Module,
     doms: list[Pair],
@@ -107,7 +100,7 @@ def dp_pga_gradient(
                 return loss(p, x1, y1) + lam * (loss(p, a1, y1) + loss(p, b1, y1))
 
             return _result(private(per_case_grads(whole, theta, x, xa, xb, y)), shifts)
-        theta_g = _shifted(theta, g_lead, inner)
+        theta_g = f.displaced(theta, g_lead, inner)
 
         def here(p, x1, a1, y1):
             return loss(p, x1, y1) + lam * loss(p, a1, y1)
@@ -123,7 +116,7 @@ def dp_pga_gradient(
     terms: list[tuple[float, Grads]] = [(1.0, g_c)]
     if roles.mem_active:
         inner = lead(g_c, roles.shift_mem)
-        at = _shifted(theta, g_c, inner) if inner is not None else theta
+        at = f.displaced(theta, g_c, inner) if inner is not None else theta
         terms.append((1.0, grad_at(at, roles.replay)))
     if roles.use_gen:
         rest = tuple(i for i in roles.group_a if i != roles.current)
@@ -133,7 +126,7 @@ def dp_pga_gradient(
             parts.append((len(rest) / n_a, grad_at(theta, rest)))
         g_a = weighted_sum(parts)
         inner = lead(g_a, roles.shift_gen)
-        at = _shifted(theta, g_a, inner) if inner is not None else theta
+        at = f.displaced(theta, g_a, inner) if inner is not None else theta
         terms += [(lam, g_a), (lam, grad_at(at, roles.group_b))]
     return _result(weighted_sum(terms), shifts)
 
