@@ -64,8 +64,9 @@ class TrainConfig:
     progress_every: int = field(default=25, metadata=_rng(1, 1000000))
     #: replay methods: the probability that a current-site image of a step is taken to the SMD
     #: resolution and back (area down, bilinear up: the replay's own path), so that sharpness does
-    #: not tell a site's real images from earlier sites' replay (0: off)
-    replay_resolution_match: float = field(default=0.0, metadata=_rng(0.0, 1.0))
+    #: not tell a site's real images from earlier sites' replay (0: off); 0.5 by the rule of
+    #: docs/compare/tuning/RULE.md on the mni152 tuning cells (RESOLUTION.md)
+    replay_resolution_match: float = field(default=0.5, metadata=_rng(0.0, 1.0))
 
 
 @dataclass(frozen=True)
