@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?= --sites 6 --order random
 
-.PHONY: setup run test lint smoke bench clean
+.PHONY: setup run test lint smoke bench docs clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -44,5 +44,15 @@ bench: $(STAMP)
 	mkdir -p runs
 	$(BIN)/smg-sim bench --run smg --out runs/bench.json
 
+# The documentation site (mkdocs.yml; sources in docs/site/) into build/site/: first the pages
+# and files generated from the code and the committed results (the CLI reference from the
+# argument parser, the results pages' plots, their tables rewritten from docs/compare/ and
+# docs/runs/, README.md's too), then a strict build (a broken link or an unlisted page fails).
+docs: $(STAMP)
+	$(BIN)/python docs/cli_reference.py
+	$(BIN)/python docs/compare/render.py site
+	$(BIN)/python docs/compare/render.py render
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache build

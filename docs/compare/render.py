@@ -1,6 +1,7 @@
-"""The README's result tables, generated from the files kept under docs/compare/ and docs/runs/.
+"""The result tables and plots of README.md and the documentation site's results pages,
+generated from the files kept under docs/compare/ and docs/runs/.
 
-Two steps, both read-only on the comparison folders they read:
+Four steps, all read-only on the comparison and run folders they read:
 
 ``collect NAME COMPARE_DIR [--baseline METHOD]``
     copies what a finished ``smg-sim compare`` folder says into ``docs/compare/NAME/``: its
@@ -16,10 +17,18 @@ Two steps, both read-only on the comparison folders they read:
     copies one run's small files (R, metrics, config, stages, smd.json and its plots) into
     ``docs/runs/NAME/``.
 
-``render [README]``
+``render [FILES...]``
     rewrites every block between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` from
     ``docs/compare/NAME/`` (mean +- std per method, then the paired differences against the
-    baseline) and every ``<!-- fidelity:NAME -->`` block from ``docs/runs/NAME/smd.json``.
+    baseline) and every ``<!-- fidelity:NAME -->`` block from ``docs/runs/NAME/smd.json``, in
+    the files given (default: README.md and every Markdown page under ``docs/site/``); a file
+    whose blocks are already true is left untouched.
+
+``site``
+    copies the plots of the result folders (the PNG files directly in ``docs/compare/NAME/``,
+    ``docs/runs/NAME/`` and ``docs/diagnostics/dp_audit/``) into ``docs/site/results/img/`` as
+    ``NAME-FILE.png``, where the documentation's results pages show them (generated at build
+    time by ``make docs``, not committed).
 
 Usage: ``.venv/bin/python docs/compare/render.py collect smg_vs_matched /work/grid/phantom-main
 --baseline smd_replay_matched`` then ``.venv/bin/python docs/compare/render.py render``.
@@ -38,6 +47,16 @@ import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
+SITE = ROOT / "docs" / "site"
+IMAGES = SITE / "results" / "img"
+# The folders whose plots the results pages show; one folder's name prefixes its files' names.
+IMAGE_FOLDERS = (
+    "docs/compare/*",
+    "docs/runs/*",
+    "docs/diagnostics/dp_audit",
+    "docs/sites",
+    "docs/sites/mni152",
+)
 METRICS = ("Mem", "Gen", "Final", "BWT", "FWT", "Forgetting")
 ALIGN = ("align_rel_change", "inner_over_outer", "align_cos_mem", "align_cos_gen")
 PAIRED = ("Mem", "Gen", "Final", "BWT")
@@ -178,9 +197,9 @@ def _fidelity(name: str) -> list[str]:
 BLOCK = re.compile(r"(<!-- (table|fidelity):([\w.-]+) -->\n)(.*?)(<!-- /\2:\3 -->)", re.S)
 
 
-def render(readme: Path) -> int:
-    """Rewrite every generated block of ``readme``; returns how many there were."""
-    text = readme.read_text()
+def render(path: Path) -> int:
+    """Rewrite every generated block of the Markdown file ``path``; returns how many there were."""
+    text = path.read_text()
     count = 0
 
     def block(m: re.Match) -> str:
@@ -189,8 +208,33 @@ def render(readme: Path) -> int:
         body = _summary(m.group(3)) if m.group(2) == "table" else _fidelity(m.group(3))
         return m.group(1) + "\n".join(body) + "\n" + m.group(5)
 
-    readme.write_text(BLOCK.sub(block, text))
+    new = BLOCK.sub(block, text)
+    if new != text:
+        path.write_text(new)
     return count
+
+
+def default_files() -> list[Path]:
+    """What ``render`` rewrites when given no files: README.md and the site's pages."""
+    return [ROOT / "README.md", *sorted(SITE.rglob("*.md"))]
+
+
+def copy_images(dest: Path = IMAGES) -> list[Path]:
+    """Copy the result folders' plots into ``dest`` (emptied first) as ``FOLDER-FILE.png``."""
+    sources: dict[str, Path] = {}
+    for pattern in IMAGE_FOLDERS:
+        for folder in sorted(ROOT.glob(pattern)):
+            for png in sorted(folder.glob("*.png")):
+                name = f"{folder.name}-{png.name}"
+                if name in sources:
+                    raise SystemExit(f"{png} and {sources[name]} would both be copied to {name}")
+                sources[name] = png
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for name, png in sources.items():
+        shutil.copy2(png, dest / name)
+    return [dest / name for name in sources]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,14 +248,20 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("name")
     r.add_argument("run_dir", type=Path)
     d = sub.add_parser("render")
-    d.add_argument("readme", nargs="?", type=Path, default=ROOT / "README.md")
+    d.add_argument("files", nargs="*", type=Path, help="default: README.md and docs/site/**/*.md")
+    sub.add_parser("site")
     a = p.parse_args(argv)
     if a.cmd == "collect":
         print(collect(a.name, a.source, a.baseline))
     elif a.cmd == "run":
         print(copy_run(a.name, a.run_dir))
+    elif a.cmd == "site":
+        print(f"{len(copy_images())} plot(s) copied to {IMAGES}")
     else:
-        print(f"{render(a.readme)} block(s) rendered in {a.readme}")
+        for path in a.files or default_files():
+            count = render(path)
+            if count:
+                print(f"{count} block(s) rendered in {path}")
     return 0
 
 
