@@ -93,6 +93,7 @@ def test_a_site_killed_during_its_evaluation_is_restarted_with_identical_results
     assert guard["bravo"]["restarts"] == 1 and guard["alpha"]["restarts"] == 0
 
 
+@pytest.mark.slow  # 80 s: three DP runs, two with a Ray instance; CI runs it after the suite
 def test_a_dp_run_killed_then_resumed_or_with_a_killed_site_gives_identical_results(tmp_path):
     """The DP prompt's noise comes from each site's secret over the whole request: a resumed run
     and a restarted site send the same requests and get the same prompts."""

@@ -7,8 +7,9 @@ random,reverse --set methods.smg.lookahead=0.1 --set train.replay_resolution_mat
 
 Usage: ``.venv/bin/python docs/compare/tuning/resolution.py compare/tuning-mni152
 compare/tuning-mni152-rm05`` (or the runs' small files kept in ``docs/compare/tuning/mni152``
-and ``docs/compare/tuning/mni152-rm05``) reads the lookahead-0.1 ``smg`` runs and the ``smd_replay_matched``
-runs of both folders (the first at resolution match 0, the second at 0.5), and writes
+and ``docs/compare/tuning/mni152-rm05``) reads the lookahead-0.1 ``smg`` runs and the
+``smd_replay_matched`` runs of both folders (the first at resolution match 0, the second at
+0.5), and writes
 ``docs/compare/tuning/resolution.csv`` (one row per run) and ``RESOLUTION.md`` (per setting: each
 method's mean Mem, Gen, LA; ``smg``'s mean differences against matched replay; and what the rule
 decides). The rule: 0.5 becomes the default if it raises the mean Mem of both methods and does
