@@ -90,6 +90,18 @@ def test_render_rewrites_every_block_of_a_page(tmp_path: Path) -> None:
     before = page.stat().st_mtime_ns
     assert render.render(page) == 2
     assert page.stat().st_mtime_ns == before  # already true: left untouched
+    included = tmp_path / "included.md"
+    included.write_text(
+        "<!-- include:tuning/TUNING.md -->\nstale\n<!-- /include:tuning/TUNING.md -->\n"
+    )
+    assert render.render(included) == 1
+    body = included.read_text()
+    generated = (ROOT / "docs" / "compare" / "tuning" / "TUNING.md").read_text().splitlines()
+    assert "stale" not in body and generated[0] not in body and generated[-1] in body
+    escape = tmp_path / "escape.md"
+    escape.write_text("<!-- include:../README.md -->\n<!-- /include:../README.md -->\n")
+    with pytest.raises(SystemExit, match="expected a .md file under"):
+        render.render(escape)
     files = render.default_files()
     assert files[0] == ROOT / "README.md"
     assert all(f.is_relative_to(ROOT / "docs" / "site") for f in files[1:])

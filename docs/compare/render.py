@@ -20,9 +20,10 @@ Four steps, all read-only on the comparison and run folders they read:
 ``render [FILES...]``
     rewrites every block between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` from
     ``docs/compare/NAME/`` (mean +- std per method, then the paired differences against the
-    baseline) and every ``<!-- fidelity:NAME -->`` block from ``docs/runs/NAME/smd.json``, in
-    the files given (default: README.md and every Markdown page under ``docs/site/``); a file
-    whose blocks are already true is left untouched.
+    baseline), every ``<!-- fidelity:NAME -->`` block from ``docs/runs/NAME/smd.json``, and
+    every ``<!-- include:PATH -->`` block with a generated Markdown file ``docs/compare/PATH``
+    (its title left out), in the files given (default: README.md and every Markdown page under
+    ``docs/site/``); a file whose blocks are already true is left untouched.
 
 ``site``
     copies the plots of the result folders (the PNG files directly in ``docs/compare/NAME/``,
@@ -194,7 +195,16 @@ def _fidelity(name: str) -> list[str]:
     return lines
 
 
-BLOCK = re.compile(r"(<!-- (table|fidelity):([\w.-]+) -->\n)(.*?)(<!-- /\2:\3 -->)", re.S)
+BLOCK = re.compile(r"(<!-- (table|fidelity|include):([\w./-]+) -->\n)(.*?)(<!-- /\2:\3 -->)", re.S)
+
+
+def _include(name: str) -> list[str]:
+    """A generated Markdown file under ``docs/compare/`` (``dp/UTILITY.md``), without its title."""
+    path = HERE / name
+    if HERE not in path.resolve().parents or path.suffix != ".md":
+        raise SystemExit(f"include:{name}: expected a .md file under {HERE}")
+    lines = path.read_text().rstrip("\n").splitlines()
+    return lines[1:] if lines and lines[0].startswith("# ") else lines
 
 
 def render(path: Path) -> int:
@@ -205,7 +215,8 @@ def render(path: Path) -> int:
     def block(m: re.Match) -> str:
         nonlocal count
         count += 1
-        body = _summary(m.group(3)) if m.group(2) == "table" else _fidelity(m.group(3))
+        kind, name = m.group(2), m.group(3)
+        body = {"table": _summary, "fidelity": _fidelity, "include": _include}[kind](name)
         return m.group(1) + "\n".join(body) + "\n" + m.group(5)
 
     new = BLOCK.sub(block, text)

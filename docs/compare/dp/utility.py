@@ -1,18 +1,22 @@
 """The utility of DP training: Mem, Gen, LA and TSTR at privacy.dp_epsilon 1, 4, 16 against no DP.
 
-Usage: ``.venv/bin/python docs/compare/dp/utility.py compare docs/compare/dp`` reads the run
-folders of ``compare/dp-e0``, ``dp-e1``, ``dp-e4`` and ``dp-e16`` (made by ``utility.sh``) and
-writes into ``docs/compare/dp/``: ``utility.csv`` (one row per run: cell, method, epsilon, Mem,
-Gen, LA, the mean TSTR Dice and ratio over its sites, the formal epsilon and delta the audit
-states for its sites, code digest, audit verdict), ``UTILITY.md`` (per method and epsilon: means
-and stds, and the paired difference against the same method without DP on the same cell with a
-bootstrap 95 % CI) and ``utility.png`` (Dice against epsilon). Unfinished runs are left out and
-counted.
+Usage: ``.venv/bin/python docs/compare/dp/utility.py collect compare docs/compare/dp`` copies
+each finished run's small files (R, metrics, config, method, stage log, provenance, smd.json, the
+privacy audit's JSON) into ``docs/compare/dp/dp-eE/runs/``; then ``.venv/bin/python
+docs/compare/dp/utility.py docs/compare/dp docs/compare/dp`` (or ``compare docs/compare/dp``,
+from the comparison folders themselves) reads the run folders of ``dp-e0``, ``dp-e1``, ``dp-e4``
+and ``dp-e16`` (made by ``utility.sh``) and writes into ``docs/compare/dp/``: ``utility.csv``
+(one row per run: cell, method, epsilon, Mem, Gen, LA, the mean TSTR Dice and ratio over its
+sites, the formal epsilon and delta its audit states, code digest, audit verdict),
+``UTILITY.md`` (per method and epsilon: means and stds, and the paired difference against the
+same method without DP on the same cell with a bootstrap 95 % CI) and ``utility.png`` (Dice
+against epsilon). Unfinished runs are left out and counted.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -50,6 +54,8 @@ def _run(run: Path, epsilon: int) -> dict | None:
     prov = json.loads((run / "provenance.json").read_text())["sessions"][-1]
     audit = json.loads((run / "privacy_audit.json").read_text())["verdict"]
     eps, delta = _formal(run)
+    stages = [json.loads(x) for x in (run / "stages.jsonl").read_text().splitlines() if x.strip()]
+    sigma = [s["dp_train_noise_multiplier"] for s in stages if "dp_train_noise_multiplier" in s]
     return {
         "seed": cfg["run"]["seed"],
         "order": cfg["run"]["order"],
@@ -63,6 +69,7 @@ def _run(run: Path, epsilon: int) -> dict | None:
         "tstr_ratio": float(np.mean(ratio)) if ratio else float("nan"),
         "formal_epsilon": eps,
         "formal_delta": delta,
+        "train_sigma": float(np.mean(sigma)) if sigma else float("nan"),
         "audit": audit,
         "code": prov["code_digest"][:12],
         "run": run.name,
@@ -101,8 +108,8 @@ def table(t: pd.DataFrame, unfinished: int) -> str:
         "train set.",
         "",
         "| method | epsilon | cells | Mem | Gen | LA | TSTR Dice | TSTR ratio "
-        "| formal (eps, delta) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| formal (eps, delta) | training sigma |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method in METHODS:
         for e in EPSILONS:
@@ -122,9 +129,11 @@ def table(t: pd.DataFrame, unfinished: int) -> str:
                 if e and g["formal_epsilon"].notna().any()
                 else "none"
             )
+            sigma = f"{g['train_sigma'].mean():.2f}" if g["train_sigma"].notna().any() else "-"
             lines.append(
                 f"| {method} | {e or 'no DP'} | {len(g)} | {ms('Mem')} | {ms('Gen')} | "
-                f"{ms('LA')} | {ms('tstr_dice')} | {ms('tstr_ratio')} | {formal} |"
+                f"{ms('LA')} | {ms('tstr_dice')} | {ms('tstr_ratio')} | {formal} | "
+                f"{sigma} |"
             )
     lines += [
         "",
@@ -160,12 +169,12 @@ def table(t: pd.DataFrame, unfinished: int) -> str:
 
 def plot(t: pd.DataFrame, out: Path) -> None:
     xs = {0: 64.0, 1: 1.0, 4: 4.0, 16: 16.0}  # no DP drawn at the right, past 16
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharex=True)
-    for ax, k in zip(axes, ("Mem", "Gen", "tstr_dice"), strict=True):
-        for method, marker in zip(METHODS, ("o", "s"), strict=True):
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6), sharex=True)
+    for ax, k in zip(axes, ("Mem", "Gen", "LA", "tstr_dice"), strict=True):
+        for method, marker, shift in zip(METHODS, ("o", "s"), (0.94, 1.06), strict=True):
             g = t[t["method"] == method].groupby("epsilon")[k]
             mean, std = g.mean(), g.std(ddof=1).fillna(0.0)
-            x = [xs[e] for e in mean.index]
+            x = [xs[e] * shift for e in mean.index]
             ax.errorbar(x, mean.values, yerr=std.values, marker=marker, capsize=3, label=method)
         ax.set_xscale("log", base=2)
         ax.set_xticks([1, 4, 16, 64], ["1", "4", "16", "no DP"])
@@ -179,7 +188,38 @@ def plot(t: pd.DataFrame, out: Path) -> None:
     plt.close(fig)
 
 
+SMALL_FILES = (
+    "COMPLETE",
+    "R.csv",
+    "metrics.json",
+    "config.json",
+    "method.json",
+    "stages.jsonl",
+    "provenance.json",
+    "smd.json",
+    "privacy_audit.json",
+)
+
+
+def collect(root: Path, dest: Path) -> int:
+    """Copy every finished run's small files from ``root/dp-eE/runs`` to ``dest/dp-eE/runs``."""
+    n = 0
+    for e in EPSILONS:
+        for run in sorted((root / f"dp-e{e}" / "runs").glob("*")):
+            if not (run / "COMPLETE").exists():
+                continue
+            to = dest / f"dp-e{e}" / "runs" / run.name
+            to.mkdir(parents=True, exist_ok=True)
+            for name in SMALL_FILES:
+                shutil.copy2(run / name, to / name)
+            n += 1
+    return n
+
+
 def main(argv: list[str]) -> None:
+    if argv and argv[0] == "collect":
+        print(f"{collect(Path(argv[1]), Path(argv[2]))} runs collected")
+        return
     root, dest = Path(argv[0]), Path(argv[1])
     t, unfinished = runs(root)
     if t.empty:
