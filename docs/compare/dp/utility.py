@@ -173,8 +173,9 @@ def plot(t: pd.DataFrame, out: Path) -> None:
     for ax, k in zip(axes, ("Mem", "Gen", "LA", "tstr_dice"), strict=True):
         for method, marker, shift in zip(METHODS, ("o", "s"), (0.94, 1.06), strict=True):
             g = t[t["method"] == method].groupby("epsilon")[k]
-            mean, std = g.mean(), g.std(ddof=1).fillna(0.0)
-            x = [xs[e] * shift for e in mean.index]
+            order = sorted(g.mean().index, key=xs.get)  # 1, 4, 16, then no DP
+            mean, std = g.mean()[order], g.std(ddof=1).fillna(0.0)[order]
+            x = [xs[e] * shift for e in order]
             ax.errorbar(x, mean.values, yerr=std.values, marker=marker, capsize=3, label=method)
         ax.set_xscale("log", base=2)
         ax.set_xticks([1, 4, 16, 64], ["1", "4", "16", "no DP"])
