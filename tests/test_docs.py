@@ -7,6 +7,7 @@ import importlib.util
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from simulator.driver.cli import build_parser
@@ -146,3 +147,55 @@ def test_the_readme_is_short_its_links_resolve_and_it_reaches_every_page() -> No
     nav = yaml.safe_load((ROOT / "mkdocs.yml").read_text())["nav"]
     pages = {f"docs/site/{p}" for p in _nav_pages(nav)}
     assert pages <= set(local), f"pages the README does not link: {sorted(pages - set(local))}"
+
+
+def _fresh_runs(digest: str, gen_lead: float) -> pd.DataFrame:
+    """A complete phantom grid of the plan's shape: smg ahead of matched replay by 0.02 on Mem
+    and by ``gen_lead`` on Gen in every cell, equal LA; the other methods 0.1 lower."""
+    fresh = _load(ROOT / "docs" / "compare" / "fresh" / "results.py")
+    _, seeds, orders = fresh.BENCHMARKS["phantom"]
+    rows = []
+    for method in fresh.METHODS:
+        for i, (seed, order) in enumerate((s, o) for s in seeds for o in orders):
+            base = 0.5 + 0.01 * i
+            up = method == "smg"
+            low = method not in ("smg", "smd_replay_matched")
+            rows.append(
+                {
+                    "run": f"{method}-s{seed}-{order}",
+                    "method": method,
+                    "seed": seed,
+                    "order": order,
+                    "Mem": base + (0.02 if up else 0) - (0.1 if low else 0),
+                    "Gen": base + (gen_lead + 0.001 * i if up else 0) - (0.1 if low else 0),
+                    "LA": 0.9,
+                    "Retention": 0.9,
+                    "BWT": -0.1,
+                    "Final": base,
+                    "audit": "fail" if method == "joint" else "pass",
+                    "code_digest": digest,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_the_fresh_grids_verdict_follows_the_plans_rule() -> None:
+    fresh = _load(ROOT / "docs" / "compare" / "fresh" / "results.py")
+    digest = fresh.planned_digest()
+    assert len(digest) == 64
+    text = "\n".join(fresh.benchmark_section("phantom", _fresh_runs(digest, 0.01), digest)[0])
+    assert "Verdict on phantom: the hypothesis holds" in text
+    assert "Runs finished: 70 of 70." in text and "all pass" in text
+    # Gen behind in half the cells: its CI crosses zero and the verdict says so
+    runs = _fresh_runs(digest, 0.0)
+    runs.loc[runs["method"] == "smg", "Gen"] -= [0.02 * (i % 2) for i in range(10)]
+    text = "\n".join(fresh.benchmark_section("phantom", runs, digest)[0])
+    assert "the hypothesis fails.** Condition(s) not met: Gen." in text
+    # a missing run, or a run of other code: not decided
+    runs = _fresh_runs(digest, 0.01)
+    text = "\n".join(fresh.benchmark_section("phantom", runs.iloc[1:], digest)[0])
+    assert "not decided" in text and "Runs finished: 69 of 70; missing 1." in text
+    runs.loc[0, "code_digest"] = "0" * 64
+    runs.loc[3, "audit"] = "fail"
+    text = "\n".join(fresh.benchmark_section("phantom", runs, digest)[0])
+    assert "not decided" in text and "NOT every run ran" in text and "1 do not pass" in text

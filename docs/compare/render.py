@@ -59,8 +59,9 @@ IMAGE_FOLDERS = (
     "docs/sites/mni152",
 )
 METRICS = ("Mem", "Gen", "Final", "BWT", "FWT", "Forgetting")
+PLASTICITY = ("LA", "Retention")  # in runs of releases that measure them
 ALIGN = ("align_rel_change", "inner_over_outer", "align_cos_mem", "align_cos_gen")
-PAIRED = ("Mem", "Gen", "Final", "BWT")
+PAIRED = ("Mem", "Gen", "LA", "Retention", "Final", "BWT")
 RUN_FILES = ("R.csv", "metrics.json", "config.json", "stages.jsonl")
 COMPARE_FILES = (
     "runs.csv",
@@ -143,7 +144,7 @@ def _summary(name: str) -> list[str]:
     folder = HERE / name
     runs = pd.read_csv(folder / "runs.csv")
     baseline = json.loads((folder / "source.json").read_text()).get("baseline")
-    cols = [*METRICS, *[a for a in ALIGN[:2] if a in runs]]
+    cols = [*METRICS, *[c for c in (*PLASTICITY, *ALIGN[:2]) if c in runs]]
     lines = ["| method | cells | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for method, g in runs.groupby("method", sort=False):
         cells = [
