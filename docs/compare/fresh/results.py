@@ -17,10 +17,10 @@ compare/fresh-B --baseline smd_replay_matched``: their ``runs.csv`` and each run
   cells, wins, mean, CI, sign-test p);
 - ``results.png``: each method minus matched replay on Mem, Gen and LA with its CI, per benchmark.
 
-The statistics are the package's own (``simulator.driver.compare.stats``: percentile bootstrap of
-the mean paired difference, 10,000 resamples, seed 0; exact two-sided sign test). A benchmark
-whose grid is not complete is reported as incomplete, never as a success or a failure. PLAN.md is
-only read.
+The statistics are the package's own (``simulator.driver.compare.stats.paired_table``:
+percentile bootstrap of the mean paired difference, 10,000 resamples, seed 0; exact two-sided
+sign test). A benchmark whose grid is not complete is reported as not decided, never as a success
+or a failure. PLAN.md is only read.
 """
 
 from __future__ import annotations
@@ -36,11 +36,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from simulator.driver.compare.stats import (  # noqa: E402
-    bootstrap_ci,
-    paired_differences,
-    sign_test_p,
-)
+from simulator.driver.compare.stats import paired_table  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 COMPARE = HERE.parent
@@ -87,20 +83,22 @@ def load(folder: Path) -> pd.DataFrame:
 
 
 def paired(runs: pd.DataFrame, bench: str, method: str, base: str, metric: str) -> dict:
-    diffs = paired_differences(runs, method, base, metric)
-    low, high = bootstrap_ci(diffs)
-    return {
-        "benchmark": bench,
-        "method": method,
-        "baseline": base,
-        "metric": metric,
-        "cells": int(diffs.size),
-        "wins": int((diffs > 0).sum()),
-        "mean_diff": float(diffs.mean()) if diffs.size else float("nan"),
-        "ci_low": low,
-        "ci_high": high,
-        "p_value": sign_test_p(diffs),
-    }
+    """``method`` minus ``base`` on ``metric``: the package's paired row (no shared cell: nan)."""
+    both = runs[runs["method"].isin([method, base])]
+    table = paired_table(both, [metric], base) if base in set(both["method"]) else None
+    rows = table[table["method"] == method] if table is not None else pd.DataFrame()
+    if rows.empty:
+        nan = float("nan")
+        empty = {"cells": 0, "wins": 0, "mean_diff": nan, "ci_low": nan, "ci_high": nan}
+        return {
+            "benchmark": bench,
+            "method": method,
+            "baseline": base,
+            "metric": metric,
+            **empty,
+            "p_value": 1.0,
+        }
+    return {"benchmark": bench, **rows.iloc[0].to_dict()}
 
 
 def _row(r: dict) -> str:
