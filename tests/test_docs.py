@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -199,3 +200,18 @@ def test_the_fresh_grids_verdict_follows_the_plans_rule() -> None:
     runs.loc[3, "audit"] = "fail"
     text = "\n".join(fresh.benchmark_section("phantom", runs, digest)[0])
     assert "not decided" in text and "NOT every run ran" in text and "1 do not pass" in text
+
+
+def test_the_fresh_grid_reads_metrics_at_full_precision(tmp_path: Path) -> None:
+    """runs.csv rounds to 4 decimals; a difference of 0.00006 must stay a loss, not a tie."""
+    fresh = _load(ROOT / "docs" / "compare" / "fresh" / "results.py")
+    exact = {"a": 0.50626, "b": 0.50632}
+    rows = []
+    for run, gen in exact.items():
+        rows.append({"run": run, "method": run, "seed": 5, "order": "random", "Gen": round(gen, 4)})
+        (tmp_path / "runs" / run).mkdir(parents=True)
+        (tmp_path / "runs" / run / "metrics.json").write_text(json.dumps({"metrics": {"Gen": gen}}))
+    pd.DataFrame(rows).to_csv(tmp_path / "runs.csv", index=False, float_format="%.4f")
+    runs = fresh.load(tmp_path)
+    assert runs.set_index("run")["Gen"].to_dict() == exact
+    assert fresh.paired(runs, "phantom", "a", "b", "Gen")["mean_diff"] < 0

@@ -2,8 +2,9 @@
 
 Usage: ``.venv/bin/python docs/compare/fresh/results.py`` reads the collected comparisons
 ``docs/compare/fresh_phantom/`` and ``docs/compare/fresh_mni152/`` (``render.py collect fresh_B
-compare/fresh-B --baseline smd_replay_matched``: their ``runs.csv`` and each run's
-``provenance.json``) and writes into ``docs/compare/fresh/``:
+compare/fresh-B --baseline smd_replay_matched``: their ``runs.csv``, each run's
+``provenance.json`` and, for full-precision metrics, its ``metrics.json``) and writes into
+``docs/compare/fresh/``:
 
 - ``RESULTS.md``: whether every run ran the planned code and passed its audit; per benchmark the
   three conditions of the hypothesis (``smg`` minus ``smd_replay_matched``: Mem and Gen paired
@@ -64,7 +65,12 @@ def planned_digest() -> str:
 
 
 def load(folder: Path) -> pd.DataFrame:
-    """The collected runs table, with each run's full code digest from its provenance.json."""
+    """The collected runs table, with each run's full code digest from its provenance.json.
+
+    ``runs.csv`` rounds to 4 decimals, which can turn a difference of 0.00006 into a tie and so
+    change the sign test; each run's metrics are therefore taken at full precision from its
+    ``metrics.json``, as ``compare``'s own ``paired.csv`` uses them.
+    """
     path = folder / "runs.csv"
     if not path.exists():
         raise SystemExit(
@@ -79,6 +85,12 @@ def load(folder: Path) -> pd.DataFrame:
             json.loads(prov.read_text())["sessions"][-1]["code_digest"] if prov.exists() else ""
         )
     runs["code_digest"] = digests
+    for i, run in enumerate(runs["run"]):
+        path = folder / "runs" / run / "metrics.json"
+        if path.exists():
+            exact = json.loads(path.read_text()).get("metrics", {})
+            for metric in set(exact) & set(runs.columns):
+                runs.loc[runs.index[i], metric] = float(exact[metric])
     return runs
 
 
