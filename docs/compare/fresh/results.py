@@ -263,7 +263,7 @@ def benchmark_section(
 
 def plot(rows: pd.DataFrame, path: Path) -> None:
     benches = [b for b in BENCHMARKS if b in set(rows["benchmark"])]
-    fig, axes = plt.subplots(1, len(benches), figsize=(6 * len(benches), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(benches), figsize=(6 * len(benches), 4.6), squeeze=False)
     methods = ["smg", "smg_mem", "smg_gen", "smd_replay"]
     metrics = ("Mem", "Gen", "LA")
     colors = {"Mem": "tab:blue", "Gen": "tab:orange", "LA": "tab:green"}
@@ -292,8 +292,10 @@ def plot(rows: pd.DataFrame, path: Path) -> None:
         n = int(sub["cells"].max()) if not sub.empty else 0
         ax.set_title(f"{bench}: minus {BASELINE} ({n} cells, 95 % CI)")
         ax.set_xlabel("paired difference in Dice")
-        ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
+    # one legend below the panels, where it hides no interval
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
